@@ -1,0 +1,101 @@
+"""Train / validation / test splits. The test split is for the final evaluation only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunecluster.data.registry import DataError
+
+
+@dataclass
+class Splits:
+    """The three splits of a job's data, plus what the model needs to know about them.
+
+    ``label_kind`` is ``sparse`` (integer classes), ``onehot`` (one column per class) or
+    ``regression`` (real targets); it decides the loss of the builtin models.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    task: str
+    label_kind: str
+    num_classes: int
+    class_names: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.x_train), "valid": len(self.x_valid), "test": len(self.x_test)}
+
+
+def split_arrays(
+    x: np.ndarray, y: np.ndarray, task: str, valid: float, test: float, seed: int
+) -> Splits:
+    """Shuffle and cut one dataset into three, stratified by class for classification."""
+    from sklearn.model_selection import train_test_split
+
+    if len(x) != len(y):
+        raise DataError(f"features have {len(x)} rows but labels have {len(y)}")
+    y, label_kind, names = encode_labels([y], task)
+    y = y[0]
+    stratify = _strata(y, label_kind)
+    n = len(x)
+    n_test, n_valid = round(n * test), round(n * valid)
+    if n - n_test - n_valid < 2 or n_test < 1 or n_valid < 1:
+        raise DataError(f"{n} rows are too few to split into train/valid/test ({valid=}, {test=})")
+    try:
+        x_rest, x_test, y_rest, y_test = train_test_split(
+            x, y, test_size=n_test, random_state=seed, stratify=stratify
+        )
+        x_train, x_valid, y_train, y_valid = train_test_split(
+            x_rest, y_rest, test_size=n_valid, random_state=seed + 1,
+            stratify=_strata(y_rest, label_kind),
+        )
+    except ValueError as exc:  # a class too small to stratify
+        raise DataError(f"cannot split the data stratified by class: {exc}") from None
+    return Splits(x_train, y_train, x_valid, y_valid, x_test, y_test, task, label_kind,
+                  len(names), names)
+
+
+def from_parts(
+    parts: list[tuple[np.ndarray, np.ndarray]], task: str
+) -> Splits:
+    """Splits given as explicit (train, valid, test) arrays."""
+    ys, label_kind, names = encode_labels([y for _, y in parts], task)
+    (x_tr, _), (x_va, _), (x_te, _) = parts
+    return Splits(x_tr, ys[0], x_va, ys[1], x_te, ys[2], task, label_kind, len(names), names)
+
+
+def encode_labels(ys: list[np.ndarray], task: str) -> tuple[list[np.ndarray], str, list[str]]:
+    """Map class labels of every part onto 0..k-1 with one shared vocabulary."""
+    if task == "regression":
+        for y in ys:
+            if y.dtype.kind not in "iuf":
+                raise DataError("a regression target must be numeric")
+        return [y.astype("float32") for y in ys], "regression", []
+    if ys[0].ndim == 2 and ys[0].shape[1] > 1:
+        k = ys[0].shape[1]
+        return [y.astype("float32") for y in ys], "onehot", [str(i) for i in range(k)]
+    flat = [np.asarray(y).reshape(-1) for y in ys]
+    if flat[0].dtype.kind == "f" and not all(np.all(f == np.round(f)) for f in flat):
+        raise DataError("classification labels are real numbers; did you mean model.task: regression?")
+    classes = np.unique(np.concatenate(flat))
+    if len(classes) < 2:
+        raise DataError(f"classification needs at least 2 classes, found {len(classes)}")
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    encoded = [np.asarray([index[v] for v in f.tolist()], dtype="int64") for f in flat]
+    return encoded, "sparse", [str(c) for c in classes.tolist()]
+
+
+def _strata(y: np.ndarray, label_kind: str) -> np.ndarray | None:
+    if label_kind == "regression":
+        return None
+    return y.argmax(axis=1) if label_kind == "onehot" else y

@@ -1,0 +1,51 @@
+"""Every default tunecluster uses, in one place, with the reason for its value.
+
+Environment variables override the liveness and location defaults so that compose
+and Kubernetes deployments can tune them without code changes.
+"""
+
+import os
+
+# --- control plane -------------------------------------------------------------
+REDIS_URL_ENV = "TUNECLUSTER_REDIS_URL"
+REDIS_URL = os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
+KEY_PREFIX = "tc"  # every Redis key starts with this (store/keys.py builds them all)
+
+# --- liveness -------------------------------------------------------------------
+# A worker renews its heartbeat and the leases of its running trials every
+# HEARTBEAT_S; a lease not renewed for LEASE_S is reaped by the chief.
+# Worst-case detection of a dead worker = LEASE_S + CHIEF_TICK_S.
+HEARTBEAT_S = float(os.environ.get("TUNECLUSTER_HEARTBEAT_S", "2.0"))
+LEASE_S = float(os.environ.get("TUNECLUSTER_LEASE_S", "10.0"))
+CHIEF_TICK_S = float(os.environ.get("TUNECLUSTER_CHIEF_TICK_S", "0.5"))
+# The chief holds a leader lock for CHIEF_LOCK_S, renewed every tick: a standby
+# chief takes over at most CHIEF_LOCK_S after the active one died.
+CHIEF_LOCK_S = float(os.environ.get("TUNECLUSTER_CHIEF_LOCK_S", "10.0"))
+# Reconnect back-off when Redis drops: doubles from the first value up to the cap.
+RECONNECT_BACKOFF_S = (0.1, 5.0)
+
+# --- workers --------------------------------------------------------------------
+# A trial child process is recycled after this many trials or past this RSS, which
+# bounds the memory TensorFlow leaks across models built in one process.
+TRIALS_PER_CHILD = int(os.environ.get("TUNECLUSTER_TRIALS_PER_CHILD", "50"))
+CHILD_MAX_RSS_MB = int(os.environ.get("TUNECLUSTER_CHILD_MAX_RSS_MB", "4096"))
+ALLOW_CODE_UPLOAD_ENV = "TUNECLUSTER_ALLOW_CODE_UPLOAD"
+
+# --- artifacts and data ---------------------------------------------------------
+ARTIFACTS_ENV = "TUNECLUSTER_ARTIFACTS"
+ARTIFACTS_ROOT = os.environ.get(ARTIFACTS_ENV, "./artifacts")
+# Data files up to this size travel with the job through Redis, so workers need no
+# shared filesystem; larger ones must be reachable at the same path by every worker.
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+# --- job spec -------------------------------------------------------------------
+SPLIT_VALID = 0.2
+SPLIT_TEST = 0.2
+SPLIT_SEED = 42
+EPOCHS = 10
+BATCH_SIZE = 32
+MAX_TRIALS = 10
+MAX_RETRIES_PER_TRIAL = 1
+MAX_CONSECUTIVE_FAILED_TRIALS = 3
+HYPERBAND_FACTOR = 3
+BAYESIAN_INITIAL_POINTS = 3

@@ -1,0 +1,204 @@
+"""From YAML text (plus ``--set`` overrides) to a validated ``JobSpec``.
+
+This is the only entry point that produces a ``JobSpec``: it runs pydantic's field
+validation, then the cross-field rules, and turns every failure into one ``SpecError``
+whose text names the field path, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunecluster.errors import SpecError
+from tunecluster.spec.models import JobSpec
+from tunecluster.spec.rules import check_job
+
+MAX_SOURCE_BYTES = 1024 * 1024
+
+
+def load_spec_file(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
+    """Read a job file, apply overrides, attach the model module's source, validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError("", f"cannot read job file {str(path)!r}: {exc.strerror}") from None
+    raw = parse_yaml(text, str(path))
+    raw = apply_overrides(raw, overrides)
+    raw = attach_sources(raw, path.parent)
+    return parse_spec(raw)
+
+
+def parse_yaml(text: str, origin: str = "<spec>") -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError("", f"{origin}: {problem}{where}") from None
+    if not isinstance(raw, dict):
+        raise SpecError("", f"{origin}: a job file is a mapping of sections, got {_kind(raw)}")
+    return raw
+
+
+def parse_spec(raw: Mapping[str, Any]) -> JobSpec:
+    """Validate a raw mapping (from YAML or JSON) into a ``JobSpec``."""
+    if not isinstance(raw, Mapping):
+        raise SpecError("", f"a job is a mapping of sections, got {_kind(raw)}")
+    try:
+        spec = JobSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise _to_spec_error(exc) from None
+    check_job(spec)
+    return spec
+
+
+def spec_to_json(spec: JobSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def spec_from_json(text: str) -> JobSpec:
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise SpecError("", f"stored job spec is not JSON: {exc}") from None
+    return parse_spec(raw)
+
+
+# --- overrides --------------------------------------------------------------------
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``dotted.path=value`` overrides; values are parsed as YAML scalars/lists."""
+    result = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SpecError("--set", f"{item!r} is not of the form dotted.path=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise SpecError(key, f"cannot parse override value {text!r}") from None
+        node: Any = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError(key, f"{where} is a {_kind(child)}, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def attach_sources(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Read ``model.module`` into ``model.source`` so the code travels with the job."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("module"), str):
+        return raw
+    if model.get("source") is not None:
+        return raw
+    module_path = Path(model["module"])
+    if not module_path.is_absolute():
+        module_path = base_dir / module_path
+    try:
+        data = module_path.read_bytes()
+    except OSError as exc:
+        raise SpecError(
+            "model.module", f"cannot read {model['module']!r}: {exc.strerror}"
+        ) from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise SpecError("model.module", f"{model['module']!r} is larger than 1 MiB")
+    try:
+        model["source"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("model.module", f"{model['module']!r} is not UTF-8 text") from None
+    return raw
+
+
+# --- error formatting ----------------------------------------------------------------
+
+
+def _to_spec_error(exc: ValidationError) -> SpecError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    kind = first["type"]
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        allowed = _fields_at(JobSpec, loc[:-1])
+        message = f"unknown key {loc[-1]!r}"
+        if allowed:
+            message += f"; allowed: {', '.join(allowed)}"
+        path = ".".join(loc)
+    elif kind == "missing":
+        path, message = ".".join(loc), "is required"
+    elif kind == "literal_error":
+        path = ".".join(loc)
+        message = f"{value!r} is not one of {_plain_list(first['ctx']['expected'])}"
+    elif kind in ("value_error", "assertion_error"):
+        path = ".".join(loc)
+        message = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    else:
+        path = ".".join(loc)
+        message = f"{value!r}: {_lower_first(first['msg'])}" if not isinstance(
+            value, (dict, list)
+        ) else _lower_first(first["msg"])
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return SpecError(path, message.replace("\n", " "))
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names (aliases) of the section at ``loc``, to list what is allowed."""
+    current: Any = model
+    parts = iter(loc)
+    for part in parts:
+        field = next(
+            (f for n, f in current.model_fields.items() if (f.alias or n) == part), None
+        )
+        if field is None:
+            return []
+        if typing.get_origin(field.annotation) is dict:
+            next(parts, None)  # the user's key (e.g. a hyperparameter's name)
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return [f.alias or n for n, f in current.model_fields.items() if n != "source"]
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside an annotation like ``Split | None`` or ``dict[str, X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _plain_list(expected: str) -> str:
+    return expected.replace("'", "").replace(" or ", ", ")
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _kind(value: object) -> str:
+    return {dict: "mapping", list: "list", str: "string", type(None): "empty document"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,297 @@
+"""The job spec: pydantic models for every section of a job file.
+
+Unknown keys are errors everywhere (``extra="forbid"``); every default comes from
+``tunecluster.defaults``. Rules that span several fields live in the ``model_validator``
+of the smallest model that sees all of them, so the error path points there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tunecluster import defaults
+from tunecluster.spec.objective import infer_direction
+
+ALGORITHMS = ("random", "grid", "bayesian", "hyperband")
+TASKS = ("classification", "regression")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adamw", "adagrad", "nadam")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+# --- data -----------------------------------------------------------------------
+
+
+class Split(_Strict):
+    valid: float = Field(defaults.SPLIT_VALID, gt=0, lt=1)
+    test: float = Field(defaults.SPLIT_TEST, gt=0, lt=1)
+    seed: int = defaults.SPLIT_SEED
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> Split:
+        if self.valid + self.test >= 0.9:
+            raise ValueError(
+                f"valid + test = {self.valid + self.test:g} leaves too little for training"
+                " (must be < 0.9)"
+            )
+        return self
+
+
+class SplitFiles(_Strict):
+    train: str
+    valid: str
+    test: str
+
+
+class Data(_Strict):
+    dataset: str | None = None
+    path: str | None = None
+    target: str | None = None
+    files: SplitFiles | None = None
+    split: Split = Field(default_factory=Split)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Data:
+        given = [k for k in ("dataset", "path", "files") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of dataset, path, files"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.dataset is not None:
+            from tunecluster.data.registry import DATASETS
+
+            if self.dataset not in DATASETS:
+                raise ValueError(
+                    f"dataset {self.dataset!r} is not one of {', '.join(sorted(DATASETS))}"
+                )
+            if self.target is not None:
+                raise ValueError("target applies to path/files, not to a named dataset")
+        return self
+
+
+# --- hyperparameters --------------------------------------------------------------
+
+Scalar = int | float | str | bool
+
+
+class HyperParameter(_Strict):
+    """One searched (or fixed) hyperparameter; exactly one of the kind keys is given."""
+
+    int_: list[int] | None = Field(None, alias="int")
+    float_: list[float] | None = Field(None, alias="float")
+    choice: list[Scalar] | None = None
+    boolean: bool | None = None
+    fixed: Scalar | None = None
+    sampling: Literal["linear", "log", "reverse_log"] | None = None
+    step: float | None = Field(None, gt=0)
+    default: Scalar | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def kind(self) -> str:
+        for kind, attr in (
+            ("int", "int_"),
+            ("float", "float_"),
+            ("choice", "choice"),
+            ("boolean", "boolean"),
+            ("fixed", "fixed"),
+        ):
+            if getattr(self, attr) is not None:
+                return kind
+        raise AssertionError("validated hyperparameter without a kind")
+
+    @property
+    def is_finite(self) -> bool:
+        """Whether grid search can enumerate it."""
+        return self.kind != "float" or self.step is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> HyperParameter:
+        kinds = [k for k in ("int_", "float_", "choice", "boolean", "fixed") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of int, float, choice, boolean, fixed"
+                + (f" (got {', '.join(k.rstrip('_') for k in kinds)})" if kinds else "")
+            )
+        kind = self.kind
+        if kind in ("int", "float"):
+            bounds = self.int_ if kind == "int" else self.float_
+            assert bounds is not None
+            if len(bounds) != 2:
+                raise ValueError(f"{kind} takes [min, max], got {len(bounds)} values")
+            lo, hi = bounds
+            if not all(math.isfinite(v) for v in bounds):
+                raise ValueError(f"{kind} bounds must be finite numbers, got {bounds}")
+            if lo >= hi:
+                raise ValueError(f"{kind} min must be < max, got [{lo}, {hi}]")
+            if self.sampling in ("log", "reverse_log") and lo <= 0:
+                raise ValueError(f"{self.sampling} sampling needs min > 0, got min={lo}")
+            if kind == "int" and self.step is not None and self.step != int(self.step):
+                raise ValueError(f"step of an int range must be a whole number, got {self.step}")
+        else:
+            if self.sampling is not None or self.step is not None:
+                raise ValueError(f"sampling and step apply to int/float ranges, not to {kind}")
+        if kind == "choice":
+            assert self.choice is not None
+            if not self.choice:
+                raise ValueError("choice needs at least one value")
+            if len({type(v) for v in self.choice}) > 1:
+                raise ValueError(f"choice values must share one type, got {self.choice}")
+            if len(set(self.choice)) != len(self.choice):
+                raise ValueError(f"choice values must be distinct, got {self.choice}")
+            if self.default is not None and self.default not in self.choice:
+                raise ValueError(f"default {self.default!r} is not one of the choices")
+        return self
+
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_/]*$")
+
+
+# --- model ------------------------------------------------------------------------
+
+
+class Model(_Strict):
+    builtin: Literal["mlp"] | None = None
+    task: Literal["classification", "regression"] | None = None
+    input: Literal["flatten", "normalize"] | None = None
+    module: str | None = None
+    function: str = "build_model"
+    # The module's text, filled in by the loader so the job carries its own code.
+    source: str | None = None
+    hyperparameters: dict[str, HyperParameter] = Field(default_factory=dict)
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _names(cls, value: dict[str, HyperParameter]) -> dict[str, HyperParameter]:
+        for name in value:
+            if not NAME_RE.match(name) or name.startswith("tuner/"):
+                raise ValueError(
+                    f"hyperparameter name {name!r} must be an identifier (letters, digits, _)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Model:
+        if (self.builtin is None) == (self.module is None and self.source is None):
+            raise ValueError("give exactly one of builtin, module")
+        if self.builtin is not None:
+            if self.task is None:
+                self.task = "classification"
+            if self.input is None:
+                self.input = "flatten" if self.task == "classification" else "normalize"
+        elif self.input is not None:
+            raise ValueError("input applies to builtin models only")
+        if not self.function.isidentifier():
+            raise ValueError(f"function {self.function!r} is not a Python identifier")
+        return self
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.builtin is not None
+
+
+# --- search -------------------------------------------------------------------------
+
+
+class Objective(_Strict):
+    name: str
+    direction: Literal["min", "max"] | None = None
+
+
+class Search(_Strict):
+    algorithm: Literal["random", "grid", "bayesian", "hyperband"] = "random"
+    objective: Objective | str = "val_loss"
+    max_trials: int = Field(defaults.MAX_TRIALS, ge=1, le=100_000)
+    max_retries_per_trial: int = Field(defaults.MAX_RETRIES_PER_TRIAL, ge=0, le=20)
+    max_consecutive_failed_trials: int = Field(defaults.MAX_CONSECUTIVE_FAILED_TRIALS, ge=1)
+    seed: int | None = None
+    hyperband_factor: int = Field(defaults.HYPERBAND_FACTOR, ge=2)
+    num_initial_points: int = Field(defaults.BAYESIAN_INITIAL_POINTS, ge=1)
+
+    @field_validator("objective", mode="after")
+    @classmethod
+    def _objective(cls, value: Objective | str) -> Objective:
+        obj = Objective(name=value) if isinstance(value, str) else value
+        if obj.direction is None:
+            direction = infer_direction(obj.name)
+            if direction is None:
+                raise ValueError(
+                    f"cannot infer the direction of {obj.name!r}; give"
+                    " objective: {name: ..., direction: min|max}"
+                )
+            obj.direction = direction
+        return obj
+
+    @property
+    def objective_name(self) -> str:
+        assert isinstance(self.objective, Objective)
+        return self.objective.name
+
+    @property
+    def direction(self) -> str:
+        assert isinstance(self.objective, Objective) and self.objective.direction
+        return self.objective.direction
+
+
+# --- training and resources ------------------------------------------------------------
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(ge=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class Train(_Strict):
+    epochs: int = Field(defaults.EPOCHS, ge=1, le=100_000)
+    batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=1_000_000)
+    early_stopping: EarlyStopping | None = None
+    steps_per_execution: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    jit_compile: bool = False
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    shuffle: bool = True
+
+
+class Resources(_Strict):
+    strategy: Literal["auto", "mirrored", "one_device", "default"] = "auto"
+    gpus_per_trial: int | None = Field(None, ge=1)
+    cpu_slots: int = Field(1, ge=1, le=256)
+
+
+class RayOptions(_Strict):
+    address: str | None = None
+    early_stopping: dict[str, Any] | None = None
+
+
+# --- the job ------------------------------------------------------------------------------
+
+JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class JobSpec(_Strict):
+    name: str
+    data: Data
+    model: Model
+    search: Search = Field(default_factory=Search)
+    train: Train = Field(default_factory=Train)
+    resources: Resources = Field(default_factory=Resources)
+    scheduler: Literal["native", "ray"] = "native"
+    priority: int = 0
+    ray: RayOptions | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not JOB_NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} must be 1-63 lowercase letters, digits, '.', '_' or '-',"
+                " starting with a letter or digit"
+            )
+        return value

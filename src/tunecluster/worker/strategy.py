@@ -1,0 +1,49 @@
+"""The one module that owns ``tf.distribute``: which strategy a trial trains under.
+
+``auto``: MirroredStrategy over the trial's GPUs when it sees several, OneDeviceStrategy
+for one GPU, TensorFlow's default strategy on CPU. ``mirrored``, ``one_device`` and
+``default`` force a choice; on a CPU-only machine ``mirrored`` mirrors over the logical
+CPU devices (which is how the tests exercise real replication without a GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STRATEGIES = ("auto", "mirrored", "one_device", "default")
+
+
+def pick_strategy(requested: str = "auto") -> Any:
+    import tensorflow as tf
+
+    if requested not in STRATEGIES:
+        raise ValueError(f"resources.strategy: {requested!r} is not one of {', '.join(STRATEGIES)}")
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if requested == "auto":
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy(devices=gpus)
+        if len(gpus) == 1:
+            return tf.distribute.OneDeviceStrategy(gpus[0])
+        return tf.distribute.get_strategy()
+    if requested == "mirrored":
+        devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if requested == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def describe(strategy: Any, global_batch: int) -> dict[str, Any]:
+    """What a trial reports about how it was distributed."""
+    replicas = int(strategy.num_replicas_in_sync)
+    try:
+        devices = [str(d) for d in strategy.extended.worker_devices]
+    except RuntimeError:  # the default strategy places ops wherever TensorFlow chooses
+        devices = []
+    return {
+        "strategy": type(strategy).__name__,
+        "replicas": replicas,
+        "devices": devices,
+        "global_batch_size": global_batch,
+        "per_replica_batch_size": max(1, global_batch // replicas),
+    }

@@ -1,0 +1,241 @@
+"""One trial, in-process: build the model under its strategy, fit, report every epoch.
+
+The caller supplies a ``Reporter`` (the worker's writes to Redis, or a list in tests);
+its answer after each epoch tells the trial to stop early. The trial directory keeps a
+checkpoint of the last finished epoch, so a retried trial resumes after it, and the
+final model (weights of the best epoch, as judged by the objective) as ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tunecluster.errors import TrialFailed
+from tunecluster.worker import precision
+from tunecluster.worker.runtime import JobRuntime
+from tunecluster.worker.strategy import describe, pick_strategy
+
+CHECKPOINT = "last.weights.h5"
+CHECKPOINT_META = "last.json"
+MODEL_FILE = "model.keras"
+AUTO_STEPS_PER_EXECUTION = 32
+
+
+class Reporter(Protocol):
+    def epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """Record one finished epoch; return True when the trial must stop."""
+        ...
+
+
+@dataclass
+class TrialRequest:
+    trial_id: str
+    values: dict[str, Any]
+    attempt: int = 1
+
+
+@dataclass
+class TrialResult:
+    trial_id: str
+    epochs: list[dict[str, float]]
+    best_epoch: int
+    metrics: dict[str, float]
+    score: float
+    stopped_early: bool
+    resumed_from_epoch: int
+    model_path: str
+    distribution: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> TrialResult:
+    import keras
+
+    # Weights-only checkpoints do not carry optimizer slots; Keras warns on each load.
+    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    t0 = time.perf_counter()
+    spec = rt.spec
+    objective, direction = spec.search.objective_name, spec.search.direction
+    values = request.values
+    trial_dir = rt.trial_dir(request.trial_id)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+
+    epochs = int(values.get("tuner/epochs", spec.train.epochs))
+    initial_epoch = int(values.get("tuner/initial_epoch", 0))
+    policy = precision.policy_for(spec.train.mixed_precision)
+    strategy = pick_strategy(spec.resources.strategy)
+    keras.backend.clear_session()  # drop the previous trial's graphs from this process
+    t_build = time.perf_counter()
+    with strategy.scope():
+        model = rt.build_model(values)
+        _tune_step_overhead(model, rt, spec.train)
+    history: list[dict[str, float]] = []
+    resumed_from = 0
+    past = values.get("tuner/trial_id")
+    if past is not None:  # Hyperband: continue the earlier trial's best weights
+        model.load_weights(str(rt.trial_dir(str(past)) / MODEL_FILE))
+    # Only a retry resumes: a first attempt never trusts files it did not write.
+    checkpoint = _read_checkpoint(trial_dir) if request.attempt > 1 else None
+    if checkpoint is not None and checkpoint["epoch"] > initial_epoch:
+        model.load_weights(str(trial_dir / CHECKPOINT))
+        history = checkpoint["history"]
+        resumed_from = initial_epoch = int(checkpoint["epoch"])
+        for row in history:  # idempotent: the chief keeps one record per epoch
+            reporter.epoch(int(row["epoch"]), _metrics_only(row))
+
+    tracker = _EpochCallback(reporter, objective, direction, trial_dir, history,
+                             spec.train.early_stopping)
+    stopped_early = False
+    if initial_epoch < epochs:
+        t_fit = time.perf_counter()
+        model.fit(
+            rt.dataset("train", spec.train.batch_size, spec.train.shuffle,
+                       spec.data.split.seed),
+            validation_data=rt.dataset("valid", spec.train.batch_size, False, 0),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=[tracker],
+            shuffle=False,  # the tf.data pipeline shuffles already
+            verbose=0,
+        )
+        stopped_early = tracker.stop_reason is not None
+    else:
+        t_fit = time.perf_counter()
+    if not history:
+        raise TrialFailed("the trial ran no epoch")
+    best = _best_row(history, objective, direction)
+    if tracker.best_weights is not None:  # None only if the best epoch predates a resume
+        model.set_weights(tracker.best_weights)
+    t_save = time.perf_counter()
+    model_path = trial_dir / MODEL_FILE
+    tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, model_path)
+    return TrialResult(
+        trial_id=request.trial_id,
+        epochs=history,
+        best_epoch=int(best["epoch"]),
+        metrics=_metrics_only(best),
+        score=float(best[objective]),
+        stopped_early=stopped_early,
+        resumed_from_epoch=resumed_from,
+        model_path=str(model_path),
+        distribution={**describe(strategy, spec.train.batch_size), "dtype_policy": policy,
+                      "steps_per_execution": int(getattr(model, "steps_per_execution", 1) or 1)},
+        timings={
+            "setup_s": t_build - t0,
+            "build_s": t_fit - t_build,
+            "fit_s": t_save - t_fit,
+            "save_s": time.perf_counter() - t_save,
+        },
+    )
+
+
+def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any) -> None:
+    """Small models are bound by per-step dispatch: run several steps per call.
+
+    Applied after ``compile`` so it works for users' own models too; a model whose
+    author already chose ``steps_per_execution`` keeps it under ``auto``.
+    """
+    steps = train.steps_per_execution
+    if steps == "auto":
+        if int(getattr(model, "steps_per_execution", 1) or 1) != 1:
+            return
+        steps_per_epoch = max(1, math.ceil(len(rt.splits.x_train) / train.batch_size))
+        steps = min(steps_per_epoch, AUTO_STEPS_PER_EXECUTION)
+    model.steps_per_execution = int(steps)
+    if train.jit_compile:
+        model.jit_compile = True
+
+
+class _EpochCallback:
+    """Reports epochs, checkpoints the last one, tracks the best weights, stops early."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def __init__(self, reporter: Reporter, objective: str, direction: str,
+                         trial_dir: Path, history: list[dict[str, float]],
+                         early_stopping: Any) -> None:
+                super().__init__()
+                self.reporter = reporter
+                self.objective = objective
+                self.sign = 1.0 if direction == "max" else -1.0
+                self.trial_dir = trial_dir
+                self.history = history
+                self.patience = early_stopping.patience if early_stopping else None
+                self.min_delta = early_stopping.min_delta if early_stopping else 0.0
+                self.best_value = max((self.sign * r[objective] for r in history), default=None)
+                self.best_weights: list[Any] | None = None
+                self.since_best = 0
+                self.stop_reason: str | None = None
+
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                logs = {k: float(v) for k, v in (logs or {}).items()}
+                number = epoch + 1
+                if self.objective not in logs:
+                    raise TrialFailed(
+                        f"objective {self.objective!r} is not reported by the model;"
+                        f" it reports: {', '.join(sorted(logs)) or 'nothing'}"
+                    )
+                bad = [k for k in ("loss", self.objective) if k in logs and not math.isfinite(logs[k])]
+                if bad:
+                    raise TrialFailed(f"{bad[0]} is {logs[bad[0]]} at epoch {number}")
+                value = self.sign * logs[self.objective]
+                if self.best_value is None or value > self.best_value + self.min_delta:
+                    self.best_value = value
+                    self.best_weights = self.model.get_weights()
+                    self.since_best = 0
+                else:
+                    self.since_best += 1
+                row = {"epoch": number, **logs}
+                self.history.append(row)
+                self.model.save_weights(str(self.trial_dir / CHECKPOINT))
+                _write_json(self.trial_dir / CHECKPOINT_META,
+                            {"epoch": number, "history": self.history})
+                if self.reporter.epoch(number, logs):
+                    self.stop_reason = "stopped by the chief"
+                    self.model.stop_training = True
+                elif self.patience is not None and self.since_best > self.patience:
+                    self.stop_reason = f"no improvement in {self.patience} epochs"
+                    self.model.stop_training = True
+
+        return Callback(*args, **kwargs)
+
+
+def _read_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
+    meta = trial_dir / CHECKPOINT_META
+    if not (meta.is_file() and (trial_dir / CHECKPOINT).is_file()):
+        return None
+    try:
+        data = json.loads(meta.read_text())
+        return data if isinstance(data.get("epoch"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _best_row(history: list[dict[str, float]], objective: str, direction: str) -> dict[str, float]:
+    pick = max if direction == "max" else min
+    return pick(history, key=lambda r: r[objective])
+
+
+def _metrics_only(row: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if k != "epoch"}
