@@ -56,3 +56,20 @@ def build_checked(build: Callable[[Any], Any], hp: Any, function: str = "build_m
 def _last_line(exc: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
     return text[-1] if text else type(exc).__name__
+
+
+def discover_space(source: str, function: str, declared: Any, filename: str = "model.py") -> Any:
+    """Run ``build_model`` once, as KerasTuner's tuner does, to register its search space.
+
+    ``declared`` is a HyperParameters already holding the spec's own hyperparameters;
+    the ones ``build_model`` declares are added to it. Doubles as the submit-time check
+    that the module imports and returns a compiled model.
+    """
+    import keras
+
+    build = load_build_function(source, function, filename)
+    try:
+        build_checked(build, declared, function)
+    finally:
+        keras.backend.clear_session()
+    return declared

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ def load_spec_file(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
     raw = parse_yaml(text, str(path))
     raw = apply_overrides(raw, overrides)
     raw = attach_sources(raw, path.parent)
+    raw = absolute_data_paths(raw, path.parent)
     return parse_spec(raw)
 
 
@@ -128,13 +130,28 @@ def attach_sources(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return raw
 
 
+def absolute_data_paths(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Data paths in a job file are relative to the file; the job carries them absolute."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    if isinstance(data.get("path"), str):
+        data["path"] = str((base_dir / data["path"]).resolve())
+    files = data.get("files")
+    if isinstance(files, dict):
+        for split, value in files.items():
+            if isinstance(value, str):
+                files[split] = str((base_dir / value).resolve())
+    return raw
+
+
 # --- error formatting ----------------------------------------------------------------
 
 
 def _to_spec_error(exc: ValidationError) -> SpecError:
     errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(p) for p in first["loc"]]
+    first, errors = _pick_error(errors)
+    loc = _field_path(first["loc"])[0]
     kind = first["type"]
     value = first.get("input")
     if kind == "extra_forbidden":
@@ -159,6 +176,92 @@ def _to_spec_error(exc: ValidationError) -> SpecError:
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return SpecError(path, message.replace("\n", " "))
+
+
+def _pick_error(errors: list[Any]) -> tuple[Any, list[Any]]:
+    """The error to report, and all errors counting it but not its union alternatives.
+
+    A value that fits no member of a union (``Objective | str``) fails once per member;
+    those failures are one problem. Report the branch that got furthest into the value,
+    preferring a broken constraint over a mere type mismatch.
+    """
+    first = errors[0]
+    tags = _field_path(first["loc"])[1]
+    loc = first["loc"]
+
+    def is_branch(error: Any) -> bool:
+        other = error["loc"]
+        return any(
+            len(other) > p and other[:p] == loc[:p] and other[p] != loc[p] for p in tags
+        )
+
+    branches = [first] + [e for e in errors[1:] if is_branch(e)]
+
+    def rank(error: Any) -> tuple[int, bool]:
+        kind = error["type"]
+        mismatch = kind.endswith(("_type", "_parsing")) or kind == "literal_error"
+        return len(_field_path(error["loc"])[0]), not mismatch
+
+    best = max(branches, key=rank)
+    return best, [best] + [e for e in errors if e not in branches]
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[list[str], list[int]]:
+    """``loc`` without pydantic's union-member tags (``Objective``, ``constrained-int``).
+
+    Walks the ``JobSpec`` annotations alongside ``loc``; the part after a union's own
+    position names the member that failed, not a field. Also returns where the tags were.
+    """
+    path: list[str] = []
+    tags: list[int] = []
+    annotation: Any = JobSpec
+    for i, part in enumerate(loc):
+        annotation = _unwrap(annotation)
+        members = _union_members(annotation)
+        if members:
+            tags.append(i)
+            annotation = next((m for m in members if getattr(m, "__name__", None) == part), None)
+            continue
+        path.append(str(part))
+        annotation = _child(annotation, part)
+    return path, tags
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``Annotated[...]`` and ``X | None`` (neither adds a part to ``loc``)."""
+    while True:
+        if typing.get_origin(annotation) is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        if _is_union(annotation):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) == 1:
+                annotation = members[0]
+                continue
+        return annotation
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _union_members(annotation: Any) -> list[Any]:
+    if not _is_union(annotation):
+        return []
+    return [a for a in typing.get_args(annotation) if a is not type(None)]
+
+
+def _child(annotation: Any, part: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = next((f for n, f in annotation.model_fields.items() if (f.alias or n) == part),
+                     None)
+        return field.annotation if field is not None else None
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    if origin is list:
+        return typing.get_args(annotation)[0]
+    return None
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

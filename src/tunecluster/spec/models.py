@@ -208,7 +208,8 @@ class Objective(_Strict):
 
 class Search(_Strict):
     algorithm: Literal["random", "grid", "bayesian", "hyperband"] = "random"
-    objective: Objective | str = "val_loss"
+    # validate_default: the default must go through _objective too (str -> Objective).
+    objective: Objective | str = Field("val_loss", validate_default=True)
     max_trials: int = Field(defaults.MAX_TRIALS, ge=1, le=100_000)
     max_retries_per_trial: int = Field(defaults.MAX_RETRIES_PER_TRIAL, ge=0, le=20)
     max_consecutive_failed_trials: int = Field(defaults.MAX_CONSECUTIVE_FAILED_TRIALS, ge=1)
@@ -283,7 +284,7 @@ class JobSpec(_Strict):
     train: Train = Field(default_factory=Train)
     resources: Resources = Field(default_factory=Resources)
     scheduler: Literal["native", "ray"] = "native"
-    priority: int = 0
+    priority: int = Field(0, ge=-100, le=100)  # higher runs first; ties: oldest first
     ray: RayOptions | None = None
 
     @field_validator("name")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunecluster.artifacts import job_dir, trial_dir
 from tunecluster.data import Splits, load_splits
 from tunecluster.models import (
     NormalizationStats,
@@ -59,13 +60,13 @@ class JobRuntime:
             spec=spec,
             space=dict(space),
             splits=splits,
-            artifacts_dir=Path(artifacts_root) / job_id,
+            artifacts_dir=job_dir(artifacts_root, job_id),
             normalization=normalization,
             build_fn=build_fn,
         )
 
     def trial_dir(self, trial_id: str) -> Path:
-        return self.artifacts_dir / "trials" / trial_id
+        return trial_dir(self.artifacts_dir.parent, self.job_id, trial_id)
 
     def build_model(self, values: Mapping[str, Any]) -> Any:
         """Build and compile the model for one trial (call inside the strategy scope)."""

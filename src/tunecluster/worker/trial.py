@@ -18,14 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from tunecluster.artifacts import CHECKPOINT, CHECKPOINT_META, MODEL_FILE
 from tunecluster.errors import TrialFailed
 from tunecluster.worker import precision
 from tunecluster.worker.runtime import JobRuntime
 from tunecluster.worker.strategy import describe, pick_strategy
 
-CHECKPOINT = "last.weights.h5"
-CHECKPOINT_META = "last.json"
-MODEL_FILE = "model.keras"
 AUTO_STEPS_PER_EXECUTION = 32
 
 

@@ -1,0 +1,3 @@
+from tunecluster.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Finishing a job: the best trial's model scored once on the test split, then exported.
+
+Idempotent: a chief restarted in the middle redoes the whole step, which writes the
+same files and the same record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunecluster.artifacts import BEST_MODEL, MODEL_FILE, RESULTS
+from tunecluster.data import load_splits
+from tunecluster.spec.models import JobSpec
+from tunecluster.store import Store
+from tunecluster.store.results import build_results, leaderboard
+
+
+def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state: str,
+             resolve: Any = str, error: str | None = None) -> dict[str, Any]:
+    """Write ``final`` (test metrics, artifacts) and ``results.json``; set the final state."""
+    job_dir = artifacts_root / job
+    job_dir.mkdir(parents=True, exist_ok=True)
+    draft = build_results(store.jobs, job)
+    ranked = leaderboard(draft["trials"], draft["objective"]["direction"])
+    final: dict[str, Any] = {"test": None, "artifacts": {"dir": str(job_dir)}}
+    if state == "completed" and not ranked:
+        state = "failed"
+        error = error or "no trial completed: " + summarize_errors(draft["trials"])
+    if state == "completed":
+        best = ranked[0]
+        source = job_dir / "trials" / best["trial"] / MODEL_FILE
+        final["test"] = evaluate_on_test(spec, source, resolve)
+        target = job_dir / BEST_MODEL
+        tmp = job_dir / f".{BEST_MODEL}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        final["artifacts"]["best_model"] = str(target)
+    final["artifacts"]["results"] = str(job_dir / RESULTS)
+    store.client.hset(store.keys.job(job), "final", json.dumps(final))
+    results = build_results(store.jobs, job)
+    results["state"] = state
+    if error:
+        results["error"] = error
+    _write_json(job_dir / RESULTS, results)
+    fields = {"error": error} if error else {}
+    store.jobs.set_state(job, state, **fields)
+    return results
+
+
+def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[str, float]:
+    """The only place the test split is used: one evaluation of the chosen model."""
+    import keras
+
+    splits = load_splits(spec.data, spec.model.task, resolve)
+    model = keras.models.load_model(model_path, compile=True)
+    scores = model.evaluate(splits.x_test, splits.y_test, batch_size=spec.train.batch_size,
+                            verbose=0, return_dict=True)
+    return {k: float(v) for k, v in scores.items()}
+
+
+def summarize_errors(trials: list[dict[str, Any]]) -> str:
+    """'3x ValueError: ...; 1x worker lost' — the distinct errors, most frequent first."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        if t.get("error"):
+            line = str(t["error"]).strip().splitlines()[-1][:200]
+            counts[line] = counts.get(line, 0) + 1
+    if not counts:
+        return "no error recorded"
+    return "; ".join(f"{n}x {msg}" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)

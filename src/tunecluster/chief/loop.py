@@ -1,0 +1,314 @@
+"""The chief: one active per cluster (a lock with a lease in Redis), any number standing by.
+
+Each tick it (1) reads the inbox (epoch reports, trial ends, submits, cancels) and feeds
+the oracles, (2) reaps expired leases, (3) tops up the ready queue to the free worker
+slots and no more, so Bayesian suggestions see the latest results, (4) finalizes jobs
+whose search is over. Everything it decides is in Redis before it acknowledges the
+inbox messages, so a chief killed at any point resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tunecluster import defaults
+from tunecluster.artifacts import file_resolver
+from tunecluster.chief.finalize import finalize, summarize_errors
+from tunecluster.chief.oracle_host import OracleHost
+from tunecluster.errors import SpecError, StoreError
+from tunecluster.spec import parse_spec
+from tunecluster.spec.models import JobSpec
+from tunecluster.store import Store, codec, now_ms, split_member
+from tunecluster.store.connection import Backoff, retryable
+from tunecluster.store.keys import CHIEF_GROUP
+from tunecluster.store.results import build_results
+
+log = logging.getLogger("tunecluster.chief")
+
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+@dataclass
+class HostedJob:
+    id: str
+    spec: JobSpec
+    host: OracleHost | None
+    uploaded: list[str]
+    exhausted: bool = False
+    failure: str | None = None
+    dirty: bool = False
+    touched: set[str] = field(default_factory=set)
+
+
+class Chief:
+    def __init__(self, store: Store, artifacts_root: str | Path, *,
+                 lease_s: float = defaults.LEASE_S, tick_s: float = defaults.CHIEF_TICK_S,
+                 lock_s: float = defaults.CHIEF_LOCK_S, chief_id: str | None = None) -> None:
+        self.store = store
+        self.artifacts = Path(artifacts_root).resolve()
+        self.lease_s, self.tick_s, self.lock_s = lease_s, tick_s, lock_s
+        self.id = chief_id or f"chief-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.jobs: dict[str, HostedJob] = {}
+        self.leader = False
+        self._renew_lock = store.client.register_script(_RENEW_LOCK)
+        self.stop_event = threading.Event()
+
+    # --- main loop -------------------------------------------------------------------
+
+    def run(self) -> None:
+        backoff = Backoff()
+        log.info("chief %s starting", self.id)
+        while not self.stop_event.is_set():
+            try:
+                if not self._hold_lock():
+                    if self.leader:
+                        log.warning("lost the chief lock; standing by")
+                    self.leader = False
+                    self.jobs.clear()
+                    self.stop_event.wait(min(1.0, self.lock_s / 4))
+                    continue
+                if not self.leader:
+                    log.info("chief %s is now active", self.id)
+                    self.leader = True
+                    self._ensure_group()
+                    self._drain(pending=True)
+                self.tick()
+                backoff.ok()
+            except Exception as exc:  # noqa: BLE001 - the chief must outlive any one failure
+                if retryable(exc):
+                    self.leader = False
+                    self.jobs.clear()
+                    backoff.failed(exc)
+                else:
+                    raise
+        self._release_lock()
+
+    def tick(self) -> None:
+        self._drain(pending=False, block_ms=int(self.tick_s * 1000))
+        self._reap()
+        self._top_up()
+        self._finish_jobs()
+        self.store.client.set(f"{self.store.keys.chief_lock}:beat", now_ms(),
+                              px=int(self.lock_s * 3000))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # --- leadership --------------------------------------------------------------------
+
+    def _hold_lock(self) -> bool:
+        return bool(self._renew_lock(keys=[self.store.keys.chief_lock],
+                                     args=[self.id, int(self.lock_s * 1000)]))
+
+    def _release_lock(self) -> None:
+        try:
+            if self.store.client.get(self.store.keys.chief_lock) == self.id:
+                self.store.client.delete(self.store.keys.chief_lock)
+        except redis.RedisError:
+            pass
+
+    def _ensure_group(self) -> None:
+        try:
+            self.store.client.xgroup_create(self.store.keys.inbox, CHIEF_GROUP, id="0",
+                                            mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # --- inbox ----------------------------------------------------------------------------
+
+    def _drain(self, pending: bool, block_ms: int | None = None, rounds: int = 10) -> None:
+        """Process inbox messages; acknowledge them only after their effects are stored.
+
+        ``pending`` re-reads what a previous active chief received but never acknowledged.
+        At most ``rounds`` batches per call, so a flooded inbox cannot starve the reaper.
+        """
+        keys = self.store.keys
+        for round_no in range(rounds):
+            try:
+                rows = self.store.client.xreadgroup(
+                    CHIEF_GROUP, "chief", {keys.inbox: "0" if pending else ">"}, count=200,
+                    block=block_ms if (round_no == 0 and not pending) else None)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._ensure_group()
+                continue
+            entries = [e for _stream, items in rows or [] for e in items]
+            if not entries:
+                return
+            for _entry_id, fields in entries:
+                self._handle(fields or {})
+            self._persist(ack=[entry_id for entry_id, _ in entries])
+
+    def _handle(self, msg: dict[str, str]) -> None:
+        kind, job_id = msg.get("type"), msg.get("job", "")
+        if not job_id:
+            return
+        hosted = self._job(job_id)
+        if hosted is None or hosted.host is None:
+            return
+        if kind == "epoch":
+            try:
+                metrics = codec.loads_object(msg.get("metrics"), "epoch metrics")
+                epoch = int(msg.get("epoch", "0"))
+            except (StoreError, ValueError):
+                log.warning("ignoring a malformed epoch report for %s", job_id)
+                return
+            trial = msg.get("trial", "")
+            if hosted.host.update(trial, epoch, metrics):
+                self.store.queue.request_stop(job_id, trial)
+            hosted.dirty = True
+        elif kind == "end":
+            self._trial_ended(hosted, msg.get("trial", ""))
+
+    def _trial_ended(self, hosted: HostedJob, trial: str) -> None:
+        assert hosted.host is not None
+        row = self.store.jobs.trial(hosted.id, trial)
+        state = row.get("state")
+        if state not in ("COMPLETED", "FAILED", "CANCELLED") or not hosted.host.is_open(trial):
+            return
+        # Epochs can reach the oracle only through the inbox; feed any it missed.
+        for epoch, metrics in self.store.jobs.epochs(hosted.id, trial).items():
+            hosted.host.update(trial, epoch, metrics)
+        try:
+            hosted.host.end(trial, completed=state == "COMPLETED", message=row.get("error"))
+        except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
+            hosted.failure = (f"{hosted.spec.search.max_consecutive_failed_trials} consecutive"
+                              f" trials failed: {str(exc).splitlines()[-1][:300]}")
+        hosted.dirty = True
+
+    def _persist(self, ack: list[str]) -> None:
+        pipe = self.store.client.pipeline(transaction=True)
+        for hosted in self.jobs.values():
+            if hosted.dirty and hosted.host is not None:
+                pipe.set(self.store.keys.oracle(hosted.id), hosted.host.state_json())
+                hosted.dirty = False
+        if ack:
+            pipe.xack(self.store.keys.inbox, CHIEF_GROUP, *ack)
+            pipe.xdel(self.store.keys.inbox, *ack)
+        pipe.execute()
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> HostedJob | None:
+        hosted = self.jobs.get(job_id)
+        if hosted is not None:
+            return hosted
+        try:
+            record = self.store.jobs.get(job_id)
+        except StoreError:
+            return None
+        if record.state not in ("queued", "running", "finalizing"):
+            return None
+        try:
+            spec = parse_spec(record.spec)
+            uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
+            host = None
+            if spec.scheduler == "native":
+                host = OracleHost.create(spec, record.space, self.store.jobs.oracle_state(job_id))
+        except (SpecError, StoreError, ValueError, KeyError) as exc:
+            log.error("job %s cannot be loaded: %s", job_id, exc)
+            self.store.jobs.set_state(job_id, "failed", error=f"job cannot be loaded: {exc}")
+            return None
+        hosted = HostedJob(job_id, spec, host, list(uploaded or []))
+        self.jobs[job_id] = hosted
+        if record.state == "queued" and spec.scheduler == "native":
+            self.store.jobs.set_state(job_id, "running")
+        return hosted
+
+    def _reap(self) -> None:
+        now = now_ms()
+        for m in self.store.queue.expired(now):
+            job, trial = split_member(m)
+            outcome = self.store.queue.release(
+                job, trial, "worker lost: its lease expired", expired_before=now)
+            if outcome:
+                log.warning("reaped %s (%s)", m, "retry" if outcome == 1 else "failed")
+            elif not self.store.jobs.trial(job, trial).get("state") == "RUNNING":
+                self.store.client.zrem(self.store.keys.leases, m)  # stale entry
+        self.store.workers.prune(self.lease_s)
+
+    def _top_up(self) -> None:
+        free = (self.store.workers.total_slots(self.lease_s)
+                - self.store.queue.running_count() - self.store.queue.ready_count())
+        if free <= 0:
+            return
+        for job_id in self.store.jobs.active():
+            hosted = self._job(job_id)
+            if hosted is None or hosted.host is None or hosted.exhausted or hosted.failure:
+                continue
+            if self.store.client.hget(self.store.keys.job(job_id), "cancel") == "1":
+                continue
+            while free > 0:
+                status, trial, values = hosted.host.create_trial()
+                if status == "RUNNING" and trial is not None:
+                    self.store.queue.enqueue(job_id, trial, values,
+                                             hosted.spec.search.max_retries_per_trial,
+                                             hosted.host.state_json())
+                    free -= 1
+                elif status == "IDLE":
+                    break
+                else:
+                    hosted.exhausted = True
+                    hosted.dirty = True
+                    break
+            if free <= 0:
+                return
+
+    def _finish_jobs(self) -> None:
+        for job_id in list(self.store.jobs.active()):
+            hosted = self._job(job_id)
+            if hosted is None or hosted.host is None:
+                continue
+            cancel = self.store.client.hget(self.store.keys.job(job_id), "cancel") == "1"
+            if not (hosted.exhausted or hosted.failure or cancel):
+                continue
+            trials = self.store.jobs.trials(job_id)
+            if cancel or hosted.failure:
+                for row in trials:
+                    if row.get("state") == "READY":
+                        self.store.queue.cancel_ready(job_id, row["trial"], "job ended")
+                    elif row.get("state") == "RUNNING":
+                        self.store.queue.request_stop(job_id, row["trial"])
+            if any(row.get("state") in ("READY", "RUNNING") for row in trials):
+                continue
+            self._finalize(hosted, "cancelled" if cancel else
+                           "failed" if hosted.failure else "completed")
+
+    def _finalize(self, hosted: HostedJob, state: str) -> None:
+        self.store.jobs.set_state(hosted.id, "finalizing")
+        error = hosted.failure
+        if state == "failed" and error:
+            error = f"{error} | errors: {summarize_errors(build_results(self.store.jobs, hosted.id)['trials'])}"
+        resolve = file_resolver(self.store, hosted.id, self.artifacts, hosted.uploaded)
+        try:
+            results = finalize(self.store, hosted.id, hosted.spec, self.artifacts, state,
+                               resolve=resolve, error=error)
+            log.info("job %s %s", hosted.id, results["state"])
+        except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
+            if retryable(exc):
+                raise
+            log.exception("finalizing %s failed", hosted.id)
+            self.store.jobs.set_state(hosted.id, "failed", error=f"finalize failed: {exc}")
+        self.jobs.pop(hosted.id, None)
+
+
+def run_chief(store: Store, artifacts_root: str | Path, **kwargs: Any) -> Chief:
+    chief = Chief(store, artifacts_root, **kwargs)
+    chief.run()
+    return chief

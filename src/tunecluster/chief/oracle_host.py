@@ -1,0 +1,143 @@
+"""One real KerasTuner oracle per job, persisted to Redis as JSON instead of to files.
+
+The oracles are KerasTuner's own classes (random, grid, Bayesian, Hyperband); the only
+change is where they persist: ``save``/``_save_trial`` are no-ops and the chief stores
+``state_json()`` in Redis in the same transaction as the trials it creates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tunecluster.spec.models import JobSpec
+
+
+class _PersistedInRedis:
+    def save(self) -> None:  # the chief persists the whole state itself
+        pass
+
+    def _save_trial(self, trial: Any) -> None:
+        pass
+
+
+def _oracle_class(algorithm: str) -> type:
+    from keras_tuner import oracles
+
+    base = {
+        "random": oracles.RandomSearchOracle,
+        "grid": oracles.GridSearchOracle,
+        "bayesian": oracles.BayesianOptimizationOracle,
+        "hyperband": oracles.HyperbandOracle,
+    }[algorithm]
+    return type(f"Hosted{base.__name__}", (_PersistedInRedis, base), {})
+
+
+class OracleHost:
+    """The chief's handle on one job's oracle."""
+
+    def __init__(self, spec: JobSpec, space: Mapping[str, Any], oracle: Any) -> None:
+        self.spec = spec
+        self.space = dict(space)
+        self.oracle = oracle
+        self._tuner_seq = len(oracle.trials)
+
+    @classmethod
+    def create(cls, spec: JobSpec, space: Mapping[str, Any],
+               state_json: str | None = None) -> OracleHost:
+        import keras_tuner as kt
+
+        search = spec.search
+        common: dict[str, Any] = {
+            "objective": kt.Objective(search.objective_name, search.direction),
+            "hyperparameters": kt.HyperParameters.from_config(dict(space)),
+            "seed": search.seed,
+            # Retries are the queue's business (leases); the oracle sees final outcomes.
+            "max_retries_per_trial": 0,
+            "max_consecutive_failed_trials": search.max_consecutive_failed_trials,
+        }
+        cls_ = _oracle_class(search.algorithm)
+        if search.algorithm == "hyperband":
+            oracle = cls_(max_epochs=spec.train.epochs, factor=search.hyperband_factor, **common)
+            oracle.max_trials = search.max_trials
+        elif search.algorithm == "bayesian":
+            oracle = cls_(max_trials=search.max_trials,
+                          num_initial_points=min(search.num_initial_points, search.max_trials),
+                          **common)
+        else:
+            oracle = cls_(max_trials=search.max_trials, **common)
+        oracle.verbose = 0
+        if state_json:
+            state = json.loads(state_json)
+            oracle.trials = {tid: kt.engine.trial.Trial.from_state(s)
+                             for tid, s in state["trials"].items()}
+            oracle.set_state(state["oracle"])
+        return cls(spec, space, oracle)
+
+    def state_json(self) -> str:
+        return json.dumps({
+            "oracle": self.oracle.get_state(),
+            "trials": {tid: t.get_state() for tid, t in self.oracle.trials.items()},
+        }, default=_jsonable)
+
+    def create_trial(self) -> tuple[str, str | None, dict[str, Any]]:
+        """Ask for the next trial: (status, trial_id, values). Status RUNNING/IDLE/STOPPED."""
+        self._tuner_seq += 1
+        trial = self.oracle.create_trial(f"slot-{self._tuner_seq}")
+        if trial.status != "RUNNING":
+            return trial.status, None, {}
+        return "RUNNING", trial.trial_id, dict(trial.hyperparameters.values)
+
+    @property
+    def trial_count(self) -> int:
+        return len(self.oracle.trials)
+
+    def knows(self, trial_id: str) -> bool:
+        return trial_id in self.oracle.trials
+
+    def is_open(self, trial_id: str) -> bool:
+        trial = self.oracle.trials.get(trial_id)
+        return trial is not None and trial.status == "RUNNING"
+
+    def update(self, trial_id: str, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """Feed one epoch (once); True when the oracle wants the trial stopped."""
+        trial = self.oracle.trials.get(trial_id)
+        if trial is None or trial.status != "RUNNING":
+            return False
+        objective = self.spec.search.objective_name
+        if objective not in metrics:
+            return False  # the worker fails such a trial with a clear error
+        if trial.metrics.exists(objective) and any(
+            obs.step == epoch for obs in trial.metrics.get_history(objective)
+        ):
+            return False
+        clean = {k: float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        if objective not in clean:
+            return False
+        result = self.oracle.update_trial(trial_id, clean, step=epoch)
+        return getattr(result, "status", "RUNNING") == "STOPPED"
+
+    def end(self, trial_id: str, completed: bool, message: str | None = None) -> None:
+        """Tell the oracle a trial ended. Raises RuntimeError past the failure budget."""
+        trial = self.oracle.trials.get(trial_id)
+        if trial is None or trial.status != "RUNNING":
+            return
+        trial.status = "COMPLETED" if completed else "FAILED"
+        trial.message = message
+        self.oracle.end_trial(trial)
+
+    def ongoing(self) -> int:
+        return len(self.oracle.ongoing_trials)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, set):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,437 @@
+"""The ``tunecluster`` command line: parse, delegate, print — no logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+
+from tunecluster import defaults, render
+from tunecluster.errors import SpecError, StoreError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(message.replace("\n", " "), err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Every failure becomes one line on stderr: exit 2 for bad input, 1 for the rest."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from tunecluster.store import AuthFailed, redact
+
+        try:
+            return func(*args, **kwargs)
+        except SpecError as exc:
+            _fail(f"spec error: {exc}", 2)
+        except AuthFailed as exc:
+            _fail(f"error: {exc}", 1)
+        except StoreError as exc:
+            _fail(f"error: {exc}", 1)
+        except redis.ConnectionError as exc:
+            url = kwargs.get("redis_url") or defaults.REDIS_URL
+            _fail(f"error: cannot reach Redis at {redact(url)} ({exc})", 1)
+        except (FileNotFoundError, TimeoutError, ValueError) as exc:
+            _fail(f"error: {exc}", 1)
+
+    return wrapper
+
+
+def redis_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--redis", "redis_url", envvar=defaults.REDIS_URL_ENV,
+                        default=defaults.REDIS_URL, show_default=True,
+                        help=f"Redis URL (or ${defaults.REDIS_URL_ENV}); redis:// or rediss://")(func)
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def set_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+                        help="Override a field of the job, e.g. search.max_trials=5.")(func)
+
+
+def artifacts_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--artifacts", envvar=defaults.ARTIFACTS_ENV,
+                        default=defaults.ARTIFACTS_ROOT, show_default=True,
+                        help="Artifacts root (shared by chief and workers).")(func)
+
+
+def _store(redis_url: str) -> Any:
+    from tunecluster.store import Store
+
+    return Store.from_url(redis_url)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group()
+@click.version_option(package_name="tunecluster")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the roles do.")
+def cli(verbose: bool) -> None:
+    """Distributed hyperparameter tuning for Keras: KerasTuner oracles, warm workers, Redis."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+# --- jobs as files ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--no-build", is_flag=True, help="Do not import a custom model module.")
+@handle_errors
+def validate(spec: str, overrides: tuple[str, ...], no_build: bool) -> None:
+    """Check a job file; exit 0 if valid, 2 with a one-line message if not."""
+    from tunecluster.client import prepare_job
+
+    job = prepare_job(spec, overrides, discover=not no_build)
+    n = len(job.space.get("space", []))
+    click.echo(f"ok: {job.spec.name} ({job.spec.search.algorithm} search over {n}"
+               f" hyperparameter{'s' if n != 1 else ''}, objective"
+               f" {job.spec.search.objective_name} {job.spec.search.direction})")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the job file's JSON Schema (for editor completion)."""
+    from tunecluster.spec import JobSpec
+
+    _print_json(JobSpec.model_json_schema(by_alias=True))
+
+
+@cli.command()
+@json_option
+def datasets(as_json: bool) -> None:
+    """List the named datasets."""
+    from tunecluster.data import DATASETS
+
+    rows = [{"name": d.name, "task": d.task, "embedded": d.embedded,
+             "description": d.description} for d in DATASETS.values()]
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        where = "embedded" if r["embedded"] else "download"
+        click.echo(f"{r['name']:<20} {r['task']:<15} {where:<9} {r['description']}")
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after seconds.")
+@artifacts_option
+@json_option
+@handle_errors
+def run(spec: str, overrides: tuple[str, ...], workers: int, timeout_s: float | None,
+        artifacts: str, as_json: bool) -> None:
+    """Run a job on an embedded cluster: its own Redis, a chief and N workers."""
+    from tunecluster.client import prepare_job, submit, wait
+    from tunecluster.cluster import LocalCluster
+    from tunecluster.store import Store
+
+    job = prepare_job(spec, overrides)
+    with LocalCluster(workers=workers, artifacts=artifacts) as cluster:
+        store = Store.from_url(cluster.url)
+        job_id = submit(store, job)
+        if not as_json:
+            err.print(f"submitted {job_id}: {workers} workers, redis at {cluster.url}")
+            _watch(store, job_id)
+        results = wait(store, job_id, timeout_s)
+    if as_json:
+        _print_json(results)
+    else:
+        render.print_results(results, console)
+    if results["state"] != "completed":
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@redis_option
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job to end.")
+@json_option
+@handle_errors
+def submit(spec: str, overrides: tuple[str, ...], redis_url: str, wait_: bool,
+           as_json: bool) -> None:
+    """Validate and queue a job; prints its id."""
+    from tunecluster import client
+
+    job = client.prepare_job(spec if spec != "-" else _stdin_spec(), overrides)
+    store = _store(redis_url)
+    job_id = client.submit(store, job)
+    if not wait_:
+        _print_json({"job": job_id}) if as_json else click.echo(job_id)
+        return
+    results = client.wait(store, job_id)
+    _print_json(results) if as_json else render.print_results(results, console)
+
+
+def _stdin_spec() -> str:
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    handle.write(sys.stdin.read())
+    handle.close()
+    return handle.name
+
+
+@cli.command()
+@click.argument("job", required=False)
+@redis_option
+@json_option
+@handle_errors
+def status(job: str | None, redis_url: str, as_json: bool) -> None:
+    """A job's state and trial counts; without JOB, every job and the live workers."""
+    from tunecluster.store.results import build_results
+
+    store = _store(redis_url)
+    if job is None:
+        rows = [_summary(build_results(store.jobs, j)) for j in store.jobs.all()]
+        workers = store.workers.live(defaults.LEASE_S)
+        data = {"jobs": rows, "workers": [{"id": w, **info} for w, info in workers.items()],
+                "chief": store.client.get(store.keys.chief_lock)}
+        if as_json:
+            _print_json(data)
+            return
+        console.print(render.jobs_table(rows))
+        console.print(f"{len(workers)} live worker(s), "
+                      f"{sum(int(i.get('slots', 1)) for i in workers.values())} slot(s);"
+                      f" chief: {data['chief'] or 'none'}")
+        return
+    summary = _summary(build_results(store.jobs, job))
+    if as_json:
+        _print_json(summary)
+        return
+    console.print(render.jobs_table([summary]))
+    if summary.get("error"):
+        console.print(f"[red]error:[/red] {summary['error']}")
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: results[k] for k in ("job", "name", "state", "objective", "best", "counts",
+                                     "error", "created", "finished")}
+
+
+@cli.command(name="list")
+@redis_option
+@json_option
+@handle_errors
+def list_jobs(redis_url: str, as_json: bool) -> None:
+    """List jobs, newest first."""
+    from tunecluster.store.results import build_results
+
+    store = _store(redis_url)
+    rows = [_summary(build_results(store.jobs, j)) for j in store.jobs.all()]
+    _print_json(rows) if as_json else console.print(render.jobs_table(rows))
+
+
+@cli.command()
+@click.argument("job")
+@redis_option
+@handle_errors
+def watch(job: str, redis_url: str) -> None:
+    """Follow a job live: events, a trial table and a progress bar, until it ends."""
+    store = _store(redis_url)
+    store.jobs.get(job)
+    _watch(store, job)
+    from tunecluster.store.results import build_results
+
+    render.print_results(build_results(store.jobs, job), console)
+
+
+def _watch(store: Any, job: str) -> None:
+    from tunecluster.spec import parse_spec
+    from tunecluster.store import FINAL_STATES
+
+    total = parse_spec(store.jobs.get(job).spec).search.max_trials
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} trials"), console=err)
+    task = progress.add_task(job, total=total)
+    after = "0-0"
+    with Live(progress, console=err, refresh_per_second=4, transient=False):
+        while True:
+            events = store.events.read(job, after, block_ms=500)
+            for e in events:
+                after = e.id
+                if e.type not in ("trial_created",):
+                    progress.console.print(render.event_line(job, e.type, e.data))
+            rows = store.jobs.trials(job)
+            done = sum(r.get("state") in ("COMPLETED", "FAILED", "CANCELLED") for r in rows)
+            progress.update(task, completed=done)
+            if store.jobs.get(job).state in FINAL_STATES:
+                break
+
+
+@cli.command()
+@click.argument("job")
+@redis_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@handle_errors
+def results(job: str, redis_url: str, as_json: bool, as_csv: bool) -> None:
+    """The leaderboard, best hyperparameters and the test-set score."""
+    from tunecluster.store.results import build_results
+
+    data = build_results(_store(redis_url).jobs, job)
+    if as_json:
+        _print_json(data)
+    elif as_csv:
+        click.echo(render.results_csv(data), nl=False)
+    else:
+        render.print_results(data, console)
+
+
+@cli.command()
+@click.argument("job")
+@redis_option
+@click.option("--export", "export", type=click.Path(), help="Copy the best model here.")
+@json_option
+@handle_errors
+def best(job: str, redis_url: str, export: str | None, as_json: bool) -> None:
+    """The best trial; --export copies its model (a .keras file)."""
+    from tunecluster.store.results import build_results
+
+    data = build_results(_store(redis_url).jobs, job)
+    if not data["best"]:
+        raise StoreError(f"job {job} has no completed trial yet")
+    out = {**data["best"], "test": data["test"], "best_model": data["artifacts"].get("best_model")}
+    if export:
+        source = out["best_model"]
+        if not source or not Path(source).is_file():
+            raise StoreError(f"job {job} has no exported model yet (state {data['state']})")
+        shutil.copyfile(source, export)
+        out["exported"] = str(Path(export).resolve())
+    if as_json:
+        _print_json(out)
+    else:
+        click.echo(f"trial {out['trial']}: score {out['score']}  {out['hyperparameters']}")
+        if export:
+            click.echo(f"exported to {out['exported']}")
+
+
+@cli.command()
+@click.argument("job")
+@redis_option
+@click.option("--wait", "wait_", is_flag=True, help="Wait until the job has ended.")
+@handle_errors
+def cancel(job: str, redis_url: str, wait_: bool) -> None:
+    """Cancel a job: running trials stop within an epoch; completed ones are kept."""
+    from tunecluster import client
+
+    store = _store(redis_url)
+    before = store.jobs.request_cancel(job)
+    if before in ("completed", "failed", "cancelled"):
+        click.echo(f"{job} already {before}")
+        return
+    click.echo(f"cancelling {job}")
+    if wait_:
+        click.echo(client.wait(store, job)["state"])
+
+
+# --- roles ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@redis_option
+@artifacts_option
+@click.option("--lease", "lease_s", type=float, default=defaults.LEASE_S, show_default=True)
+@handle_errors
+def chief(redis_url: str, artifacts: str, lease_s: float) -> None:
+    """Run the chief (one is active per cluster; others stand by)."""
+    import signal
+
+    from tunecluster.chief import Chief
+
+    logging.getLogger().setLevel(logging.INFO)
+    node = Chief(_store(redis_url), artifacts, lease_s=lease_s)
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+    node.run()
+
+
+@cli.command()
+@redis_option
+@artifacts_option
+@click.option("--slots", type=int, default=None,
+              help="Trials at once (default: GPUs / --gpus-per-trial, or 1 on CPU).")
+@click.option("--gpus-per-trial", type=int, default=None, help="GPUs pinned to each slot.")
+@click.option("--lease", "lease_s", type=float, default=defaults.LEASE_S, show_default=True)
+@click.option("--heartbeat", "heartbeat_s", type=float, default=defaults.HEARTBEAT_S,
+              show_default=True)
+@handle_errors
+def worker(redis_url: str, artifacts: str, slots: int | None, gpus_per_trial: int | None,
+           lease_s: float, heartbeat_s: float) -> None:
+    """Run a worker: claims trials and trains them."""
+    from tunecluster.worker.loop import Worker
+    from tunecluster.worker.slots import plan_slots, visible_gpus
+
+    logging.getLogger().setLevel(logging.INFO)
+    plan = plan_slots(visible_gpus(), gpus_per_trial, slots)
+    Worker(_store(redis_url), redis_url, artifacts, slots=len(plan), slot_env=plan,
+           lease_s=lease_s, heartbeat_s=heartbeat_s).run()
+
+
+@cli.command()
+@redis_option
+@click.option("--role", type=click.Choice(["chief", "worker", "redis"]), default="redis",
+              show_default=True)
+@click.option("--max-age", "max_age_s", type=float, default=defaults.LEASE_S * 3,
+              show_default=True, help="Oldest acceptable heartbeat, seconds.")
+def health(redis_url: str, role: str, max_age_s: float) -> None:
+    """Probe: exit 0 when Redis answers (and, per --role, a fresh heartbeat exists)."""
+    import socket
+
+    from tunecluster.store import now_ms
+
+    try:
+        store = _store(redis_url)
+        if role == "chief":
+            beat = store.client.get(f"{store.keys.chief_lock}:beat")
+            ok = beat is not None and now_ms() - int(beat) < max_age_s * 1000
+        elif role == "worker":
+            host = socket.gethostname()
+            ok = any(info.get("host") == host and now_ms() - int(info.get("beat", 0)) < max_age_s * 1000
+                     for info in store.workers.live(max_age_s).values())
+        else:
+            ok = True
+    except Exception as exc:  # noqa: BLE001 - a probe reports, it does not raise
+        click.echo(f"unhealthy: {exc}", err=True)
+        sys.exit(1)
+    click.echo("ok" if ok else f"unhealthy: no fresh {role} heartbeat")
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    cli(prog_name="tunecluster")
+
+
+if __name__ == "__main__":
+    main()

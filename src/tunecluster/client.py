@@ -1,0 +1,87 @@
+"""What the CLI does on the user's side: prepare a job (validate, discover the search
+space, gather files), submit it, and wait for it. Nothing is queued unless all of
+preparation succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunecluster import defaults
+from tunecluster.errors import SpecError, TrialFailed
+from tunecluster.spec import JobSpec, load_spec_file, spec_to_json
+from tunecluster.store import FINAL_STATES, Store
+from tunecluster.store.results import build_results
+
+
+@dataclass
+class PreparedJob:
+    spec: JobSpec
+    space: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def prepare_job(path: str | Path, overrides: Iterable[str] = (), *,
+                discover: bool = True) -> PreparedJob:
+    spec = load_spec_file(path, overrides)
+    return PreparedJob(spec, search_space(spec, discover=discover), gather_files(spec))
+
+
+def search_space(spec: JobSpec, *, discover: bool = True) -> dict[str, Any]:
+    """The job's space as KerasTuner config; a custom model's ``build_model`` adds its own."""
+    from tunecluster.spec.space import build_space, space_to_json
+
+    hp = build_space(spec.model.hyperparameters)
+    if not spec.model.is_builtin and discover:
+        from tunecluster.models.custom import discover_space
+
+        assert spec.model.source is not None
+        try:
+            hp = discover_space(spec.model.source, spec.model.function, hp,
+                                spec.model.module or "model.py")
+        except TrialFailed as exc:
+            raise SpecError("model.module", str(exc)) from None
+    return space_to_json(hp)
+
+
+def gather_files(spec: JobSpec) -> dict[str, bytes]:
+    """Data files small enough to travel with the job (see defaults.MAX_UPLOAD_BYTES)."""
+    data = spec.data
+    paths = [data.path] if data.path else []
+    if data.files is not None:
+        paths += [data.files.train, data.files.valid, data.files.test]
+    files = {}
+    for p in paths:
+        assert p is not None
+        path = Path(p)
+        if not path.is_file():
+            raise SpecError("data.path" if data.path else "data.files",
+                            f"{p!r} does not exist")
+        if path.stat().st_size <= defaults.MAX_UPLOAD_BYTES:
+            files[p] = path.read_bytes()
+    return files
+
+
+def submit(store: Store, job: PreparedJob) -> str:
+    return store.jobs.submit(job.spec.name, spec_to_json(job.spec), job.space,
+                             job.spec.priority, job.spec.scheduler, job.files)
+
+
+def wait(store: Store, job: str, timeout_s: float | None = None,
+         poll_s: float = 0.5) -> dict[str, Any]:
+    """Block until the job is final; returns its results document."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    after = "0-0"
+    while True:
+        record = store.jobs.get(job)
+        if record.state in FINAL_STATES:
+            return build_results(store.jobs, job)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job} still {record.state} after {timeout_s:.0f}s")
+        events = store.events.read(job, after, block_ms=int(poll_s * 1000), count=1000)
+        if events:
+            after = events[-1].id

@@ -1,0 +1,104 @@
+"""The embedded default: a real Redis, a chief and N workers, all local processes.
+
+``LocalCluster`` is what ``tunecluster run`` uses and what the end-to-end tests drive:
+every role is a separate OS process started with the same CLI a deployment uses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tunecluster.cluster.redis_server import RedisServer
+
+
+class LocalCluster:
+    def __init__(self, workers: int = 2, artifacts: str | Path = "artifacts", *,
+                 redis_url: str | None = None, appendonly: bool = False,
+                 log_dir: str | Path | None = None, env: dict[str, str] | None = None,
+                 slots: int = 1) -> None:
+        self.n_workers = workers
+        self.artifacts = Path(artifacts).resolve()
+        self.redis: RedisServer | None = None
+        self._external_url = redis_url
+        self.appendonly = appendonly
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.slots = slots
+        self.chiefs: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        if self._external_url:
+            return self._external_url
+        assert self.redis is not None
+        return self.redis.url
+
+    def start(self) -> LocalCluster:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        if not self._external_url:
+            self.redis = RedisServer(appendonly=self.appendonly).start()
+        self.start_chief()
+        for _ in range(self.n_workers):
+            self.start_worker()
+        return self
+
+    def _spawn(self, role: str, *args: str) -> subprocess.Popen[bytes]:
+        out = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{role}-{len(self.chiefs) + len(self.workers)}.log", "ab")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "tunecluster", role, "--redis", self.url,
+               "--artifacts", str(self.artifacts), *args]
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+
+    def start_chief(self) -> subprocess.Popen[bytes]:
+        proc = self._spawn("chief")
+        self.chiefs.append(proc)
+        return proc
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        proc = self._spawn("worker", "--slots", str(self.slots))
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        procs = [p for p in self.workers + self.chiefs if p.poll() is None]
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_group(p)
+        for p in procs:
+            _kill_group(p)  # trial children live in the same process group
+        if self.redis is not None:
+            self.redis.close()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _kill_group(p: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(5)
+    except subprocess.TimeoutExpired:
+        pass

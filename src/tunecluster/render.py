@@ -1,0 +1,96 @@
+"""How results, statuses and events look in a terminal (rich) and as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+MAX_HP_COLUMNS = 8
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def leaderboard_table(results: dict[str, Any], limit: int | None = None) -> Table:
+    objective = results["objective"]
+    trials = list(results["trials"])
+    sign = -1.0 if objective["direction"] == "max" else 1.0
+    trials.sort(key=lambda t: (t["score"] is None, sign * (t["score"] or 0.0), t["trial"]))
+    hp_names: list[str] = []
+    for t in trials:
+        for name in t["hyperparameters"]:
+            if name not in hp_names:
+                hp_names.append(name)
+    hp_names = hp_names[:MAX_HP_COLUMNS]
+    table = Table(title=f"{results['name']} ({results['job']}) — {results['state']}, "
+                        f"{objective['name']} ({objective['direction']})")
+    for col in ("#", "trial", "state", objective["name"], "epochs", "attempts", *hp_names):
+        table.add_column(col, overflow="fold")
+    for rank, t in enumerate(trials[:limit] if limit else trials, start=1):
+        table.add_row(str(rank), t["trial"], t["state"], _fmt(t["score"]), _fmt(t["epochs"]),
+                      _fmt(t["attempts"]), *(_fmt(t["hyperparameters"].get(n)) for n in hp_names))
+    return table
+
+
+def print_results(results: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(leaderboard_table(results))
+    best = results.get("best")
+    if best:
+        console.print(f"best trial {best['trial']}: {results['objective']['name']} = "
+                      f"{_fmt(best['score'])}  hyperparameters {best['hyperparameters']}")
+    if results.get("test"):
+        console.print("test split (evaluated once): " + ", ".join(
+            f"{k} = {_fmt(v)}" for k, v in results["test"].items()))
+    if results.get("artifacts", {}).get("best_model"):
+        console.print(f"best model: {results['artifacts']['best_model']}")
+    if results.get("error"):
+        console.print(f"[red]error:[/red] {results['error']}")
+
+
+def results_csv(results: dict[str, Any]) -> str:
+    hp_names = sorted({n for t in results["trials"] for n in t["hyperparameters"]})
+    metric_names = sorted({n for t in results["trials"] for n in t["metrics"]})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["trial", "state", "score", "attempts", "worker", *hp_names,
+                     *metric_names, "error"])
+    for t in results["trials"]:
+        writer.writerow([t["trial"], t["state"], _fmt(t["score"]) if t["score"] is not None
+                         else "", t["attempts"], t["worker"] or "",
+                         *(t["hyperparameters"].get(n, "") for n in hp_names),
+                         *(t["metrics"].get(n, "") for n in metric_names), t["error"] or ""])
+    return out.getvalue()
+
+
+def jobs_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="jobs")
+    for col in ("job", "state", "trials", "completed", "failed", "running", "best"):
+        table.add_column(col)
+    for r in rows:
+        c = r["counts"]
+        table.add_row(r["job"], r["state"], str(sum(c.values())), str(c.get("COMPLETED", 0)),
+                      str(c.get("FAILED", 0)), str(c.get("RUNNING", 0)),
+                      _fmt(r["best"]["score"]) if r.get("best") else "-")
+    return table
+
+
+def event_line(job: str, kind: str, data: dict[str, Any]) -> str:
+    trial = data.get("trial", "")
+    if kind == "epoch":
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(data.get("metrics", {}).items())
+                            if k.startswith("val_"))
+        return f"trial {trial} epoch {data.get('epoch')}: {metrics}"
+    if kind == "job_state":
+        return f"job {job} -> {data.get('state')}" + (f" ({data['error']})" if data.get("error") else "")
+    details = ", ".join(f"{k}={_fmt(v)}" for k, v in data.items() if k not in ("trial",) and v is not None)
+    return f"{kind.replace('_', ' ')} {trial} {details}".strip()

@@ -1,0 +1,131 @@
+"""Connecting to Redis from a URL, failing fast on bad credentials, backing off on outages.
+
+``redis://[[user]:password@]host:port/db`` and ``rediss://`` (TLS) URLs are accepted.
+Long-running roles wrap each loop iteration in ``Backoff``: a dropped connection
+sleeps with exponential back-off and retries; an authentication error is fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from tunecluster import defaults
+
+log = logging.getLogger(__name__)
+
+
+class AuthFailed(RuntimeError):
+    """Redis refused our credentials (or demanded some): nothing will work until fixed."""
+
+
+def connect(url: str | None = None, *, check: bool = True, decode: bool = True) -> redis.Redis:
+    url = url or defaults.REDIS_URL
+    try:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=decode,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=15,
+        )
+    except ValueError as exc:
+        raise ValueError(f"--redis: {url!r} is not a Redis URL ({exc})") from None
+    if check:
+        ping(client, url)
+    return client
+
+
+def raw_client(client: redis.Redis) -> redis.Redis:
+    """A client on the same server that returns bytes (for uploaded data files)."""
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs["decode_responses"] = False
+    pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def ping(client: redis.Redis, url: str = "") -> None:
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise AuthFailed(f"Redis authentication failed at {redact(url)}: {exc}") from None
+    except redis.ResponseError as exc:
+        if is_auth_error(exc):
+            raise AuthFailed(f"Redis authentication failed at {redact(url)}: {exc}") from None
+        raise
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    if isinstance(exc, redis.AuthenticationError):
+        return True
+    text = str(exc).upper()
+    return isinstance(exc, redis.ResponseError) and (
+        "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text
+    )
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user + ':' if user else ':'}***@{host}"
+
+
+class Backoff:
+    """Exponential back-off for loops that must survive Redis restarts."""
+
+    def __init__(self, first: float = defaults.RECONNECT_BACKOFF_S[0],
+                 cap: float = defaults.RECONNECT_BACKOFF_S[1]) -> None:
+        self.first, self.cap = first, cap
+        self.delay = 0.0
+        self.failures = 0
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("redis connection restored after %d failed attempts", self.failures)
+        self.delay, self.failures = 0.0, 0
+
+    def failed(self, exc: BaseException) -> None:
+        """Sleep before the next attempt; re-raise errors that retrying cannot fix."""
+        if is_auth_error(exc):
+            raise AuthFailed(f"Redis authentication failed: {exc}") from None
+        self.failures += 1
+        self.delay = min(self.cap, max(self.first, self.delay * 2))
+        if self.failures == 1 or self.failures % 10 == 0:
+            log.warning("redis unavailable (%s); retrying in %.1fs", exc, self.delay)
+        time.sleep(self.delay)
+
+
+RETRYABLE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    ConnectionError,
+    OSError,
+)
+
+
+def retryable(exc: BaseException) -> bool:
+    if is_auth_error(exc):
+        return False
+    if isinstance(exc, redis.ResponseError):
+        # A restarted Redis answers LOADING while it replays its AOF.
+        return "LOADING" in str(exc).upper()
+    return isinstance(exc, RETRYABLE)
+
+
+def wait_for(client: Any, attempts: int = 100, delay: float = 0.1) -> None:
+    """Block until Redis answers (used right after starting a server)."""
+    for _ in range(attempts):
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(delay)
+    client.ping()

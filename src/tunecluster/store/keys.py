@@ -1,0 +1,98 @@
+"""Every Redis key tunecluster uses, built in one place (tests pin this schema).
+
+    {p}:jobs                        ZSET  active job ids, scored by (priority, age)
+    {p}:jobs:all                    ZSET  every job id, scored by creation time (ms)
+    {p}:job:{job}                   HASH  job record: state, spec, space, timestamps, results
+    {p}:job:{job}:file:{name}       STRING bytes of a data file uploaded with the job
+    {p}:job:{job}:oracle            STRING the KerasTuner oracle's state (JSON), chief only
+    {p}:job:{job}:trials            ZSET  trial ids, scored by creation order
+    {p}:job:{job}:trial:{trial}     HASH  trial record: state, values, attempts, worker, result
+    {p}:job:{job}:trial:{trial}:epochs HASH epoch number -> metrics (JSON)
+    {p}:job:{job}:events            STREAM the job's event log (what `watch` tails)
+    {p}:ready                       LIST  "{job}/{trial}" ready to claim, claimed from the left
+    {p}:leases                      ZSET  "{job}/{trial}" of running trials, scored by expiry (ms)
+    {p}:inbox                       STREAM reports for the chief (epochs, ends, submits, cancels)
+    {p}:wake                        LIST  tokens that wake idle workers when trials are queued
+    {p}:workers                     ZSET  worker ids, scored by last heartbeat (ms)
+    {p}:worker:{worker}             HASH  worker info: host, pid, slots, busy
+    {p}:chief:lock                  STRING id of the active chief (expires unless renewed)
+"""
+
+from __future__ import annotations
+
+from tunecluster import defaults
+
+CHIEF_GROUP = "chief"  # consumer group of the inbox stream
+
+
+class Keys:
+    def __init__(self, prefix: str = defaults.KEY_PREFIX) -> None:
+        self.p = prefix
+
+    # jobs
+    @property
+    def jobs_active(self) -> str:
+        return f"{self.p}:jobs"
+
+    @property
+    def jobs_all(self) -> str:
+        return f"{self.p}:jobs:all"
+
+    def job(self, job: str) -> str:
+        return f"{self.p}:job:{job}"
+
+    def job_file(self, job: str, name: str) -> str:
+        return f"{self.p}:job:{job}:file:{name}"
+
+    def oracle(self, job: str) -> str:
+        return f"{self.p}:job:{job}:oracle"
+
+    def trials(self, job: str) -> str:
+        return f"{self.p}:job:{job}:trials"
+
+    def trial(self, job: str, trial: str) -> str:
+        return f"{self.p}:job:{job}:trial:{trial}"
+
+    def epochs(self, job: str, trial: str) -> str:
+        return f"{self.p}:job:{job}:trial:{trial}:epochs"
+
+    def events(self, job: str) -> str:
+        return f"{self.p}:job:{job}:events"
+
+    # queues and liveness
+    @property
+    def ready(self) -> str:
+        return f"{self.p}:ready"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.p}:leases"
+
+    @property
+    def inbox(self) -> str:
+        return f"{self.p}:inbox"
+
+    @property
+    def wake(self) -> str:
+        return f"{self.p}:wake"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.p}:workers"
+
+    def worker(self, worker: str) -> str:
+        return f"{self.p}:worker:{worker}"
+
+    @property
+    def chief_lock(self) -> str:
+        return f"{self.p}:chief:lock"
+
+
+def member(job: str, trial: str) -> str:
+    """How a trial is named inside the shared ready list and lease set."""
+    return f"{job}/{trial}"
+
+
+def split_member(value: str) -> tuple[str, str]:
+    job, _, trial = value.partition("/")
+    return job, trial

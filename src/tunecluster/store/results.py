@@ -1,0 +1,91 @@
+"""The results document of a job (``results --json``, ``results.json``), built from Redis.
+
+Same shape whatever the scheduler or the job's state; while a job runs it is the
+current leaderboard.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tunecluster.store import codec
+from tunecluster.store.jobs import JobStore
+
+FIELDS = ("job", "name", "state", "objective", "best", "test", "trials", "artifacts")
+
+
+def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
+    record = jobs.get(job)
+    search = record.spec.get("search", {})
+    objective = search.get("objective", {})
+    if isinstance(objective, str):
+        objective = {"name": objective}
+    name, direction = objective.get("name", "val_loss"), objective.get("direction", "min")
+    trials = [_trial_row(row) for row in jobs.trials(job)]
+    ranked = leaderboard(trials, direction)
+    best = ranked[0] if ranked else None
+    final = _json_field(record.fields, "final")
+    return {
+        "job": job,
+        "name": record.name,
+        "state": record.state,
+        "scheduler": record.fields.get("scheduler", "native"),
+        "objective": {"name": name, "direction": direction},
+        "best": None if best is None else {
+            "trial": best["trial"],
+            "hyperparameters": best["hyperparameters"],
+            "score": best["score"],
+            "metrics": best["metrics"],
+        },
+        "test": final.get("test"),
+        "trials": trials,
+        "counts": _counts(trials),
+        "artifacts": final.get("artifacts", {}),
+        "error": record.fields.get("error") or None,
+        "created": record.created,
+        "finished": int(record.fields["finished"]) if record.fields.get("finished") else None,
+    }
+
+
+def leaderboard(trials: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    """COMPLETED trials with a score, best first (ties: earlier trial first)."""
+    scored = [t for t in trials if t["state"] == "COMPLETED" and t["score"] is not None]
+    sign = -1.0 if direction == "max" else 1.0
+    return sorted(scored, key=lambda t: (sign * t["score"], t["trial"]))
+
+
+def _trial_row(row: dict[str, str]) -> dict[str, Any]:
+    values = _json_field(row, "values")
+    return {
+        "trial": row.get("trial", "?"),
+        "state": row.get("state", "UNKNOWN"),
+        "hyperparameters": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+        "score": codec.finite_or_none(row.get("score")),
+        "metrics": _json_field(row, "metrics"),
+        "best_epoch": int(row["best_epoch"]) if row.get("best_epoch", "").isdigit() else None,
+        "epochs": int(row["last_epoch"]) if row.get("last_epoch", "").isdigit() else 0,
+        "attempts": int(row.get("attempts") or 0),
+        "worker": row.get("worker") or None,
+        "error": row.get("error") or None,
+        "resumed_from_epoch": int(row.get("resumed_from_epoch") or 0),
+        "tuner": {k: v for k, v in values.items() if k.startswith("tuner/")} or None,
+    }
+
+
+def _json_field(row: dict[str, str], name: str) -> dict[str, Any]:
+    try:
+        value = codec.loads(row.get(name) or "{}", name)
+    except Exception:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in value.items()}
+
+
+def _counts(trials: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["state"]] = counts.get(t["state"], 0) + 1
+    return counts
