@@ -1,0 +1,181 @@
+"""End to end through real processes: Redis, a chief, two workers, real Keras trials."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tunecluster.client import prepare_job, submit, wait
+from tunecluster.data import load_splits
+from tunecluster.spec import load_spec_file
+from tunecluster.store.results import FIELDS
+
+from .conftest import EXAMPLES, cli, run_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+SMALL = ("search.max_trials=3", "train.epochs=2")
+
+
+def _check_invariants(results: dict, max_trials: int) -> None:
+    trials = results["trials"]
+    ids = [t["trial"] for t in trials]
+    assert len(ids) == len(set(ids)), "a trial is listed twice"
+    assert len(trials) <= max_trials
+    for t in trials:
+        assert t["state"] in ("COMPLETED", "FAILED"), t
+        if t["state"] == "FAILED":
+            assert t["error"], t
+        assert t["attempts"] >= 1
+
+
+@pytest.mark.parametrize("algorithm", ["random", "grid", "bayesian", "hyperband"])
+def test_digits_with_each_algorithm(store, algorithm: str, tmp_path: Path) -> None:
+    overrides = [*SMALL, f"search.algorithm={algorithm}"]
+    if algorithm == "grid":
+        # grid needs a finite space: a stepped learning rate, two optimizers
+        overrides += ["model.hyperparameters.learning_rate={float: [0.001, 0.01], step: 0.009}",
+                      "model.hyperparameters.n_neurons={choice: [32, 64]}",
+                      "model.hyperparameters.n_hidden={fixed: 1}"]
+    results = run_job(store, EXAMPLES / "digits.yaml", *overrides)
+    assert results["state"] == "completed", results.get("error")
+    _check_invariants(results, 3)
+    assert len(results["trials"]) >= 2
+    assert results["best"]["score"] > 0.15  # 10 classes: chance is 0.1
+    if algorithm == "grid":
+        seen = {tuple(sorted(t["hyperparameters"].items())) for t in results["trials"]}
+        assert len(seen) == len(results["trials"]), "grid search repeated a point"
+    if algorithm == "hyperband":
+        assert any(t["tuner"] for t in results["trials"])
+
+
+def test_results_json_fields_and_best_model_scores_reported_test_metric(store, cluster,
+                                                                          tmp_path: Path) -> None:
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", SMALL))
+    wait(store, job, 240)
+    out = cli("results", job, "--json", "--redis", cluster.url)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    for field in FIELDS:
+        assert field in results
+    assert results["state"] == "completed"
+    assert set(results["objective"]) == {"name", "direction"}
+    assert set(results["best"]) == {"trial", "hyperparameters", "score", "metrics"}
+    for t in results["trials"]:
+        assert {"trial", "state", "hyperparameters", "score", "metrics", "attempts", "worker",
+                "error"} <= set(t)
+    best_path = Path(results["artifacts"]["best_model"])
+    assert best_path.is_file()
+    assert Path(results["artifacts"]["results"]).is_file()
+    on_disk = json.loads(Path(results["artifacts"]["results"]).read_text())
+    assert on_disk["best"]["trial"] == results["best"]["trial"]
+
+    # The exported model reproduces the reported test score on the test split.
+    import keras
+
+    export = tmp_path / "best.keras"
+    out = cli("best", job, "--export", str(export), "--redis", cluster.url, "--json")
+    assert out.returncode == 0, out.stderr
+    model = keras.models.load_model(export)
+    spec = load_spec_file(EXAMPLES / "digits.yaml", SMALL)
+    splits = load_splits(spec.data, spec.model.task)
+    scores = model.evaluate(splits.x_test, splits.y_test, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-6)
+    # and its validation score is the leaderboard's best score
+    val = model.evaluate(splits.x_valid, splits.y_valid, verbose=0, return_dict=True)
+    assert val["accuracy"] == pytest.approx(results["best"]["score"], abs=1e-6)
+
+
+def test_regression_job_with_normalization(store) -> None:
+    results = run_job(store, EXAMPLES / "regression.yaml", "search.max_trials=2",
+                      "train.epochs=3")
+    assert results["state"] == "completed", results.get("error")
+    assert results["objective"] == {"name": "val_rmse", "direction": "min"}
+    assert {"loss", "mae", "rmse"} <= set(results["test"])
+    _check_invariants(results, 2)
+
+
+def test_custom_module_job(store) -> None:
+    results = run_job(store, EXAMPLES / "custom.yaml", "search.max_trials=2", "train.epochs=2")
+    assert results["state"] == "completed", results.get("error")
+    names = set(results["best"]["hyperparameters"])
+    assert {"num_layers", "units_0", "lr"} <= names  # discovered from build_model(hp)
+
+
+def test_two_jobs_submitted_together_both_complete(store) -> None:
+    first = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=2",
+                                                                  "train.epochs=1")))
+    second = submit(store, prepare_job(EXAMPLES / "regression.yaml", ("search.max_trials=2",
+                                                                       "train.epochs=2")))
+    assert wait(store, first, 240)["state"] == "completed"
+    assert wait(store, second, 240)["state"] == "completed"
+
+
+FAILING_MODEL = textwrap.dedent('''
+    import keras
+    from keras import ops
+
+    def build_model(hp):
+        mode = hp.Choice("mode", ["ok", "raise", "nan"])
+        if mode == "raise":
+            raise ValueError("this model refuses to be built")
+        model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
+                                  keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(10, activation="softmax")])
+        loss = "sparse_categorical_crossentropy"
+        if mode == "nan":
+            def loss(y, p):
+                return ops.mean(ops.log(p * 0.0 - 1.0))
+        model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+        return model
+''')
+
+
+def test_raising_and_nan_trials_fail_and_the_job_completes(store, tmp_path: Path) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_MODEL)
+    (tmp_path / "job.yaml").write_text(textwrap.dedent('''
+        name: failing
+        data: {dataset: digits}
+        model: {module: failing.py}
+        search: {algorithm: grid, objective: val_accuracy, max_trials: 3}
+        train: {epochs: 2}
+    '''))
+    # submit-time discovery builds with the default value ("ok"), so the job is accepted
+    results = run_job(store, tmp_path / "job.yaml")
+    assert results["state"] == "completed", results.get("error")
+    by_mode = {t["hyperparameters"]["mode"]: t for t in results["trials"]}
+    assert set(by_mode) == {"ok", "raise", "nan"}
+    assert by_mode["ok"]["state"] == "COMPLETED"
+    assert by_mode["raise"]["state"] == "FAILED"
+    assert "refuses to be built" in by_mode["raise"]["error"]
+    assert by_mode["nan"]["state"] == "FAILED"
+    assert "nan" in by_mode["nan"]["error"].lower()
+    assert results["best"]["trial"] == by_mode["ok"]["trial"]
+
+
+def test_cli_submit_wait_status_and_bad_spec_is_not_queued(cluster, store, tmp_path) -> None:
+    before = set(store.jobs.all())
+    bad = cli("submit", str(EXAMPLES / "digits.yaml"), "--set", "search.algorithm=bayes",
+              "--redis", cluster.url)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0
+    assert "search.algorithm" in bad.stderr and "bayes" in bad.stderr
+    assert set(store.jobs.all()) == before, "a rejected job was queued"
+
+    out = cli("submit", str(EXAMPLES / "digits.yaml"), "--set", "search.max_trials=2",
+              "--set", "train.epochs=1", "--redis", cluster.url, "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert results["state"] == "completed"
+    status = json.loads(cli("status", results["job"], "--json", "--redis", cluster.url).stdout)
+    assert status["counts"].get("COMPLETED", 0) + status["counts"].get("FAILED", 0) == 2
+    listed = json.loads(cli("list", "--json", "--redis", cluster.url).stdout)
+    assert results["job"] in [row["job"] for row in listed]
+    csv_out = cli("results", results["job"], "--csv", "--redis", cluster.url).stdout
+    assert csv_out.splitlines()[0].startswith("trial,state,score")
+    assert len(csv_out.strip().splitlines()) == 3
+    unknown = cli("results", "no-such-job", "--redis", cluster.url)
+    assert unknown.returncode == 1 and "no-such-job" in unknown.stderr
