@@ -76,10 +76,11 @@ def artifacts_option(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Artifacts root (shared by chief and workers).")(func)
 
 
-def _store(redis_url: str) -> Any:
+def _store(redis_url: str, patient: bool = False) -> Any:
+    """Interactive commands fail fast; roles (chief, worker) ride out Redis restarts."""
     from tunecluster.store import Store
 
-    return Store.from_url(redis_url)
+    return Store.from_url(redis_url, retries=20 if patient else 1)
 
 
 def _print_json(data: Any) -> None:
@@ -371,7 +372,7 @@ def chief(redis_url: str, artifacts: str, lease_s: float) -> None:
     from tunecluster.chief import Chief
 
     logging.getLogger().setLevel(logging.INFO)
-    node = Chief(_store(redis_url), artifacts, lease_s=lease_s)
+    node = Chief(_store(redis_url, patient=True), artifacts, lease_s=lease_s)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     node.run()
@@ -395,7 +396,7 @@ def worker(redis_url: str, artifacts: str, slots: int | None, gpus_per_trial: in
 
     logging.getLogger().setLevel(logging.INFO)
     plan = plan_slots(visible_gpus(), gpus_per_trial, slots)
-    Worker(_store(redis_url), redis_url, artifacts, slots=len(plan), slot_env=plan,
+    Worker(_store(redis_url, patient=True), redis_url, artifacts, slots=len(plan), slot_env=plan,
            lease_s=lease_s, heartbeat_s=heartbeat_s).run()
 
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ class Chief:
         self.leader = False
         self._renew_lock = store.client.register_script(_RENEW_LOCK)
         self.stop_event = threading.Event()
+        self._last_tick = time.monotonic()
+        self._reap_after = 0.0
 
     # --- main loop -------------------------------------------------------------------
 
@@ -98,8 +101,15 @@ class Chief:
         self._release_lock()
 
     def tick(self) -> None:
+        started = time.monotonic()
+        if started - self._last_tick > self.lease_s / 2:
+            # We were stalled (Redis down, process paused): workers could not renew
+            # their leases either, so give them one lease to catch up before reaping.
+            self._reap_after = started + self.lease_s
+        self._last_tick = started
         self._drain(pending=False, block_ms=int(self.tick_s * 1000))
-        self._reap()
+        if time.monotonic() >= self._reap_after:
+            self._reap()
         self._top_up()
         self._finish_jobs()
         self.store.client.set(f"{self.store.keys.chief_lock}:beat", now_ms(),

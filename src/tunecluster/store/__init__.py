@@ -27,8 +27,8 @@ class Store:
         self.workers = WorkerRegistry(client, self.keys)
 
     @classmethod
-    def from_url(cls, url: str | None = None) -> Store:
-        return cls(connect(url))
+    def from_url(cls, url: str | None = None, retries: int = 20) -> Store:
+        return cls(connect(url, retries=retries))
 
 
 __all__ = [

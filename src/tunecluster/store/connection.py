@@ -12,6 +12,8 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from tunecluster import defaults
 
@@ -22,7 +24,10 @@ class AuthFailed(RuntimeError):
     """Redis refused our credentials (or demanded some): nothing will work until fixed."""
 
 
-def connect(url: str | None = None, *, check: bool = True, decode: bool = True) -> redis.Redis:
+def connect(url: str | None = None, *, check: bool = True, decode: bool = True,
+            retries: int = 20) -> redis.Redis:
+    """A client for ``url``. Roles keep the default ``retries`` (about a minute of
+    back-off per command); interactive commands pass a small number to fail fast."""
     url = url or defaults.REDIS_URL
     try:
         client = redis.Redis.from_url(
@@ -31,6 +36,11 @@ def connect(url: str | None = None, *, check: bool = True, decode: bool = True) 
             socket_connect_timeout=5,
             socket_keepalive=True,
             health_check_interval=15,
+            # Ride out a Redis restart (about a minute) inside each command, so a trial
+            # in the middle of an epoch report does not fail because Redis blinked.
+            retry=Retry(ExponentialBackoff(cap=defaults.RECONNECT_BACKOFF_S[1],
+                                           base=defaults.RECONNECT_BACKOFF_S[0]), retries),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
         )
     except ValueError as exc:
         raise ValueError(f"--redis: {url!r} is not a Redis URL ({exc})") from None

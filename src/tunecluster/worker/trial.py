@@ -176,6 +176,9 @@ class _EpochCallback:
                 self.patience = early_stopping.patience if early_stopping else None
                 self.min_delta = early_stopping.min_delta if early_stopping else 0.0
                 self.best_value = max((self.sign * r[objective] for r in history), default=None)
+                # Patience counts from the last improvement by more than min_delta; the
+                # saved weights are those of the best epoch, as the result reports it.
+                self.reference = self.best_value
                 self.best_weights: list[Any] | None = None
                 self.since_best = 0
                 self.stop_reason: str | None = None
@@ -192,9 +195,11 @@ class _EpochCallback:
                 if bad:
                     raise TrialFailed(f"{bad[0]} is {logs[bad[0]]} at epoch {number}")
                 value = self.sign * logs[self.objective]
-                if self.best_value is None or value > self.best_value + self.min_delta:
+                if self.best_value is None or value > self.best_value:
                     self.best_value = value
                     self.best_weights = self.model.get_weights()
+                if self.reference is None or value > self.reference + self.min_delta:
+                    self.reference = value
                     self.since_best = 0
                 else:
                     self.since_best += 1

@@ -1,0 +1,260 @@
+"""Nothing lost: processes killed with SIGKILL at bad moments, Redis restarted, jobs
+cancelled, trials that crash their process. Each test asserts the invariant: the job
+ends, every trial is listed once, COMPLETED or FAILED with a reason, none RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tunecluster.client import prepare_job, submit, wait
+from tunecluster.cluster import LocalCluster
+from tunecluster.store import Store
+
+from .conftest import EXAMPLES, FAST_LIVENESS, cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+
+# Slow enough per epoch to be killed mid-trial, small enough for 2 cores.
+LONG = ("search.max_trials=2", "train.epochs=12", "train.batch_size=8",
+        "train.steps_per_execution=1", "train.early_stopping=null",
+        "search.max_retries_per_trial=1")
+
+
+def _until(predicate: Callable[[], object], timeout: float = 120, every: float = 0.1) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+def _running_trial(store: Store, job: str, min_epoch: int) -> dict[str, str] | None:
+    for row in store.jobs.trials(job):
+        if row.get("state") == "RUNNING" and int(row.get("last_epoch") or 0) >= min_epoch:
+            return row
+    return None
+
+
+def _worker_pid(store: Store, worker_id: str) -> int:
+    return int(store.client.hget(store.keys.worker(worker_id), "pid"))
+
+
+def _assert_nothing_lost(results: dict, max_trials: int) -> None:
+    trials = results["trials"]
+    assert len({t["trial"] for t in trials}) == len(trials) == max_trials
+    for t in trials:
+        assert t["state"] in ("COMPLETED", "FAILED"), t
+        if t["state"] == "FAILED":
+            assert t["error"]
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path):
+    made: list[LocalCluster] = []
+
+    def make(workers: int = 2, **kwargs) -> LocalCluster:
+        c = LocalCluster(workers=workers, artifacts=tmp_path / "artifacts",
+                         log_dir=tmp_path / "logs", env=FAST_LIVENESS, **kwargs).start()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+def test_worker_killed_mid_trial_is_retried_and_resumes_from_checkpoint(make_cluster) -> None:
+    cluster = make_cluster(workers=2)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", LONG))
+    victim = _until(lambda: _running_trial(store, job, 3))
+    os.killpg(_worker_pid(store, victim["worker"]), signal.SIGKILL)
+    killed_at = time.monotonic()
+    saved = int(victim["last_epoch"])
+
+    def retried() -> bool:
+        row = store.jobs.trial(job, victim["trial"])
+        return row.get("attempts") == "2" and row.get("state") in ("RUNNING", "COMPLETED")
+
+    _until(retried, timeout=60)
+    detection_s = time.monotonic() - killed_at
+    results = wait(store, job, 300)
+    assert results["state"] == "completed", results.get("error")
+    _assert_nothing_lost(results, 2)
+    trial = next(t for t in results["trials"] if t["trial"] == victim["trial"])
+    assert trial["attempts"] == 2 and trial["state"] == "COMPLETED"
+    assert trial["resumed_from_epoch"] >= saved, "the retry started over"
+    assert sorted(store.jobs.epochs(job, victim["trial"])) == list(range(1, 13))
+    print(f"\nworker kill: retry claimed {detection_s:.1f}s after SIGKILL, "
+          f"resumed after epoch {trial['resumed_from_epoch']}")
+
+
+def test_worker_lost_without_retries_fails_the_trial_and_the_job_completes(make_cluster):
+    cluster = make_cluster(workers=2)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                    (*LONG, "search.max_retries_per_trial=0")))
+    victim = _until(lambda: _running_trial(store, job, 2))
+    os.killpg(_worker_pid(store, victim["worker"]), signal.SIGKILL)
+    cluster.start_worker()  # the survivor finishes; a new one keeps two slots
+    results = wait(store, job, 300)
+    assert results["state"] == "completed"
+    _assert_nothing_lost(results, 2)
+    lost = next(t for t in results["trials"] if t["trial"] == victim["trial"])
+    assert lost["state"] == "FAILED" and "worker lost" in lost["error"]
+
+
+def test_all_workers_killed_then_new_ones_finish_the_job(make_cluster) -> None:
+    cluster = make_cluster(workers=2)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", LONG))
+    _until(lambda: _running_trial(store, job, 1))
+    for w in list(cluster.workers):
+        os.killpg(w.pid, signal.SIGKILL)
+    time.sleep(6)  # longer than a lease: the trials are reaped back to READY
+    assert store.jobs.get(job).state == "running"
+    cluster.start_worker()
+    results = wait(store, job, 300)
+    assert results["state"] == "completed"
+    _assert_nothing_lost(results, 2)
+
+
+def test_chief_killed_and_restarted_resumes_without_rerunning(make_cluster) -> None:
+    cluster = make_cluster(workers=2)
+    store = Store.from_url(cluster.url)
+    overrides = ("search.max_trials=5", "train.epochs=3", "search.algorithm=bayesian",
+                 "search.num_initial_points=2")
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", overrides))
+    _until(lambda: sum(r.get("state") == "COMPLETED" for r in store.jobs.trials(job)) >= 2)
+    os.killpg(cluster.chiefs[0].pid, signal.SIGKILL)
+    time.sleep(1)
+    cluster.start_chief()
+    results = wait(store, job, 300)
+    assert results["state"] == "completed", results.get("error")
+    _assert_nothing_lost(results, 5)
+    assert all(t["attempts"] == 1 for t in results["trials"]), "a trial was re-run"
+
+
+def test_two_chiefs_one_active_and_the_standby_takes_over(make_cluster) -> None:
+    cluster = make_cluster(workers=2)
+    cluster.start_chief()
+    store = Store.from_url(cluster.url)
+    active = _until(lambda: store.client.get(store.keys.chief_lock))
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=4",
+                                                               "train.epochs=3")))
+    _until(lambda: any(r.get("state") == "COMPLETED" for r in store.jobs.trials(job)))
+    pid = int(str(active).split("-")[-2])
+    os.killpg(pid, signal.SIGKILL)
+    results = wait(store, job, 300)
+    assert results["state"] == "completed"
+    _assert_nothing_lost(results, 4)
+    assert store.client.get(store.keys.chief_lock) not in (None, active)
+
+
+def test_redis_restart_with_aof_and_the_job_completes(make_cluster) -> None:
+    cluster = make_cluster(workers=2, appendonly=True)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", LONG))
+    _until(lambda: _running_trial(store, job, 2))
+    assert cluster.redis is not None
+    cluster.redis.stop()
+    time.sleep(2)
+    cluster.redis.start()
+    results = wait(store, job, 300)
+    assert results["state"] == "completed", results.get("error")
+    _assert_nothing_lost(results, 2)
+
+
+def test_cancel_stops_running_trials_within_an_epoch(make_cluster) -> None:
+    cluster = make_cluster(workers=2)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                    ("search.max_trials=6", "train.epochs=40",
+                                     "train.batch_size=8", "train.steps_per_execution=1",
+                                     "train.early_stopping=null")))
+    _until(lambda: _running_trial(store, job, 1))
+    out = cli("cancel", job, "--redis", cluster.url)
+    assert out.returncode == 0, out.stderr
+    results = wait(store, job, 120)
+    assert results["state"] == "cancelled"
+    states = {t["state"] for t in results["trials"]}
+    assert "RUNNING" not in states and "READY" not in states
+    for t in results["trials"]:
+        if t["state"] == "CANCELLED":
+            assert t["epochs"] < 40
+
+
+CRASHING_MODEL = textwrap.dedent('''
+    import os
+    import keras
+    import numpy as np
+
+    def build_model(hp):
+        mode = hp.Choice("mode", ["ok", "exit", "oom"])
+        if mode == "exit":
+            os._exit(3)
+        if mode == "oom":
+            np.ones((10**7, 10**7))
+        model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
+                                  keras.layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+''')
+
+
+def test_crashing_and_oom_trials_fail_and_the_worker_survives(make_cluster, tmp_path) -> None:
+    (tmp_path / "crash.py").write_text(CRASHING_MODEL)
+    (tmp_path / "job.yaml").write_text(textwrap.dedent('''
+        name: crashing
+        data: {dataset: digits}
+        model: {module: crash.py}
+        search: {algorithm: grid, objective: val_accuracy, max_trials: 3,
+                 max_retries_per_trial: 1}
+        train: {epochs: 1}
+    '''))
+    cluster = make_cluster(workers=1)
+    store = Store.from_url(cluster.url)
+    results = wait(store, submit(store, prepare_job(tmp_path / "job.yaml")), 300)
+    assert results["state"] == "completed"
+    by_mode = {t["hyperparameters"]["mode"]: t for t in results["trials"]}
+    assert by_mode["ok"]["state"] == "COMPLETED"
+    assert by_mode["exit"]["state"] == "FAILED"
+    assert "crashed" in by_mode["exit"]["error"] and by_mode["exit"]["attempts"] == 2
+    assert by_mode["oom"]["state"] == "FAILED" and "Memory" in by_mode["oom"]["error"]
+    assert cluster.workers[0].poll() is None, "the worker died with its trial"
+
+
+def test_job_whose_trials_all_fail_ends_failed_with_a_summary(make_cluster, tmp_path) -> None:
+    (tmp_path / "bad.py").write_text(textwrap.dedent('''
+        def build_model(hp):
+            hp.Int("units", 2, 100)
+            raise RuntimeError("broken model")
+    '''))
+    (tmp_path / "job.yaml").write_text(textwrap.dedent('''
+        name: all-fail
+        data: {dataset: digits}
+        model: {module: bad.py, hyperparameters: {units: {int: [2, 100]}}}
+        search: {algorithm: random, objective: val_accuracy, max_trials: 20,
+                 max_consecutive_failed_trials: 3}
+        train: {epochs: 1}
+    '''))
+    cluster = make_cluster(workers=1)
+    store = Store.from_url(cluster.url)
+    with pytest.raises(Exception):  # submit-time discovery builds with the default: rejected
+        prepare_job(tmp_path / "job.yaml")
+    # accepted when discovery is skipped, then every trial fails on the workers
+    job = submit(store, prepare_job(tmp_path / "job.yaml", discover=False))
+    results = wait(store, job, 300)
+    assert results["state"] == "failed"
+    assert "broken model" in results["error"]
+    assert len(results["trials"]) < 20
