@@ -415,7 +415,7 @@ def health(redis_url: str, role: str, max_age_s: float) -> None:
     try:
         store = _store(redis_url)
         if role == "chief":
-            beat = store.client.get(f"{store.keys.chief_lock}:beat")
+            beat = store.client.get(store.keys.chief_beat)
             ok = beat is not None and now_ms() - int(beat) < max_age_s * 1000
         elif role == "worker":
             host = socket.gethostname()

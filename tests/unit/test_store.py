@@ -42,12 +42,13 @@ def _job_with_trials(store: Store, n: int, max_retries: int = 1) -> str:
 def test_key_schema_is_pinned() -> None:
     k = Keys("tc")
     assert [k.jobs_active, k.jobs_all, k.job("j"), k.job_file("j", "f"), k.oracle("j"),
-            k.trials("j"), k.trial("j", "t"), k.epochs("j", "t"), k.events("j"), k.ready,
-            k.leases, k.inbox, k.wake, k.workers, k.worker("w"), k.chief_lock] == [
+            k.oracle_trials("j"), k.trials("j"), k.trial("j", "t"), k.epochs("j", "t"),
+            k.events("j"), k.ready, k.leases, k.inbox, k.wake, k.workers, k.worker("w"),
+            k.chief_lock, k.chief_beat] == [
         "tc:jobs", "tc:jobs:all", "tc:job:j", "tc:job:j:file:f", "tc:job:j:oracle",
-        "tc:job:j:trials", "tc:job:j:trial:t", "tc:job:j:trial:t:epochs", "tc:job:j:events",
+        "tc:job:j:oracle:trials", "tc:job:j:trials", "tc:job:j:trial:t", "tc:job:j:trial:t:epochs", "tc:job:j:events",
         "tc:ready", "tc:leases", "tc:inbox", "tc:wake", "tc:workers", "tc:worker:w",
-        "tc:chief:lock"]
+        "tc:chief:lock", "tc:chief:lock:beat"]
 
 
 def test_claims_are_exclusive_under_concurrency(store: Store) -> None:

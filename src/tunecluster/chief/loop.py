@@ -50,6 +50,7 @@ class HostedJob:
     host: OracleHost | None
     uploaded: list[str]
     exhausted: bool = False
+    cancel: bool = False
     failure: str | None = None
     dirty: bool = False
     touched: set[str] = field(default_factory=set)
@@ -69,10 +70,23 @@ class Chief:
         self.stop_event = threading.Event()
         self._last_tick = time.monotonic()
         self._reap_after = 0.0
+        # --- Ray scheduler hook: `scheduler: ray` jobs run in RayJobRunner threads ----
+        from tunecluster.ray.backend import RayJobs  # imports no Ray until a job needs it
+
+        self.ray_jobs = RayJobs(store, self.artifacts, self.id)
+        # --- end Ray scheduler hook ----------------------------------------------------
+        # Refreshed by housekeeping (and on submit) instead of read on every tick: each
+        # Redis round trip on the tick is latency added to every trial's hand-out.
+        self._housekeeping_s = min(1.0, lease_s / 4)
+        self._next_housekeeping = 0.0
+        self._active: list[str] = []
+        self._slots = 0
 
     # --- main loop -------------------------------------------------------------------
 
     def run(self) -> None:
+        import keras_tuner  # noqa: F401 - paid once at start, not on the first submit
+
         backoff = Backoff()
         log.info("chief %s starting", self.id)
         while not self.stop_event.is_set():
@@ -80,6 +94,7 @@ class Chief:
                 if not self._hold_lock():
                     if self.leader:
                         log.warning("lost the chief lock; standing by")
+                        self.ray_jobs.stop_all()  # Ray scheduler hook: the new chief resumes
                     self.leader = False
                     self.jobs.clear()
                     self.stop_event.wait(min(1.0, self.lock_s / 4))
@@ -98,6 +113,7 @@ class Chief:
                     backoff.failed(exc)
                 else:
                     raise
+        self.ray_jobs.stop_all()  # Ray scheduler hook: unfinished Ray runs resume elsewhere
         self._release_lock()
 
     def tick(self) -> None:
@@ -108,12 +124,20 @@ class Chief:
             self._reap_after = started + self.lease_s
         self._last_tick = started
         self._drain(pending=False, block_ms=int(self.tick_s * 1000))
-        if time.monotonic() >= self._reap_after:
-            self._reap()
+        if time.monotonic() >= self._next_housekeeping:
+            self._housekeeping()
         self._top_up()
         self._finish_jobs()
-        self.store.client.set(f"{self.store.keys.chief_lock}:beat", now_ms(),
-                              px=int(self.lock_s * 3000))
+        self.ray_jobs.tick()  # Ray scheduler hook: start a RayJobRunner per Ray job, once
+
+    def _housekeeping(self) -> None:
+        """The slower duties: reaping, the worker census, the job list, the probe beat."""
+        self._next_housekeeping = time.monotonic() + self._housekeeping_s
+        if time.monotonic() >= self._reap_after:
+            self._reap()
+        self._slots = self.store.workers.total_slots(self.lease_s)
+        self._active = self.store.jobs.active()
+        self.store.client.set(self.store.keys.chief_beat, now_ms(), px=int(self.lock_s * 3000))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -183,8 +207,13 @@ class Chief:
             if hosted.host.update(trial, epoch, metrics):
                 self.store.queue.request_stop(job_id, trial)
             hosted.dirty = True
+            hosted.touched.add(trial)
         elif kind == "end":
             self._trial_ended(hosted, msg.get("trial", ""))
+        elif kind == "cancel":
+            hosted.cancel = True
+        elif kind == "submitted":
+            self._next_housekeeping = 0.0  # list the new job on this tick
 
     def _trial_ended(self, hosted: HostedJob, trial: str) -> None:
         assert hosted.host is not None
@@ -201,13 +230,19 @@ class Chief:
             hosted.failure = (f"{hosted.spec.search.max_consecutive_failed_trials} consecutive"
                               f" trials failed: {str(exc).splitlines()[-1][:300]}")
         hosted.dirty = True
+        hosted.touched.add(trial)
 
     def _persist(self, ack: list[str]) -> None:
         pipe = self.store.client.pipeline(transaction=True)
         for hosted in self.jobs.values():
             if hosted.dirty and hosted.host is not None:
                 pipe.set(self.store.keys.oracle(hosted.id), hosted.host.state_json())
+                if hosted.touched:
+                    pipe.hset(self.store.keys.oracle_trials(hosted.id), mapping={
+                        tid: hosted.host.trial_json(tid) for tid in hosted.touched
+                        if hosted.host.knows(tid)})
                 hosted.dirty = False
+                hosted.touched.clear()
         if ack:
             pipe.xack(self.store.keys.inbox, CHIEF_GROUP, *ack)
             pipe.xdel(self.store.keys.inbox, *ack)
@@ -230,12 +265,13 @@ class Chief:
             uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
             host = None
             if spec.scheduler == "native":
-                host = OracleHost.create(spec, record.space, self.store.jobs.oracle_state(job_id))
+                host = OracleHost.create(spec, record.space, *self.store.jobs.oracle_state(job_id))
         except (SpecError, StoreError, ValueError, KeyError) as exc:
             log.error("job %s cannot be loaded: %s", job_id, exc)
             self.store.jobs.set_state(job_id, "failed", error=f"job cannot be loaded: {exc}")
             return None
-        hosted = HostedJob(job_id, spec, host, list(uploaded or []))
+        hosted = HostedJob(job_id, spec, host, list(uploaded or []),
+                           cancel=record.cancel_requested)
         self.jobs[job_id] = hosted
         if record.state == "queued" and spec.scheduler == "native":
             self.store.jobs.set_state(job_id, "running")
@@ -254,22 +290,23 @@ class Chief:
         self.store.workers.prune(self.lease_s)
 
     def _top_up(self) -> None:
-        free = (self.store.workers.total_slots(self.lease_s)
-                - self.store.queue.running_count() - self.store.queue.ready_count())
+        if self._slots <= 0 or not self._active:
+            return
+        free = self._slots - self.store.queue.busy_count()
         if free <= 0:
             return
-        for job_id in self.store.jobs.active():
+        for job_id in self._active:
             hosted = self._job(job_id)
-            if hosted is None or hosted.host is None or hosted.exhausted or hosted.failure:
-                continue
-            if self.store.client.hget(self.store.keys.job(job_id), "cancel") == "1":
+            if (hosted is None or hosted.host is None or hosted.exhausted or hosted.failure
+                    or hosted.cancel):
                 continue
             while free > 0:
                 status, trial, values = hosted.host.create_trial()
                 if status == "RUNNING" and trial is not None:
                     self.store.queue.enqueue(job_id, trial, values,
                                              hosted.spec.search.max_retries_per_trial,
-                                             hosted.host.state_json())
+                                             hosted.host.state_json(),
+                                             hosted.host.trial_json(trial))
                     free -= 1
                 elif status == "IDLE":
                     break
@@ -281,11 +318,11 @@ class Chief:
                 return
 
     def _finish_jobs(self) -> None:
-        for job_id in list(self.store.jobs.active()):
+        for job_id in list(self._active):
             hosted = self._job(job_id)
             if hosted is None or hosted.host is None:
                 continue
-            cancel = self.store.client.hget(self.store.keys.job(job_id), "cancel") == "1"
+            cancel = hosted.cancel
             if not (hosted.exhausted or hosted.failure or cancel):
                 continue
             trials = self.store.jobs.trials(job_id)
@@ -316,6 +353,8 @@ class Chief:
             log.exception("finalizing %s failed", hosted.id)
             self.store.jobs.set_state(hosted.id, "failed", error=f"finalize failed: {exc}")
         self.jobs.pop(hosted.id, None)
+        if hosted.id in self._active:
+            self._active.remove(hosted.id)
 
 
 def run_chief(store: Store, artifacts_root: str | Path, **kwargs: Any) -> Chief:

@@ -45,8 +45,8 @@ class OracleHost:
         self._tuner_seq = len(oracle.trials)
 
     @classmethod
-    def create(cls, spec: JobSpec, space: Mapping[str, Any],
-               state_json: str | None = None) -> OracleHost:
+    def create(cls, spec: JobSpec, space: Mapping[str, Any], state_json: str | None = None,
+               trial_states: Mapping[str, str] | None = None) -> OracleHost:
         import keras_tuner as kt
 
         search = spec.search
@@ -70,17 +70,18 @@ class OracleHost:
             oracle = cls_(max_trials=search.max_trials, **common)
         oracle.verbose = 0
         if state_json:
-            state = json.loads(state_json)
-            oracle.trials = {tid: kt.engine.trial.Trial.from_state(s)
-                             for tid, s in state["trials"].items()}
-            oracle.set_state(state["oracle"])
+            oracle.trials = {tid: kt.engine.trial.Trial.from_state(json.loads(s))
+                             for tid, s in (trial_states or {}).items()}
+            oracle.set_state(json.loads(state_json))
         return cls(spec, space, oracle)
 
     def state_json(self) -> str:
-        return json.dumps({
-            "oracle": self.oracle.get_state(),
-            "trials": {tid: t.get_state() for tid, t in self.oracle.trials.items()},
-        }, default=_jsonable)
+        """The oracle's own state; each trial's is kept apart (``trial_json``) so that a
+        change costs one trial's serialization, not the whole history's."""
+        return json.dumps(self.oracle.get_state(), default=_jsonable)
+
+    def trial_json(self, trial_id: str) -> str:
+        return json.dumps(self.oracle.trials[trial_id].get_state(), default=_jsonable)
 
     def create_trial(self) -> tuple[str, str | None, dict[str, Any]]:
         """Ask for the next trial: (status, trial_id, values). Status RUNNING/IDLE/STOPPED."""

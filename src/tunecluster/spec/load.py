@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -87,19 +88,19 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise SpecError("--set", f"{item!r} is not of the form dotted.path=value")
+        parts = key.split(".")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
-            raise SpecError(key, f"cannot parse override value {text!r}") from None
+            raise SpecError(_join(parts), f"cannot parse override value {text!r}") from None
         node: Any = result
-        parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                raise SpecError(key, f"{where} is a {_kind(child)}, not a section")
+                where = _join(parts[: depth + 1])
+                raise SpecError(_join(parts), f"{where} is a {_kind(child)}, not a section")
             node = child
         node[parts[-1]] = value
     return result
@@ -159,23 +160,32 @@ def _to_spec_error(exc: ValidationError) -> SpecError:
         message = f"unknown key {loc[-1]!r}"
         if allowed:
             message += f"; allowed: {', '.join(allowed)}"
-        path = ".".join(loc)
+        path = _join(loc)
     elif kind == "missing":
-        path, message = ".".join(loc), "is required"
+        path, message = _join(loc), "is required"
     elif kind == "literal_error":
-        path = ".".join(loc)
+        path = _join(loc)
         message = f"{value!r} is not one of {_plain_list(first['ctx']['expected'])}"
     elif kind in ("value_error", "assertion_error"):
-        path = ".".join(loc)
+        path = _join(loc)
         message = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     else:
-        path = ".".join(loc)
+        path = _join(loc)
         message = f"{value!r}: {_lower_first(first['msg'])}" if not isinstance(
             value, (dict, list)
         ) else _lower_first(first["msg"])
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return SpecError(path, message.replace("\n", " "))
+
+
+_PLAIN_KEY = re.compile(r"[\w\-/]+")
+
+
+def _join(loc: list[str]) -> str:
+    """The dotted field path; a key that is not a plain name (a user's typo with a newline,
+    a space, a dot) is quoted so the path stays one unambiguous line."""
+    return ".".join(p if _PLAIN_KEY.fullmatch(p) else repr(p) for p in loc)
 
 
 def _pick_error(errors: list[Any]) -> tuple[Any, list[Any]]:

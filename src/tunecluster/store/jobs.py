@@ -141,5 +141,6 @@ class JobStore:
                 continue
         return dict(sorted(out.items()))
 
-    def oracle_state(self, job: str) -> str | None:
-        return self.r.get(self.k.oracle(job))
+    def oracle_state(self, job: str) -> tuple[str | None, dict[str, str]]:
+        """The chief's persisted oracle: its own state and each trial's."""
+        return self.r.get(self.k.oracle(job)), self.r.hgetall(self.k.oracle_trials(job))

@@ -4,7 +4,8 @@
     {p}:jobs:all                    ZSET  every job id, scored by creation time (ms)
     {p}:job:{job}                   HASH  job record: state, spec, space, timestamps, results
     {p}:job:{job}:file:{name}       STRING bytes of a data file uploaded with the job
-    {p}:job:{job}:oracle            STRING the KerasTuner oracle's state (JSON), chief only
+    {p}:job:{job}:oracle            STRING the KerasTuner oracle's own state (JSON), chief only
+    {p}:job:{job}:oracle:trials     HASH  trial id -> the oracle's state of that trial (JSON)
     {p}:job:{job}:trials            ZSET  trial ids, scored by creation order
     {p}:job:{job}:trial:{trial}     HASH  trial record: state, values, attempts, worker, result
     {p}:job:{job}:trial:{trial}:epochs HASH epoch number -> metrics (JSON)
@@ -16,6 +17,7 @@
     {p}:workers                     ZSET  worker ids, scored by last heartbeat (ms)
     {p}:worker:{worker}             HASH  worker info: host, pid, slots, busy
     {p}:chief:lock                  STRING id of the active chief (expires unless renewed)
+    {p}:chief:lock:beat             STRING time (ms) of the active chief's last tick (probes)
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Keys:
 
     def oracle(self, job: str) -> str:
         return f"{self.p}:job:{job}:oracle"
+
+    def oracle_trials(self, job: str) -> str:
+        return f"{self.p}:job:{job}:oracle:trials"
 
     def trials(self, job: str) -> str:
         return f"{self.p}:job:{job}:trials"
@@ -86,6 +91,10 @@ class Keys:
     @property
     def chief_lock(self) -> str:
         return f"{self.p}:chief:lock"
+
+    @property
+    def chief_beat(self) -> str:
+        return f"{self.p}:chief:lock:beat"
 
 
 def member(job: str, trial: str) -> str:

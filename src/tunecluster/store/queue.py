@@ -234,7 +234,7 @@ class TrialQueue:
     # --- chief side ----------------------------------------------------------------------
 
     def enqueue(self, job: str, trial: str, values: Mapping[str, Any], max_retries: int,
-                oracle_state: str) -> None:
+                oracle_state: str, oracle_trial: str = "{}") -> None:
         """Record a new trial, persist the oracle that made it, and queue it: one transaction.
 
         The oracle's state and the trial become visible together, so a chief restarted at
@@ -248,6 +248,7 @@ class TrialQueue:
         })
         pipe.zadd(self.k.trials(job), {trial: now})
         pipe.set(self.k.oracle(job), oracle_state)
+        pipe.hset(self.k.oracle_trials(job), trial, oracle_trial)
         pipe.rpush(self.k.ready, member(job, trial))
         pipe.lpush(self.k.wake, "1")
         pipe.ltrim(self.k.wake, 0, 999)
@@ -280,6 +281,14 @@ class TrialQueue:
 
     def expired(self, at_ms: int | None = None) -> list[str]:
         return list(self.r.zrangebyscore(self.k.leases, "-inf", at_ms or now_ms()))
+
+    def busy_count(self) -> int:
+        """Trials holding or waiting for a slot: running plus ready."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(self.k.leases)
+        pipe.llen(self.k.ready)
+        running, ready = pipe.execute()
+        return int(running) + int(ready)
 
     def running_count(self) -> int:
         return int(self.r.zcard(self.k.leases))

@@ -12,12 +12,23 @@ from typing import Any
 
 STRATEGIES = ("auto", "mirrored", "one_device", "default")
 
+# One strategy per kind per process: a fresh MirroredStrategy for every trial of a warm
+# process reuses the previous one's collective keys, and the next fit fails with
+# "Shape mismatch in the collective instance".
+_PICKED: dict[str, Any] = {}
+
 
 def pick_strategy(requested: str = "auto") -> Any:
-    import tensorflow as tf
-
     if requested not in STRATEGIES:
         raise ValueError(f"resources.strategy: {requested!r} is not one of {', '.join(STRATEGIES)}")
+    if requested not in _PICKED:
+        _PICKED[requested] = _make_strategy(requested)
+    return _PICKED[requested]
+
+
+def _make_strategy(requested: str) -> Any:
+    import tensorflow as tf
+
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if requested == "auto":
         if len(gpus) > 1:

@@ -77,7 +77,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     t_build = time.perf_counter()
     with strategy.scope():
         model = rt.build_model(values)
-        _tune_step_overhead(model, rt, spec.train)
+        _tune_step_overhead(model, rt, spec.train, strategy)
     history: list[dict[str, float]] = []
     resumed_from = 0
     past = values.get("tuner/trial_id")
@@ -140,18 +140,23 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     )
 
 
-def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any) -> None:
+def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any, strategy: Any) -> None:
     """Small models are bound by per-step dispatch: run several steps per call.
 
     Applied after ``compile`` so it works for users' own models too; a model whose
-    author already chose ``steps_per_execution`` keeps it under ``auto``.
+    author already chose ``steps_per_execution`` keeps it under ``auto``. Under several
+    replicas ``auto`` stays at 1: Keras 3 fails multi-step execution under
+    MirroredStrategy ("You must feed a value for placeholder tensor", keras#19246).
     """
     steps = train.steps_per_execution
     if steps == "auto":
         if int(getattr(model, "steps_per_execution", 1) or 1) != 1:
             return
-        steps_per_epoch = max(1, math.ceil(len(rt.splits.x_train) / train.batch_size))
-        steps = min(steps_per_epoch, AUTO_STEPS_PER_EXECUTION)
+        if int(strategy.num_replicas_in_sync) > 1:
+            steps = 1
+        else:
+            steps_per_epoch = max(1, math.ceil(len(rt.splits.x_train) / train.batch_size))
+            steps = min(steps_per_epoch, AUTO_STEPS_PER_EXECUTION)
     model.steps_per_execution = int(steps)
     if train.jit_compile:
         model.jit_compile = True
