@@ -45,8 +45,31 @@ def connect(url: str | None = None, *, check: bool = True, decode: bool = True,
     except ValueError as exc:
         raise ValueError(f"--redis: {url!r} is not a Redis URL ({exc})") from None
     if check:
-        ping(client, url)
+        _first_ping(url, decode, patient=retries > 1)
     return client
+
+
+def _first_ping(url: str, decode: bool, patient: bool) -> None:
+    """Prove the server and the credentials once, without the client's retries: redis-py
+    counts AuthenticationError as a ConnectionError, so those would retry bad passwords.
+    A patient caller (a role starting before Redis) waits up to a minute for the server.
+    """
+    probe = redis.Redis.from_url(url, decode_responses=decode, socket_connect_timeout=5)
+    backoff = Backoff()
+    deadline = time.monotonic() + (60.0 if patient else 0.0)
+    try:
+        while True:
+            try:
+                ping(probe, url)
+                return
+            except AuthFailed:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                backoff.failed(exc)
+    finally:
+        probe.close()
 
 
 def raw_client(client: redis.Redis) -> redis.Redis:

@@ -79,7 +79,8 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
         "metrics": result.metrics,
         "best_epoch": str(result.best_epoch),
         "resumed_from_epoch": str(result.resumed_from_epoch),
-        "result": {k: v for k, v in result.to_json().items() if k != "epochs"},
+        "result": {**{k: v for k, v in result.to_json().items() if k != "epochs"},
+                   "process": os.getpid()},
     })
     return {"outcome": state.lower(), "timings": result.timings}
 
