@@ -1,7 +1,7 @@
 """The artifacts layout on disk (a local dir, a shared volume or a PVC), in one place.
 
-    <root>/<job>/trials/<trial>/last.weights.h5   checkpoint of the last finished epoch
-    <root>/<job>/trials/<trial>/last.json         its epoch number and metric history
+    <root>/<job>/trials/<trial>/last.npz          checkpoint of the last finished epoch:
+                                                  weights + its epoch and metric history
     <root>/<job>/trials/<trial>/model.keras       the trial's model at its best epoch
     <root>/<job>/best_model.keras                 the job's best model (exported)
     <root>/<job>/results.json                     the job's results document
@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tunecluster.store import Store
 
-CHECKPOINT = "last.weights.h5"
-CHECKPOINT_META = "last.json"
+CHECKPOINT = "last.npz"
 MODEL_FILE = "model.keras"
 BEST_MODEL = "best_model.keras"
 RESULTS = "results.json"

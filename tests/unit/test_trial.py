@@ -18,10 +18,10 @@ from tunecluster.spec.space import build_space, space_to_json
 from tunecluster.worker.runtime import JobRuntime
 from tunecluster.worker.trial import (
     CHECKPOINT,
-    CHECKPOINT_META,
     MODEL_FILE,
     TrialRequest,
     TrialResult,
+    read_checkpoint,
     run_trial,
 )
 
@@ -93,14 +93,14 @@ def test_trial_reports_every_epoch_and_saves_the_best_model(tmp_path: Path) -> N
     trial_dir = tmp_path / "artifacts" / "job-1" / "trials" / "t1"
     assert result.model_path == str(trial_dir / MODEL_FILE)
     assert (trial_dir / CHECKPOINT).is_file()
-    assert json.loads((trial_dir / CHECKPOINT_META).read_text())["epoch"] == 2
+    assert read_checkpoint(trial_dir)[0]["epoch"] == 2
     scores = valid_scores(result.model_path, rt)
     assert scores["accuracy"] == pytest.approx(result.score, abs=1e-6)
 
     assert result.distribution["replicas"] == 1
     assert result.distribution["dtype_policy"] == "float32"
     assert result.distribution["steps_per_execution"] == 9  # ceil(1079 / 128) < 32
-    assert set(result.timings) == {"setup_s", "build_s", "fit_s", "save_s"}
+    assert {"setup_s", "build_s", "fit_s", "save_s", "build_at", "last_epoch_at"} == set(result.timings)
     json.dumps(result.to_json())  # goes over the wire as JSON
 
 
@@ -147,12 +147,11 @@ def test_first_attempt_ignores_files_it_did_not_write(tmp_path: Path) -> None:
     trial_dir = rt.trial_dir("t1")
     trial_dir.mkdir(parents=True)
     (trial_dir / CHECKPOINT).write_bytes(b"not weights")
-    (trial_dir / CHECKPOINT_META).write_text(json.dumps({"epoch": 7, "history": []}))
     reporter = ListReporter()
     result = run_trial(rt, TrialRequest("t1", dict(SMALL), attempt=1), reporter)
     assert result.resumed_from_epoch == 0
     assert reporter.epochs == [1]
-    assert json.loads((trial_dir / CHECKPOINT_META).read_text())["epoch"] == 1
+    assert read_checkpoint(trial_dir)[0]["epoch"] == 1
 
 
 def test_retry_without_checkpoint_starts_over(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -157,6 +157,7 @@ class Claim:
     trial: str
     attempt: int
     values: dict[str, Any]
+    claimed_at: float = field(default_factory=time.time)
 
     @property
     def member(self) -> str:

@@ -70,6 +70,7 @@ def _trial_row(row: dict[str, str]) -> dict[str, Any]:
         "error": row.get("error") or None,
         "resumed_from_epoch": int(row.get("resumed_from_epoch") or 0),
         "tuner": {k: v for k, v in values.items() if k.startswith("tuner/")} or None,
+        "overhead": _json_field(row, "overhead") or None,
     }
 
 

@@ -73,7 +73,8 @@ class Child:
         self.ensure()
         self.conn.send_bytes(json.dumps({"job": claim.job, "trial": claim.trial,
                                          "attempt": claim.attempt,
-                                         "values": claim.values}).encode())
+                                         "values": claim.values,
+                                         "claimed_at": claim.claimed_at}).encode())
         self.trials += 1
         while True:
             if self.conn.poll(0.2):
@@ -134,6 +135,8 @@ class Worker:
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         log.info("worker %s starting with %d slot(s)", self.worker_id, self.slots)
+        for child in self.children:
+            child.ensure()  # the trial processes import TensorFlow while we register
         self._heartbeat()
         threads = [threading.Thread(target=self._slot_loop, args=(i,), daemon=True,
                                     name=f"slot-{i}") for i in range(self.slots)]
@@ -180,9 +183,11 @@ class Worker:
                 self._run(slot, child, claim)
                 backoff.ok()
             except Exception as exc:  # noqa: BLE001 - a slot must survive Redis outages
-                if not retryable(exc):
+                if retryable(exc):
+                    backoff.failed(exc)
+                else:
                     log.exception("slot %d: unexpected error", slot)
-                backoff.failed(exc) if retryable(exc) else time.sleep(1)
+                    time.sleep(1)
             finally:
                 self.current[slot] = None
 
