@@ -22,8 +22,9 @@ from tunecluster import defaults, render
 from tunecluster.errors import SpecError, StoreError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-console = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def _fail(message: str, code: int) -> None:
@@ -269,25 +270,31 @@ def watch(job: str, redis_url: str) -> None:
 
 
 def _watch(store: Any, job: str) -> None:
+    """Events as they happen, under a live trial table and a progress bar."""
+    from rich.console import Group
+
     from tunecluster.spec import parse_spec
     from tunecluster.store import FINAL_STATES
+    from tunecluster.store.results import build_results
 
     total = parse_spec(store.jobs.get(job).spec).search.max_trials
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} trials"), console=err)
     task = progress.add_task(job, total=total)
     after = "0-0"
-    with Live(progress, console=err, refresh_per_second=4, transient=False):
+    with Live(progress, console=err, refresh_per_second=4, transient=True) as live:
         while True:
             events = store.events.read(job, after, block_ms=500)
             for e in events:
                 after = e.id
-                if e.type not in ("trial_created",):
-                    progress.console.print(render.event_line(job, e.type, e.data))
-            rows = store.jobs.trials(job)
-            done = sum(r.get("state") in ("COMPLETED", "FAILED", "CANCELLED") for r in rows)
+                if e.type != "trial_created":
+                    live.console.print(render.event_line(job, e.type, e.data))
+            results = build_results(store.jobs, job)
+            done = sum(t["state"] in ("COMPLETED", "FAILED", "CANCELLED")
+                       for t in results["trials"])
             progress.update(task, completed=done)
-            if store.jobs.get(job).state in FINAL_STATES:
+            live.update(Group(render.leaderboard_table(results, limit=10), progress))
+            if results["state"] in FINAL_STATES:
                 break
 
 
