@@ -258,3 +258,44 @@ def test_job_whose_trials_all_fail_ends_failed_with_a_summary(make_cluster, tmp_
     assert results["state"] == "failed"
     assert "broken model" in results["error"]
     assert len(results["trials"]) < 20
+
+
+def test_sigterm_releases_the_running_trial_without_spending_an_attempt(make_cluster) -> None:
+    cluster = make_cluster(workers=2)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                    (*LONG, "search.max_retries_per_trial=0")))
+    victim = _until(lambda: _running_trial(store, job, 2))
+    pid = _worker_pid(store, victim["worker"])
+    os.kill(pid, signal.SIGTERM)
+    proc = next(p for p in cluster.workers if p.pid == pid)
+    assert proc.wait(30) == 0, "the worker did not exit cleanly on SIGTERM"
+    cluster.start_worker()
+    results = wait(store, job, 300)
+    assert results["state"] == "completed"
+    _assert_nothing_lost(results, 2)
+    trial = next(t for t in results["trials"] if t["trial"] == victim["trial"])
+    # released, not lost: no attempt spent (retries were 0), resumed from its checkpoint
+    assert trial["state"] == "COMPLETED" and trial["attempts"] == 1
+    assert trial["resumed_from_epoch"] >= 2
+
+
+def test_foreign_data_in_redis_does_not_crash_the_chief_or_workers(make_cluster) -> None:
+    cluster = make_cluster(workers=1)
+    store = Store.from_url(cluster.url)
+    r, k = store.client, store.keys
+    r.hset(k.job("forged"), mapping={"name": "forged", "state": "queued", "spec": "{trunc"})
+    r.zadd(k.jobs_active, {"forged": 0})
+    r.xadd(k.inbox, {"type": "end", "job": "nope", "trial": "x"})
+    r.xadd(k.inbox, {"type": "epoch", "job": "forged", "metrics": "[1,2"})
+    r.xadd(k.inbox, {"garbage": "1"})
+    r.rpush(k.ready, "no-slash", "ghost/00")
+    results = wait(store, submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                                    ("search.max_trials=2", "train.epochs=1"))),
+                   240)
+    assert results["state"] == "completed"
+    assert r.hget(k.job("forged"), "state") == "failed"
+    assert "forged" not in store.jobs.active()
+    out = cli("status", "forged", "--redis", cluster.url)
+    assert out.returncode == 1 and "forged" in out.stderr and len(out.stderr.splitlines()) == 1
+    assert all(p.poll() is None for p in cluster.workers + cluster.chiefs)

@@ -256,7 +256,12 @@ class Chief:
             return hosted
         try:
             record = self.store.jobs.get(job_id)
-        except StoreError:
+        except StoreError as exc:
+            if self.store.jobs.exists(job_id):  # foreign or corrupt: end it, do not retry
+                log.error("job %s cannot be read: %s", job_id, exc)
+                self.store.jobs.set_state(job_id, "failed", error=f"job cannot be read: {exc}")
+            else:
+                self.store.client.zrem(self.store.keys.jobs_active, job_id)
             return None
         if record.state not in ("queued", "running", "finalizing"):
             return None

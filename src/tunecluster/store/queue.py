@@ -57,7 +57,10 @@ for _ = 1, 1000 do
       redis.call('HSET', t, 'state', 'RUNNING', 'worker', ARGV[2], 'started', ARGV[3])
       redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), m)
       event(ARGV[1], job, 'trial_started', {trial = tid, worker = ARGV[2], attempt = attempts})
-      return {job, tid, tostring(attempts), redis.call('HGET', t, 'values') or '{}'}
+      -- runs before this one that were released (crash, lost lease, shutdown)
+      local earlier = redis.call('LLEN', t .. ':errors')
+      return {job, tid, tostring(attempts), redis.call('HGET', t, 'values') or '{}',
+              tostring(earlier)}
     end
   end
 end
@@ -157,6 +160,7 @@ class Claim:
     trial: str
     attempt: int
     values: dict[str, Any]
+    resume: bool = False  # an earlier run was interrupted: continue from its checkpoint
     claimed_at: float = field(default_factory=time.time)
 
     @property
@@ -185,12 +189,12 @@ class TrialQueue:
                           args=[self.k.p, worker, now_ms(), int(lease_s * 1000)])
         if not row:
             return None
-        job, trial, attempt, values = row
+        job, trial, attempt, values, earlier = row
         try:
             parsed = codec.loads_object(values, f"values of trial {job}/{trial}")
         except Exception:
             parsed = {}
-        return Claim(job, trial, int(attempt), parsed)
+        return Claim(job, trial, int(attempt), parsed, resume=int(earlier) > 0)
 
     def renew(self, worker: str, members: Iterable[str], lease_s: float) -> int:
         members = list(members)

@@ -75,7 +75,9 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     reporter = RedisReporter(store, claim, worker)
     try:
         rt = _runtime(store, runtimes, artifacts, claim.job)
-        result = run_trial(rt, TrialRequest(claim.trial, claim.values, claim.attempt), reporter)
+        request = TrialRequest(claim.trial, claim.values, claim.attempt,
+                               resume=bool(message.get("resume", claim.attempt > 1)))
+        result = run_trial(rt, request, reporter)
     except LostLease as exc:
         return {"outcome": "lost", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of the trial is the trial's

@@ -74,6 +74,7 @@ class Child:
         self.conn.send_bytes(json.dumps({"job": claim.job, "trial": claim.trial,
                                          "attempt": claim.attempt,
                                          "values": claim.values,
+                                         "resume": claim.resume,
                                          "claimed_at": claim.claimed_at}).encode())
         self.trials += 1
         while True:

@@ -38,6 +38,13 @@ class TrialRequest:
     trial_id: str
     values: dict[str, Any]
     attempt: int = 1
+    # Continue from the trial's checkpoint: an earlier run of it was interrupted.
+    # None means "if this is a retry" (attempt > 1).
+    resume: bool | None = None
+
+    @property
+    def resumes(self) -> bool:
+        return self.attempt > 1 if self.resume is None else self.resume
 
 
 @dataclass
@@ -86,8 +93,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     past = values.get("tuner/trial_id")
     if past is not None:  # Hyperband: continue the earlier trial's best weights
         model.load_weights(str(rt.trial_dir(str(past)) / MODEL_FILE))
-    # Only a retry resumes: a first attempt never trusts files it did not write.
-    checkpoint = read_checkpoint(trial_dir) if request.attempt > 1 else None
+    # Only an interrupted trial resumes: a first run never trusts files it did not write.
+    checkpoint = read_checkpoint(trial_dir) if request.resumes else None
     if checkpoint is not None and checkpoint[0]["epoch"] > initial_epoch:
         meta, weights = checkpoint
         model.set_weights(weights)
