@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The Docker environment the container end-to-end test needs, made from nothing on a
+# fresh Debian/Ubuntu machine without any container registry. Idempotent and cached.
+#
+#   tests/e2e/docker_env.sh up     engine + local base images + wheelhouse + tunecluster image
+#   tests/e2e/docker_env.sh down   stop the dockerd that `up` started (by its PID), if any
+#
+# `up` prints KEY=VALUE lines on stdout (the test reads them); progress goes to stderr.
+# Exit 3 means "no Docker engine can be had here" (the test skips), anything else non-zero
+# is a failure.
+#
+# What `up` does, each step skipped when its result already exists:
+#   1. a Docker engine: the running one, or (root + apt) install docker.io and start
+#      dockerd itself, recording its PID in $STATE/dockerd.pid for `down`;
+#   2. base images without a registry: debootstrap Debian bookworm once (rootfs tarballs
+#      cached in $CACHE), import it and tag it as the Dockerfile's BASE_IMAGE
+#      (python:3.11-slim), plus a Redis image from the same rootfs (local/redis:bookworm);
+#   3. a wheelhouse for linux / CPython 3.11 downloaded on the host (the build itself runs
+#      with --network none), cached in $CACHE/wheelhouse and keyed by pyproject.toml;
+#   4. `docker build --network none --build-arg WHEELHOUSE=1` of the project's Dockerfile,
+#      from a build context made of the project's files plus the cached wheelhouse.
+#
+# Environment: TUNECLUSTER_CI_CACHE (default /var/cache/tunecluster-ci),
+#              TUNECLUSTER_E2E_IMAGE (default tunecluster:e2e).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+CACHE="${TUNECLUSTER_CI_CACHE:-/var/cache/tunecluster-ci}"
+STATE="$CACHE/state"
+IMAGE="${TUNECLUSTER_E2E_IMAGE:-tunecluster:e2e}"
+BASE_IMAGE="$(sed -n 's/^ARG BASE_IMAGE=//p' "$ROOT/Dockerfile" | head -n1)"
+REDIS_IMAGE="local/redis:bookworm"
+SUITE="bookworm"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
+
+log() { printf '[docker_env %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+unavailable() { log "unavailable: $*"; echo "REASON=$*"; exit 3; }
+
+engine_ok() { timeout 10 docker info >/dev/null 2>&1; }
+
+ensure_engine() {
+    mkdir -p "$STATE"
+    if command -v docker >/dev/null 2>&1 && engine_ok; then
+        log "using the running Docker engine"
+        return
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        unavailable "no running Docker engine, and not root to start one"
+    fi
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1 \
+        || ! command -v debootstrap >/dev/null 2>&1; then
+        command -v apt-get >/dev/null 2>&1 || unavailable "no dockerd and no apt-get to install it"
+        log "installing docker.io, containerd, runc, iptables, debootstrap (apt)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null \
+            || unavailable "apt-get update failed"
+        apt-get install -y -q --no-install-recommends \
+            docker.io containerd runc iptables debootstrap >/dev/null \
+            || unavailable "apt-get install docker.io failed"
+    fi
+    if engine_ok; then log "the installed engine is already running"; return; fi
+    log "starting dockerd"
+    setsid /usr/sbin/dockerd -H unix:///var/run/docker.sock >"$STATE/dockerd.log" 2>&1 &
+    echo $! >"$STATE/dockerd.pid"
+    for _ in $(seq 1 60); do
+        engine_ok && { log "dockerd $(cat "$STATE/dockerd.pid") ready"; return; }
+        kill -0 "$(cat "$STATE/dockerd.pid")" 2>/dev/null || break
+        sleep 0.5
+    done
+    tail -n 20 "$STATE/dockerd.log" >&2 || true
+    rm -f "$STATE/dockerd.pid"
+    unavailable "dockerd did not start (see $STATE/dockerd.log)"
+}
+
+# The Debian rootfs, with python3 (the Python base) and then redis-server (the Redis image).
+ensure_rootfs_tarballs() {
+    local py_tar="$CACHE/rootfs-python.tar" redis_tar="$CACHE/rootfs-redis.tar"
+    [ -s "$py_tar" ] && [ -s "$redis_tar" ] && return
+    command -v debootstrap >/dev/null 2>&1 || unavailable "debootstrap is missing"
+    local rootfs="$CACHE/rootfs.tmp"
+    rm -rf "$rootfs"
+    log "debootstrap $SUITE (minbase + python3, python3-venv)"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        "$SUITE" "$rootfs" "$MIRROR" >"$STATE/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$STATE/debootstrap.log" >&2; exit 1; }
+    chroot "$rootfs" apt-get clean
+    tar -C "$rootfs" -cf "$py_tar.tmp" . && mv "$py_tar.tmp" "$py_tar"
+    log "adding redis-server to the rootfs"
+    printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+    chmod +x "$rootfs/usr/sbin/policy-rc.d"
+    cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+    chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends redis-server >>"$STATE/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$STATE/debootstrap.log" >&2; exit 1; }
+    chroot "$rootfs" apt-get clean
+    rm -f "$rootfs/usr/sbin/policy-rc.d"
+    mkdir -p "$rootfs/data"
+    chroot "$rootfs" chown redis:redis /data
+    tar -C "$rootfs" -cf "$redis_tar.tmp" . && mv "$redis_tar.tmp" "$redis_tar"
+    rm -rf "$rootfs"
+}
+
+ensure_base_images() {
+    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
+        && docker image inspect "$REDIS_IMAGE" >/dev/null 2>&1; then
+        log "base images present: $BASE_IMAGE, $REDIS_IMAGE"
+        return
+    fi
+    ensure_rootfs_tarballs
+    log "importing $BASE_IMAGE (Debian $SUITE python3) and $REDIS_IMAGE"
+    docker import -c 'CMD ["python3"]' -c 'ENV LANG=C.UTF-8' \
+        "$CACHE/rootfs-python.tar" "$BASE_IMAGE" >/dev/null
+    docker import -c 'USER redis' -c 'WORKDIR /data' -c 'EXPOSE 6379' \
+        -c 'CMD ["redis-server", "--protected-mode", "no"]' \
+        "$CACHE/rootfs-redis.tar" "$REDIS_IMAGE" >/dev/null
+}
+
+# Wheels for the image's Python (CPython 3.11 on glibc x86_64), whatever the host's Python.
+ensure_wheelhouse() {
+    local wh="$CACHE/wheelhouse" key
+    key="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+    if [ -f "$wh/.complete-$key" ]; then
+        log "wheelhouse cached ($(find "$wh" -name '*.whl' | wc -l) wheels)"
+        return
+    fi
+    rm -rf "$wh" && mkdir -p "$wh"
+    log "downloading the wheelhouse (tunecluster[cpu] for linux / CPython 3.11)"
+    local reqs
+    reqs="$("$PYTHON" - "$ROOT/pyproject.toml" <<'EOF'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["cpu"]))
+EOF
+)"
+    # Every manylinux tag glibc 2.36 (bookworm) accepts: older pips do not expand them.
+    local target=(--only-binary=:all: --python-version 3.11 --implementation cp
+                  --platform manylinux1_x86_64 --platform manylinux2010_x86_64
+                  --platform manylinux2014_x86_64) minor
+    for minor in $(seq 5 36); do target+=(--platform "manylinux_2_${minor}_x86_64"); done
+    printf '%s\n' "$reqs" >"$wh/requirements.txt"
+    "$PYTHON" -m pip download -q -d "$wh" "${target[@]}" -r "$wh/requirements.txt" \
+        'setuptools>=68' wheel >"$STATE/pip-download.log" 2>&1 \
+        || { grep -v '^WARNING' "$STATE/pip-download.log" | tail -n 20 >&2; exit 1; }
+    # Debian's python3 is 3.11.2: redis then needs async-timeout (python_full_version <
+    # 3.11.3), which the marker evaluation above does not see.
+    "$PYTHON" -m pip download -q -d "$wh" "${target[@]}" --no-deps 'async-timeout>=4.0.3' \
+        >>"$STATE/pip-download.log" 2>&1 \
+        || { grep -v '^WARNING' "$STATE/pip-download.log" | tail -n 20 >&2; exit 1; }
+    touch "$wh/.complete-$key"
+    log "wheelhouse ready ($(find "$wh" -name '*.whl' | wc -l) wheels, $(du -sh "$wh" | cut -f1))"
+}
+
+# The build context: the files the Dockerfile copies, and the wheelhouse (hard links).
+build_image() {
+    local ctx="$CACHE/context"
+    rm -rf "$ctx" && mkdir -p "$ctx"
+    cp "$ROOT/Dockerfile" "$ROOT/.dockerignore" "$ROOT/pyproject.toml" "$ROOT/README.md" "$ctx/"
+    (cd "$ROOT" && tar --exclude=__pycache__ --exclude='*.egg-info' -cf - src) | tar -C "$ctx" -xf -
+    cp -al "$CACHE/wheelhouse" "$ctx/wheelhouse" 2>/dev/null || cp -a "$CACHE/wheelhouse" "$ctx/wheelhouse"
+    log "building $IMAGE (--network none, from the wheelhouse)"
+    local t0=$SECONDS
+    docker build --network none --build-arg WHEELHOUSE=1 -t "$IMAGE" "$ctx" \
+        >"$STATE/build.log" 2>&1 || { tail -n 40 "$STATE/build.log" >&2; exit 1; }
+    log "built $IMAGE in $((SECONDS - t0)) s"
+}
+
+cmd_up() {
+    mkdir -p "$CACHE" "$STATE"
+    ensure_engine
+    ensure_base_images
+    ensure_wheelhouse
+    build_image
+    echo "IMAGE=$IMAGE"
+    echo "REDIS_IMAGE=$REDIS_IMAGE"
+    echo "BASE_IMAGE=$BASE_IMAGE"
+    echo "DOCKERD_STARTED=$([ -f "$STATE/dockerd.pid" ] && cat "$STATE/dockerd.pid" || echo "")"
+}
+
+cmd_down() {
+    local pidfile="$STATE/dockerd.pid"
+    [ -f "$pidfile" ] || { log "no dockerd started by this script"; return; }
+    local pid
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping dockerd $pid"
+        kill -TERM "$pid"
+        for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    fi
+    rm -f "$pidfile"
+}
+
+case "${1:-up}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

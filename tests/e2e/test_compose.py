@@ -1,0 +1,234 @@
+"""The real thing in containers: the project's image, built offline, run by the project's
+docker-compose.yml (redis + chief + 2 workers), driven from the host's CLI.
+
+tests/e2e/docker_env.sh makes the environment: a Docker engine (started here when root
+with apt, and stopped again at the end), local base images made with debootstrap (no
+registry needed), a wheelhouse, and `docker build --network none` of the Dockerfile.
+Without an engine the tests are skipped with the reason. The first run on a fresh
+machine takes minutes (apt, debootstrap, ~700 MB of wheels); later runs reuse the cache
+in $TUNECLUSTER_CI_CACHE (default /var/cache/tunecluster-ci).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER_ENV = Path(__file__).with_name("docker_env.sh")
+BIN = Path(sys.executable).parent
+TRIALS = 4
+FINAL = ("COMPLETED", "FAILED")
+
+pytestmark = [pytest.mark.docker, pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.timeout(2700)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def docker_env() -> Iterator[dict[str, str]]:
+    if os.environ.get("TUNECLUSTER_SKIP_DOCKER"):
+        pytest.skip("TUNECLUSTER_SKIP_DOCKER is set")
+    t0 = time.monotonic()
+    result = subprocess.run(["bash", str(DOCKER_ENV), "up"], stdout=subprocess.PIPE,
+                            stderr=None, text=True, timeout=2400)
+    info = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    try:
+        if result.returncode == 3:
+            pytest.skip(f"no Docker engine: {info.get('REASON', 'unknown')}")
+        assert result.returncode == 0, f"docker_env.sh up failed (rc {result.returncode})"
+        info["SETUP_S"] = f"{time.monotonic() - t0:.0f}"
+        yield info
+    finally:
+        subprocess.run(["bash", str(DOCKER_ENV), "down"], timeout=120)
+
+
+class Stack:
+    """One compose project of the project's docker-compose.yml."""
+
+    def __init__(self, image: str, redis_image: str) -> None:
+        self.project = f"tce2e{secrets.token_hex(3)}"
+        self.password = secrets.token_hex(12)
+        self.port = _free_port()
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST")
+        self.env = {k: v for k, v in os.environ.items() if k in keep}
+        self.env.update({
+            "TUNECLUSTER_IMAGE": image,
+            "REDIS_IMAGE": redis_image,
+            "TUNECLUSTER_REDIS_PASSWORD": self.password,
+            "TUNECLUSTER_REDIS_PORT": str(self.port),
+            # Short leases: a killed worker's trial is reaped and retried within seconds.
+            "TUNECLUSTER_LEASE_S": "6",
+            "TUNECLUSTER_HEARTBEAT_S": "1.5",
+        })
+
+    def compose(self, *args: str, timeout: float = 300,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(BIN / "docker-compose"), "--project-directory", str(ROOT), "-f",
+               str(ROOT / "docker-compose.yml"), "--env-file", os.devnull, "-p", self.project,
+               *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} -> rc {result.returncode}\n{result.stderr}"
+                                 f"\n{self.logs()}")
+        return result
+
+    def logs(self) -> str:
+        result = subprocess.run(
+            [str(BIN / "docker-compose"), "--project-directory", str(ROOT), "-f",
+             str(ROOT / "docker-compose.yml"), "--env-file", os.devnull, "-p", self.project,
+             "logs", "--no-color", "--tail", "60"],
+            capture_output=True, text=True, env=self.env, timeout=60)
+        return result.stdout[-12000:]
+
+    def cli(self, *args: str, timeout: float = 600) -> Any:
+        """The host's tunecluster CLI against the stack's published Redis; --json output."""
+        result = subprocess.run([str(BIN / "tunecluster"), *args, "--redis", self.url, "--json"],
+                                capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        assert result.returncode == 0, f"tunecluster {args}: {result.stderr}\n{self.logs()}"
+        return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def stack(docker_env: dict[str, str]) -> Iterator[Stack]:
+    s = Stack(docker_env["IMAGE"], docker_env["REDIS_IMAGE"])
+    t0 = time.monotonic()
+    try:
+        # --wait: every service's health check (tunecluster health --role ...) passes.
+        s.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "240", timeout=400)
+        print(f"\n[e2e] setup {docker_env['SETUP_S']} s, stack healthy in"
+              f" {time.monotonic() - t0:.0f} s ({s.project})")
+        yield s
+    finally:
+        s.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False,
+                  timeout=180)
+
+
+def test_stack_is_up_with_a_chief_and_two_workers(stack: Stack) -> None:
+    ps = stack.compose("ps", "--format", "json").stdout
+    rows = [json.loads(ln) for ln in ps.splitlines() if ln.strip()]
+    if len(rows) == 1 and isinstance(rows[0], list):  # older compose: one JSON array
+        rows = rows[0]
+    services = sorted(r["Service"] for r in rows)
+    assert services == ["chief", "redis", "worker", "worker"]
+    assert all(r.get("Health") == "healthy" for r in rows), rows
+    # The tools profile: a one-off CLI container inside the stack's network.
+    result = stack.compose("run", "--rm", "-T", "cli", "status", "--json", timeout=180)
+    status = json.loads(result.stdout)
+    assert len(status["workers"]) == 2 and status["chief"]
+    # The containers run as the image's non-root user, and /artifacts is theirs.
+    out = stack.compose("exec", "-T", "chief", "sh", "-c", "id -u; stat -c %u /artifacts").stdout
+    assert out.split() == ["10001", "10001"]
+
+
+def test_digits_job_from_the_host_cli_completes_and_exports_the_best_model(
+        stack: Stack, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    results = stack.cli("submit", "examples/digits.yaml", "--set",
+                        f"search.max_trials={TRIALS}", "--set", "train.epochs=2", "--wait")
+    print(f"\n[e2e] digits job: {time.monotonic() - t0:.0f} s")
+    assert results["state"] == "completed", results
+    assert len(results["trials"]) == TRIALS
+    assert results["counts"].get("COMPLETED") == TRIALS, results["counts"]
+    assert results["best"] and results["test"]
+    # The model lives on the artifacts volume: export it inside the chief, copy it out.
+    job = results["job"]
+    best = json.loads(stack.compose("exec", "-T", "chief", "tunecluster", "best", job,
+                                    "--export", "/tmp/best.keras", "--json").stdout)
+    assert best["best_model"] == f"/artifacts/{job}/best_model.keras"
+    stack.compose("cp", "chief:/tmp/best.keras", str(tmp_path / "best.keras"))
+    model = tmp_path / "best.keras"
+    assert model.stat().st_size > 1000
+    assert zipfile.is_zipfile(model) and "config.json" in zipfile.ZipFile(model).namelist()
+    # Every worker wrote to the shared volume, as the non-root user.
+    listing = stack.compose("exec", "-T", "chief", "ls", f"/artifacts/{job}/trials").stdout
+    assert len(listing.split()) == TRIALS
+
+
+def test_a_worker_killed_mid_trial_loses_no_trial(stack: Stack) -> None:
+    from tunecluster.store import Store
+
+    submitted = stack.cli("submit", "examples/digits.yaml", "--set",
+                          f"search.max_trials={TRIALS}", "--set", "train.epochs=8",
+                          "--set", "train.early_stopping=null", "--set", "search.seed=11")
+    job = submitted["job"]
+    store = Store.from_url(stack.url)
+    containers = stack.compose("ps", "-q", "worker").stdout.split()
+    assert len(containers) == 2
+
+    # Wait for a trial that has finished an epoch (so it has a checkpoint), then kill the
+    # container of the worker that runs it: SIGKILL, no chance to release the lease.
+    victim = trial = victim_worker = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:
+        for row in store.jobs.trials(job):
+            if row.get("state") == "RUNNING" and row.get("worker") and \
+                    int(row.get("last_epoch") or 0) >= 1:
+                victim_worker = row["worker"]  # <hostname = container id>-<pid>-<token>
+                host = victim_worker.split("-")[0]
+                victim = next((c for c in containers if c.startswith(host)), None)
+                trial = row.get("trial")
+                break
+        time.sleep(0.2)
+    assert victim, f"no running trial seen\n{stack.logs()}"
+    subprocess.run(["docker", "kill", victim], check=True, capture_output=True, timeout=60)
+    t_kill = time.monotonic()
+
+    deadline = time.monotonic() + 600
+    while store.jobs.get(job).state not in ("completed", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job {job} did not end\n{stack.logs()}"
+        time.sleep(1)
+    print(f"\n[e2e] killed worker {victim[:12]} during {trial}; job ended"
+          f" {time.monotonic() - t_kill:.0f} s later")
+
+    results = stack.cli("results", job)
+    assert results["state"] == "completed", results
+    states = {t["trial"]: t["state"] for t in results["trials"]}
+    assert len(states) == TRIALS, states  # none lost, none duplicated
+    assert all(s in FINAL for s in states.values()), states
+    killed = next(t for t in results["trials"] if t["trial"] == trial)
+    detail = (f"killed trial: {json.dumps(killed)}\nerrors: "
+              f"{store.client.lrange(store.keys.trial(job, trial) + ':errors', 0, -1)}"
+              f"\n{stack.logs()}")
+    # The chief reaped the dead worker's lease and the trial ran again on another worker
+    # (the survivor, or the killed container restarted by its restart policy: same
+    # hostname, new worker id), resuming from the checkpoint on the shared volume.
+    assert killed["attempts"] >= 2, detail
+    assert killed["worker"] and killed["worker"] != victim_worker, detail
+    # Checkpoints are replaced atomically, so the retry always finds a readable one.
+    assert killed["state"] == "COMPLETED", detail
+    assert killed["resumed_from_epoch"] >= 1, detail
+
+
+def test_redis_keeps_the_jobs_across_a_restart(stack: Stack) -> None:
+    jobs = stack.cli("list")
+    assert len(jobs) == 2
+    # AOF persistence (appendonly yes on the redis-data volume).
+    stack.compose("restart", "redis", timeout=120)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = stack.cli("list", timeout=30)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline
+            time.sleep(1)
+    assert {(j["job"], j["state"]) for j in after} == {(j["job"], j["state"]) for j in jobs}
