@@ -23,6 +23,9 @@ class NullChild:
                                 {"score": repr(score), "metrics": metrics, "best_epoch": "1"})
         return {"outcome": "completed"}
 
+    def ensure(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

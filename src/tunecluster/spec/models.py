@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -266,9 +266,30 @@ class Resources(_Strict):
     cpu_slots: int = Field(1, ge=1, le=256)
 
 
+class RayEarlyStopping(_Strict):
+    """Ray Tune's own early stopping for ``scheduler: ray`` (trials end COMPLETED with
+    the epochs they ran). ``asha`` -> ASHAScheduler, ``median`` -> MedianStoppingRule;
+    both count time in epochs."""
+
+    scheduler: Literal["asha", "median"]
+    grace_period: int = Field(1, ge=1)  # epochs every trial runs before it can be stopped
+    reduction_factor: float | None = Field(None, gt=1)  # asha only (Ray's default: 4)
+    min_samples_required: int | None = Field(None, ge=1)  # median only (Ray's default: 3)
+
+    @model_validator(mode="after")
+    def _keys_of_scheduler(self) -> RayEarlyStopping:
+        only = {"reduction_factor": "asha", "min_samples_required": "median"}
+        for key, scheduler in only.items():
+            if getattr(self, key) is not None and self.scheduler != scheduler:
+                raise ValueError(f"{key} applies to scheduler {scheduler}, not {self.scheduler}")
+        return self
+
+
 class RayOptions(_Strict):
-    address: str | None = None
-    early_stopping: dict[str, Any] | None = None
+    address: str | None = None  # else $RAY_ADDRESS, else a local Ray started on demand
+    early_stopping: RayEarlyStopping | None = None
+    # Trials at once; default: as many as the Ray cluster's CPUs (GPUs) fit when the job starts.
+    max_concurrent_trials: int | None = Field(None, ge=1, le=10_000)
 
 
 # --- the job ------------------------------------------------------------------------------

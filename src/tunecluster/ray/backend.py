@@ -1,0 +1,411 @@
+"""Ray Tune as the alternative scheduler: what the chief runs for a ``scheduler: ray`` job.
+
+``RayJobRunner`` drives one job from start to end in a background thread of the chief:
+it connects to Ray (``spec.ray.address``, else ``$RAY_ADDRESS``, else a local Ray
+started on demand), runs a ``tune.Tuner`` whose searcher is the job's KerasTuner oracle
+(``searcher.OracleSearcher``) and whose trainable is the native trial runner
+(``trainable.TrialTrainable``), and then calls ``chief.finalize.finalize`` as the
+native chief does. ``RecordsCallback`` writes every trial start, epoch, retry and
+failure to the job's Redis records and event stream; ``JobStopper`` ends the Ray run on
+``cancel``, on a failed search, or when another chief took the job over.
+
+``RayJobs`` is the chief's hook: one runner per Ray job, started once. A chief that
+finds a Ray job ``running`` without a runner of its own (it restarted, or took over
+from another chief) starts a new Ray run of the job: the oracle resumes from Redis, and
+the trials the previous run left unfinished run again (resuming from their last
+checkpoint, counting an attempt) before new ones are suggested. Ray's scheduler state
+(ASHA rungs, medians) starts afresh in the new run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tunecluster.spec.models import JobSpec
+from tunecluster.store import Store, codec
+from tunecluster.store.ray_records import RayRecords
+
+log = logging.getLogger("tunecluster.ray")
+
+LOCAL = "local"
+NUM_CPUS_ENV = "TUNECLUSTER_RAY_NUM_CPUS"  # CPUs of a local Ray started on demand
+MAX_CONCURRENT_ENV = "TUNECLUSTER_RAY_MAX_CONCURRENT"  # trials at once (default: fit)
+LOG_TO_DRIVER_ENV = "TUNECLUSTER_RAY_LOG_TO_DRIVER"  # 1: trial output in the chief's log
+RESTART_AFTER_S = 10.0  # a chief restarts a job's Ray run at most this often
+TICK_S = 1.0  # how often the chief's hook looks for Ray jobs without a runner
+
+_ray_lock = threading.Lock()  # ray.init is process-wide
+_connected: str | None = None  # the address this process's Ray connection was made for
+_tune_lock = threading.Lock()  # one Ray Tune run at a time per chief process
+
+
+class RayUnavailable(RuntimeError):
+    """Ray cannot be used for this job (not installed, unreachable, another address)."""
+
+
+# --- connecting ------------------------------------------------------------------------------
+
+
+def ray_address(spec: JobSpec) -> str | None:
+    return (spec.ray.address if spec.ray else None) or os.environ.get("RAY_ADDRESS") or None
+
+
+def connect_ray(address: str | None) -> str:
+    """Connect this process to Ray once; returns the address ("local" for on-demand)."""
+    global _connected
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("scheduler: ray needs Ray Tune: pip install 'tunecluster[ray]'"
+                             ) from None
+    want = address or LOCAL
+    with _ray_lock:
+        if ray.is_initialized():
+            if _connected not in (None, want):
+                raise RayUnavailable(f"this chief is connected to Ray at {_connected};"
+                                     f" the job asks for {want} (one Ray per chief)")
+            return want
+        quiet = {"log_to_driver": os.environ.get(LOG_TO_DRIVER_ENV, "0") == "1",
+                 "logging_level": logging.WARNING}
+        try:
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                ray.init(num_cpus=int(os.environ.get(NUM_CPUS_ENV) or os.cpu_count() or 1),
+                         include_dashboard=False, **quiet)
+        except Exception as exc:  # noqa: BLE001 - reported as the job's error
+            hint = ("" if address is None or os.environ.get("RAY_AUTH_MODE") else
+                    " (a cluster with token authentication needs RAY_AUTH_MODE=token and"
+                    " RAY_AUTH_TOKEN in the chief's environment)")
+            raise RayUnavailable(f"cannot start or reach Ray at {want}: "
+                                 f"{str(exc).strip().splitlines()[0][:300]}{hint}") from None
+        _connected = want
+        return want
+
+
+def trial_resources(spec: JobSpec) -> dict[str, float]:
+    resources = {"cpu": 1.0}
+    if spec.resources.gpus_per_trial:
+        resources["gpu"] = float(spec.resources.gpus_per_trial)
+    return resources
+
+
+def max_concurrent(spec: JobSpec, resources: dict[str, float]) -> int:
+    """Trials at once: ``ray.max_concurrent_trials``, else what the Ray cluster fits now.
+    No more, so that the oracle suggests each trial from the latest results."""
+    import ray
+
+    if spec.ray and spec.ray.max_concurrent_trials:
+        return spec.ray.max_concurrent_trials
+    if os.environ.get(MAX_CONCURRENT_ENV):
+        return max(1, int(os.environ[MAX_CONCURRENT_ENV]))
+    total = ray.cluster_resources()
+    fits = [int(total.get(name.upper(), 0) // need) for name, need in resources.items() if need]
+    return max(1, min(fits) if fits else 1)
+
+
+def make_scheduler(spec: JobSpec) -> tuple[Any, str]:
+    """Ray's early stopping from ``ray.early_stopping`` (None: Tune's FIFO)."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    from tunecluster.ray.trainable import EPOCH
+
+    options = spec.ray.early_stopping if spec.ray else None
+    if options is None:
+        return None, "ray"
+    if options.scheduler == "asha":
+        return ASHAScheduler(time_attr=EPOCH, max_t=spec.train.epochs,
+                             grace_period=min(options.grace_period, spec.train.epochs),
+                             reduction_factor=options.reduction_factor or 4,
+                             stop_last_trials=False), "asha"
+    # min_time_slice=inf: never PAUSE a trial (its progress lives in its own checkpoint)
+    return MedianStoppingRule(time_attr=EPOCH, grace_period=options.grace_period,
+                              min_samples_required=options.min_samples_required or 3,
+                              min_time_slice=math.inf, hard_stop=True), "median"
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+class RayJobRunner:
+    """Runs one ``scheduler: ray`` job with Ray Tune to its end, then finalizes it."""
+
+    def __init__(self, store: Store, job_id: str, spec: JobSpec, space: dict[str, Any],
+                 artifacts_root: str | Path, *, uploaded: list[str] | None = None,
+                 chief_id: str = "chief") -> None:
+        self.store = store
+        self.job = job_id
+        self.spec = spec
+        self.space = dict(space)
+        self.artifacts = Path(artifacts_root).resolve()
+        self.uploaded = list(uploaded or [])
+        self.chief_id = chief_id
+        self.records = RayRecords(store)
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.state: str | None = None  # the job's final state, once finalized
+
+    # --- thread --------------------------------------------------------------------------
+
+    def start(self) -> RayJobRunner:
+        self.thread = threading.Thread(target=self._run_logged, name=f"ray-{self.job}",
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the Ray run without finalizing (this chief stops or lost leadership)."""
+        self.stop_event.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except Exception:  # noqa: BLE001 - logged; the chief may start another run later
+            log.exception("Ray run of job %s ended abnormally", self.job)
+
+    # --- the job -------------------------------------------------------------------------
+
+    def run(self) -> str | None:
+        """The whole job: returns its final state, or None if stopped before the end."""
+        from tunecluster.chief.finalize import summarize_errors
+        from tunecluster.store.results import build_results
+
+        record = self.store.jobs.get(self.job)
+        if record.state == "finalizing":  # a previous chief died while finalizing
+            return self._finalize(*self._outcome())
+        error: str | None = None
+        if not self._wait_for_tune_slot():
+            return None
+        try:
+            address = ray_address(self.spec)
+            run = self.records.take_over(self.job, self.chief_id, address or LOCAL)
+            connect_ray(address)
+            self._tune(run)
+        except Exception as exc:  # noqa: BLE001 - the job ends failed with the reason
+            from tunecluster.store.connection import retryable
+
+            if retryable(exc):
+                raise
+            log.exception("Ray run of job %s failed", self.job)
+            error = f"ray: {type(exc).__name__}: {str(exc).strip()[:500]}"
+        finally:
+            _tune_lock.release()
+        if self.stop_event.is_set() or self.records.owner(self.job) != self.chief_id:
+            return None  # another run (this chief's next, or another chief) goes on
+        state, failure = self._outcome()
+        if error:
+            state, failure = "failed", error
+        elif state == "failed" and failure:
+            failure = (f"{failure} | errors: "
+                       f"{summarize_errors(build_results(self.store.jobs, self.job)['trials'])}")
+        return self._finalize(state, failure)
+
+    def _tune(self, run: int) -> None:
+        from ray import tune
+
+        from tunecluster.chief.oracle_host import OracleHost
+        from tunecluster.ray.hooks import JobStopper, RecordsCallback
+        from tunecluster.ray.searcher import OracleSearcher
+        from tunecluster.ray.trainable import TRIAL, TrialTrainable, job_context
+        from tunecluster.spec import spec_to_json
+        from tunecluster.store import raw_client
+
+        # Results live in Redis: no per-trial json/csv/TensorBoard files, no Tune tables.
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is then silent
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+        host = OracleHost.create(self.spec, self.space, *self.store.jobs.oracle_state(self.job))
+        resume = self._recover(host)
+        scheduler, scheduler_name = make_scheduler(self.spec)
+        searcher = OracleSearcher(self.store, self.job, self.spec, self.space, host,
+                                  resume=resume, scheduler_name=scheduler_name)
+        raw = raw_client(self.store.client)
+        files = {name: self.store.jobs.file(raw, self.job, name) for name in self.uploaded}
+        ctx = job_context(self.job, spec_to_json(self.spec), self.space, str(self.artifacts),
+                          files)
+        resources = trial_resources(self.spec)
+        trainable = tune.with_resources(tune.with_parameters(TrialTrainable, job=ctx),
+                                        resources)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=self.spec.search.objective_name, mode=self.spec.search.direction,
+                search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                max_concurrent_trials=max_concurrent(self.spec, resources), reuse_actors=True,
+                trial_name_creator=lambda t: f"{t.config[TRIAL]}",
+                trial_dirname_creator=lambda t: f"{t.config[TRIAL]}-{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=f"run-{run}", storage_path=str(self.artifacts / self.job / "ray"),
+                failure_config=tune.FailureConfig(
+                    max_failures=self.spec.search.max_retries_per_trial),
+                stop=JobStopper(self.store, self.job, self.chief_id, run, self.stop_event),
+                callbacks=[RecordsCallback(self.store, self.job)],
+                verbose=0,
+            ),
+        )
+        log.info("job %s: Ray Tune run %d starts", self.job, run)
+        tuner.fit()
+        log.info("job %s: Ray Tune run %d ended", self.job, run)
+
+    def _recover(self, host: Any) -> list[tuple[str, dict[str, Any]]]:
+        """Trials a previous run left open: run them again (within their retry budget)."""
+        resume = []
+        for row in self.store.jobs.trials(self.job):
+            trial, state = row.get("trial", ""), row.get("state")
+            if not host.is_open(trial):
+                continue
+            values = codec.loads_object(row.get("values", "{}"), "trial values")
+            if state in ("COMPLETED", "FAILED", "CANCELLED"):  # ended in Redis, not the oracle
+                for epoch, metrics in self.store.jobs.epochs(self.job, trial).items():
+                    host.update(trial, epoch, metrics)
+                self._end(host, trial, state == "COMPLETED", row.get("error"))
+                continue
+            reason = "its Ray run ended with the chief that drove it"
+            attempts, budget = int(row.get("attempts") or 0), int(row.get("max_retries") or 0)
+            if state == "RUNNING" and attempts > budget:
+                self.records.close(self.job, trial, "FAILED", reason)
+                self._end(host, trial, False, reason)
+                continue
+            if state == "RUNNING":
+                self.records.retry(self.job, trial, row.get("worker", ""), reason)
+            resume.append((trial, values))
+        from tunecluster.ray.searcher import oracle_snapshot
+
+        self.records.persist_oracle(self.job, *oracle_snapshot(host))
+        return resume
+
+    def _end(self, host: Any, trial: str, completed: bool, message: str | None) -> None:
+        try:
+            host.end(trial, completed=completed, message=message)
+        except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
+            self.records.fail(self.job, (
+                f"{self.spec.search.max_consecutive_failed_trials} consecutive trials"
+                f" failed: {str(exc).splitlines()[-1][:300]}"))
+
+    def _outcome(self) -> tuple[str, str | None]:
+        if self.records.cancelled(self.job):
+            return "cancelled", None
+        failure = self.records.failure(self.job)
+        return ("failed", failure) if failure else ("completed", None)
+
+    def _finalize(self, state: str, error: str | None) -> str:
+        from tunecluster.artifacts import MODEL_FILE, file_resolver
+        from tunecluster.chief.finalize import finalize
+
+        # Trials Tune stopped with the whole run (cancel, failed search) are still open.
+        for row in self.records.open_trials(self.job):
+            reason = "job cancelled" if state == "cancelled" else "job ended"
+            self.records.close(self.job, row["trial"], "CANCELLED", reason)
+        self.store.jobs.set_state(self.job, "finalizing")
+        if state == "completed":  # stopped trials save their model as their actor stops
+            deadline = time.monotonic() + 60
+            for row in self.store.jobs.trials(self.job):
+                path = self.artifacts / self.job / "trials" / row.get("trial", "") / MODEL_FILE
+                while (row.get("state") == "COMPLETED" and not path.is_file()
+                       and time.monotonic() < deadline):
+                    time.sleep(0.2)
+        resolve = file_resolver(self.store, self.job, self.artifacts, self.uploaded)
+        try:
+            results = finalize(self.store, self.job, self.spec, self.artifacts, state,
+                               resolve=resolve, error=error)
+        except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
+            log.exception("finalizing %s failed", self.job)
+            self.store.jobs.set_state(self.job, "failed", error=f"finalize failed: {exc}")
+            self.state = "failed"
+            return self.state
+        self.state = results["state"]
+        log.info("job %s %s", self.job, self.state)
+        return self.state
+
+    def _wait_for_tune_slot(self) -> bool:
+        """One Tune run at a time in this process; False if stopped while waiting."""
+        while not _tune_lock.acquire(timeout=1.0):
+            if self.stop_event.is_set():
+                return False
+        if self.stop_event.is_set():
+            _tune_lock.release()
+            return False
+        return True
+
+
+# --- the chief's hook ----------------------------------------------------------------------------
+
+
+class RayJobs:
+    """The chief's side: one RayJobRunner per active ``scheduler: ray`` job, started once."""
+
+    def __init__(self, store: Store, artifacts_root: str | Path, chief_id: str) -> None:
+        self.store = store
+        self.artifacts = Path(artifacts_root).resolve()
+        self.chief_id = chief_id
+        self.runners: dict[str, RayJobRunner] = {}
+        self._started: dict[str, float] = {}
+        self._next_tick = 0.0
+
+    def tick(self) -> None:
+        """Start runners for Ray jobs without one (at most every ``TICK_S``)."""
+        from tunecluster.errors import SpecError, StoreError
+        from tunecluster.spec import parse_spec
+
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + TICK_S
+        active = self.store.jobs.active()
+        pipe = self.store.client.pipeline(transaction=False)
+        for job in active:
+            pipe.hget(self.store.keys.job(job), "scheduler")
+        for job, scheduler in zip(active, pipe.execute(), strict=True):
+            if scheduler != "ray":
+                continue
+            runner = self.runners.get(job)
+            if runner is not None:
+                if runner.alive:
+                    continue
+                self.runners.pop(job)
+            if time.monotonic() - self._started.get(job, -math.inf) < RESTART_AFTER_S:
+                continue
+            try:
+                record = self.store.jobs.get(job)
+                if record.state not in ("queued", "running", "finalizing"):
+                    continue
+                spec = parse_spec(record.spec)
+                uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
+            except (SpecError, StoreError, ValueError) as exc:
+                log.error("job %s cannot be loaded: %s", job, exc)
+                self.store.jobs.set_state(job, "failed", error=f"job cannot be loaded: {exc}")
+                continue
+            if record.state == "queued":
+                self.store.jobs.set_state(job, "running")
+            elif record.state == "running":
+                log.warning("job %s: running under Ray without a runner here; starting a new"
+                            " Ray run (unfinished trials resume)", job)
+            self._started[job] = time.monotonic()
+            self.runners[job] = RayJobRunner(
+                self.store, job, spec, record.space, self.artifacts,
+                uploaded=list(uploaded or []), chief_id=self.chief_id).start()
+
+    def stop_all(self, wait_s: float = 10.0) -> None:
+        """Stop every Ray run of this chief without finalizing (the next chief resumes)."""
+        for runner in self.runners.values():
+            runner.stop()
+        deadline = time.monotonic() + wait_s
+        for runner in self.runners.values():
+            runner.join(max(0.0, deadline - time.monotonic()))
+        self.runners.clear()
+        self._started.clear()
