@@ -124,9 +124,6 @@ class Chief:
             self._reap_after = started + self.lease_s
         self._last_tick = started
         self._drain(pending=False, block_ms=int(self.tick_s * 1000))
-        if time.monotonic() >= self._next_housekeeping:
-            self._housekeeping()
-        self._top_up()
         self._finish_jobs()
         self.ray_jobs.tick()  # Ray scheduler hook: start a RayJobRunner per Ray job, once
 
@@ -165,29 +162,43 @@ class Chief:
 
     # --- inbox ----------------------------------------------------------------------------
 
-    def _drain(self, pending: bool, block_ms: int | None = None, rounds: int = 10) -> None:
-        """Process inbox messages; acknowledge them only after their effects are stored.
+    def _drain(self, pending: bool, block_ms: int | None = None) -> None:
+        """One round: read the inbox, feed the oracles, queue new trials, commit.
 
-        ``pending`` re-reads what a previous active chief received but never acknowledged.
-        At most ``rounds`` batches per call, so a flooded inbox cannot starve the reaper.
+        Everything this round decided (oracle states, new trials, the inbox
+        acknowledgements) is written in one MULTI transaction, so a chief killed at any
+        point either did all of it or none, and a round costs three round trips to Redis:
+        the read, the free-slot count, the commit. ``pending`` re-reads what a previous
+        active chief received but never acknowledged, until nothing is left.
         """
         keys = self.store.keys
-        for round_no in range(rounds):
+        while True:
             try:
                 rows = self.store.client.xreadgroup(
-                    CHIEF_GROUP, "chief", {keys.inbox: "0" if pending else ">"}, count=200,
-                    block=block_ms if (round_no == 0 and not pending) else None)
+                    CHIEF_GROUP, "chief", {keys.inbox: "0" if pending else ">"}, count=500,
+                    block=None if pending else block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._ensure_group()
                 continue
             entries = [e for _stream, items in rows or [] for e in items]
-            if not entries:
-                return
             for _entry_id, fields in entries:
                 self._handle(fields or {})
-            self._persist(ack=[entry_id for entry_id, _ in entries])
+            if not pending and time.monotonic() >= self._next_housekeeping:
+                self._housekeeping()
+            pipe = self.store.client.pipeline(transaction=True)
+            if not pending:
+                self._top_up(pipe)
+            self._stage_oracles(pipe)
+            if entries:
+                ack = [entry_id for entry_id, _ in entries]
+                pipe.xack(keys.inbox, CHIEF_GROUP, *ack)
+                pipe.xdel(keys.inbox, *ack)
+            if len(pipe):
+                pipe.execute()
+            if not (pending and entries):
+                return
 
     def _handle(self, msg: dict[str, str]) -> None:
         kind, job_id = msg.get("type"), msg.get("job", "")
@@ -209,31 +220,34 @@ class Chief:
             hosted.dirty = True
             hosted.touched.add(trial)
         elif kind == "end":
-            self._trial_ended(hosted, msg.get("trial", ""))
+            self._trial_ended(hosted, msg.get("trial", ""), msg)
         elif kind == "cancel":
             hosted.cancel = True
         elif kind == "submitted":
             self._next_housekeeping = 0.0  # list the new job on this tick
 
-    def _trial_ended(self, hosted: HostedJob, trial: str) -> None:
+    def _trial_ended(self, hosted: HostedJob, trial: str, msg: dict[str, str]) -> None:
         assert hosted.host is not None
-        row = self.store.jobs.trial(hosted.id, trial)
-        state = row.get("state")
-        if state not in ("COMPLETED", "FAILED", "CANCELLED") or not hosted.host.is_open(trial):
+        if not hosted.host.is_open(trial):
+            return  # already ended: a re-delivered message
+        state = msg.get("state")
+        error = msg.get("error")
+        if state is None:  # a message from an older writer: read the record instead
+            row = self.store.jobs.trial(hosted.id, trial)
+            state, error = row.get("state"), row.get("error")
+        if state not in ("COMPLETED", "FAILED", "CANCELLED"):
             return
-        # Epochs can reach the oracle only through the inbox; feed any it missed.
-        for epoch, metrics in self.store.jobs.epochs(hosted.id, trial).items():
-            hosted.host.update(trial, epoch, metrics)
+        # Its epochs came through this same stream, before its end: the oracle has them.
         try:
-            hosted.host.end(trial, completed=state == "COMPLETED", message=row.get("error"))
+            hosted.host.end(trial, completed=state == "COMPLETED", message=error or None)
         except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
             hosted.failure = (f"{hosted.spec.search.max_consecutive_failed_trials} consecutive"
                               f" trials failed: {str(exc).splitlines()[-1][:300]}")
         hosted.dirty = True
         hosted.touched.add(trial)
 
-    def _persist(self, ack: list[str]) -> None:
-        pipe = self.store.client.pipeline(transaction=True)
+    def _stage_oracles(self, pipe: redis.client.Pipeline) -> None:
+        """Add the changed oracles' state to the round's transaction."""
         for hosted in self.jobs.values():
             if hosted.dirty and hosted.host is not None:
                 pipe.set(self.store.keys.oracle(hosted.id), hosted.host.state_json())
@@ -243,10 +257,6 @@ class Chief:
                         if hosted.host.knows(tid)})
                 hosted.dirty = False
                 hosted.touched.clear()
-        if ack:
-            pipe.xack(self.store.keys.inbox, CHIEF_GROUP, *ack)
-            pipe.xdel(self.store.keys.inbox, *ack)
-        pipe.execute()
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -294,7 +304,8 @@ class Chief:
                 self.store.client.zrem(self.store.keys.leases, m)  # stale entry
         self.store.workers.prune(self.lease_s)
 
-    def _top_up(self) -> None:
+    def _top_up(self, pipe: redis.client.Pipeline) -> None:
+        """Stage new trials into ``pipe`` for the free slots, no more."""
         if self._slots <= 0 or not self._active:
             return
         free = self._slots - self.store.queue.busy_count()
@@ -311,7 +322,7 @@ class Chief:
                     self.store.queue.enqueue(job_id, trial, values,
                                              hosted.spec.search.max_retries_per_trial,
                                              hosted.host.state_json(),
-                                             hosted.host.trial_json(trial))
+                                             hosted.host.trial_json(trial), pipe=pipe)
                     free -= 1
                 elif status == "IDLE":
                     break

@@ -107,7 +107,8 @@ local fields = cjson.decode(ARGV[7])
 for k, v in pairs(fields) do redis.call('HSET', t, k, v) end
 redis.call('HSET', t, 'state', ARGV[6], 'finished', ARGV[8])
 redis.call('ZREM', KEYS[2], ARGV[2] .. '/' .. ARGV[3])
-redis.call('XADD', KEYS[1], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3])
+redis.call('XADD', KEYS[1], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3],
+           'state', ARGV[6], 'error', fields['error'] or '')
 event(ARGV[1], ARGV[2], 'trial_' .. string.lower(ARGV[6]),
       {trial = ARGV[3], worker = ARGV[4], attempt = tonumber(ARGV[5]),
        score = fields['score'], error = fields['error']})
@@ -143,7 +144,8 @@ if ARGV[8] == '0' or attempts <= max_retries then
   return 1
 end
 redis.call('HSET', t, 'state', 'FAILED', 'error', ARGV[6], 'finished', ARGV[7])
-redis.call('XADD', KEYS[3], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3],
+           'state', 'FAILED', 'error', ARGV[6])
 event(ARGV[1], ARGV[2], 'trial_failed', {trial = ARGV[3], worker = worker,
                                          attempt = attempts, error = ARGV[6]})
 return 2
@@ -239,14 +241,17 @@ class TrialQueue:
     # --- chief side ----------------------------------------------------------------------
 
     def enqueue(self, job: str, trial: str, values: Mapping[str, Any], max_retries: int,
-                oracle_state: str, oracle_trial: str = "{}") -> None:
+                oracle_state: str, oracle_trial: str = "{}",
+                pipe: redis.client.Pipeline | None = None) -> None:
         """Record a new trial, persist the oracle that made it, and queue it: one transaction.
 
         The oracle's state and the trial become visible together, so a chief restarted at
         any moment never holds an oracle that forgot a queued trial (or the reverse).
+        With ``pipe`` (a MULTI pipeline) the commands join the caller's transaction.
         """
         now = now_ms()
-        pipe = self.r.pipeline(transaction=True)
+        own = pipe is None
+        pipe = self.r.pipeline(transaction=True) if pipe is None else pipe
         pipe.hset(self.k.trial(job, trial), mapping={
             "job": job, "trial": trial, "state": "READY", "values": codec.dumps(dict(values)),
             "attempts": 0, "max_retries": max_retries, "worker": "", "created": now,
@@ -260,7 +265,8 @@ class TrialQueue:
         pipe.xadd(self.k.events(job), {"type": "trial_created",
                                        "data": codec.dumps({"trial": trial, "values": dict(values)})},
                   maxlen=EVENTS_MAXLEN, approximate=True)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def request_stop(self, job: str, trial: str) -> None:
         self.r.hset(self.k.trial(job, trial), "stop", "1")
