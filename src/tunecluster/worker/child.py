@@ -41,7 +41,11 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
     import gc
 
     import keras  # noqa: F401 - warm: paid once when the process starts, not per trial
-    import tensorflow  # noqa: F401
+    import tensorflow
+
+    # Each trial builds new tf.functions; TensorFlow warns about "retracing" for every
+    # one of them, which is expected here and would flood the worker's log.
+    tensorflow.get_logger().setLevel("ERROR")
 
     from tunecluster.store import Store
 
