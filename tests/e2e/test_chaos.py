@@ -15,6 +15,7 @@ import pytest
 
 from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
+from tunecluster.errors import SpecError
 from tunecluster.store import Store
 
 from .conftest import EXAMPLES, FAST_LIVENESS, cli
@@ -250,7 +251,8 @@ def test_job_whose_trials_all_fail_ends_failed_with_a_summary(make_cluster, tmp_
     '''))
     cluster = make_cluster(workers=1)
     store = Store.from_url(cluster.url)
-    with pytest.raises(Exception):  # submit-time discovery builds with the default: rejected
+    # submit-time discovery builds the model once: rejected before anything is queued
+    with pytest.raises(SpecError, match="broken model"):
         prepare_job(tmp_path / "job.yaml")
     # accepted when discovery is skipped, then every trial fails on the workers
     job = submit(store, prepare_job(tmp_path / "job.yaml", discover=False))

@@ -35,6 +35,7 @@ from typing import Any
 from ray import tune
 
 from tunecluster import defaults
+from tunecluster.worker.child import rss_mb
 
 # Keys of a Ray trial's config (set by the searcher) and of the results (read by the driver).
 TRIAL = "tc_trial"  # the tunecluster trial id
@@ -113,15 +114,6 @@ def next_attempt(trial_dir: Path) -> int:
         attempt = 1
     marker.write_text(str(attempt))
     return attempt
-
-
-def _rss_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except Exception:  # noqa: BLE001 - memory reporting is best effort
-        return 0.0
 
 
 class _QueueReporter:
@@ -212,7 +204,7 @@ class TrialTrainable(tune.Trainable):
         if not self._finish_thread(wait_always=True):
             return False  # Tune starts a fresh actor instead
         self._trials += 1
-        if self._trials > defaults.TRIALS_PER_CHILD or _rss_mb() > defaults.CHILD_MAX_RSS_MB:
+        if self._trials > defaults.TRIALS_PER_CHILD or rss_mb() > defaults.CHILD_MAX_RSS_MB:
             return False  # recycled like a native trial process: TensorFlow leaks per model
         self._begin(new_config)
         return True

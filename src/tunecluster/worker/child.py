@@ -64,7 +64,7 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
         if message.get("exit"):
             return
         outcome = run_one(store, runtimes, artifacts, worker, message)
-        outcome["rss_mb"] = _rss_mb()
+        outcome["rss_mb"] = rss_mb()
         conn.send_bytes(json.dumps(outcome).encode())
 
 
@@ -136,7 +136,8 @@ def _runtime(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, job: s
     return rt
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """This process's resident memory in MiB (0 when it cannot be read)."""
     try:
         import psutil
 
