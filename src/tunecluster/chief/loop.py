@@ -319,10 +319,13 @@ class Chief:
             while free > 0:
                 status, trial, values = hosted.host.create_trial()
                 if status == "RUNNING" and trial is not None:
+                    # The oracle that made it is written once per round by _stage_oracles,
+                    # later in this same transaction, not once per trial here.
                     self.store.queue.enqueue(job_id, trial, values,
                                              hosted.spec.search.max_retries_per_trial,
-                                             hosted.host.state_json(),
-                                             hosted.host.trial_json(trial), pipe=pipe)
+                                             None, pipe=pipe)
+                    hosted.dirty = True
+                    hosted.touched.add(trial)
                     free -= 1
                 elif status == "IDLE":
                     break

@@ -241,7 +241,7 @@ class TrialQueue:
     # --- chief side ----------------------------------------------------------------------
 
     def enqueue(self, job: str, trial: str, values: Mapping[str, Any], max_retries: int,
-                oracle_state: str, oracle_trial: str = "{}",
+                oracle_state: str | None, oracle_trial: str = "{}",
                 pipe: redis.client.Pipeline | None = None) -> None:
         """Record a new trial, persist the oracle that made it, and queue it: one transaction.
 
@@ -257,8 +257,9 @@ class TrialQueue:
             "attempts": 0, "max_retries": max_retries, "worker": "", "created": now,
         })
         pipe.zadd(self.k.trials(job), {trial: now})
-        pipe.set(self.k.oracle(job), oracle_state)
-        pipe.hset(self.k.oracle_trials(job), trial, oracle_trial)
+        if oracle_state is not None:  # None: the caller's transaction persists the oracle
+            pipe.set(self.k.oracle(job), oracle_state)
+            pipe.hset(self.k.oracle_trials(job), trial, oracle_trial)
         pipe.rpush(self.k.ready, member(job, trial))
         pipe.lpush(self.k.wake, "1")
         pipe.ltrim(self.k.wake, 0, 999)
