@@ -11,6 +11,7 @@ import redis
 
 from tunecluster.errors import StoreError
 from tunecluster.store import codec
+from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.keys import Keys
 from tunecluster.store.queue import EVENTS_MAXLEN, now_ms
 
@@ -86,20 +87,27 @@ class JobStore:
     def all(self, limit: int = 100) -> list[str]:
         return list(self.r.zrevrange(self.k.jobs_all, 0, limit - 1))
 
-    def set_state(self, job: str, state: str, **fields: Any) -> None:
-        pipe = self.r.pipeline(transaction=True)
+    def set_state(self, job: str, state: str, *, fence: Fence = Fence.NONE,
+                  **fields: Any) -> None:
+        """Change a job's state (and fields) in one atomic step; the chief passes its
+        ``fence`` so that a deposed chief's change is refused (``LostLeadership``)."""
+        writes = Writes()
+        self.stage_state(writes, job, state, **fields)
+        writes.apply(self.r, fence)
+
+    def stage_state(self, writes: Writes, job: str, state: str, **fields: Any) -> None:
+        """Add a state change to ``writes``, to be applied with other writes at once."""
         mapping = {"state": state, **{k: v if isinstance(v, str) else codec.dumps(v)
                                       for k, v in fields.items()}}
         if state in FINAL_STATES:
             mapping["finished"] = str(now_ms())
-            pipe.zrem(self.k.jobs_active, job)
+            writes.zrem(self.k.jobs_active, job)
         elif state == "running" and "started" not in mapping:
-            pipe.hsetnx(self.k.job(job), "started", now_ms())
-        pipe.hset(self.k.job(job), mapping=mapping)
-        pipe.xadd(self.k.events(job), {"type": "job_state", "data": codec.dumps(
+            writes.hsetnx(self.k.job(job), "started", now_ms())
+        writes.hset(self.k.job(job), mapping=mapping)
+        writes.xadd(self.k.events(job), {"type": "job_state", "data": codec.dumps(
             {"state": state, **{k: v for k, v in fields.items() if k in ("error",)}})},
             maxlen=EVENTS_MAXLEN, approximate=True)
-        pipe.execute()
 
     def request_cancel(self, job: str) -> str:
         """Ask the chief to cancel; returns the job's state at the time of asking."""
