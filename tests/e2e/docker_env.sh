@@ -2,11 +2,14 @@
 # The Docker environment the container end-to-end test needs, made from nothing on a
 # fresh Debian/Ubuntu machine without any container registry. Idempotent and cached.
 #
-#   tests/e2e/docker_env.sh up     engine + local base images + wheelhouse + tunecluster image
-#   tests/e2e/docker_env.sh down   stop the dockerd that `up` started (by its PID), if any
+#   tests/e2e/docker_env.sh up            engine + local base images + wheelhouse + image
+#   tests/e2e/docker_env.sh prepare       the same without the image build
+#   tests/e2e/docker_env.sh down          stop the dockerd that `up` started (by its PID), if any
+#   tests/e2e/docker_env.sh requirements  the wheelhouse's requirements (Python 3.10+, no tomllib needed)
 #
 # `up` prints KEY=VALUE lines on stdout (the test reads them); progress goes to stderr.
-# Exit 3 means "no Docker engine can be had here" (the test skips), anything else non-zero
+# Exit 3 means "no Docker engine can be had here" (the test skips): no engine and not root,
+# or not root and no writable cache directory / no base images. Anything else non-zero
 # is a failure.
 #
 # What `up` does, each step skipped when its result already exists:
@@ -39,15 +42,52 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 log() { printf '[docker_env %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 unavailable() { log "unavailable: $*"; echo "REASON=$*"; exit 3; }
 
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# The cache must be writable: a non-root user without one cannot build (skip, not fail).
+ensure_cache() {
+    if ! mkdir -p "$CACHE" "$STATE" 2>/dev/null || [ ! -w "$CACHE" ] || [ ! -w "$STATE" ]; then
+        is_root && { log "cannot create $CACHE"; exit 1; }
+        unavailable "no writable cache directory $CACHE (set TUNECLUSTER_CI_CACHE)"
+    fi
+}
+
+# The project's dependencies and its cpu extra, from pyproject.toml. tomllib is Python
+# 3.11+; the project supports 3.10, where a small reader of the two arrays stands in.
+requirements() {
+    "$PYTHON" - "$ROOT/pyproject.toml" <<'EOF'
+import ast
+import re
+import sys
+
+text = open(sys.argv[1], encoding="utf-8").read()
+try:
+    import tomllib
+except ImportError:
+    tomllib = None
+if tomllib is not None:
+    project = tomllib.loads(text)["project"]
+    deps, cpu = project["dependencies"], project["optional-dependencies"]["cpu"]
+else:
+    def array(name, table):
+        body = text.split(table, 1)[1]
+        found = re.search(r"(?ms)^" + re.escape(name) + r"\s*=\s*(\[.*?\])", body)
+        lines = [ln.split("#", 1)[0] for ln in found.group(1).splitlines()]
+        return ast.literal_eval("\n".join(lines))
+    deps = array("dependencies", "[project]")
+    cpu = array("cpu", "[project.optional-dependencies]")
+print("\n".join(deps + cpu))
+EOF
+}
+
 engine_ok() { timeout 10 docker info >/dev/null 2>&1; }
 
 ensure_engine() {
-    mkdir -p "$STATE"
     if command -v docker >/dev/null 2>&1 && engine_ok; then
         log "using the running Docker engine"
         return
     fi
-    if [ "$(id -u)" != 0 ]; then
+    if ! is_root; then
         unavailable "no running Docker engine, and not root to start one"
     fi
     if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1 \
@@ -109,6 +149,9 @@ ensure_base_images() {
         log "base images present: $BASE_IMAGE, $REDIS_IMAGE"
         return
     fi
+    if [ ! -s "$CACHE/rootfs-python.tar" ] || [ ! -s "$CACHE/rootfs-redis.tar" ]; then
+        is_root || unavailable "no base images, and not root to debootstrap them"
+    fi
     ensure_rootfs_tarballs
     log "importing $BASE_IMAGE (Debian $SUITE python3) and $REDIS_IMAGE"
     docker import -c 'CMD ["python3"]' -c 'ENV LANG=C.UTF-8' \
@@ -118,10 +161,12 @@ ensure_base_images() {
         "$CACHE/rootfs-redis.tar" "$REDIS_IMAGE" >/dev/null
 }
 
+dumb_init_version() { sed -n 's/^ARG DUMB_INIT_VERSION=//p' "$ROOT/Dockerfile" | head -n1; }
+
 # Wheels for the image's Python (CPython 3.11 on glibc x86_64), whatever the host's Python.
 ensure_wheelhouse() {
     local wh="$CACHE/wheelhouse" key
-    key="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+    key="$( (cat "$ROOT/pyproject.toml"; dumb_init_version) | sha256sum | cut -c1-16)"
     if [ -f "$wh/.complete-$key" ]; then
         log "wheelhouse cached ($(find "$wh" -name '*.whl' | wc -l) wheels)"
         return
@@ -129,12 +174,7 @@ ensure_wheelhouse() {
     rm -rf "$wh" && mkdir -p "$wh"
     log "downloading the wheelhouse (tunecluster[cpu] for linux / CPython 3.11)"
     local reqs
-    reqs="$("$PYTHON" - "$ROOT/pyproject.toml" <<'EOF'
-import sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["cpu"]))
-EOF
-)"
+    reqs="$(requirements)"
     # Every manylinux tag glibc 2.36 (bookworm) accepts: older pips do not expand them.
     local target=(--only-binary=:all: --python-version 3.11 --implementation cp
                   --platform manylinux1_x86_64 --platform manylinux2010_x86_64
@@ -147,6 +187,10 @@ EOF
     # Debian's python3 is 3.11.2: redis then needs async-timeout (python_full_version <
     # 3.11.3), which the marker evaluation above does not see.
     "$PYTHON" -m pip download -q -d "$wh" "${target[@]}" --no-deps 'async-timeout>=4.0.3' \
+        >>"$STATE/pip-download.log" 2>&1 \
+        || { grep -v '^WARNING' "$STATE/pip-download.log" | tail -n 20 >&2; exit 1; }
+    # The image's init process (the Dockerfile's ARG DUMB_INIT_VERSION): a wheel, no apt.
+    "$PYTHON" -m pip download -q -d "$wh" "${target[@]}" --no-deps "dumb-init==$(dumb_init_version)" \
         >>"$STATE/pip-download.log" 2>&1 \
         || { grep -v '^WARNING' "$STATE/pip-download.log" | tail -n 20 >&2; exit 1; }
     touch "$wh/.complete-$key"
@@ -167,11 +211,15 @@ build_image() {
     log "built $IMAGE in $((SECONDS - t0)) s"
 }
 
-cmd_up() {
-    mkdir -p "$CACHE" "$STATE"
+cmd_prepare() {
+    ensure_cache
     ensure_engine
     ensure_base_images
     ensure_wheelhouse
+}
+
+cmd_up() {
+    cmd_prepare
     build_image
     echo "IMAGE=$IMAGE"
     echo "REDIS_IMAGE=$REDIS_IMAGE"
@@ -195,6 +243,8 @@ cmd_down() {
 
 case "${1:-up}" in
     up) cmd_up ;;
+    prepare) cmd_prepare ;;
     down) cmd_down ;;
-    *) echo "usage: $0 up|down" >&2; exit 2 ;;
+    requirements) requirements ;;
+    *) echo "usage: $0 up|prepare|down|requirements" >&2; exit 2 ;;
 esac
