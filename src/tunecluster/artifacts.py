@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tunecluster import defaults
+from tunecluster.errors import StoreError
+from tunecluster.store.ids import check_job_id, check_trial_id, is_job_id
 
 if TYPE_CHECKING:
     from tunecluster.store import Store
@@ -26,28 +33,32 @@ RESULTS = "results.json"
 
 
 def job_dir(root: str | Path, job: str) -> Path:
-    return Path(root) / job
+    """``<root>/<job>``; an id that could leave the root (it came from Redis) raises
+    ``StoreError`` (``store.ids.InvalidId``)."""
+    return Path(root) / check_job_id(job)
 
 
 def trial_dir(root: str | Path, job: str, trial: str) -> Path:
-    return Path(root) / job / "trials" / trial
+    return job_dir(root, job) / "trials" / check_trial_id(trial)
 
 
 def file_resolver(store: Store, job: str, root: str | Path,
                   uploaded: list[str]) -> Callable[[str], str]:
-    """Map a data path named in the job to a local file, fetching uploaded ones once."""
+    """Map a data path named in the job to a local file: an uploaded one is fetched from
+    Redis once into this host's cache; any other must pass ``data_path``."""
     from tunecluster.store import raw_client
 
-    cache = Path(root) / ".cache" / job / "files"
+    cache = file_cache_dir(root, job) / "files"
     raw = None
 
     def resolve(path: str) -> str:
         nonlocal raw
         if path not in uploaded:
-            return path  # too large to upload: must be on a filesystem every worker sees
-        digest = hashlib.sha256(path.encode()).hexdigest()[:12]
-        local = cache / digest / Path(path).name
-        if not local.is_file():
+            return data_path(path)
+        local = cache / hashlib.sha256(path.encode()).hexdigest()[:12] / _cache_name(path)
+        if local.is_file():
+            os.utime(local)  # recently used: prune_file_caches keeps it
+        else:
             raw = raw or raw_client(store.client)
             data = store.jobs.file(raw, job, path)
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -57,3 +68,112 @@ def file_resolver(store: Store, job: str, root: str | Path,
         return str(local)
 
     return resolve
+
+
+def data_path(path: str) -> str:
+    """A data file that was not uploaded with its job, if the operator allows reading it.
+
+    Only files under ``$TUNECLUSTER_DATA_ROOT`` (symlinks resolved; a relative path is
+    taken relative to it) are read; without that variable none are. The error names
+    the path and the variable, never anything the file holds.
+    """
+    from tunecluster.data.registry import DataError
+
+    env = defaults.DATA_ROOT_ENV
+    root_text = os.environ.get(env, "").strip()
+    if not root_text:
+        raise DataError(f"data file {path!r} was not uploaded with the job (over"
+                        f" {defaults.MAX_UPLOAD_BYTES // 2**20} MiB, or submitted without it)"
+                        f" and this host reads no other files: set {env} to a directory"
+                        " that holds it on every worker")
+    root = Path(root_text).resolve()
+    real = (root / path).resolve()  # an absolute ``path`` replaces ``root`` here
+    if not real.is_relative_to(root):
+        raise DataError(f"data file {path!r} is outside the data root {env}={root}")
+    return str(real)
+
+
+def _cache_name(path: str) -> str:
+    """The cached copy keeps the file's name (errors name it) when that name is safe."""
+    name = Path(path).name
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
+        return name
+    suffix = Path(path).suffix.lower()
+    return "data" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
+
+
+def file_cache_dir(root: str | Path, job: str) -> Path:
+    return Path(root) / ".cache" / check_job_id(job)
+
+
+def prune_file_caches(root: str | Path, active: Iterable[str],
+                      keep: int = defaults.FILE_CACHE_JOBS, idle_s: float = 60.0) -> list[str]:
+    """Bound this host's cache of uploaded files; returns the job ids whose cache went.
+
+    Caches of jobs not in ``active`` go (their files were freed from Redis too). Of the
+    rest, the ``keep`` most recently used stay, and so does any used in the last
+    ``idle_s``: another trial process on this host (or this volume) may be reading it;
+    a removed cache of an active job is fetched again from Redis when needed.
+    Symlinks are removed, never followed.
+    """
+    base = Path(root) / ".cache"
+    if not base.is_dir():
+        return []
+    live = set(active)
+    now = time.time()
+    entries = []
+    removed = []
+    for entry in list(base.iterdir()):
+        if entry.is_symlink() or not entry.is_dir():
+            if entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+            continue
+        if not is_job_id(entry.name):
+            continue  # not ours: leave it
+        if entry.name not in live:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        else:
+            entries.append((_last_used(entry), entry))
+    entries.sort(reverse=True)
+    for used, entry in entries[keep:]:
+        if now - used > idle_s:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _last_used(directory: Path) -> float:
+    """Newest mtime of the cached files (``resolve`` touches a file on every use)."""
+    times = []
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                times.append(os.stat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:  # removed meanwhile by another process pruning
+                continue
+    return max(times, default=0.0)
+
+
+def job_artifact_dirs(root: str | Path, job: str) -> list[Path]:
+    """``<root>/<job>`` and the job's file cache, checked for deletion: a symlink in
+    their place is refused (``StoreError``), so deleting never reaches outside the root
+    (``shutil.rmtree`` itself removes links inside a tree without following them)."""
+    paths = [job_dir(root, job), file_cache_dir(root, job)]
+    for path in paths:
+        if path.is_symlink():
+            raise StoreError(f"{path} is a symlink; refusing to delete outside the"
+                             " artifacts root (remove it by hand)")
+    return paths
+
+
+def remove_job_artifacts(root: str | Path, job: str) -> list[Path]:
+    """Remove ``<root>/<job>`` and the job's file cache; returns what was removed.
+    Idempotent; refuses symlinks before removing anything (``job_artifact_dirs``)."""
+    removed = []
+    for path in job_artifact_dirs(root, job):
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed

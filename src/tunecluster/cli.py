@@ -77,6 +77,18 @@ def artifacts_option(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Artifacts root (shared by chief and workers).")(func)
 
 
+def _job_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """JOB arguments become Redis keys and paths: anything but a job id is refused here,
+    in one line (exit 2), before Redis is asked."""
+    from tunecluster.store.ids import InvalidId, check_job_id
+
+    try:
+        return None if value is None else check_job_id(value, "JOB")
+    except InvalidId as exc:
+        _fail(f"error: {exc}", 2)
+        raise  # not reached: _fail exits
+
+
 def _store(redis_url: str, patient: bool = False) -> Any:
     """Interactive commands fail fast; roles (chief, worker) ride out Redis restarts."""
     from tunecluster.store import Store
@@ -206,7 +218,7 @@ def _stdin_spec() -> str:
 
 
 @cli.command()
-@click.argument("job", required=False)
+@click.argument("job", required=False, callback=_job_id)
 @redis_option
 @json_option
 @handle_errors
@@ -256,7 +268,7 @@ def list_jobs(redis_url: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("job", callback=_job_id)
 @redis_option
 @handle_errors
 def watch(job: str, redis_url: str) -> None:
@@ -299,7 +311,7 @@ def _watch(store: Any, job: str) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("job", callback=_job_id)
 @redis_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
@@ -318,7 +330,7 @@ def results(job: str, redis_url: str, as_json: bool, as_csv: bool) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("job", callback=_job_id)
 @redis_option
 @click.option("--export", "export", type=click.Path(), help="Copy the best model here.")
 @json_option
@@ -346,7 +358,7 @@ def best(job: str, redis_url: str, export: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("job", callback=_job_id)
 @redis_option
 @click.option("--wait", "wait_", is_flag=True, help="Wait until the job has ended.")
 @handle_errors
@@ -362,6 +374,31 @@ def cancel(job: str, redis_url: str, wait_: bool) -> None:
     click.echo(f"cancelling {job}")
     if wait_:
         click.echo(client.wait(store, job)["state"])
+
+
+@cli.command()
+@click.argument("job", callback=_job_id)
+@redis_option
+@click.option("--force", is_flag=True, help="Cancel an active job first, then delete it.")
+@click.option("--artifacts", "with_artifacts", is_flag=True,
+              help="Also remove the job's directory and file cache under the artifacts root.")
+@click.option("--artifacts-root", envvar=defaults.ARTIFACTS_ENV,
+              default=defaults.ARTIFACTS_ROOT, show_default=True,
+              help="Artifacts root (with --artifacts).")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="With --force: seconds to wait for the job to end.")
+@handle_errors
+def delete(job: str, redis_url: str, force: bool, with_artifacts: bool, artifacts_root: str,
+           timeout_s: float) -> None:
+    """Delete a finished job: every Redis key it made (and, with --artifacts, its files)."""
+    from tunecluster.artifacts import job_artifact_dirs, remove_job_artifacts
+
+    if with_artifacts:
+        job_artifact_dirs(artifacts_root, job)  # refuses symlinks before Redis is touched
+    state = _store(redis_url).jobs.delete(job, force=force, wait_s=timeout_s)
+    removed = remove_job_artifacts(artifacts_root, job) if with_artifacts else []
+    click.echo(f"deleted {job}" + (f" ({state})" if state else "")
+               + "".join(f"; removed {p}" for p in removed))
 
 
 # --- roles ------------------------------------------------------------------------------------

@@ -37,6 +37,14 @@ ARTIFACTS_ROOT = os.environ.get(ARTIFACTS_ENV, "./artifacts")
 # Data files up to this size travel with the job through Redis, so workers need no
 # shared filesystem; larger ones must be reachable at the same path by every worker.
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+# Data files that were not uploaded (larger than MAX_UPLOAD_BYTES, or named by a job
+# that came through the API) are read only under this directory of each worker and
+# chief, the operator's choice; unset, they are refused: a job must not read whatever
+# its worker's disk holds. Read when a file is resolved, not at import.
+DATA_ROOT_ENV = "TUNECLUSTER_DATA_ROOT"
+# Uploaded data files cached on a worker's disk (<artifacts>/.cache/<job>): caches of
+# jobs no longer active go, and at most this many are kept, most recently used first.
+FILE_CACHE_JOBS = int(os.environ.get("TUNECLUSTER_FILE_CACHE_JOBS", "4"))
 
 # --- job spec -------------------------------------------------------------------
 SPLIT_VALID = 0.2

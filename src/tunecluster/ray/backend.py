@@ -304,7 +304,7 @@ class RayJobRunner:
         return ("failed", failure) if failure else ("completed", None)
 
     def _finalize(self, state: str, error: str | None) -> str:
-        from tunecluster.artifacts import MODEL_FILE, file_resolver
+        from tunecluster.artifacts import MODEL_FILE, file_resolver, trial_dir
         from tunecluster.chief.finalize import finalize
 
         # Trials Tune stopped with the whole run (cancel, failed search) are still open.
@@ -315,7 +315,7 @@ class RayJobRunner:
         if state == "completed":  # stopped trials save their model as their actor stops
             deadline = time.monotonic() + 60
             for row in self.store.jobs.trials(self.job):
-                path = self.artifacts / self.job / "trials" / row.get("trial", "") / MODEL_FILE
+                path = trial_dir(self.artifacts, self.job, row.get("trial", "")) / MODEL_FILE
                 while (row.get("state") == "COMPLETED" and not path.is_file()
                        and time.monotonic() < deadline):
                     time.sleep(0.2)
@@ -367,6 +367,7 @@ class RayJobs:
             return
         self._next_tick = now + TICK_S
         active = self.store.jobs.active()
+        self._forget(set(active))
         pipe = self.store.client.pipeline(transaction=False)
         for job in active:
             pipe.hget(self.store.keys.job(job), "scheduler")
@@ -399,6 +400,14 @@ class RayJobs:
             self.runners[job] = RayJobRunner(
                 self.store, job, spec, record.space, self.artifacts,
                 uploaded=list(uploaded or []), chief_id=self.chief_id).start()
+
+    def _forget(self, active: set[str]) -> None:
+        """Drop runners whose job ended (or was deleted): a chief that lives for months
+        must not keep every finished job's spec, space and thread in memory."""
+        for job in [j for j, r in self.runners.items() if j not in active and not r.alive]:
+            del self.runners[job]
+        for job in [j for j in self._started if j not in active and j not in self.runners]:
+            del self._started[job]
 
     def stop_all(self, wait_s: float = 10.0) -> None:
         """Stop every Ray run of this chief without finalizing (the next chief resumes)."""

@@ -88,11 +88,13 @@ def runtime(ctx: dict[str, Any]) -> Any:
 
 def _resolver(root: str, job: str, files: dict[str, bytes]) -> Any:
     """Uploaded files land where ``artifacts.file_resolver`` puts them; others pass through."""
+    from tunecluster.artifacts import data_path
+
     cache = Path(root) / ".cache" / job / "files"
 
     def resolve(path: str) -> str:
         if path not in files:
-            return path
+            return data_path(path)  # the operator's data root only (artifacts.data_path)
         local = cache / hashlib.sha256(path.encode()).hexdigest()[:12] / Path(path).name
         if not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,14 @@
-"""Job records: submit (all or nothing), read, list, state changes, cancellation."""
+"""Job records: submit (all or nothing), read, list, state changes, cancellation, delete.
+
+Retention: a job's uploaded data files are freed when it reaches a final state (the
+test split was evaluated just before); everything else it created stays until
+``delete``, which removes every key that names the job.
+"""
 
 from __future__ import annotations
 
-import secrets
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,11 +18,13 @@ import redis
 from tunecluster.errors import StoreError
 from tunecluster.store import codec
 from tunecluster.store.fence import Fence, Writes
-from tunecluster.store.keys import Keys
+from tunecluster.store.ids import check_job_id, new_job_id
+from tunecluster.store.keys import Keys, split_member
 from tunecluster.store.queue import EVENTS_MAXLEN, now_ms
 
 ACTIVE_STATES = ("queued", "running", "finalizing")
 FINAL_STATES = ("completed", "failed", "cancelled")
+DELETING = "deleting"  # a final job being deleted (the hash is removed last)
 
 
 @dataclass
@@ -42,7 +50,7 @@ class JobStore:
     def submit(self, name: str, spec_json: str, space: Mapping[str, Any], priority: int,
                scheduler: str, files: Mapping[str, bytes] | None = None) -> str:
         """Queue a validated job: record, files and queue entry land in one transaction."""
-        job = f"{name}-{secrets.token_hex(3)}"
+        job = new_job_id(name)
         created = now_ms()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.k.job(job), mapping={
@@ -61,6 +69,9 @@ class JobStore:
         return job
 
     def get(self, job: str) -> JobRecord:
+        """The job's record; ``StoreError`` if there is none, or its id is not one
+        (``InvalidId``: whoever reads a record goes on to build paths from its id)."""
+        check_job_id(job)
         fields = self.r.hgetall(self.k.job(job))
         if not fields:
             raise StoreError(f"no job {job!r}")
@@ -102,6 +113,9 @@ class JobStore:
         if state in FINAL_STATES:
             mapping["finished"] = str(now_ms())
             writes.zrem(self.k.jobs_active, job)
+            # Uploads are needed no more (finalize evaluated the test split before this):
+            # freed in the same step. Their names stay in the record's ``files``.
+            writes.delete(*self._file_keys(job))
         elif state == "running" and "started" not in mapping:
             writes.hsetnx(self.k.job(job), "started", now_ms())
         writes.hset(self.k.job(job), mapping=mapping)
@@ -110,15 +124,140 @@ class JobStore:
             maxlen=EVENTS_MAXLEN, approximate=True)
 
     def request_cancel(self, job: str) -> str:
-        """Ask the chief to cancel; returns the job's state at the time of asking."""
-        record = self.get(job)
-        if record.state in FINAL_STATES:
-            return record.state
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.k.job(job), "cancel", "1")
-        pipe.xadd(self.k.inbox, {"type": "cancel", "job": job})
-        pipe.execute()
-        return record.state
+        """Ask the chief to cancel; returns the job's state at the time of asking.
+
+        WATCHed: a job deleted between the read and the write is not recreated as a
+        hash holding only ``cancel``; the retry then finds no job."""
+        key = self.k.job(job)
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(key)
+                    record = self.get(job)
+                    if record.state in FINAL_STATES or record.state == DELETING:
+                        return record.state
+                    pipe.multi()
+                    pipe.hset(key, "cancel", "1")
+                    pipe.xadd(self.k.inbox, {"type": "cancel", "job": job})
+                    pipe.execute()
+                    return record.state
+                except redis.WatchError:
+                    continue
+
+    # --- retention ---------------------------------------------------------------------
+
+    def _file_keys(self, job: str) -> list[str]:
+        """Keys of the job's uploaded files, as its record lists them."""
+        try:
+            names = codec.loads(self.r.hget(self.k.job(job), "files") or "[]", "files")
+        except (StoreError, ValueError):
+            names = []
+        if not isinstance(names, list):
+            return []
+        return [self.k.job_file(job, str(name)) for name in names]
+
+    def delete(self, job: str, *, force: bool = False, wait_s: float = 120.0,
+               poll_s: float = 0.2) -> str | None:
+        """Remove every Redis key, zset member and queue entry that names the job.
+
+        A final job goes at once; an active one needs ``force``: it is cancelled and
+        deleted once final (``StoreError`` after ``wait_s``, nothing deleted). Returns
+        the state the job had, None when only the leftovers of an interrupted delete
+        were found, and raises ``StoreError`` for a job Redis knows nothing of.
+
+        Races: the record is marked ``deleting`` and dropped from the job lists first,
+        so ``list`` stops showing it and a chief's ``_job`` ignores it (not active);
+        the job hash itself goes last, so an interrupted delete is finished by the next.
+        Worker scripts write only to trials they own (a RUNNING record): once a trial's
+        record is gone, no late report or finish can recreate it.
+        """
+        check_job_id(job)
+        fields = self.r.hgetall(self.k.job(job))
+        state = fields.get("state") if fields else None
+        if not fields and not self._leftovers(job):
+            raise StoreError(f"no job {job!r}")
+        if state in ACTIVE_STATES:
+            if not force:
+                raise StoreError(f"job {job!r} is {state}: cancel it first, or delete it"
+                                 " with --force (cancels it, then deletes)")
+            state = self._cancel_and_wait(job, wait_s, poll_s)
+        self._mark_deleting(job)
+        for _ in range(3):  # a racing writer could add a key: sweep again
+            self._purge(job)
+            if not self._leftovers(job) and not self.r.exists(self.k.job(job)):
+                return state
+        raise StoreError(f"job {job!r}: keys keep reappearing while deleting; is a"
+                         " deposed chief still running?")
+
+    def _cancel_and_wait(self, job: str, wait_s: float, poll_s: float) -> str:
+        self.request_cancel(job)
+        deadline = time.monotonic() + wait_s
+        while True:
+            state = self.r.hget(self.k.job(job), "state")
+            if state is None or state in FINAL_STATES or state == DELETING:
+                return state or DELETING
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"job {job!r} is still {state} after {wait_s:g}s of waiting for its"
+                    " cancel; the chief ends it (is a chief running?); nothing was deleted")
+            time.sleep(poll_s)
+
+    def _mark_deleting(self, job: str) -> None:
+        """Hide the job (lists, active set) and mark it, unless it became active again."""
+        key = self.k.job(job)
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(key)
+                    state = pipe.hget(key, "state")
+                    if state in ACTIVE_STATES:
+                        raise StoreError(f"job {job!r} became {state} again; not deleted")
+                    pipe.multi()
+                    if state is not None:  # no hash: leftovers of an interrupted delete
+                        pipe.hset(key, "state", DELETING)
+                    pipe.zrem(self.k.jobs_all, job)
+                    pipe.zrem(self.k.jobs_active, job)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def _purge(self, job: str) -> None:
+        """Delete the job's keys: the known ones, queue entries, then a SCAN sweep, and
+        the job hash last."""
+        trials = set(self.trial_ids(job)) | set(self.r.hkeys(self.k.oracle_trials(job)))
+        keys = [*self._file_keys(job), self.k.oracle(job), self.k.oracle_trials(job),
+                self.k.trials(job), self.k.events(job)]
+        for trial in trials:
+            keys += [self.k.trial(job, trial), self.k.epochs(job, trial),
+                     self.k.trial_errors(job, trial)]
+        for start in range(0, len(keys), 500):
+            self.r.unlink(*keys[start:start + 500])
+        ours = [m for m in self.r.lrange(self.k.ready, 0, -1) if split_member(m)[0] == job]
+        for m in ours:
+            self.r.lrem(self.k.ready, 0, m)
+        leases = [m for m in self.r.zrange(self.k.leases, 0, -1) if split_member(m)[0] == job]
+        if leases:
+            self.r.zrem(self.k.leases, *leases)
+        stray = list(self.r.scan_iter(match=self._pattern(job), count=1000))
+        for start in range(0, len(stray), 500):
+            self.r.unlink(*stray[start:start + 500])
+        self.r.unlink(self.k.job(job))
+
+    def _leftovers(self, job: str) -> bool:
+        """Whether any key (besides the job hash) or list/zset entry still names the job."""
+        if next(self.r.scan_iter(match=self._pattern(job), count=1000), None) is not None:
+            return True
+        if self.r.zscore(self.k.jobs_all, job) is not None:
+            return True
+        if self.r.zscore(self.k.jobs_active, job) is not None:
+            return True
+        return any(split_member(m)[0] == job for m in [
+            *self.r.zrange(self.k.leases, 0, -1), *self.r.lrange(self.k.ready, 0, -1)])
+
+    def _pattern(self, job: str) -> str:
+        """SCAN pattern of every key under the job's prefix (glob characters escaped)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.k.job(job)) + ":*"
 
     def file(self, raw: redis.Redis, job: str, name: str) -> bytes:
         data = raw.get(self.k.job_file(job, name))

@@ -9,6 +9,7 @@
     {p}:job:{job}:trials            ZSET  trial ids, scored by creation order
     {p}:job:{job}:trial:{trial}     HASH  trial record: state, values, attempts, worker, result
     {p}:job:{job}:trial:{trial}:epochs HASH epoch number -> metrics (JSON)
+    {p}:job:{job}:trial:{trial}:errors LIST why each earlier attempt ended (crash, lost lease)
     {p}:job:{job}:events            STREAM the job's event log (what `watch` tails)
     {p}:ready                       LIST  "{job}/{trial}" ready to claim, claimed from the left
     {p}:leases                      ZSET  "{job}/{trial}" of running trials, scored by expiry (ms)
@@ -60,6 +61,9 @@ class Keys:
 
     def epochs(self, job: str, trial: str) -> str:
         return f"{self.p}:job:{job}:trial:{trial}:epochs"
+
+    def trial_errors(self, job: str, trial: str) -> str:
+        return f"{self.p}:job:{job}:trial:{trial}:errors"
 
     def events(self, job: str) -> str:
         return f"{self.p}:job:{job}:events"

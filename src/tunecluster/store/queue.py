@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from tunecluster.store import codec
+from tunecluster.store.ids import is_job_id, is_trial_id
 from tunecluster.store.keys import Keys, member
 
 EVENTS_MAXLEN = 20000
@@ -192,6 +193,9 @@ class TrialQueue:
         if not row:
             return None
         job, trial, attempt, values, earlier = row
+        if not (is_job_id(job) and is_trial_id(trial)):  # foreign: must never become a path
+            self.r.zrem(self.k.leases, member(job, trial))
+            return None
         try:
             parsed = codec.loads_object(values, f"values of trial {job}/{trial}")
         except Exception:

@@ -113,7 +113,7 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
 
 def _runtime(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, job: str) -> Any:
     from tunecluster import defaults
-    from tunecluster.artifacts import file_resolver
+    from tunecluster.artifacts import file_resolver, prune_file_caches
     from tunecluster.errors import TrialFailed
     from tunecluster.spec import parse_spec
     from tunecluster.store import codec
@@ -128,6 +128,7 @@ def _runtime(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, job: s
         raise TrialFailed(
             f"this worker refuses jobs that carry model code ({defaults.ALLOW_CODE_UPLOAD_ENV}=0)")
     uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
+    prune_file_caches(artifacts, store.jobs.active())  # bounded: ended jobs' caches go
     resolve = file_resolver(store, job, artifacts, list(uploaded or []))
     rt = JobRuntime.prepare(job, spec, record.space, artifacts, resolve)
     runtimes[job] = rt
