@@ -408,12 +408,20 @@ def delete(job: str, redis_url: str, force: bool, with_artifacts: bool, artifact
 @redis_option
 @artifacts_option
 @click.option("--lease", "lease_s", type=float, default=defaults.LEASE_S, show_default=True)
+@click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
+              help="Ray cluster for scheduler: ray jobs (or $RAY_ADDRESS); jobs cannot choose"
+                   " it. Default: a local Ray started on demand.")
 @handle_errors
-def chief(redis_url: str, artifacts: str, lease_s: float) -> None:
+def chief(redis_url: str, artifacts: str, lease_s: float, ray_address: str | None) -> None:
     """Run the chief (one is active per cluster; others stand by)."""
     import signal
 
     from tunecluster.chief import Chief
+    from tunecluster.security import check_redis_url
+
+    check_redis_url(redis_url, "chief")
+    if ray_address:
+        os.environ["RAY_ADDRESS"] = ray_address  # read by tunecluster.ray.backend
 
     logging.getLogger().setLevel(logging.INFO)
     node = Chief(_store(redis_url, patient=True), artifacts, lease_s=lease_s)
@@ -435,7 +443,10 @@ def chief(redis_url: str, artifacts: str, lease_s: float) -> None:
 def worker(redis_url: str, artifacts: str, slots: int | None, gpus_per_trial: int | None,
            lease_s: float, heartbeat_s: float) -> None:
     """Run a worker: claims trials and trains them."""
+    from tunecluster.security import check_redis_url
     from tunecluster.worker.loop import Worker
+
+    check_redis_url(redis_url, "worker")
     from tunecluster.worker.slots import plan_slots, visible_gpus
 
     logging.getLogger().setLevel(logging.INFO)

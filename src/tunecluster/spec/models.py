@@ -286,7 +286,22 @@ class RayEarlyStopping(_Strict):
 
 
 class RayOptions(_Strict):
-    address: str | None = None  # else $RAY_ADDRESS, else a local Ray started on demand
+    # Not a job setting (any value is an error): the Ray cluster is the operator's choice
+    # ($RAY_ADDRESS / `tunecluster chief --ray-address`, else a local Ray), since Ray's
+    # client protocol unpickles what a server sends: a job naming a Ray server of its
+    # own would run code on the chief.
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _operator_chooses_ray(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "a job cannot choose the Ray cluster: it is the operator's setting"
+                " (RAY_ADDRESS in the chief's environment, or tunecluster chief --ray-address);"
+                " remove ray.address from the job"
+            )
+        return value
     early_stopping: RayEarlyStopping | None = None
     # Trials at once; default: as many as the Ray cluster's CPUs (GPUs) fit when the job starts.
     max_concurrent_trials: int | None = Field(None, ge=1, le=10_000)
