@@ -1,13 +1,15 @@
 """Ray Tune as the alternative scheduler: what the chief runs for a ``scheduler: ray`` job.
 
 ``RayJobRunner`` drives one job from start to end in a background thread of the chief:
-it connects to Ray (``spec.ray.address``, else ``$RAY_ADDRESS``, else a local Ray
-started on demand), runs a ``tune.Tuner`` whose searcher is the job's KerasTuner oracle
-(``searcher.OracleSearcher``) and whose trainable is the native trial runner
-(``trainable.TrialTrainable``), and then calls ``chief.finalize.finalize`` as the
-native chief does. ``RecordsCallback`` writes every trial start, epoch, retry and
-failure to the job's Redis records and event stream; ``JobStopper`` ends the Ray run on
-``cancel``, on a failed search, or when another chief took the job over.
+it connects to Ray (``$RAY_ADDRESS``, the operator's setting, also ``tunecluster chief
+--ray-address``; else a local Ray started on demand; never an address from the job,
+since Ray's client protocol unpickles what the server sends), runs a ``tune.Tuner``
+whose searcher is the job's KerasTuner oracle (``searcher.OracleSearcher``) and whose
+trainable is the native trial runner (``trainable.TrialTrainable``), and then calls
+``chief.finalize.finalize`` as the native chief does. ``RecordsCallback`` writes every
+trial start, epoch, retry and failure to the job's Redis records and event stream;
+``JobStopper`` ends the Ray run on ``cancel``, on a failed search, or when another
+chief took the job over.
 
 ``RayJobs`` is the chief's hook: one runner per Ray job, started once. A chief that
 finds a Ray job ``running`` without a runner of its own (it restarted, or took over
@@ -53,7 +55,10 @@ class RayUnavailable(RuntimeError):
 
 
 def ray_address(spec: JobSpec) -> str | None:
-    return (spec.ray.address if spec.ray else None) or os.environ.get("RAY_ADDRESS") or None
+    """The operator's Ray cluster (``$RAY_ADDRESS`` of the chief), None for a local Ray.
+    A job cannot choose it (``ray.address`` is a spec error): a submitter could otherwise
+    point the chief at a Ray server of their own, whose client protocol unpickles."""
+    return os.environ.get("RAY_ADDRESS") or None
 
 
 def connect_ray(address: str | None) -> str:
@@ -68,8 +73,8 @@ def connect_ray(address: str | None) -> str:
     with _ray_lock:
         if ray.is_initialized():
             if _connected not in (None, want):
-                raise RayUnavailable(f"this chief is connected to Ray at {_connected};"
-                                     f" the job asks for {want} (one Ray per chief)")
+                raise RayUnavailable(f"this chief is connected to Ray at {_connected},"
+                                     f" not {want} (one Ray per chief)")
             return want
         quiet = {"log_to_driver": os.environ.get(LOG_TO_DRIVER_ENV, "0") == "1",
                  "logging_level": logging.WARNING}

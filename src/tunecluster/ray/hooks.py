@@ -2,7 +2,8 @@
 
 Module-level classes (Tune pickles its callbacks and stopper with the experiment; in
 Ray client mode they even run on the cluster), so each carries its Redis connection
-settings, not a live connection, when pickled.
+settings, not a live connection, when pickled, and never the password: the process
+that unpickles them takes it from its own environment (``searcher.store_from_state``).
 """
 
 from __future__ import annotations
