@@ -1,25 +1,32 @@
 # tunecluster: one image for every role (chief, worker, CLI, Ray head/worker).
+# Tag every build with the project's version (pyproject.toml), never a moving tag:
 #
-#   docker build -t tunecluster:latest .                                  # CPU (tensorflow-cpu), online
-#   docker build --build-arg TF_EXTRA=gpu -t tunecluster:gpu .            # GPU: tensorflow[and-cuda]
-#   docker build --build-arg EXTRAS=ray -t tunecluster:ray .              # + Ray, for k8s/ray
+#   V=0.1.0
+#   docker build -t tunecluster:$V .                                      # CPU (tensorflow-cpu), online
+#   docker build --build-arg TF_EXTRA=gpu -t tunecluster:$V-gpu .         # GPU: tensorflow[and-cuda]
+#   docker build --build-arg EXTRAS=ray -t tunecluster:$V-ray .           # + Ray, for k8s/ray
 #
 # Air-gapped / offline build: put every wheel the install needs in ./wheelhouse
 # (see docs/deploy.md, "Air-gapped build"), then
-#   docker build --network none --build-arg WHEELHOUSE=1 -t tunecluster:latest .
+#   docker build --network none --build-arg WHEELHOUSE=1 -t tunecluster:$V .
 # When ./wheelhouse holds wheels, pip installs from it alone (--no-index); WHEELHOUSE=1
 # makes a missing or empty wheelhouse an error instead of a silent online install.
 #
 # No "# syntax=" line on purpose: it makes BuildKit pull its frontend from a registry.
 # The file works with BuildKit and with the legacy builder.
 
-ARG BASE_IMAGE=python:3.11-slim
+# A pinned base (patch release and Debian suite). Pin the digest too where your registry
+# can resolve it: --build-arg BASE_IMAGE=python:3.11.13-slim-bookworm@sha256:...
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
 # --- build stage: a virtualenv with tunecluster and its dependencies ------------------
 FROM ${BASE_IMAGE} AS build
 ARG TF_EXTRA=cpu
 ARG EXTRAS=
 ARG WHEELHOUSE=
+# The init process (PID 1): forwards SIGTERM to tunecluster at once and reaps zombies,
+# like `docker run --init`. A static binary in a wheel, so offline builds get it too.
+ARG DUMB_INIT_VERSION=1.2.5.post1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -46,20 +53,29 @@ RUN set -- /wheels/*.whl; \
     && python3 -m venv /opt/venv
 
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone (an empty package stands in for src/,
-# and is removed again): /opt/venv then holds only the dependencies, and its layers (here
-# and in the final stage) stay cached until pyproject.toml changes.
-COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject.toml alone (an empty package and an empty README
+# stand in for src/ and README.md, and are removed again): /opt/venv then holds only the
+# dependencies, and its layers (here and in the final stage) stay cached until
+# pyproject.toml changes; a README edit does not reinstall TensorFlow.
+COPY pyproject.toml ./
 # DL3013 (pin versions): this installs the project's dependencies; their ranges live in
 # pyproject.toml, and a wheelhouse pins exact versions for reproducible builds.
+# What the runtime never loads goes in the same step: TensorFlow's C++ headers
+# (tensorflow/include, ~255 MB), libclang (a build-time dependency of TensorFlow, ~80 MB),
+# the packages' own test suites, and pip's caches.
 # hadolint ignore=DL3013
 RUN mkdir -p src/tunecluster \
-    && touch src/tunecluster/__init__.py \
-    && pip install ".[${TF_EXTRA}${EXTRAS:+,${EXTRAS}}]" \
-    && pip uninstall -y tunecluster \
-    && rm -rf src build
+    && touch src/tunecluster/__init__.py README.md \
+    && pip install ".[${TF_EXTRA}${EXTRAS:+,${EXTRAS}}]" "dumb-init==${DUMB_INIT_VERSION}" \
+    && pip uninstall -y tunecluster libclang \
+    && rm -rf src build README.md \
+    && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && rm -rf "$site"/tensorflow/include \
+    && find "$site" -mindepth 2 -type d -name tests -prune -exec rm -rf {} + \
+    && du -sh /opt/venv
 
 # The project itself, as a wheel (pure Python, a few hundred kB).
+COPY README.md ./
 COPY src ./src
 RUN pip wheel --no-deps --wheel-dir /dist .
 
@@ -101,5 +117,6 @@ USER 10001:10001
 WORKDIR /home/tunecluster
 
 # docker run IMAGE chief | worker | submit - | health --role worker | ...
-ENTRYPOINT ["tunecluster"]
+# dumb-init is PID 1: SIGTERM reaches tunecluster before it has installed its handlers.
+ENTRYPOINT ["/opt/venv/bin/dumb-init", "--", "tunecluster"]
 CMD ["--help"]
