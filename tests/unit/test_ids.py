@@ -159,3 +159,20 @@ def test_remove_job_artifacts_never_follows_a_symlink_out_of_the_root(tmp_path: 
     with pytest.raises(StoreError, match="symlink"):
         remove_job_artifacts(root, "job-000002")
     assert (outside / "file").exists()
+
+
+def test_submit_says_when_a_data_file_is_too_large_to_travel(monkeypatch, tmp_path: Path,
+                                                             caplog) -> None:
+    from tunecluster.client import gather_files
+    from tunecluster.spec import parse_spec
+
+    big, small = tmp_path / "big.csv", tmp_path / "small.csv"
+    big.write_text("a,y\n" + "1,2\n" * 50)
+    small.write_text("a,y\n1,2\n")
+    monkeypatch.setattr(defaults, "MAX_UPLOAD_BYTES", 100)
+    spec = parse_spec({"name": "j", "model": {"builtin": "mlp"}, "data": {
+        "files": {"train": str(big), "valid": str(small), "test": str(small)}, "target": "y"}})
+    with caplog.at_level("WARNING"):
+        files = gather_files(spec)
+    assert set(files) == {str(small)}
+    assert str(big) in caplog.text and defaults.DATA_ROOT_ENV in caplog.text
