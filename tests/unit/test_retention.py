@@ -137,3 +137,9 @@ def test_cancel_cannot_resurrect_a_deleted_job(store: Store) -> None:
     with pytest.raises(StoreError):
         store.jobs.request_cancel(job)
     assert _names(store, job) == []
+
+
+def test_list_skips_foreign_members_that_are_not_job_ids(store: Store) -> None:
+    job = _full_job(store, "completed")
+    store.client.zadd(store.keys.jobs_all, {"../../etc": 9e15, "a/b": 9e15})
+    assert store.jobs.all() == [job]

@@ -18,7 +18,7 @@ import redis
 from tunecluster.errors import StoreError
 from tunecluster.store import codec
 from tunecluster.store.fence import Fence, Writes
-from tunecluster.store.ids import check_job_id, new_job_id
+from tunecluster.store.ids import check_job_id, is_job_id, new_job_id
 from tunecluster.store.keys import Keys, split_member
 from tunecluster.store.queue import EVENTS_MAXLEN, now_ms
 
@@ -96,7 +96,9 @@ class JobStore:
         return list(self.r.zrange(self.k.jobs_active, 0, -1))
 
     def all(self, limit: int = 100) -> list[str]:
-        return list(self.r.zrevrange(self.k.jobs_all, 0, limit - 1))
+        """Job ids, newest first; a foreign member that is no job id is not listed (it
+        would fail ``get`` and with it the whole ``list``)."""
+        return [j for j in self.r.zrevrange(self.k.jobs_all, 0, limit - 1) if is_job_id(j)]
 
     def set_state(self, job: str, state: str, *, fence: Fence = Fence.NONE,
                   **fields: Any) -> None:
