@@ -4,7 +4,9 @@ docker-compose.yml (redis + chief + 2 workers), driven from the host's CLI.
 tests/e2e/docker_env.sh makes the environment: a Docker engine (started here when root
 with apt, and stopped again at the end), local base images made with debootstrap (no
 registry needed), a wheelhouse, and `docker build --network none` of the Dockerfile.
-Without an engine the tests are skipped with the reason. The first run on a fresh
+Without an engine the tests are skipped with the reason. The stack runs as docs/deploy.md
+tells an operator to run it: an env file made from .env.example with a password of its
+own (there is no default), code upload left off. The first run on a fresh
 machine takes minutes (apt, debootstrap, ~700 MB of wheels); later runs reuse the cache
 in $TUNECLUSTER_CI_CACHE (default /var/cache/tunecluster-ci).
 """
@@ -59,31 +61,43 @@ def docker_env() -> Iterator[dict[str, str]]:
         subprocess.run(["bash", str(DOCKER_ENV), "down"], timeout=120)
 
 
+def env_file_like_the_docs(path: Path, **settings: str) -> dict[str, str]:
+    """`cp .env.example .env` and set the password (docs/deploy.md), plus test settings."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    values = dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
+    assert values["TUNECLUSTER_REDIS_PASSWORD"] == "", "the example has no usable password"
+    values.update(settings)
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return values
+
+
 class Stack:
     """One compose project of the project's docker-compose.yml."""
 
-    def __init__(self, image: str, redis_image: str) -> None:
+    def __init__(self, image: str, redis_image: str, env_file: Path) -> None:
         self.project = f"tce2e{secrets.token_hex(3)}"
-        self.password = secrets.token_hex(12)
+        self.password = secrets.token_hex(24)  # as `openssl rand -hex 24`
         self.port = _free_port()
         self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST")
         self.env = {k: v for k, v in os.environ.items() if k in keep}
-        self.env.update({
-            "TUNECLUSTER_IMAGE": image,
-            "REDIS_IMAGE": redis_image,
-            "TUNECLUSTER_REDIS_PASSWORD": self.password,
-            "TUNECLUSTER_REDIS_PORT": str(self.port),
+        self.env_file = env_file
+        self.settings = env_file_like_the_docs(
+            env_file,
+            TUNECLUSTER_REDIS_PASSWORD=self.password,
+            TUNECLUSTER_IMAGE=image,
+            REDIS_IMAGE=redis_image,
+            TUNECLUSTER_REDIS_PORT=str(self.port),
             # Short leases: a killed worker's trial is reaped and retried within seconds.
-            "TUNECLUSTER_LEASE_S": "6",
-            "TUNECLUSTER_HEARTBEAT_S": "1.5",
-        })
+            TUNECLUSTER_LEASE_S="6",
+            TUNECLUSTER_HEARTBEAT_S="1.5",
+        )
 
     def compose(self, *args: str, timeout: float = 300,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(BIN / "docker-compose"), "--project-directory", str(ROOT), "-f",
-               str(ROOT / "docker-compose.yml"), "--env-file", os.devnull, "-p", self.project,
-               *args]
+               str(ROOT / "docker-compose.yml"), "--env-file", str(self.env_file),
+               "-p", self.project, *args]
         result = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
                                 timeout=timeout)
         if check and result.returncode != 0:
@@ -94,8 +108,8 @@ class Stack:
     def logs(self) -> str:
         result = subprocess.run(
             [str(BIN / "docker-compose"), "--project-directory", str(ROOT), "-f",
-             str(ROOT / "docker-compose.yml"), "--env-file", os.devnull, "-p", self.project,
-             "logs", "--no-color", "--tail", "60"],
+             str(ROOT / "docker-compose.yml"), "--env-file", str(self.env_file),
+             "-p", self.project, "logs", "--no-color", "--tail", "60"],
             capture_output=True, text=True, env=self.env, timeout=60)
         return result.stdout[-12000:]
 
@@ -108,8 +122,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(docker_env: dict[str, str]) -> Iterator[Stack]:
-    s = Stack(docker_env["IMAGE"], docker_env["REDIS_IMAGE"])
+def stack(docker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Stack]:
+    s = Stack(docker_env["IMAGE"], docker_env["REDIS_IMAGE"],
+              tmp_path_factory.mktemp("compose") / ".env")
     t0 = time.monotonic()
     try:
         # --wait: every service's health check (tunecluster health --role ...) passes.
@@ -134,9 +150,24 @@ def test_stack_is_up_with_a_chief_and_two_workers(stack: Stack) -> None:
     result = stack.compose("run", "--rm", "-T", "cli", "status", "--json", timeout=180)
     status = json.loads(result.stdout)
     assert len(status["workers"]) == 2 and status["chief"]
-    # The containers run as the image's non-root user, and /artifacts is theirs.
-    out = stack.compose("exec", "-T", "chief", "sh", "-c", "id -u; stat -c %u /artifacts").stdout
-    assert out.split() == ["10001", "10001"]
+    # The containers run as the image's non-root user, and /artifacts is theirs; PID 1 is
+    # the image's init process; the thread pools follow the service's CPUs; code upload
+    # is off as the docs recommend.
+    out = stack.compose("exec", "-T", "chief", "sh", "-c",
+                        "id -u; stat -c %u /artifacts; cat /proc/1/comm;"
+                        " echo $TF_NUM_INTRAOP_THREADS $TUNECLUSTER_ALLOW_CODE_UPLOAD").stdout
+    assert out.split() == ["10001", "10001", "dumb-init", "1", "0"], out
+
+
+def test_jobs_that_carry_code_are_refused_by_default(stack: Stack) -> None:
+    """TUNECLUSTER_ALLOW_CODE_UPLOAD stays 0 unless the operator turns it on."""
+    assert stack.settings["TUNECLUSTER_ALLOW_CODE_UPLOAD"] == "0"
+    t0 = time.monotonic()
+    results = stack.cli("submit", "examples/custom.yaml", "--set", "search.max_trials=1",
+                        "--set", "train.epochs=1", "--wait", timeout=300)
+    print(f"\n[e2e] code job refused in {time.monotonic() - t0:.0f} s")
+    assert results["state"] == "failed", results
+    assert "ALLOW_CODE_UPLOAD" in results["trials"][0]["error"], results["trials"]
 
 
 def test_digits_job_from_the_host_cli_completes_and_exports_the_best_model(
@@ -220,7 +251,7 @@ def test_a_worker_killed_mid_trial_loses_no_trial(stack: Stack) -> None:
 
 def test_redis_keeps_the_jobs_across_a_restart(stack: Stack) -> None:
     jobs = stack.cli("list")
-    assert len(jobs) == 2
+    assert len(jobs) == 3
     # AOF persistence (appendonly yes on the redis-data volume).
     stack.compose("restart", "redis", timeout=120)
     deadline = time.monotonic() + 60

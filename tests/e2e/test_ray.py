@@ -281,3 +281,72 @@ def test_unknown_ray_early_stopping_scheduler_is_a_one_line_spec_error() -> None
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "ray.early_stopping.scheduler" in lines[0] and "asha, median" in lines[0]
+
+
+# --- the trust model (issue 10, point 14) --------------------------------------------------
+
+
+def test_a_job_cannot_choose_the_ray_address() -> None:
+    """A submitter must not point the chief at a Ray server of their own (Ray's client
+    protocol unpickles): the address is the operator's (RAY_ADDRESS, chief --ray-address)."""
+    out = cli("validate", str(EXAMPLES / "digits.yaml"), "--no-build", "--set", "scheduler=ray",
+              "--set", "ray.address=ray://attacker.example:10001")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("spec error: ray.address:"), lines[0]
+    assert "RAY_ADDRESS" in lines[0] and "--ray-address" in lines[0]
+
+
+def test_pickled_ray_hooks_carry_no_redis_password(tmp_path) -> None:
+    """Tune pickles its searcher, callbacks and stopper (into Ray's object store in client
+    mode, into the experiment directory always): no password inside; the process that
+    unpickles them (the Ray head) takes it from its own environment."""
+    import pickle
+
+    import redis
+
+    from tunecluster.ray.hooks import JobStopper, RecordsCallback
+    from tunecluster.store import Keys
+
+    password = "pw-" + secrets.token_hex(16)
+    client = redis.Redis.from_url(f"redis://tc:{password}@redis.example:6379/3")
+    store = Store(client, Keys("tc"))
+    blobs = {"callback": pickle.dumps(RecordsCallback(store, "job-1")),
+             "stopper": pickle.dumps(JobStopper(store, "job-1", "chief-a", 1))}
+    for name, blob in blobs.items():
+        assert password.encode() not in blob, name
+        (tmp_path / name).write_bytes(blob)
+    # Unpickled in this process: the credentials it already holds.
+    kwargs = pickle.loads(blobs["stopper"]).store.client.connection_pool.connection_kwargs
+    assert kwargs["password"] == password and kwargs["username"] == "tc"
+    # Unpickled elsewhere (a Ray head): from TUNECLUSTER_REDIS_URL, or none at all.
+    script = textwrap.dedent(f"""
+        import json, pickle, sys
+        hooks = [pickle.loads(open({str(tmp_path)!r} + "/" + n, "rb").read())
+                 for n in ("callback", "stopper")]
+        stores = [hooks[0].records.store, hooks[1].store]
+        print(json.dumps([s.client.connection_pool.connection_kwargs.get("password")
+                          for s in stores]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TUNECLUSTER_REDIS_URL"}
+    for url, expected in ((f"redis://:head-side-{password}@redis:6379/0",
+                           f"head-side-{password}"), (None, None)):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120, env={**env, **({"TUNECLUSTER_REDIS_URL": url}
+                                                         if url else {})})
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == [expected, expected]
+
+
+def test_kuberay_probe_sees_a_running_ray_head(ray_address: str) -> None:
+    """The probes k8s/ray gives the Ray pods (the image has no wget, no dashboard)."""
+    port = ray_address.rsplit(":", 1)[1]
+    for role in ("head", "worker"):
+        out = subprocess.run([sys.executable, "-m", "tunecluster.ray.probe", "--role", role,
+                              "--gcs-port", port], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (role, out.stderr)
+    out = subprocess.run([sys.executable, "-m", "tunecluster.ray.probe", "--role", "head",
+                          "--gcs-port", str(free_port())], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and "GCS" in out.stderr, out.stderr
