@@ -143,3 +143,18 @@ def test_list_skips_foreign_members_that_are_not_job_ids(store: Store) -> None:
     job = _full_job(store, "completed")
     store.client.zadd(store.keys.jobs_all, {"../../etc": 9e15, "a/b": 9e15})
     assert store.jobs.all() == [job]
+
+
+def test_the_ray_hook_forgets_runners_of_ended_jobs(store: Store, tmp_path) -> None:
+    from tunecluster.ray.backend import RayJobs
+
+    class Done:  # a runner whose thread has ended
+        alive = False
+
+    live = _full_job(store, "running")
+    ended = _full_job(store, "completed")
+    hook = RayJobs(store, tmp_path, "chief-1")
+    hook.runners = {ended: Done(), "gone-000000": Done()}  # type: ignore[dict-item]
+    hook._started = {ended: 1.0, "gone-000000": 1.0, live: time.monotonic()}
+    hook.tick()
+    assert hook.runners == {} and set(hook._started) == {live}
