@@ -258,6 +258,19 @@ class Train(_Strict):
     jit_compile: bool = False
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     shuffle: bool = True
+    # Seconds one attempt of a trial may run, from its claim, before the worker kills it
+    # and records it FAILED (not retried: a trial that hangs once hangs again).
+    trial_timeout: float | None = None
+
+    @field_validator("trial_timeout", mode="before")
+    @classmethod
+    def _trial_timeout(cls, value: object) -> object:
+        if value is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{value!r} must be a number of seconds > 0, or null for no limit")
+        return float(value)
 
 
 class Resources(_Strict):
