@@ -10,7 +10,31 @@ from tunecluster.errors import StoreError
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, default=_default, allow_nan=True, separators=(",", ":"))
+    """Compact JSON; non-finite numbers (NaN, +-Infinity) become null.
+
+    ``NaN``/``Infinity`` are not JSON: Redis' Lua ``cjson`` refuses them and other readers
+    would too. A metric that is not a number is recorded as "no value" (null).
+    """
+    try:
+        return json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:  # rare: a non-finite number somewhere in ``value``
+        if "Out of range float" not in str(exc):
+            raise
+        return json.dumps(finite(value), default=_default, allow_nan=False,
+                          separators=(",", ":"))
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (numpy's included) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if not isinstance(value, (str, bytes, int)) and hasattr(value, "tolist"):
+        return finite(value.tolist())  # numpy scalars and arrays
+    return value
 
 
 def loads(text: str | bytes | None, what: str) -> Any:

@@ -6,7 +6,6 @@ current leaderboard.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from tunecluster.store import codec
@@ -38,7 +37,7 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
             "score": best["score"],
             "metrics": best["metrics"],
         },
-        "test": final.get("test"),
+        "test": codec.finite(final.get("test")),  # a side metric may be inf: null
         "trials": trials,
         "counts": _counts(trials),
         "artifacts": final.get("artifacts", {}),
@@ -71,6 +70,9 @@ def _trial_row(row: dict[str, str]) -> dict[str, Any]:
         "resumed_from_epoch": int(row.get("resumed_from_epoch") or 0),
         "tuner": {k: v for k, v in values.items() if k.startswith("tuner/")} or None,
         "overhead": _json_field(row, "overhead") or None,
+        # the attempt's model file, relative to the artifacts root (None: Ray trials and
+        # older records keep it at <trial>/model.keras)
+        "model": row.get("model") or None,
     }
 
 
@@ -81,8 +83,7 @@ def _json_field(row: dict[str, str], name: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         return {}
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in value.items()}
+    return codec.finite(value)  # non-finite metrics of older records: null, as in JSON
 
 
 def _counts(trials: list[dict[str, Any]]) -> dict[str, int]:
