@@ -1,8 +1,12 @@
 """The artifacts layout on disk (a local dir, a shared volume or a PVC), in one place.
 
-    <root>/<job>/trials/<trial>/last.npz          checkpoint of the last finished epoch:
-                                                  weights + its epoch and metric history
-    <root>/<job>/trials/<trial>/model.keras       the trial's model at its best epoch
+    <root>/<job>/trials/<trial>/attempt-<n>/last.npz     checkpoint of the last finished
+                                                  epoch: weights + its epoch and history
+    <root>/<job>/trials/<trial>/attempt-<n>/model.keras  the trial's model at its best
+                                                  epoch; the trial record's ``model``
+                                                  field names the attempt's file
+    (each attempt writes only its own directory: a reaped attempt that still runs never
+    touches its successor's files; Ray trials and older jobs use <trial>/ itself)
     <root>/<job>/best_model.keras                 the job's best model (exported)
     <root>/<job>/results.json                     the job's results document
     <root>/.cache/<job>/files/...                 data files uploaded with the job
@@ -40,6 +44,39 @@ def job_dir(root: str | Path, job: str) -> Path:
 
 def trial_dir(root: str | Path, job: str, trial: str) -> Path:
     return job_dir(root, job) / "trials" / check_trial_id(trial)
+
+
+def attempt_dir(trial_path: Path, attempt: int) -> Path:
+    """Where one attempt of a trial writes its checkpoint and model."""
+    return trial_path / f"attempt-{int(attempt)}"
+
+
+def resume_dirs(trial_path: Path, attempt: int) -> list[Path]:
+    """Directories whose checkpoint a run of ``attempt`` may resume from, newest first.
+
+    Its own (a run released without spending an attempt, e.g. on a worker's shutdown,
+    shares its number and is dead by then), each earlier attempt's, then the trial
+    directory itself (files of a job started before per-attempt directories).
+    """
+    return [attempt_dir(trial_path, k) for k in range(int(attempt), 0, -1)] + [trial_path]
+
+
+def trial_model(root: str | Path, job: str, trial: str, recorded: str | None = None) -> Path:
+    """The model file of a finished trial: the one its record names (``model``, relative
+    to the artifacts root), else ``<trial>/model.keras`` (Ray trials, older records).
+    A recorded path that leaves the trial's directory is ignored."""
+    base = trial_dir(root, job, trial)
+    if recorded:
+        path = (Path(root) / recorded).resolve()
+        if path.is_relative_to(base.resolve()):
+            return path
+    return base / MODEL_FILE
+
+
+def relative_to_root(root: str | Path, path: str | Path) -> str:
+    """``path`` as recorded in Redis: relative to the artifacts root, which may be
+    mounted elsewhere on the chief than on the worker."""
+    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
 
 
 def file_resolver(store: Store, job: str, root: str | Path,

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tunecluster.artifacts import BEST_MODEL, MODEL_FILE, RESULTS
+from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
 from tunecluster.data import load_splits
 from tunecluster.spec.models import JobSpec
 from tunecluster.store import Store
@@ -32,7 +32,7 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
         error = error or "no trial completed: " + summarize_errors(draft["trials"])
     if state == "completed":
         best = ranked[0]
-        source = job_dir / "trials" / best["trial"] / MODEL_FILE
+        source = trial_model(artifacts_root, job, best["trial"], best.get("model"))
         final["test"] = evaluate_on_test(spec, source, resolve)
         target = job_dir / BEST_MODEL
         tmp = job_dir / f".{BEST_MODEL}.tmp"

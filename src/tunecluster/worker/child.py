@@ -4,12 +4,17 @@ keeps each job's data warm, runs the trials it is handed and records their outco
 A crash here (segfault, OOM kill, ``os._exit``) only costs this process: the worker
 notices, releases the trial for a retry and starts a fresh child.
 Messages to and from the worker are JSON over a local pipe.
+It dies with its worker: a worker killed alone (SIGKILL, OOM killer) must not leave a
+process behind that trains on and holds memory (a GPU's) its replacement needs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -18,10 +23,43 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 KEEP_JOBS = 2  # job runtimes (data + adapt statistics) kept warm per child
+WATCHDOG_S = 0.5  # how often the trial process checks that its worker still lives
+PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger("tunecluster.trial")
+
+
+def die_with_parent(parent: int) -> None:
+    """Exit (SIGKILL) as soon as the worker ``parent`` is gone.
+
+    Linux's parent-death signal acts at once, but it fires when the *thread* that
+    started this process ends, not the process; a watchdog thread that sees this
+    process re-parented covers that and other platforms within ``WATCHDOG_S``.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone
+        pass
+    if os.getppid() != parent:  # the worker died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 class RedisReporter:
-    """Reports each epoch to Redis; the answer says whether to stop."""
+    """Reports each epoch to Redis; the answer says whether to stop.
+
+    Non-finite metrics (a side metric that is -inf or NaN) go out as JSON null
+    (``codec.dumps``); a refused report raises ``LostLease``, which stops the trial.
+    """
 
     def __init__(self, store: Any, claim: Any, worker: str) -> None:
         self.store, self.claim, self.worker = store, claim, worker
@@ -36,7 +74,9 @@ class RedisReporter:
 
 
 def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
-               env: Mapping[str, str]) -> None:
+               env: Mapping[str, str], parent: int | None = None) -> None:
+    if parent is not None:
+        die_with_parent(parent)
     os.environ.update(env)  # e.g. CUDA_VISIBLE_DEVICES, before TensorFlow is imported
     import gc
 
@@ -70,6 +110,7 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
 
 def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker: str,
             message: Mapping[str, Any]) -> dict[str, Any]:
+    from tunecluster.artifacts import relative_to_root
     from tunecluster.errors import TrialFailed
     from tunecluster.store import Claim, LostLease
     from tunecluster.worker.trial import TrialRequest, run_trial
@@ -80,15 +121,18 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     try:
         rt = _runtime(store, runtimes, artifacts, claim.job)
         request = TrialRequest(claim.trial, claim.values, claim.attempt,
-                               resume=bool(message.get("resume", claim.attempt > 1)))
+                               resume=bool(message.get("resume", claim.attempt > 1)),
+                               isolated=True,
+                               parent_model=_parent_model(store, artifacts, claim))
         result = run_trial(rt, request, reporter)
     except LostLease as exc:
         return {"outcome": "lost", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of the trial is the trial's
         kind = "" if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: "
         message_text = kind + (str(exc).strip().splitlines() or [""])[0][:500]
-        store.queue.finish(claim, worker, "FAILED", {
-            "error": message_text, "traceback": traceback.format_exc()[-4000:]})
+        if not store.queue.finish(claim, worker, "FAILED", {
+                "error": message_text, "traceback": traceback.format_exc()[-4000:]}):
+            return refused(claim, "failed")
         return {"outcome": "failed", "error": message_text}
     state = "CANCELLED" if reporter.cancelled else "COMPLETED"
     claimed_at = float(message.get("claimed_at") or result.timings["build_at"])
@@ -98,6 +142,8 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     }
     fields = {
         "score": repr(result.score),
+        # this attempt's own model file, which finalize and Hyperband's promotions read
+        "model": relative_to_root(artifacts, result.model_path),
         "metrics": result.metrics,
         "best_epoch": str(result.best_epoch),
         "resumed_from_epoch": str(result.resumed_from_epoch),
@@ -107,8 +153,29 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     # from the last epoch's report to the trial recorded finished (model save included)
     overhead["last_epoch_to_finished_ms"] = 1000 * (time.time() - result.timings["last_epoch_at"])
     fields["overhead"] = overhead
-    store.queue.finish(claim, worker, state, fields)
+    if not store.queue.finish(claim, worker, state, fields):
+        return refused(claim, state.lower())
     return {"outcome": state.lower(), "timings": result.timings, "overhead": overhead}
+
+
+def refused(claim: Any, outcome: str) -> dict[str, Any]:
+    """A finish the queue refused: another attempt owns the trial now (this one's lease
+    expired and it was reaped). Nothing of this run counts; its files are its own."""
+    error = (f"trial {claim.member} attempt {claim.attempt} lost its lease before it"
+             f" could record its outcome ({outcome})")
+    log.warning(error)
+    return {"outcome": "lost", "error": error}
+
+
+def _parent_model(store: Any, artifacts: str, claim: Any) -> str | None:
+    """Hyperband: the model file of the trial this one continues, as its record names it."""
+    from tunecluster.artifacts import trial_model
+
+    parent = claim.values.get("tuner/trial_id")
+    if parent is None:
+        return None
+    recorded = store.jobs.trial(claim.job, str(parent)).get("model")
+    return str(trial_model(artifacts, claim.job, str(parent), recorded))
 
 
 def _runtime(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, job: str) -> Any:

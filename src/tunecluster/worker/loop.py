@@ -4,6 +4,11 @@ The worker process itself never imports TensorFlow. Each slot owns a long-lived 
 process (``child.py``) that trains; the slot hands it one claimed trial at a time,
 keeps the trial's lease alive through the heartbeat, and recycles the child when it
 crashes, after ``trials_per_child`` trials, or past ``max_rss_mb``.
+A trial that cannot stop itself (stuck inside an epoch) is stopped from here: each
+heartbeat reads whether the jobs of the running trials were cancelled, and a trial whose
+job was cancelled and that has not ended within ``CANCEL_GRACE_S``, or that runs longer
+than its job's ``train.trial_timeout``, has its process killed; the trial is recorded
+CANCELLED or FAILED (ownership-checked) and the slot starts a fresh process.
 SIGTERM/SIGINT: stop claiming, kill running trials and release them (their attempt is
 not counted, and the next worker resumes them from their last checkpoint), then exit.
 """
@@ -18,17 +23,32 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunecluster import defaults
-from tunecluster.store import Claim, Store, now_ms
+from tunecluster.store import Claim, Store, codec, now_ms
 from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.workers import default_worker_id
 from tunecluster.worker.child import child_main
 
 log = logging.getLogger("tunecluster.worker")
+
+# A cancelled trial that is still healthy sees the cancel at its next epoch report and
+# ends by itself, keeping its warm process; one that has not ended this long after the
+# worker saw the cancel is killed.
+CANCEL_GRACE_S = 2.0
+KEEP_TIMEOUTS = 64  # jobs whose train.trial_timeout a worker remembers
+
+
+class TrialAborted(RuntimeError):
+    """The worker killed a trial's process: its job was cancelled or it ran too long."""
+
+    def __init__(self, state: str, reason: str) -> None:
+        super().__init__(reason)
+        self.state, self.reason = state, reason
 
 
 class ChildDied(RuntimeError):
@@ -63,13 +83,20 @@ class Child:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=child_main, args=(child, self.redis_url, self.artifacts, self.worker, self.env),
+            target=child_main,
+            args=(child, self.redis_url, self.artifacts, self.worker, self.env, os.getpid()),
             daemon=True, name="tunecluster-trial")
         self.process.start()
         child.close()
         self.conn, self.trials = parent, 0
 
-    def run(self, claim: Claim, stopping: threading.Event) -> dict[str, Any]:
+    def run(self, claim: Claim, stopping: threading.Event,
+            abort: Callable[[], TrialAborted | None] = lambda: None) -> dict[str, Any]:
+        """Hand ``claim`` to the trial process and wait for its outcome.
+
+        ``abort`` is asked on every poll; when it answers, the process is killed and the
+        answer raised (the caller records the trial and starts a fresh process).
+        """
         self.ensure()
         self.conn.send_bytes(json.dumps({"job": claim.job, "trial": claim.trial,
                                          "attempt": claim.attempt,
@@ -91,6 +118,10 @@ class Child:
             if stopping.is_set():
                 self.kill()
                 raise InterruptedError("worker shutting down")
+            aborted = abort()
+            if aborted is not None:
+                self.kill()
+                raise aborted
 
     def kill(self) -> None:
         if self.process is not None and self.process.is_alive():
@@ -129,7 +160,10 @@ class Worker:
         self.children = [Child(self.redis_url, self.artifacts, self.worker_id,
                                {"TF_CPP_MIN_LOG_LEVEL": "2", **envs[i]})
                          for i in range(self.slots)]
-        self.stats = {"trials": 0, "crashes": 0, "recycled": 0}
+        self.stats = {"trials": 0, "crashes": 0, "recycled": 0, "killed": 0}
+        # slot -> (the claim whose job was cancelled, when the worker saw it)
+        self.cancelled: dict[int, tuple[Claim, float]] = {}
+        self._timeouts: dict[str, float | None] = {}
 
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -169,6 +203,57 @@ class Worker:
             "busy": len(busy), "trials": self.stats["trials"], "beat": now_ms(),
         }, ttl_s=self.lease_s)
         self.store.queue.renew(self.worker_id, [c.member for c in busy], self.lease_s)
+        self._read_cancels()
+
+    def _read_cancels(self) -> None:
+        """Note the running trials whose job was cancelled (the ``cancel`` flag that
+        ``request_cancel`` sets): a trial stuck inside an epoch never reads it itself."""
+        busy = [(slot, c) for slot, c in list(self.current.items()) if c is not None]
+        if not busy:
+            return
+        pipe = self.store.client.pipeline(transaction=False)
+        for _slot, claim in busy:
+            pipe.hget(self.store.keys.job(claim.job), "cancel")
+        for (slot, claim), flag in zip(busy, pipe.execute(), strict=True):
+            seen = self.cancelled.get(slot)
+            if flag == "1" and (seen is None or seen[0] is not claim):
+                log.info("slot %d: job of %s cancelled", slot, claim.member)
+                self.cancelled[slot] = (claim, time.monotonic())
+
+    def _trial_timeout(self, job: str) -> float | None:
+        """The job's ``train.trial_timeout`` (None: no limit), read once per job.
+
+        The worker does not parse the whole spec (the trial process validates it); an
+        unreadable value means no limit here.
+        """
+        if job not in self._timeouts:
+            try:
+                spec = codec.loads_object(
+                    self.store.client.hget(self.store.keys.job(job), "spec"), "job spec")
+                value = spec.get("train", {}).get("trial_timeout")
+                limit = float(value) if value is not None else None
+            except (ValueError, TypeError, AttributeError):
+                limit = None
+            if len(self._timeouts) >= KEEP_TIMEOUTS:
+                self._timeouts.pop(next(iter(self._timeouts)))
+            self._timeouts[job] = limit
+        return self._timeouts[job]
+
+    def _abort_check(self, slot: int, claim: Claim) -> Callable[[], TrialAborted | None]:
+        """What ``Child.run`` asks while ``claim`` runs: kill it now, and why?"""
+        limit = self._trial_timeout(claim.job)
+        deadline = None if limit is None else time.monotonic() + limit
+
+        def check() -> TrialAborted | None:
+            seen = self.cancelled.get(slot)
+            if (seen is not None and seen[0] is claim
+                    and time.monotonic() - seen[1] >= CANCEL_GRACE_S):
+                return TrialAborted("CANCELLED", "job cancelled")
+            if deadline is not None and time.monotonic() >= deadline:
+                return TrialAborted("FAILED", f"trial exceeded train.trial_timeout ({limit:g} s)")
+            return None
+
+        return check
 
     def _slot_loop(self, slot: int) -> None:
         backoff = Backoff()
@@ -191,10 +276,21 @@ class Worker:
                     time.sleep(1)
             finally:
                 self.current[slot] = None
+                self.cancelled.pop(slot, None)
 
     def _run(self, slot: int, child: Child, claim: Claim) -> None:
         try:
-            outcome = child.run(claim, self.stopping)
+            outcome = child.run(claim, self.stopping, self._abort_check(slot, claim))
+        except TrialAborted as exc:
+            # Final, not released: a timeout is deterministic and a cancelled job wants
+            # nothing retried. Refused if the attempt lost its lease meanwhile.
+            self.stats["killed"] += 1
+            recorded = self.store.queue.finish(claim, self.worker_id, exc.state,
+                                               {"error": exc.reason})
+            log.warning("slot %d: killed the trial process of %s: %s%s", slot, claim.member,
+                        exc.reason, "" if recorded else " (no longer ours: not recorded)")
+            child.ensure()  # a warm process for the next claim
+            return
         except ChildDied as exc:
             self.stats["crashes"] += 1
             log.warning("slot %d: %s during %s", slot, exc, claim.member)
@@ -207,7 +303,10 @@ class Worker:
                                      count_attempt=False)
             return
         self.stats["trials"] += 1
-        log.info("slot %d: %s %s", slot, claim.member, outcome.get("outcome"))
+        if outcome.get("outcome") == "lost":
+            log.warning("slot %d: %s lost: %s", slot, claim.member, outcome.get("error"))
+        else:
+            log.info("slot %d: %s %s", slot, claim.member, outcome.get("outcome"))
         if child.trials >= self.trials_per_child or outcome.get("rss_mb", 0) > self.max_rss_mb:
             self.stats["recycled"] += 1
             log.info("slot %d: recycling the trial process (%d trials, %.0f MB)", slot,

@@ -1,9 +1,16 @@
 """One trial, in-process: build the model under its strategy, fit, report every epoch.
 
 The caller supplies a ``Reporter`` (the worker's writes to Redis, or a list in tests);
-its answer after each epoch tells the trial to stop early. The trial directory keeps a
+its answer after each epoch tells the trial to stop early. The run's directory keeps a
 checkpoint of the last finished epoch, so a retried trial resumes after it, and the
 final model (weights of the best epoch, as judged by the objective) as ``model.keras``.
+With ``TrialRequest.isolated`` each attempt writes its own directory
+(``<trial>/attempt-<n>/``, see ``artifacts``) and resumes from the newest readable
+checkpoint of its own or an earlier attempt: an attempt that was reaped but still runs
+can never overwrite the files of the attempt that replaced it.
+
+Metrics are floats in memory; a non-finite value of a metric other than the loss and
+the objective (those fail the trial) is written as JSON null wherever it is stored.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunecluster.artifacts import CHECKPOINT, MODEL_FILE
+from tunecluster.artifacts import CHECKPOINT, MODEL_FILE, attempt_dir, resume_dirs
 from tunecluster.errors import TrialFailed
+from tunecluster.store import codec
 from tunecluster.worker import precision
 from tunecluster.worker.runtime import JobRuntime
 from tunecluster.worker.strategy import describe, pick_strategy
@@ -42,6 +50,12 @@ class TrialRequest:
     # Continue from the trial's checkpoint: an earlier run of it was interrupted.
     # None means "if this is a retry" (attempt > 1).
     resume: bool | None = None
+    # Write this attempt's files under <trial>/attempt-<n>/ (the native worker); else
+    # in the trial directory itself (the Ray scheduler, tests).
+    isolated: bool = False
+    # Hyperband: the model file of the trial this one continues (tuner/trial_id), as the
+    # parent's record names it; None: <parent trial>/model.keras.
+    parent_model: str | None = None
 
     @property
     def resumes(self) -> bool:
@@ -74,7 +88,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     spec = rt.spec
     objective, direction = spec.search.objective_name, spec.search.direction
     values = request.values
-    trial_dir = rt.trial_dir(request.trial_id)
+    trial_path = rt.trial_dir(request.trial_id)
+    trial_dir = attempt_dir(trial_path, request.attempt) if request.isolated else trial_path
     trial_dir.mkdir(parents=True, exist_ok=True)
 
     epochs = int(values.get("tuner/epochs", spec.train.epochs))
@@ -93,13 +108,16 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     resumed_from = 0
     past = values.get("tuner/trial_id")
     if past is not None:  # Hyperband: continue the earlier trial's best weights
-        model.load_weights(str(rt.trial_dir(str(past)) / MODEL_FILE))
+        model.load_weights(request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE))
     # Only an interrupted trial resumes: a first run never trusts files it did not write.
-    checkpoint = read_checkpoint(trial_dir) if request.resumes else None
+    checkpoint = None
+    if request.resumes:
+        dirs = resume_dirs(trial_path, request.attempt) if request.isolated else [trial_path]
+        checkpoint = next(filter(None, map(read_checkpoint, dirs)), None)
     if checkpoint is not None and checkpoint[0]["epoch"] > initial_epoch:
         meta, weights = checkpoint
         model.set_weights(weights)
-        history = meta["history"]
+        history = [{"epoch": int(row["epoch"]), **_metrics_only(row)} for row in meta["history"]]
         resumed_from = initial_epoch = int(meta["epoch"])
         for row in history:  # idempotent: the chief keeps one record per epoch
             reporter.epoch(int(row["epoch"]), _metrics_only(row))
@@ -257,7 +275,8 @@ def write_checkpoint(trial_dir: Path, weights: list[Any], meta: dict[str, Any]) 
 
     tmp = trial_dir / f".{CHECKPOINT}.{os.getpid()}.npz"
     arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
-    np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+    meta = codec.finite(meta)  # non-finite side metrics: null, as in Redis
+    np.savez(tmp, meta=np.asarray(json.dumps(meta, allow_nan=False)), **arrays)
     os.replace(tmp, trial_dir / CHECKPOINT)
 
 
@@ -281,5 +300,6 @@ def _best_row(history: list[dict[str, float]], objective: str, direction: str) -
     return pick(history, key=lambda r: r[objective])
 
 
-def _metrics_only(row: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in row.items() if k != "epoch"}
+def _metrics_only(row: Mapping[str, float | None]) -> dict[str, float]:
+    """The metrics of a history row as floats (null, a non-finite value: NaN)."""
+    return {k: math.nan if v is None else float(v) for k, v in row.items() if k != "epoch"}
