@@ -36,17 +36,15 @@ def search_space(spec: JobSpec, *, discover: bool = True) -> dict[str, Any]:
     """The job's space as KerasTuner config; a custom model's ``build_model`` adds its own."""
     from tunecluster.spec.space import build_space, space_to_json
 
-    hp = build_space(spec.model.hyperparameters)
     if not spec.model.is_builtin and discover:
-        from tunecluster.models.custom import discover_space
+        from tunecluster.models.custom import discover_space_isolated
 
-        assert spec.model.source is not None
+        # In a process of its own, with a limit: user code must not hang or crash submit.
         try:
-            hp = discover_space(spec.model.source, spec.model.function, hp,
-                                spec.model.module or "model.py")
+            return discover_space_isolated(spec.model)
         except TrialFailed as exc:
             raise SpecError("model.module", str(exc)) from None
-    return space_to_json(hp)
+    return space_to_json(build_space(spec.model.hyperparameters))
 
 
 def gather_files(spec: JobSpec) -> dict[str, bytes]:

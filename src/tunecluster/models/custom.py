@@ -1,9 +1,23 @@
-"""Users' own ``build_model(hp)``, loaded from the source text that travels with the job."""
+"""Users' own ``build_model(hp)``, loaded from the source text that travels with the job.
+
+At submit, ``build_model`` runs once to discover its search space, in a process of its
+own with a time limit (``discover_space_isolated``): users' code must not hang or crash
+``submit`` and ``validate``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import math
+import os
+import queue
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import traceback
 import types
 from collections.abc import Callable
@@ -16,7 +30,8 @@ class ModelCodeError(TrialFailed):
     """The job's model code does not import, or does not return a compiled model."""
 
 
-def load_build_function(source: str, function: str, filename: str = "model.py") -> Callable[[Any], Any]:
+def load_build_function(source: str, function: str,
+                        filename: str = "model.py") -> Callable[[Any], Any]:
     """Execute ``source`` in a fresh module and return its ``function``."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"tunecluster_user_{digest}"
@@ -49,7 +64,8 @@ def build_checked(build: Callable[[Any], Any], hp: Any, function: str = "build_m
             f"{function}(hp) must return a compiled keras.Model, got {type(model).__name__}"
         )
     if not getattr(model, "compiled", False):
-        raise ModelCodeError(f"{function}(hp) returned a model that is not compiled; call model.compile()")
+        raise ModelCodeError(
+            f"{function}(hp) returned a model that is not compiled; call model.compile()")
     return model
 
 
@@ -73,3 +89,124 @@ def discover_space(source: str, function: str, declared: Any, filename: str = "m
     finally:
         keras.backend.clear_session()
     return declared
+
+
+DISCOVER_TIMEOUT_ENV = "TUNECLUSTER_DISCOVER_TIMEOUT_S"
+# build_model(hp) at submit time builds one model, no training: a minute is plenty, and
+# a build that takes longer (or hangs) would hang `submit` and `validate` without it.
+DISCOVER_TIMEOUT_S = 60.0
+# TensorFlow's import in the discovery process is not the user's time: its own limit.
+IMPORT_TIMEOUT_S = 300.0
+_USER_OUTPUT = "--- tunecluster: build_model output follows ---"
+
+
+def discover_timeout() -> float:
+    """The limit on ``build_model`` at submit: ``$TUNECLUSTER_DISCOVER_TIMEOUT_S`` or 60 s."""
+    text = os.environ.get(DISCOVER_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text.strip() else DISCOVER_TIMEOUT_S
+    except ValueError:
+        raise ModelCodeError(
+            f"{DISCOVER_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ModelCodeError(f"{DISCOVER_TIMEOUT_ENV}={text!r} must be a number of seconds > 0")
+    return value
+
+
+def discover_space_isolated(model: Any, timeout_s: float | None = None) -> dict[str, Any]:
+    """``discover_space`` in a child process, with a limit; returns the space's config.
+
+    The user's module runs in a process of its own, so a ``build_model`` that hangs,
+    exits or crashes the interpreter costs a one-line error naming the function, not
+    the caller (``submit``/``validate``). ``model`` is the spec's ``Model`` section.
+    """
+    limit = discover_timeout() if timeout_s is None else timeout_s
+    function = model.function
+    request = json.dumps({"model": model.model_dump(mode="json", by_alias=True)})
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from tunecluster.models.custom import _discover_main;"
+                                   " _discover_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
+            env={"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}, start_new_session=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, name="discover-reader", daemon=True).start()
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(request)
+            proc.stdin.close()
+            ready = _next_line(lines, IMPORT_TIMEOUT_S)
+            answer = _next_line(lines, limit) if ready == "ready\n" else ready
+            if answer == "":
+                raise ModelCodeError(
+                    f"{function}(hp) did not return within {limit:g} s (the limit on"
+                    f" discovering the search space at submit; {DISCOVER_TIMEOUT_ENV}"
+                    " sets it)")
+            if answer is None:
+                code = proc.wait()
+                errors.seek(0)
+                # what the user's code wrote, not TensorFlow's start-up chatter
+                text = errors.read().decode(errors="replace").rpartition(_USER_OUTPUT)[2]
+                tail = [ln for ln in text.splitlines() if ln.strip()]
+                raise ModelCodeError(
+                    f"{function}(hp) ended the discovery process ({_exit_text(code)})"
+                    + (f": {tail[-1][:300]}" if tail else ""))
+            result = json.loads(answer)
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if "error" in result:
+        raise ModelCodeError(result["error"])
+    return dict(result["space"])
+
+
+def _next_line(lines: queue.Queue[str | None], timeout_s: float) -> str | None:
+    """The next line; None at end of output; "" when none came within ``timeout_s``."""
+    try:
+        return lines.get(timeout=timeout_s)
+    except queue.Empty:
+        return ""
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _discover_main() -> None:
+    """The discovery process: a request on stdin, "ready" then one JSON answer on stdout."""
+    answer_to = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # the user's prints go to stderr, never into the answer
+    request = json.loads(sys.stdin.read())
+    import keras  # noqa: F401 - imported before "ready": not part of the user's limit
+
+    from tunecluster.spec.models import Model
+    from tunecluster.spec.space import build_space, space_to_json
+
+    model = Model.model_validate(request["model"])
+    answer_to.write("ready\n")
+    answer_to.flush()
+    sys.stderr.write(_USER_OUTPUT + "\n")
+    sys.stderr.flush()
+    try:
+        assert model.source is not None
+        hp = discover_space(model.source, model.function, build_space(model.hyperparameters),
+                            model.module or "model.py")
+        answer: dict[str, Any] = {"space": space_to_json(hp)}
+    except TrialFailed as exc:
+        answer = {"error": str(exc)}
+    answer_to.write(json.dumps(answer) + "\n")
+    answer_to.flush()
