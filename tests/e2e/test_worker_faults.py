@@ -181,14 +181,14 @@ def test_cancel_kills_a_stuck_trial_and_the_slot_serves_the_next_job(make_cluste
     asked = time.monotonic()
     out = cli("cancel", job, "--redis", cluster.url)
     assert out.returncode == 0, out.stderr
+    # queued behind it: the same (only) worker must run it once the stuck trial is gone
+    after = submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                      ("search.max_trials=1", "train.epochs=1")))
     _until(lambda: store.jobs.get(job).state == "cancelled", timeout=10)
     latency = time.monotonic() - asked
     trial = store.jobs.trial(job, row["trial"])
     assert trial["state"] == "CANCELLED" and trial["attempts"] == "1", trial
-    # the same (only) worker then runs the next job to completion
-    results = wait(store, submit(store, prepare_job(EXAMPLES / "digits.yaml",
-                                                    ("search.max_trials=1", "train.epochs=1"))),
-                   90)
+    results = wait(store, after, 90)
     assert results["state"] == "completed", results.get("error")
     assert results["trials"][0]["worker"] == row["worker"]
     print(f"\ncancel of a stuck trial: job cancelled {latency:.1f}s after `tunecluster cancel`")
