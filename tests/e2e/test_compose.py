@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,10 +64,18 @@ def docker_env() -> Iterator[dict[str, str]]:
 
 
 def env_file_like_the_docs(path: Path, **settings: str) -> dict[str, str]:
-    """`cp .env.example .env` and set the password (docs/deploy.md), plus test settings."""
-    lines = (ROOT / ".env.example").read_text().splitlines()
-    values = dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
-    assert values["TUNECLUSTER_REDIS_PASSWORD"] == "", "the example has no usable password"
+    """Run docs/deploy.md's own first steps (`cp .env.example .env`, the `sed` that sets
+    a fresh password) next to a copy of .env.example, then apply the test's settings."""
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    block = docs.split("From nothing to a running, secured stack:", 1)[1]
+    steps = block.split("```bash\n", 1)[1].splitlines()[:2]
+    assert steps[0] == "cp .env.example .env" and steps[1].startswith("sed -i "), steps
+    shutil.copy(ROOT / ".env.example", path.parent / ".env.example")
+    subprocess.run(["bash", "-euc", "\n".join(steps)], cwd=path.parent, check=True,
+                   timeout=30)
+    values = dict(ln.split("=", 1) for ln in path.read_text().splitlines()
+                  if ln and not ln.startswith("#"))
+    assert re.fullmatch(r"[0-9a-f]{48}", values["TUNECLUSTER_REDIS_PASSWORD"]), values
     values.update(settings)
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     return values
@@ -76,15 +86,12 @@ class Stack:
 
     def __init__(self, image: str, redis_image: str, env_file: Path) -> None:
         self.project = f"tce2e{secrets.token_hex(3)}"
-        self.password = secrets.token_hex(24)  # as `openssl rand -hex 24`
         self.port = _free_port()
-        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
         keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST")
         self.env = {k: v for k, v in os.environ.items() if k in keep}
         self.env_file = env_file
         self.settings = env_file_like_the_docs(
             env_file,
-            TUNECLUSTER_REDIS_PASSWORD=self.password,
             TUNECLUSTER_IMAGE=image,
             REDIS_IMAGE=redis_image,
             TUNECLUSTER_REDIS_PORT=str(self.port),
@@ -92,6 +99,8 @@ class Stack:
             TUNECLUSTER_LEASE_S="6",
             TUNECLUSTER_HEARTBEAT_S="1.5",
         )
+        self.password = self.settings["TUNECLUSTER_REDIS_PASSWORD"]
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def compose(self, *args: str, timeout: float = 300,
                 check: bool = True) -> subprocess.CompletedProcess[str]:

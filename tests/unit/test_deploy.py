@@ -370,9 +370,12 @@ def test_chief_and_worker_commands_refuse_the_example_password(role: str) -> Non
 @cache
 def k8s_copy(with_secrets: bool = True) -> Path:
     """k8s/ copied without the operator's untracked secret files; with test ones."""
+    import atexit
     import tempfile
 
-    dest = Path(tempfile.mkdtemp(prefix="tc-k8s-")) / "k8s"
+    top = tempfile.mkdtemp(prefix="tc-k8s-")
+    atexit.register(shutil.rmtree, top, True)
+    dest = Path(top) / "k8s"
     shutil.copytree(ROOT / "k8s", dest)
     for rel, content in SECRET_FILES.items():
         path = dest / rel
