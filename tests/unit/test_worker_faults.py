@@ -115,6 +115,7 @@ def test_a_failed_trial_whose_finish_is_refused_is_lost(monkeypatch, tmp_path) -
 
 def test_non_finite_side_metric_does_not_fail_the_trial(tmp_path: Path) -> None:
     from tests.unit.test_trial import ListReporter, custom, runtime
+
     from tunecluster.worker.trial import TrialRequest, read_checkpoint, run_trial
 
     source = '''
