@@ -172,8 +172,11 @@ def test_jobs_that_carry_code_are_refused_by_default(stack: Stack) -> None:
     """TUNECLUSTER_ALLOW_CODE_UPLOAD stays 0 unless the operator turns it on."""
     assert stack.settings["TUNECLUSTER_ALLOW_CODE_UPLOAD"] == "0"
     t0 = time.monotonic()
-    results = stack.cli("submit", "examples/custom.yaml", "--set", "search.max_trials=1",
-                        "--set", "train.epochs=1", "--wait", timeout=300)
+    # Submitted from the one-off cli container, as docs/deploy.md shows.
+    out = stack.compose("run", "--rm", "-T", "cli", "submit", "/examples/custom.yaml", "--set",
+                        "search.max_trials=1", "--set", "train.epochs=1", "--wait", "--json",
+                        timeout=300).stdout
+    results = json.loads(out)
     print(f"\n[e2e] code job refused in {time.monotonic() - t0:.0f} s")
     assert results["state"] == "failed", results
     assert "ALLOW_CODE_UPLOAD" in results["trials"][0]["error"], results["trials"]
@@ -201,6 +204,10 @@ def test_digits_job_from_the_host_cli_completes_and_exports_the_best_model(
     # Every worker wrote to the shared volume, as the non-root user.
     listing = stack.compose("exec", "-T", "chief", "ls", f"/artifacts/{job}/trials").stdout
     assert len(listing.split()) == TRIALS
+    # The same results through the cli container (docs/deploy.md).
+    again = json.loads(stack.compose("run", "--rm", "-T", "cli", "results", job, "--json",
+                                     timeout=180).stdout)
+    assert again["best"] == results["best"]
 
 
 def test_a_worker_killed_mid_trial_loses_no_trial(stack: Stack) -> None:
@@ -272,3 +279,17 @@ def test_redis_keeps_the_jobs_across_a_restart(stack: Stack) -> None:
             assert time.monotonic() < deadline
             time.sleep(1)
     assert {(j["job"], j["state"]) for j in after} == {(j["job"], j["state"]) for j in jobs}
+
+
+def test_scaling_workers_with_compose(stack: Stack) -> None:
+    """`docker compose up -d --scale worker=N --wait` (docs/deploy.md): one more worker,
+    healthy and heartbeating."""
+    t0 = time.monotonic()
+    stack.compose("up", "-d", "--no-build", "--scale", "worker=3", "--wait", "--wait-timeout",
+                  "240", timeout=400)
+    print(f"\n[e2e] scaled to 3 workers in {time.monotonic() - t0:.0f} s")
+    assert len(stack.compose("ps", "-q", "worker").stdout.split()) == 3
+    deadline = time.monotonic() + 60
+    while len(stack.cli("status")["workers"]) < 3:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(1)
