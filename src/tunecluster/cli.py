@@ -465,16 +465,17 @@ def health(redis_url: str, role: str, max_age_s: float) -> None:
     """Probe: exit 0 when Redis answers (and, per --role, a fresh heartbeat exists)."""
     import socket
 
-    from tunecluster.store import now_ms
+    from tunecluster.store.queue import server_ms
 
     try:
         store = _store(redis_url)
+        now = server_ms(store.client)  # beats are Redis time: no clock skew between pods
         if role == "chief":
             beat = store.client.get(store.keys.chief_beat)
-            ok = beat is not None and now_ms() - int(beat) < max_age_s * 1000
+            ok = beat is not None and now - int(beat) < max_age_s * 1000
         elif role == "worker":
             host = socket.gethostname()
-            ok = any(info.get("host") == host and now_ms() - int(info.get("beat", 0)) < max_age_s * 1000
+            ok = any(info.get("host") == host and now - int(info.get("beat", 0)) < max_age_s * 1000
                      for info in store.workers.live(max_age_s).values())
         else:
             ok = True

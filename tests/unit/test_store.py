@@ -8,11 +8,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tunecluster.cluster import RedisServer
 from tunecluster.errors import StoreError
 from tunecluster.store import Keys, LostLease, Store, member
 from tunecluster.store.connection import AuthFailed, connect, redact
+from tunecluster.store.fence import Fence, LostLeadership, StaleState, Writes
+from tunecluster.store.queue import Reaped, server_ms
 from tunecluster.store.results import build_results
 
 SPEC = {"name": "job", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"},
@@ -43,12 +46,15 @@ def test_key_schema_is_pinned() -> None:
     k = Keys("tc")
     assert [k.jobs_active, k.jobs_all, k.job("j"), k.job_file("j", "f"), k.oracle("j"),
             k.oracle_trials("j"), k.trials("j"), k.trial("j", "t"), k.epochs("j", "t"),
-            k.events("j"), k.ready, k.leases, k.inbox, k.wake, k.workers, k.worker("w"),
-            k.chief_lock, k.chief_beat] == [
+            k.trial_errors("j", "t"), k.events("j"), k.ready, k.leases, k.inbox, k.wake,
+            k.workers, k.worker("w"), k.chief_lock, k.chief_beat, k.chief_seq,
+            k.reaper_last, k.reaper_grace, k.request("r")] == [
         "tc:jobs", "tc:jobs:all", "tc:job:j", "tc:job:j:file:f", "tc:job:j:oracle",
-        "tc:job:j:oracle:trials", "tc:job:j:trials", "tc:job:j:trial:t", "tc:job:j:trial:t:epochs", "tc:job:j:events",
+        "tc:job:j:oracle:trials", "tc:job:j:trials", "tc:job:j:trial:t",
+        "tc:job:j:trial:t:epochs", "tc:job:j:trial:t:errors", "tc:job:j:events",
         "tc:ready", "tc:leases", "tc:inbox", "tc:wake", "tc:workers", "tc:worker:w",
-        "tc:chief:lock", "tc:chief:lock:beat"]
+        "tc:chief:lock", "tc:chief:lock:beat", "tc:chief:seq", "tc:reaper:last",
+        "tc:reaper:grace", "tc:req:r"]
 
 
 def test_claims_are_exclusive_under_concurrency(store: Store) -> None:
@@ -107,15 +113,129 @@ def test_release_on_shutdown_does_not_spend_an_attempt(store: Store) -> None:
     assert again is not None and again.attempt == 1
 
 
-def test_expired_leases_are_found_and_renewal_keeps_them(store: Store) -> None:
-    _job_with_trials(store, 2)
+def _snapshot(store: Store) -> dict[str, object]:
+    """Everything in Redis, by content (DUMP's byte order of a hash is not stable)."""
+    r, out = store.client, {}
+    for key in r.keys("*"):
+        kind = r.type(key)
+        out[key] = {"hash": lambda k: r.hgetall(k), "string": lambda k: r.get(k),
+                    "list": lambda k: r.lrange(k, 0, -1),
+                    "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
+                    "stream": lambda k: r.xrange(k)}.get(kind, lambda k: kind)(key)
+    return out
+
+
+def _lead(store: Store, token: str = "chief-a") -> Fence:
+    store.client.set(store.keys.chief_lock, token)
+    return Fence(store.keys.chief_lock, token)
+
+
+def test_expired_leases_are_reaped_and_renewal_keeps_them(store: Store) -> None:
+    job = _job_with_trials(store, 2)
+    fence = _lead(store)
+    assert store.queue.reap(fence, 60_000, 60_000) == Reaped()  # the reaper's first pass
     a = store.queue.claim("w1", 0.2)
     b = store.queue.claim("w2", 0.2)
     assert a and b
     time.sleep(0.3)
     assert store.queue.renew("w1", [a.member], 30) == 1
     assert store.queue.renew("w1", [b.member], 30) == 0  # not w1's trial
-    assert store.queue.expired() == [b.member]
+    assert store.queue.reap(fence, 60_000, 60_000) == Reaped(retried=1)
+    assert store.jobs.trial(job, b.trial)["state"] == "READY"
+    assert store.jobs.trial(job, a.trial)["state"] == "RUNNING"
+
+
+def test_a_stalled_reaper_gives_every_lease_a_grace_period(store: Store) -> None:
+    job = _job_with_trials(store, 1)
+    fence = _lead(store)
+    store.queue.reap(fence, 60_000, 60_000)
+    claim = store.queue.claim("w1", 0.1)
+    assert claim is not None
+    time.sleep(0.4)  # longer than the stall threshold below: Redis "was away"
+    assert store.queue.reap(fence, 200, 5_000) == Reaped()  # expired, but spared
+    assert store.jobs.trial(job, claim.trial)["state"] == "RUNNING"
+    assert store.queue.renew("w1", [claim.member], 30) == 1  # the worker comes back
+
+
+def test_a_deposed_chief_writes_nothing(store: Store) -> None:
+    job = _job_with_trials(store, 2)
+    claim = store.queue.claim("w1", 0.05)
+    assert claim is not None
+    time.sleep(0.1)
+    _lead(store, "chief-b")  # another chief holds the lock
+    stale = Fence(store.keys.chief_lock, "chief-a")
+    before = _snapshot(store)
+    with pytest.raises(LostLeadership):
+        store.queue.reap(stale, 60_000, 0)
+    with pytest.raises(LostLeadership):
+        store.queue.request_stop(job, claim.trial, stale)
+    with pytest.raises(LostLeadership):
+        store.queue.cancel_ready(job, "01", "job ended", stale)
+    with pytest.raises(LostLeadership):
+        store.jobs.set_state(job, "failed", fence=stale, error="x")
+    with pytest.raises(LostLeadership):
+        Writes().set("tc:anything", "1").apply(store.client, stale)
+    assert _snapshot(store) == before
+    assert Fence(store.keys.chief_lock, "chief-b").release(store.client)
+    assert not stale.release(store.client)
+
+
+def test_fenced_writes_are_all_or_nothing_idempotent_and_sequenced(store: Store) -> None:
+    fence = _lead(store)
+    writes = Writes().set("tc:x", "1").hset("tc:h", mapping={"a": 1, "b": "2"}).rpush("tc:l", "v")
+    request = store.keys.request("round-1")
+    assert writes.apply(store.client, fence, request, (store.keys.chief_seq, 0)) == 3
+    # a retry of the same step (its reply was lost) applies nothing twice
+    assert writes.apply(store.client, fence, request, (store.keys.chief_seq, 0)) == 0
+    assert store.client.lrange("tc:l", 0, -1) == ["v"]
+    assert store.client.get(store.keys.chief_seq) == "1"
+    # Redis "lost" the last commit: the counter no longer matches what the chief holds
+    store.client.set(store.keys.chief_seq, "0")
+    with pytest.raises(StaleState):
+        Writes().set("tc:y", "1").apply(store.client, fence, "", (store.keys.chief_seq, 1))
+    assert store.client.get("tc:y") is None
+
+
+def test_claim_and_finish_are_safe_to_retry(store: Store) -> None:
+    """redis-py re-sends a script after a dropped connection: the same request key must
+    answer with the first run's reply instead of claiming (or finishing) again."""
+    job = _job_with_trials(store, 2)
+    request = store.keys.request("claim-1")
+    args = [store.keys.p, "w1", 30_000]
+    first = store.queue._claim(keys=[store.keys.ready, store.keys.leases, request], args=args)
+    again = store.queue._claim(keys=[store.keys.ready, store.keys.leases, request], args=args)
+    assert first == again
+    assert store.queue.running_count() == 1 and store.queue.ready_count() == 1
+    claim = store.queue.claim("w1", 30)  # a new request claims the other trial
+    assert claim is not None and claim.trial != first[1]
+    done = store.keys.request("finish-1")
+    fin = [store.keys.p, job, claim.trial, "w1", claim.attempt, "COMPLETED", '{"score": "0.5"}']
+    keys = [store.keys.inbox, store.keys.leases, done]
+    assert store.queue._finish(keys=keys, args=fin) == 1
+    assert store.queue._finish(keys=keys, args=fin) == 1  # the retry: still "recorded"
+    assert store.client.xlen(store.keys.inbox) == 2  # submit + one end, not two
+
+
+def test_a_refused_report_writes_nothing(store: Store) -> None:
+    job = _job_with_trials(store, 1)
+    claim = store.queue.claim("w1", 30)
+    assert claim is not None
+    before = _snapshot(store)
+    with pytest.raises(redis.ResponseError, match="cannot be encoded"):
+        store.queue._report(keys=[store.keys.inbox], args=[
+            store.keys.p, job, claim.trial, "w1", claim.attempt, 1,
+            '{"val_accuracy": 0.5, "odd": -Infinity}'])
+    assert _snapshot(store) == before
+    # non-finite side metrics travel as null and the trial goes on
+    assert store.queue.report_epoch(claim, "w1", 1, {"val_accuracy": 0.5, "odd": None}) == 0
+    assert store.jobs.epochs(job, claim.trial) == {1: {"val_accuracy": 0.5, "odd": None}}
+
+
+def test_heartbeats_use_redis_time(store: Store) -> None:
+    store.workers.heartbeat("w1", {"slots": 2, "beat": 1}, ttl_s=5)
+    score = store.client.zscore(store.keys.workers, "w1")
+    assert abs(score - server_ms(store.client)) < 5_000
+    assert store.workers.total_slots(10) == 2
 
 
 def test_report_answers_stop_and_cancel(store: Store) -> None:

@@ -16,12 +16,18 @@ from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
 from tunecluster.data import load_splits
 from tunecluster.spec.models import JobSpec
 from tunecluster.store import Store
+from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.results import build_results, leaderboard
 
 
 def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state: str,
-             resolve: Any = str, error: str | None = None) -> dict[str, Any]:
-    """Write ``final`` (test metrics, artifacts) and ``results.json``; set the final state."""
+             resolve: Any = str, error: str | None = None,
+             fence: Fence = Fence.NONE) -> dict[str, Any]:
+    """Write ``final`` (test metrics, artifacts) and ``results.json``; set the final state.
+
+    Safe against two chiefs: the files are replaced atomically with the same content,
+    and the record (``final`` and the state, in one step) is written only under
+    ``fence``, so a deposed chief's finalize writes nothing to Redis."""
     job_dir = artifacts_root / job
     job_dir.mkdir(parents=True, exist_ok=True)
     draft = build_results(store.jobs, job)
@@ -40,14 +46,19 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
         os.replace(tmp, target)
         final["artifacts"]["best_model"] = str(target)
     final["artifacts"]["results"] = str(job_dir / RESULTS)
-    store.client.hset(store.keys.job(job), "final", json.dumps(final))
+    # results.json is written before the record turns final (a reader that sees the
+    # final state finds the file), from the record as it will then read.
+    fields = {"error": error} if error else {}
     results = build_results(store.jobs, job)
+    results["test"] = final["test"]
+    results["artifacts"] = final["artifacts"]
     results["state"] = state
     if error:
         results["error"] = error
     _write_json(job_dir / RESULTS, results)
-    fields = {"error": error} if error else {}
-    store.jobs.set_state(job, state, **fields)
+    writes = Writes().hset(store.keys.job(job), "final", json.dumps(final))
+    store.jobs.stage_state(writes, job, state, **fields)
+    writes.apply(store.client, fence)
     return results
 
 

@@ -5,6 +5,15 @@ the oracles, (2) reaps expired leases, (3) tops up the ready queue to the free w
 slots and no more, so Bayesian suggestions see the latest results, (4) finalizes jobs
 whose search is over. Everything it decides is in Redis before it acknowledges the
 inbox messages, so a chief killed at any point resumes where it was.
+
+Fencing: every write the chief makes is conditional on still holding the lock (the
+round's commit, the reaper, stop and cancel requests, state changes, finalize), checked
+inside the same Lua script that writes. A chief that stalled past its lock, or that a
+standby replaced, writes nothing and stands by. Each chief reads the inbox under its own
+consumer name; the active one takes over what others left pending. Each round's commit
+also checks a counter of committed rounds: if Redis restarted and lost the last writes
+(or was restored from an older copy), the chief reloads every job from Redis instead of
+writing from stale memory.
 """
 
 from __future__ import annotations
@@ -28,12 +37,18 @@ from tunecluster.chief.oracle_host import OracleHost
 from tunecluster.errors import SpecError, StoreError
 from tunecluster.spec import parse_spec
 from tunecluster.spec.models import JobSpec
-from tunecluster.store import Store, codec, now_ms, split_member
+from tunecluster.store import Store, codec
 from tunecluster.store.connection import Backoff, retryable
+from tunecluster.store.fence import Fence, LostLeadership, StaleState, Writes
 from tunecluster.store.keys import CHIEF_GROUP
+from tunecluster.store.queue import server_ms
 from tunecluster.store.results import build_results
 
 log = logging.getLogger("tunecluster.chief")
+
+# A chief whose main loop has not finished a tick for this long is taken for stuck: its
+# lock keeper stops extending the lock, so a standby can take over.
+STUCK_AFTER_S = 600.0
 
 _RENEW_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -52,8 +67,13 @@ class HostedJob:
     exhausted: bool = False
     cancel: bool = False
     failure: str | None = None
+    failure_saved: bool = False
     dirty: bool = False
     touched: set[str] = field(default_factory=set)
+
+
+class _Resync(Exception):
+    """Redis restarted under us: reload every job before the next round writes."""
 
 
 class Chief:
@@ -64,12 +84,16 @@ class Chief:
         self.artifacts = Path(artifacts_root).resolve()
         self.lease_s, self.tick_s, self.lock_s = lease_s, tick_s, lock_s
         self.id = chief_id or f"chief-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.fence = Fence(store.keys.chief_lock, self.id)
         self.jobs: dict[str, HostedJob] = {}
         self.leader = False
         self._renew_lock = store.client.register_script(_RENEW_LOCK)
         self.stop_event = threading.Event()
-        self._last_tick = time.monotonic()
-        self._reap_after = 0.0
+        self._progress = time.monotonic()  # last time the main loop got through a tick
+        self._resync = True  # (re)load hosted jobs from Redis before the next round
+        self._reclaim = False  # inbox entries taken over from other consumers are pending
+        self._seq = 0  # committed rounds, as Redis counts them (``keys.chief_seq``)
+        self._run_id: str | None = None  # the Redis server's run id, to see restarts
         # --- Ray scheduler hook: `scheduler: ray` jobs run in RayJobRunner threads ----
         from tunecluster.ray.backend import RayJobs  # imports no Ray until a job needs it
 
@@ -79,8 +103,13 @@ class Chief:
         # Redis round trip on the tick is latency added to every trial's hand-out.
         self._housekeeping_s = min(1.0, lease_s / 4)
         self._next_housekeeping = 0.0
+        self._next_consumer_prune = 0.0
         self._active: list[str] = []
         self._slots = 0
+        # The reaper waits a full lease (plus a reconnect back-off) after any stall
+        # longer than this: see TrialQueue.reap.
+        self._stall_ms = int(max(self.lease_s * 250, 3000 * self._housekeeping_s))
+        self._grace_ms = int((self.lease_s + defaults.RECONNECT_BACKOFF_S[1]) * 1000)
 
     # --- main loop -------------------------------------------------------------------
 
@@ -89,27 +118,34 @@ class Chief:
 
         backoff = Backoff()
         log.info("chief %s starting", self.id)
+        keeper = threading.Thread(target=self._keep_lock, daemon=True, name="chief-lock")
+        keeper.start()
         while not self.stop_event.is_set():
             try:
                 if not self._hold_lock():
                     if self.leader:
                         log.warning("lost the chief lock; standing by")
-                        self.ray_jobs.stop_all()  # Ray scheduler hook: the new chief resumes
-                    self.leader = False
-                    self.jobs.clear()
+                        self._step_down()
                     self.stop_event.wait(min(1.0, self.lock_s / 4))
                     continue
                 if not self.leader:
                     log.info("chief %s is now active", self.id)
                     self.leader = True
-                    self._ensure_group()
-                    self._drain(pending=True)
+                    self._resync = True
+                if self._resync:
+                    self._load_from_redis()
                 self.tick()
+                self._progress = time.monotonic()
                 backoff.ok()
+            except LostLeadership:
+                log.warning("chief %s was deposed: nothing written; standing by", self.id)
+                self._step_down()
+            except (StaleState, _Resync) as exc:
+                log.warning("Redis lost or changed state under the chief (%s); reloading", exc)
+                self._resync = True
             except Exception as exc:  # noqa: BLE001 - the chief must outlive any one failure
                 if retryable(exc):
-                    self.leader = False
-                    self.jobs.clear()
+                    self._resync = True  # what we hold may no longer match Redis
                     backoff.failed(exc)
                 else:
                     raise
@@ -117,24 +153,28 @@ class Chief:
         self._release_lock()
 
     def tick(self) -> None:
-        started = time.monotonic()
-        if started - self._last_tick > self.lease_s / 2:
-            # We were stalled (Redis down, process paused): workers could not renew
-            # their leases either, so give them one lease to catch up before reaping.
-            self._reap_after = started + self.lease_s
-        self._last_tick = started
+        if self._reclaim:
+            self._reclaim = False
+            self._drain(pending=True)
         self._drain(pending=False, block_ms=int(self.tick_s * 1000))
         self._finish_jobs()
         self.ray_jobs.tick()  # Ray scheduler hook: start a RayJobRunner per Ray job, once
 
     def _housekeeping(self) -> None:
-        """The slower duties: reaping, the worker census, the job list, the probe beat."""
+        """The slower duties: reaping, the worker census, the job list, the probe beat,
+        noticing a restarted Redis, taking over inbox entries other chiefs left."""
         self._next_housekeeping = time.monotonic() + self._housekeeping_s
-        if time.monotonic() >= self._reap_after:
-            self._reap()
+        run_id = self._redis_run_id()
+        if self._run_id is not None and run_id != self._run_id:
+            self._run_id = None
+            raise _Resync(f"Redis restarted (run id {run_id})")
+        self._reap()
         self._slots = self.store.workers.total_slots(self.lease_s)
         self._active = self.store.jobs.active()
-        self.store.client.set(self.store.keys.chief_beat, now_ms(), px=int(self.lock_s * 3000))
+        Writes().set(self.store.keys.chief_beat, server_ms(self.store.client),
+                     px=int(self.lock_s * 3000)).apply(self.store.client, self.fence)
+        if self._take_over_inbox(min_idle_ms=max(2000, int(self.lock_s * 1000))):
+            self._reclaim = True
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -145,12 +185,47 @@ class Chief:
         return bool(self._renew_lock(keys=[self.store.keys.chief_lock],
                                      args=[self.id, int(self.lock_s * 1000)]))
 
+    def _keep_lock(self) -> None:
+        """Extend the lock between ticks, so a long step (finalize evaluating the test
+        split, a Bayesian oracle fitting its Gaussian process on a busy machine) does not
+        hand the cluster to a standby that would redo the same step. Only while the main
+        loop gets through ticks now and then: a chief stuck for good lets its lock lapse."""
+        while not self.stop_event.wait(self.lock_s / 3):
+            if not self.leader:
+                continue
+            if time.monotonic() - self._progress > STUCK_AFTER_S:
+                continue
+            try:
+                self.fence.extend(self.store.client, int(self.lock_s * 1000))
+            except Exception:  # noqa: BLE001 - the main loop sees the loss itself
+                pass
+
+    def _step_down(self) -> None:
+        self.leader = False
+        self.jobs.clear()
+        self._resync = True
+        self.ray_jobs.stop_all()  # Ray scheduler hook: the new chief resumes
+
     def _release_lock(self) -> None:
         try:
-            if self.store.client.get(self.store.keys.chief_lock) == self.id:
-                self.store.client.delete(self.store.keys.chief_lock)
+            self.fence.release(self.store.client)
         except redis.RedisError:
             pass
+
+    def _load_from_redis(self) -> None:
+        """Forget what we hold and start again from Redis: after becoming active, after an
+        outage, after Redis restarted or lost writes."""
+        self.jobs.clear()
+        self._ensure_group()
+        self._run_id = self._redis_run_id()
+        self._seq = int(self.store.client.get(self.store.keys.chief_seq) or 0)
+        self._take_over_inbox(min_idle_ms=0)
+        self._next_housekeeping = 0.0
+        self._resync = False
+        self._drain(pending=True)
+
+    def _redis_run_id(self) -> str:
+        return str(self.store.client.info("server").get("run_id", ""))
 
     def _ensure_group(self) -> None:
         try:
@@ -160,22 +235,44 @@ class Chief:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _take_over_inbox(self, min_idle_ms: int) -> int:
+        """Move inbox entries another chief read but never acknowledged (it died, or was
+        deposed) to this chief's pending list; returns how many. Also forgets consumers
+        of chiefs long gone, so the group does not grow with every restart."""
+        inbox, taken, start = self.store.keys.inbox, 0, "0-0"
+        while True:
+            reply = self.store.client.xautoclaim(inbox, CHIEF_GROUP, self.id, min_idle_ms,
+                                                 start_id=start, count=500)
+            start, entries = reply[0], reply[1]
+            taken += len(entries)
+            if start in ("0-0", b"0-0"):
+                break
+        if time.monotonic() >= self._next_consumer_prune:
+            self._next_consumer_prune = time.monotonic() + 300
+            for consumer in self.store.client.xinfo_consumers(inbox, CHIEF_GROUP):
+                if (consumer["name"] != self.id and int(consumer["pending"]) == 0
+                        and int(consumer.get("idle", 0)) > 3_600_000):
+                    self.store.client.xgroup_delconsumer(inbox, CHIEF_GROUP, consumer["name"])
+        return taken
+
     # --- inbox ----------------------------------------------------------------------------
 
     def _drain(self, pending: bool, block_ms: int | None = None) -> None:
         """One round: read the inbox, feed the oracles, queue new trials, commit.
 
         Everything this round decided (oracle states, new trials, the inbox
-        acknowledgements) is written in one MULTI transaction, so a chief killed at any
-        point either did all of it or none, and a round costs three round trips to Redis:
-        the read, the free-slot count, the commit. ``pending`` re-reads what a previous
-        active chief received but never acknowledged, until nothing is left.
+        acknowledgements) is applied in one fenced Lua step, so a chief killed at any
+        point did all of it or none, a deposed chief does none of it, and a retry of the
+        step after a dropped connection does not apply it twice. A round costs three
+        round trips to Redis: the read, the free-slot count, the commit. ``pending``
+        re-reads what this chief (or one it took over from) received but never
+        acknowledged, until nothing is left.
         """
         keys = self.store.keys
         while True:
             try:
                 rows = self.store.client.xreadgroup(
-                    CHIEF_GROUP, "chief", {keys.inbox: "0" if pending else ">"}, count=500,
+                    CHIEF_GROUP, self.id, {keys.inbox: "0" if pending else ">"}, count=500,
                     block=None if pending else block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -187,16 +284,19 @@ class Chief:
                 self._handle(fields or {})
             if not pending and time.monotonic() >= self._next_housekeeping:
                 self._housekeeping()
-            pipe = self.store.client.pipeline(transaction=True)
+            writes = Writes()
             if not pending:
-                self._top_up(pipe)
-            self._stage_oracles(pipe)
+                self._top_up(writes)
+            self._stage_oracles(writes)
             if entries:
                 ack = [entry_id for entry_id, _ in entries]
-                pipe.xack(keys.inbox, CHIEF_GROUP, *ack)
-                pipe.xdel(keys.inbox, *ack)
-            if len(pipe):
-                pipe.execute()
+                writes.xack(keys.inbox, CHIEF_GROUP, *ack)
+                writes.xdel(keys.inbox, *ack)
+            if len(writes):
+                writes.apply(self.store.client, self.fence,
+                             request_key=keys.request(secrets.token_hex(12)),
+                             sequence=(keys.chief_seq, self._seq))
+                self._seq += 1
             if not (pending and entries):
                 return
 
@@ -216,7 +316,7 @@ class Chief:
                 return
             trial = msg.get("trial", "")
             if hosted.host.update(trial, epoch, metrics):
-                self.store.queue.request_stop(job_id, trial)
+                self.store.queue.request_stop(job_id, trial, self.fence)
             hosted.dirty = True
             hosted.touched.add(trial)
         elif kind == "end":
@@ -246,13 +346,19 @@ class Chief:
         hosted.dirty = True
         hosted.touched.add(trial)
 
-    def _stage_oracles(self, pipe: redis.client.Pipeline) -> None:
-        """Add the changed oracles' state to the round's transaction."""
+    def _stage_oracles(self, writes: Writes) -> None:
+        """Add the changed oracles' state (and decisions such as a failed search) to the
+        round's writes."""
         for hosted in self.jobs.values():
+            if hosted.failure and not hosted.failure_saved:
+                # Persisted with the oracle that decided it: a chief restarted during the
+                # wind-down must not start creating trials for this job again.
+                writes.hset(self.store.keys.job(hosted.id), "failure", hosted.failure)
+                hosted.failure_saved = True
             if hosted.dirty and hosted.host is not None:
-                pipe.set(self.store.keys.oracle(hosted.id), hosted.host.state_json())
+                writes.set(self.store.keys.oracle(hosted.id), hosted.host.state_json())
                 if hosted.touched:
-                    pipe.hset(self.store.keys.oracle_trials(hosted.id), mapping={
+                    writes.hset(self.store.keys.oracle_trials(hosted.id), mapping={
                         tid: hosted.host.trial_json(tid) for tid in hosted.touched
                         if hosted.host.knows(tid)})
                 hosted.dirty = False
@@ -269,9 +375,11 @@ class Chief:
         except StoreError as exc:
             if self.store.jobs.exists(job_id):  # foreign or corrupt: end it, do not retry
                 log.error("job %s cannot be read: %s", job_id, exc)
-                self.store.jobs.set_state(job_id, "failed", error=f"job cannot be read: {exc}")
+                self.store.jobs.set_state(job_id, "failed", fence=self.fence,
+                                          error=f"job cannot be read: {exc}")
             else:
-                self.store.client.zrem(self.store.keys.jobs_active, job_id)
+                Writes().zrem(self.store.keys.jobs_active, job_id).apply(
+                    self.store.client, self.fence)
             return None
         if record.state not in ("queued", "running", "finalizing"):
             return None
@@ -283,49 +391,53 @@ class Chief:
                 host = OracleHost.create(spec, record.space, *self.store.jobs.oracle_state(job_id))
         except (SpecError, StoreError, ValueError, KeyError) as exc:
             log.error("job %s cannot be loaded: %s", job_id, exc)
-            self.store.jobs.set_state(job_id, "failed", error=f"job cannot be loaded: {exc}")
+            self.store.jobs.set_state(job_id, "failed", fence=self.fence,
+                                      error=f"job cannot be loaded: {exc}")
             return None
+        failure = record.fields.get("failure") or None
         hosted = HostedJob(job_id, spec, host, list(uploaded or []),
-                           cancel=record.cancel_requested)
+                           cancel=record.cancel_requested, failure=failure,
+                           failure_saved=failure is not None)
         self.jobs[job_id] = hosted
         if record.state == "queued" and spec.scheduler == "native":
-            self.store.jobs.set_state(job_id, "running")
+            self.store.jobs.set_state(job_id, "running", fence=self.fence)
         return hosted
 
     def _reap(self) -> None:
-        now = now_ms()
-        for m in self.store.queue.expired(now):
-            job, trial = split_member(m)
-            outcome = self.store.queue.release(
-                job, trial, "worker lost: its lease expired", expired_before=now)
-            if outcome:
-                log.warning("reaped %s (%s)", m, "retry" if outcome == 1 else "failed")
-            elif not self.store.jobs.trial(job, trial).get("state") == "RUNNING":
-                self.store.client.zrem(self.store.keys.leases, m)  # stale entry
+        reaped = self.store.queue.reap(self.fence, self._stall_ms, self._grace_ms)
+        if reaped.retried or reaped.failed:
+            log.warning("reaped %d expired lease(s): %d to retry, %d failed",
+                        reaped.retried + reaped.failed, reaped.retried, reaped.failed)
         self.store.workers.prune(self.lease_s)
 
-    def _top_up(self, pipe: redis.client.Pipeline) -> None:
-        """Stage new trials into ``pipe`` for the free slots, no more."""
-        if self._slots <= 0 or not self._active:
+    def _top_up(self, writes: Writes) -> None:
+        """Stage new trials into ``writes`` for the free slots, no more.
+
+        A job with no trial in flight is asked once per round whether or not a slot is
+        free: that is how a search that is over gets noticed (and the job finalized)
+        while higher-priority jobs hold every slot or no worker is alive. Its trial, if
+        the search is not over, waits in the ready queue for the next free slot.
+        """
+        if not self._active:
             return
-        free = self._slots - self.store.queue.busy_count()
-        if free <= 0:
-            return
+        free = self._slots - self.store.queue.busy_count() if self._slots > 0 else 0
         for job_id in self._active:
             hosted = self._job(job_id)
             if (hosted is None or hosted.host is None or hosted.exhausted or hosted.failure
                     or hosted.cancel):
                 continue
-            while free > 0:
+            budget = free if hosted.host.ongoing() > 0 else max(free, 1)
+            while budget > 0:
                 status, trial, values = hosted.host.create_trial()
                 if status == "RUNNING" and trial is not None:
                     # The oracle that made it is written once per round by _stage_oracles,
-                    # later in this same transaction, not once per trial here.
+                    # later in this same step, not once per trial here.
                     self.store.queue.enqueue(job_id, trial, values,
                                              hosted.spec.search.max_retries_per_trial,
-                                             None, pipe=pipe)
+                                             None, pipe=writes)
                     hosted.dirty = True
                     hosted.touched.add(trial)
+                    budget -= 1
                     free -= 1
                 elif status == "IDLE":
                     break
@@ -333,8 +445,6 @@ class Chief:
                     hosted.exhausted = True
                     hosted.dirty = True
                     break
-            if free <= 0:
-                return
 
     def _finish_jobs(self) -> None:
         for job_id in list(self._active):
@@ -348,29 +458,34 @@ class Chief:
             if cancel or hosted.failure:
                 for row in trials:
                     if row.get("state") == "READY":
-                        self.store.queue.cancel_ready(job_id, row["trial"], "job ended")
-                    elif row.get("state") == "RUNNING":
-                        self.store.queue.request_stop(job_id, row["trial"])
+                        self.store.queue.cancel_ready(job_id, row["trial"], "job ended",
+                                                      self.fence)
+                    elif row.get("state") == "RUNNING" and row.get("stop") != "1":
+                        self.store.queue.request_stop(job_id, row["trial"], self.fence)
             if any(row.get("state") in ("READY", "RUNNING") for row in trials):
                 continue
             self._finalize(hosted, "cancelled" if cancel else
                            "failed" if hosted.failure else "completed")
 
     def _finalize(self, hosted: HostedJob, state: str) -> None:
-        self.store.jobs.set_state(hosted.id, "finalizing")
+        self.store.jobs.set_state(hosted.id, "finalizing", fence=self.fence)
         error = hosted.failure
         if state == "failed" and error:
-            error = f"{error} | errors: {summarize_errors(build_results(self.store.jobs, hosted.id)['trials'])}"
+            trials = build_results(self.store.jobs, hosted.id)["trials"]
+            error = f"{error} | errors: {summarize_errors(trials)}"
         resolve = file_resolver(self.store, hosted.id, self.artifacts, hosted.uploaded)
         try:
             results = finalize(self.store, hosted.id, hosted.spec, self.artifacts, state,
-                               resolve=resolve, error=error)
+                               resolve=resolve, error=error, fence=self.fence)
             log.info("job %s %s", hosted.id, results["state"])
+        except LostLeadership:
+            raise
         except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
             if retryable(exc):
                 raise
             log.exception("finalizing %s failed", hosted.id)
-            self.store.jobs.set_state(hosted.id, "failed", error=f"finalize failed: {exc}")
+            self.store.jobs.set_state(hosted.id, "failed", fence=self.fence,
+                                      error=f"finalize failed: {exc}")
         self.jobs.pop(hosted.id, None)
         if hosted.id in self._active:
             self._active.remove(hosted.id)

@@ -25,16 +25,26 @@ from tunecluster.errors import TuneclusterError
 
 REQUEST_TTL_MS = 600_000
 
-# KEYS: lock ('' = unfenced), request ('' = none) | ARGV: token, ops (JSON list of lists)
-# Returns -1 when fenced out, 0 when this request was already applied, else #ops.
+# KEYS: lock ('' = unfenced), request ('' = none), sequence ('' = none)
+# ARGV: token, ops (JSON list of lists), expected sequence ('' = no check)
+# Returns -1 when fenced out, -2 when the sequence moved (Redis lost or gained commits
+# behind the caller's back), 0 when this request was already applied, else #ops.
 _APPLY = """
 if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if KEYS[3] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[3] then return -2 end
 local ops = cjson.decode(ARGV[2])
 for _, op in ipairs(ops) do redis.call(unpack(op)) end
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], '1', 'PX', %d) end
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], '1', 'PX', TTL_MS) end
+if KEYS[3] ~= '' then redis.call('INCR', KEYS[3]) end
 return #ops
-""" % REQUEST_TTL_MS
+""".replace("TTL_MS", str(REQUEST_TTL_MS))
+
+# KEYS: lock | ARGV: token, ttl_ms. Extends the lock only if the caller holds it.
+_EXTEND_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 # KEYS: lock | ARGV: token. Deletes the lock only if the caller holds it.
 _RELEASE_LOCK = """
@@ -45,6 +55,11 @@ return 0
 
 class LostLeadership(TuneclusterError):
     """The chief lock is no longer ours: nothing was written; stand by."""
+
+
+class StaleState(TuneclusterError):
+    """Redis no longer holds what this chief last committed (it restarted and lost the
+    last writes, or was restored from an older copy): reload everything from Redis."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,11 @@ class Fence:
             return False
         return bool(client.register_script(_RELEASE_LOCK)(keys=[self.lock_key],
                                                           args=[self.token]))
+
+    def extend(self, client: redis.Redis, ttl_ms: int) -> bool:
+        """Extend the lock's expiry, only if it is still ours (never acquires it)."""
+        return bool(client.register_script(_EXTEND_LOCK)(keys=[self.lock_key],
+                                                         args=[self.token, ttl_ms]))
 
 
 Fence.NONE = Fence("", "")
@@ -149,16 +169,22 @@ class Writes:
         return self
 
     def apply(self, client: redis.Redis, fence: Fence = Fence.NONE,
-              request_key: str = "") -> int:
+              request_key: str = "", sequence: tuple[str, int] | None = None) -> int:
         """Apply every recorded write at once; raises LostLeadership when fenced out.
 
+        ``sequence`` (key, expected value) makes the step also conditional on a counter
+        that every such step increments: StaleState when Redis moved (lost commits).
         Returns the number of writes applied (0 for a request already applied)."""
-        if not self.ops and not fence.active:
+        if not self.ops and not fence.active and sequence is None:
             return 0
         import json
 
+        seq_key, expected = sequence if sequence else ("", 0)
         answer = int(client.register_script(_APPLY)(
-            keys=[fence.lock_key, request_key], args=[fence.token, json.dumps(self.ops)]))
-        if answer < 0:
+            keys=[fence.lock_key, request_key, seq_key],
+            args=[fence.token, json.dumps(self.ops), str(expected)]))
+        if answer == -1:
             raise LostLeadership("the chief lock is held by another chief; nothing written")
+        if answer == -2:
+            raise StaleState("Redis no longer holds this chief's last commit; nothing written")
         return answer

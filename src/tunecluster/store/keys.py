@@ -18,7 +18,14 @@
     {p}:workers                     ZSET  worker ids, scored by last heartbeat (ms)
     {p}:worker:{worker}             HASH  worker info: host, pid, slots, busy
     {p}:chief:lock                  STRING id of the active chief (expires unless renewed)
-    {p}:chief:lock:beat             STRING time (ms) of the active chief's last tick (probes)
+    {p}:chief:lock:beat             STRING Redis time (ms) of the active chief's last tick (probes)
+    {p}:chief:seq                   STRING the chief's committed rounds (detects lost commits)
+    {p}:reaper:last                 STRING Redis time (ms) of the reaper's last pass (stalls)
+    {p}:reaper:grace                STRING Redis time (ms) before which nothing is reaped
+    {p}:req:{request}               STRING the reply of a non-idempotent call, kept for its retries
+
+Times that two hosts compare (leases, heartbeats, the reaper's clock) are Redis server
+time, read with TIME inside the scripts, never a host's wall clock.
 """
 
 from __future__ import annotations
@@ -99,6 +106,21 @@ class Keys:
     @property
     def chief_beat(self) -> str:
         return f"{self.p}:chief:lock:beat"
+
+    @property
+    def chief_seq(self) -> str:
+        return f"{self.p}:chief:seq"
+
+    @property
+    def reaper_last(self) -> str:
+        return f"{self.p}:reaper:last"
+
+    @property
+    def reaper_grace(self) -> str:
+        return f"{self.p}:reaper:grace"
+
+    def request(self, request_id: str) -> str:
+        return f"{self.p}:req:{request_id}"
 
 
 def member(job: str, trial: str) -> str:

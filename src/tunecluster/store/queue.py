@@ -11,12 +11,17 @@ Contract:
   late worker can never count a trial twice.
 - ``release`` is the only way back from RUNNING to READY (or to FAILED when the retry
   budget ``max_retries`` is spent). The chief releases expired leases (it is the only
-  reaper); a worker releases the trial of a crashed child or on shutdown.
-All scripts are Lua so each step is atomic in Redis.
+  reaper, ``reap``, fenced by its lock); a worker releases the trial of a crashed child
+  or on shutdown.
+- Lease expiry is Redis server time; no host's clock is compared with another's.
+- ``claim`` and ``finish`` are safe to retry after a dropped connection (a request key
+  replays the first reply); the other calls are idempotent by their checks.
+All scripts are Lua so each step is atomic in Redis, and each checks before it writes.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,136 +30,273 @@ from typing import Any
 import redis
 
 from tunecluster.store import codec
+from tunecluster.store.fence import Fence, LostLeadership
 from tunecluster.store.ids import is_job_id, is_trial_id
 from tunecluster.store.keys import Keys, member
 
 EVENTS_MAXLEN = 20000
 STOP, CANCEL = 1, 2  # answers of report_epoch
+REQUEST_TTL_MS = 600_000  # how long the reply of a non-idempotent call is kept for retries
 
+# Shared by every script. Rules each script follows:
+# - every check (ownership, fencing, decoding and encoding of payloads) runs before the
+#   first write, so a script that refuses or fails has written nothing;
+# - time is Redis server time (TIME), never a host's clock: leases and heartbeats are
+#   written and compared by different hosts;
+# - a script whose effect is not idempotent (claim, finish) takes a request key: the
+#   first run stores its reply there, and a retry of the same call (redis-py re-sends
+#   EVALSHA after a dropped connection) returns that reply instead of acting twice.
+# Per-trial keys are built from the prefix (ARGV[1]) because a claim learns its trial
+# only by popping the ready list: {p}:job:{job}:trial:{trial} and its :epochs/:errors.
 _LUA_COMMON = """
 local function tkey(p, job, tid) return p .. ':job:' .. job .. ':trial:' .. tid end
-local function event(p, job, kind, data)
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function encode_event(kind, data)
+  local ok, text = pcall(cjson.encode, data)
+  if not ok then return nil end
+  return {kind, text}
+end
+local function emit(p, job, ev)
   redis.call('XADD', p .. ':job:' .. job .. ':events', 'MAXLEN', '~', 20000, '*',
-             'type', kind, 'data', cjson.encode(data))
+             'type', ev[1], 'data', ev[2])
 end
 local function owns(t, worker, attempt)
   return redis.call('HGET', t, 'state') == 'RUNNING'
      and redis.call('HGET', t, 'worker') == worker
      and redis.call('HGET', t, 'attempts') == attempt
 end
-"""
+local function replay(req)
+  if req == '' then return nil end
+  local done = redis.call('GET', req)
+  if done then return cjson.decode(done) end
+  return nil
+end
+local function remember(req, reply)
+  if req ~= '' then redis.call('SET', req, cjson.encode(reply), 'PX', TTL_MS) end
+  return reply
+end
+local function fenced_out(lock, token)
+  return lock ~= '' and redis.call('GET', lock) ~= token
+end
+-- RUNNING -> READY (1) or FAILED when the retry budget is spent (2). The caller checked
+-- that the trial is RUNNING; count_attempt '0' gives the attempt back (a shutdown).
+local function release_trial(p, ready, leases, inbox, wake, job, tid, reason, count_attempt, now)
+  local t = tkey(p, job, tid)
+  local m = job .. '/' .. tid
+  local worker = redis.call('HGET', t, 'worker') or ''
+  local attempts = tonumber(redis.call('HGET', t, 'attempts') or '0')
+  if count_attempt == '0' then attempts = attempts - 1 end
+  local max_retries = tonumber(redis.call('HGET', t, 'max_retries') or '0') or 0
+  local retry = count_attempt == '0' or attempts <= max_retries
+  local ev = {'trial_retry', cjson.encode({trial = tid, worker = worker, attempt = attempts,
+                                          reason = reason})}
+  if not retry then
+    ev = {'trial_failed', cjson.encode({trial = tid, worker = worker, attempt = attempts,
+                                        error = reason})}
+  end
+  redis.call('ZREM', leases, m)
+  redis.call('HSET', t, 'attempts', attempts)
+  redis.call('RPUSH', t .. ':errors', reason)
+  emit(p, job, ev)
+  if retry then
+    redis.call('HSET', t, 'state', 'READY', 'worker', '', 'last_error', reason)
+    redis.call('LPUSH', ready, m)
+    redis.call('LPUSH', wake, '1')
+    return 1
+  end
+  redis.call('HSET', t, 'state', 'FAILED', 'error', reason, 'finished', now)
+  redis.call('XADD', inbox, '*', 'type', 'end', 'job', job, 'trial', tid,
+             'state', 'FAILED', 'error', reason)
+  return 2
+end
+""".replace("TTL_MS", str(REQUEST_TTL_MS))
 
-# KEYS: ready, leases | ARGV: prefix, worker, now_ms, lease_ms
+# KEYS: ready, leases, request | ARGV: prefix, worker, lease_ms
 _CLAIM = _LUA_COMMON + """
+local done = replay(KEYS[3])
+if done then return done end
+local now = now_ms()
 for _ = 1, 1000 do
-  local m = redis.call('LPOP', KEYS[1])
+  local m = redis.call('LPOP', KEYS[1])  -- entries that are not READY are dropped
   if not m then return false end
   local sep = string.find(m, '/', 1, true)
   if sep then
     local job, tid = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
     local t = tkey(ARGV[1], job, tid)
     if redis.call('HGET', t, 'state') == 'READY' then
-      local attempts = redis.call('HINCRBY', t, 'attempts', 1)
-      redis.call('HSET', t, 'state', 'RUNNING', 'worker', ARGV[2], 'started', ARGV[3])
-      redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), m)
-      event(ARGV[1], job, 'trial_started', {trial = tid, worker = ARGV[2], attempt = attempts})
+      local attempts = tonumber(redis.call('HGET', t, 'attempts') or '0') + 1
       -- runs before this one that were released (crash, lost lease, shutdown)
       local earlier = redis.call('LLEN', t .. ':errors')
-      return {job, tid, tostring(attempts), redis.call('HGET', t, 'values') or '{}',
-              tostring(earlier)}
+      local values = redis.call('HGET', t, 'values') or '{}'
+      redis.call('HSET', t, 'attempts', attempts, 'state', 'RUNNING', 'worker', ARGV[2],
+                 'started', now)
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), m)
+      emit(ARGV[1], job, {'trial_started', cjson.encode(
+        {trial = tid, worker = ARGV[2], attempt = attempts})})
+      return remember(KEYS[3], {job, tid, tostring(attempts), values, tostring(earlier)})
     end
   end
 end
 return false
 """
 
-# KEYS: leases | ARGV: prefix, worker, expiry_ms, member...
+# KEYS: leases | ARGV: prefix, worker, lease_ms, member...
 _RENEW = _LUA_COMMON + """
+local expiry = now_ms() + tonumber(ARGV[3])
 local renewed = 0
 for i = 4, #ARGV do
   local m = ARGV[i]
   local sep = string.find(m, '/', 1, true)
-  local t = tkey(ARGV[1], string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
-  if redis.call('HGET', t, 'state') == 'RUNNING' and redis.call('HGET', t, 'worker') == ARGV[2] then
-    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[3]), m)
-    renewed = renewed + 1
+  if sep then
+    local t = tkey(ARGV[1], string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
+    if redis.call('HGET', t, 'state') == 'RUNNING'
+       and redis.call('HGET', t, 'worker') == ARGV[2] then
+      redis.call('ZADD', KEYS[1], 'XX', expiry, m)
+      renewed = renewed + 1
+    end
   end
 end
 return renewed
 """
 
-# KEYS: inbox | ARGV: prefix, job, trial, worker, attempt, epoch, metrics_json, now_ms
+# KEYS: inbox | ARGV: prefix, job, trial, worker, attempt, epoch, metrics_json
 # Returns -1 when the attempt no longer owns the trial, 2 when its job was cancelled,
 # 1 when the chief asks it to stop (the oracle's early stop), else 0.
 _REPORT_EPOCH = _LUA_COMMON + """
 local t = tkey(ARGV[1], ARGV[2], ARGV[3])
 if not owns(t, ARGV[4], ARGV[5]) then return -1 end
+local ok, metrics = pcall(cjson.decode, ARGV[7])
+if not ok or type(metrics) ~= 'table' then
+  return redis.error_reply('epoch metrics are not a JSON object')
+end
+local ev = encode_event('epoch', {trial = ARGV[3], epoch = tonumber(ARGV[6]), metrics = metrics})
+if not ev then
+  return redis.error_reply('epoch metrics cannot be encoded (NaN or Infinity?): ' .. ARGV[7])
+end
+local now = now_ms()
 redis.call('HSET', t .. ':epochs', ARGV[6], ARGV[7])
-redis.call('HSET', t, 'last_epoch', ARGV[6], 'updated', ARGV[8])
+redis.call('HSET', t, 'last_epoch', ARGV[6], 'updated', now)
 redis.call('XADD', KEYS[1], '*', 'type', 'epoch', 'job', ARGV[2], 'trial', ARGV[3],
            'epoch', ARGV[6], 'metrics', ARGV[7])
-event(ARGV[1], ARGV[2], 'epoch', {trial = ARGV[3], epoch = tonumber(ARGV[6]),
-                                  metrics = cjson.decode(ARGV[7])})
+emit(ARGV[1], ARGV[2], ev)
 if redis.call('HGET', ARGV[1] .. ':job:' .. ARGV[2], 'cancel') == '1' then return 2 end
 if redis.call('HGET', t, 'stop') == '1' then return 1 end
 return 0
 """
 
-# KEYS: inbox, leases | ARGV: prefix, job, trial, worker, attempt, state, fields_json, now_ms
+# KEYS: inbox, leases, request | ARGV: prefix, job, trial, worker, attempt, state, fields_json
+# Returns 1 when recorded (also for a retry of a recorded call), 0 when not owned.
 _FINISH = _LUA_COMMON + """
+local done = replay(KEYS[3])
+if done then return done end
 local t = tkey(ARGV[1], ARGV[2], ARGV[3])
 if not owns(t, ARGV[4], ARGV[5]) then return 0 end
-local fields = cjson.decode(ARGV[7])
+local ok, fields = pcall(cjson.decode, ARGV[7])
+if not ok or type(fields) ~= 'table' then
+  return redis.error_reply('trial fields are not a JSON object')
+end
+for k, v in pairs(fields) do
+  if type(v) ~= 'string' then return redis.error_reply('trial field ' .. k .. ' is not text') end
+end
+local ev = encode_event('trial_' .. string.lower(ARGV[6]),
+  {trial = ARGV[3], worker = ARGV[4], attempt = tonumber(ARGV[5]),
+   score = fields['score'], error = fields['error']})
+if not ev then return redis.error_reply('trial fields cannot be encoded') end
+local now = now_ms()
 for k, v in pairs(fields) do redis.call('HSET', t, k, v) end
-redis.call('HSET', t, 'state', ARGV[6], 'finished', ARGV[8])
+redis.call('HSET', t, 'state', ARGV[6], 'finished', now)
 redis.call('ZREM', KEYS[2], ARGV[2] .. '/' .. ARGV[3])
 redis.call('XADD', KEYS[1], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3],
            'state', ARGV[6], 'error', fields['error'] or '')
-event(ARGV[1], ARGV[2], 'trial_' .. string.lower(ARGV[6]),
-      {trial = ARGV[3], worker = ARGV[4], attempt = tonumber(ARGV[5]),
-       score = fields['score'], error = fields['error']})
-return 1
+emit(ARGV[1], ARGV[2], ev)
+return remember(KEYS[3], 1)
 """
 
+# A worker gives a trial back (its process crashed, or the worker shuts down).
 # KEYS: ready, leases, inbox, wake
-# ARGV: prefix, job, trial, worker ('' = any), attempt ('' = any), reason, now_ms,
-#       count_attempt ('1' | '0'), expired_before_ms ('' = no lease check)
-# Returns 0 (not released), 1 (back to READY), 2 (FAILED: retries spent).
+# ARGV: prefix, job, trial, worker ('' = any), attempt ('' = any), reason, count_attempt
+# Returns 0 (not released: not RUNNING or not this attempt's), 1 (READY), 2 (FAILED).
 _RELEASE = _LUA_COMMON + """
 local t = tkey(ARGV[1], ARGV[2], ARGV[3])
-local m = ARGV[2] .. '/' .. ARGV[3]
 if redis.call('HGET', t, 'state') ~= 'RUNNING' then return 0 end
 if ARGV[4] ~= '' and redis.call('HGET', t, 'worker') ~= ARGV[4] then return 0 end
 if ARGV[5] ~= '' and redis.call('HGET', t, 'attempts') ~= ARGV[5] then return 0 end
-if ARGV[9] ~= '' then
-  local expiry = redis.call('ZSCORE', KEYS[2], m)
-  if expiry and tonumber(expiry) > tonumber(ARGV[9]) then return 0 end
+return release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[6],
+                     ARGV[7], now_ms())
+"""
+
+# The chief's reaper: releases every trial whose lease expired, in one atomic step
+# (a lease renewed or claimed meanwhile cannot be removed by a stale check).
+# A reaper that has not run for stall_ms (Redis was down or restarted, or the chief was
+# stalled or replaced) cannot tell dead workers from workers that could not reach Redis:
+# it then reaps nothing for grace_ms, a full lease for every worker to renew.
+# KEYS: leases, ready, inbox, wake, lock, reaper_last, reaper_grace
+# ARGV: prefix, token, stall_ms, grace_ms, reason, limit
+# Returns -1 when the caller no longer holds the chief lock, else {retried, failed, stale}.
+_REAP = _LUA_COMMON + """
+if fenced_out(KEYS[5], ARGV[2]) then return -1 end
+local now = now_ms()
+local last = tonumber(redis.call('GET', KEYS[6]) or '')
+redis.call('SET', KEYS[6], now)
+-- No mark at all: a new Redis (nothing to spare) or one that lost its data (spare all).
+if (last == nil and redis.call('ZCARD', KEYS[1]) > 0)
+   or (last ~= nil and now - last > tonumber(ARGV[3])) then
+  redis.call('SET', KEYS[7], now + tonumber(ARGV[4]))
 end
-redis.call('ZREM', KEYS[2], m)
-local worker = redis.call('HGET', t, 'worker')
-if ARGV[8] == '0' then redis.call('HINCRBY', t, 'attempts', -1) end
-local attempts = tonumber(redis.call('HGET', t, 'attempts'))
-local max_retries = tonumber(redis.call('HGET', t, 'max_retries') or '0')
-redis.call('RPUSH', t .. ':errors', ARGV[6])
-if ARGV[8] == '0' or attempts <= max_retries then
-  redis.call('HSET', t, 'state', 'READY', 'worker', '', 'last_error', ARGV[6])
-  redis.call('LPUSH', KEYS[1], m)
-  redis.call('LPUSH', KEYS[4], '1')
-  event(ARGV[1], ARGV[2], 'trial_retry', {trial = ARGV[3], worker = worker,
-                                          attempt = attempts, reason = ARGV[6]})
-  return 1
+local grace = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
+if now < grace then return {0, 0, 0} end
+local counts = {0, 0, 0}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
+for _, m in ipairs(expired) do
+  local sep = string.find(m, '/', 1, true)
+  local t = sep and tkey(ARGV[1], string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
+  if t and redis.call('HGET', t, 'state') == 'RUNNING' then
+    local outcome = release_trial(ARGV[1], KEYS[2], KEYS[1], KEYS[3], KEYS[4],
+                                  string.sub(m, 1, sep - 1), string.sub(m, sep + 1),
+                                  ARGV[5], '1', now)
+    counts[outcome] = counts[outcome] + 1
+  else
+    redis.call('ZREM', KEYS[1], m)  -- a stale entry: the trial is no longer running
+    counts[3] = counts[3] + 1
+  end
 end
-redis.call('HSET', t, 'state', 'FAILED', 'error', ARGV[6], 'finished', ARGV[7])
-redis.call('XADD', KEYS[3], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3],
-           'state', 'FAILED', 'error', ARGV[6])
-event(ARGV[1], ARGV[2], 'trial_failed', {trial = ARGV[3], worker = worker,
-                                         attempt = attempts, error = ARGV[6]})
-return 2
+return counts
+"""
+
+# The chief's other conditional writes, fenced by its lock.
+# KEYS: lock, trial | ARGV: token, prefix, job, trial, reason
+# Returns -1 fenced out, 0 not READY, 1 cancelled.
+_CANCEL_READY = _LUA_COMMON + """
+if fenced_out(KEYS[1], ARGV[1]) then return -1 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'READY' then return 0 end
+local ev = {'trial_cancelled', cjson.encode({trial = ARGV[4]})}
+redis.call('HSET', KEYS[2], 'state', 'CANCELLED', 'error', ARGV[5], 'finished', now_ms())
+emit(ARGV[2], ARGV[3], ev)
+return 1
+"""
+
+# KEYS: lock, trial | ARGV: token. Returns -1 fenced out, 0 not running, 1 asked.
+_REQUEST_STOP = _LUA_COMMON + """
+if fenced_out(KEYS[1], ARGV[1]) then return -1 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'RUNNING' then return 0 end
+redis.call('HSET', KEYS[2], 'stop', '1')
+return 1
 """
 
 
 def now_ms() -> int:
+    """This host's wall clock in ms: for records people read (created, finished), never
+    for times another host compares (those come from Redis, see ``server_ms``)."""
     return int(time.time() * 1000)
+
+
+def server_ms(client: redis.Redis) -> int:
+    """Redis server time in ms: the one clock every host agrees on."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 @dataclass
@@ -175,6 +317,13 @@ class LostLease(RuntimeError):
     """This attempt no longer owns the trial (its lease expired and it was reaped)."""
 
 
+@dataclass(frozen=True)
+class Reaped:
+    retried: int = 0
+    failed: int = 0
+    stale: int = 0
+
+
 class TrialQueue:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
@@ -184,12 +333,19 @@ class TrialQueue:
         self._report = client.register_script(_REPORT_EPOCH)
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
+        self._reap = client.register_script(_REAP)
+        self._cancel_ready = client.register_script(_CANCEL_READY)
+        self._request_stop = client.register_script(_REQUEST_STOP)
+
+    def _request_key(self) -> str:
+        return self.k.request(secrets.token_hex(12))
 
     # --- worker side -----------------------------------------------------------------
 
     def claim(self, worker: str, lease_s: float) -> Claim | None:
-        row = self._claim(keys=[self.k.ready, self.k.leases],
-                          args=[self.k.p, worker, now_ms(), int(lease_s * 1000)])
+        """Pop one READY trial and own it; safe to retry (a lost reply is replayed)."""
+        row = self._claim(keys=[self.k.ready, self.k.leases, self._request_key()],
+                          args=[self.k.p, worker, int(lease_s * 1000)])
         if not row:
             return None
         job, trial, attempt, values, earlier = row
@@ -207,36 +363,35 @@ class TrialQueue:
         if not members:
             return 0
         return int(self._renew(keys=[self.k.leases],
-                               args=[self.k.p, worker, now_ms() + int(lease_s * 1000), *members]))
+                               args=[self.k.p, worker, int(lease_s * 1000), *members]))
 
     def report_epoch(self, claim: Claim, worker: str, epoch: int,
-                     metrics: Mapping[str, float]) -> int:
+                     metrics: Mapping[str, float | None]) -> int:
         """Record an epoch: 0 go on, STOP, or CANCEL. Raises LostLease if reaped."""
         answer = int(self._report(
             keys=[self.k.inbox],
             args=[self.k.p, claim.job, claim.trial, worker, claim.attempt, epoch,
-                  codec.dumps(dict(metrics)), now_ms()]))
+                  codec.dumps(dict(metrics))]))
         if answer < 0:
             raise LostLease(f"trial {claim.member} attempt {claim.attempt} lost its lease")
         return answer
 
     def finish(self, claim: Claim, worker: str, state: str, fields: Mapping[str, Any]) -> bool:
-        """Move an owned trial to a final state; False if this attempt no longer owns it."""
+        """Move an owned trial to a final state; False if this attempt no longer owns it.
+        Safe to retry: a retried call whose first run was recorded answers True."""
         encoded = {k: v if isinstance(v, str) else codec.dumps(v) for k, v in fields.items()}
         return bool(self._finish(
-            keys=[self.k.inbox, self.k.leases],
+            keys=[self.k.inbox, self.k.leases, self._request_key()],
             args=[self.k.p, claim.job, claim.trial, worker, claim.attempt, state,
-                  codec.dumps(encoded), now_ms()]))
+                  codec.dumps(encoded)]))
 
     def release(self, job: str, trial: str, reason: str, *, worker: str = "",
-                attempt: int | None = None, count_attempt: bool = True,
-                expired_before: int | None = None) -> int:
+                attempt: int | None = None, count_attempt: bool = True) -> int:
         """RUNNING -> READY (1) or -> FAILED when retries are spent (2); 0 if not owned."""
         return int(self._release(
             keys=[self.k.ready, self.k.leases, self.k.inbox, self.k.wake],
             args=[self.k.p, job, trial, worker, "" if attempt is None else attempt, reason,
-                  now_ms(), "1" if count_attempt else "0",
-                  "" if expired_before is None else expired_before]))
+                  "1" if count_attempt else "0"]))
 
     def wait_for_work(self, timeout_s: float) -> None:
         """Block until the chief queues a trial (or the timeout passes)."""
@@ -246,12 +401,13 @@ class TrialQueue:
 
     def enqueue(self, job: str, trial: str, values: Mapping[str, Any], max_retries: int,
                 oracle_state: str | None, oracle_trial: str = "{}",
-                pipe: redis.client.Pipeline | None = None) -> None:
+                pipe: Any = None) -> None:
         """Record a new trial, persist the oracle that made it, and queue it: one transaction.
 
         The oracle's state and the trial become visible together, so a chief restarted at
         any moment never holds an oracle that forgot a queued trial (or the reverse).
-        With ``pipe`` (a MULTI pipeline) the commands join the caller's transaction.
+        With ``pipe`` (a MULTI pipeline or a ``fence.Writes``) the commands join the
+        caller's atomic step.
         """
         now = now_ms()
         own = pipe is None
@@ -267,36 +423,44 @@ class TrialQueue:
         pipe.rpush(self.k.ready, member(job, trial))
         pipe.lpush(self.k.wake, "1")
         pipe.ltrim(self.k.wake, 0, 999)
-        pipe.xadd(self.k.events(job), {"type": "trial_created",
-                                       "data": codec.dumps({"trial": trial, "values": dict(values)})},
+        created = codec.dumps({"trial": trial, "values": dict(values)})
+        pipe.xadd(self.k.events(job), {"type": "trial_created", "data": created},
                   maxlen=EVENTS_MAXLEN, approximate=True)
         if own:
             pipe.execute()
 
-    def request_stop(self, job: str, trial: str) -> None:
-        self.r.hset(self.k.trial(job, trial), "stop", "1")
+    def request_stop(self, job: str, trial: str, fence: Fence = Fence.NONE) -> bool:
+        """Ask a RUNNING trial to stop at its next epoch report."""
+        answer = int(self._request_stop(keys=[fence.lock_key, self.k.trial(job, trial)],
+                                        args=[fence.token]))
+        if answer < 0:
+            raise LostLeadership("the chief lock is held by another chief")
+        return answer == 1
 
-    def cancel_ready(self, job: str, trial: str, reason: str) -> bool:
+    def cancel_ready(self, job: str, trial: str, reason: str,
+                     fence: Fence = Fence.NONE) -> bool:
         """READY -> CANCELLED (a worker popping it later skips it)."""
-        key = self.k.trial(job, trial)
-        with self.r.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                if pipe.hget(key, "state") != "READY":
-                    return False
-                pipe.multi()
-                pipe.hset(key, mapping={"state": "CANCELLED", "error": reason,
-                                        "finished": now_ms()})
-                pipe.xadd(self.k.events(job), {"type": "trial_cancelled",
-                                               "data": codec.dumps({"trial": trial})},
-                          maxlen=EVENTS_MAXLEN, approximate=True)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
+        answer = int(self._cancel_ready(keys=[fence.lock_key, self.k.trial(job, trial)],
+                                        args=[fence.token, self.k.p, job, trial, reason]))
+        if answer < 0:
+            raise LostLeadership("the chief lock is held by another chief")
+        return answer == 1
 
-    def expired(self, at_ms: int | None = None) -> list[str]:
-        return list(self.r.zrangebyscore(self.k.leases, "-inf", at_ms or now_ms()))
+    def reap(self, fence: Fence, stall_ms: int, grace_ms: int,
+             reason: str = "worker lost: its lease expired", limit: int = 1000) -> Reaped:
+        """Release every trial whose lease expired (Redis time), atomically and fenced.
+
+        After a stall of the reaper longer than ``stall_ms`` (Redis down or restarted, the
+        chief stalled or replaced) nothing is reaped for ``grace_ms``: workers that were
+        alive all along get a full lease to renew before anyone's trial is taken away."""
+        k = self.k
+        answer = self._reap(
+            keys=[k.leases, k.ready, k.inbox, k.wake, fence.lock_key, k.reaper_last,
+                  k.reaper_grace],
+            args=[k.p, fence.token, int(stall_ms), int(grace_ms), reason, limit])
+        if not isinstance(answer, list):
+            raise LostLeadership("the chief lock is held by another chief")
+        return Reaped(*(int(x) for x in answer))
 
     def busy_count(self) -> int:
         """Trials holding or waiting for a slot: running plus ready."""

@@ -9,20 +9,36 @@ from typing import Any
 import redis
 
 from tunecluster.store.keys import Keys
-from tunecluster.store.queue import now_ms
+from tunecluster.store.queue import server_ms
+
+# Heartbeats are scored with Redis server time, which is what the chief compares them
+# with: a worker whose clock is skewed is still seen alive exactly as long as it beats.
+# KEYS: workers, worker | ARGV: worker id, ttl_ms, field, value, ...
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], 'beat', now, unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return now
+"""
 
 
 class WorkerRegistry:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
         self.k = keys
+        self._heartbeat = client.register_script(_HEARTBEAT)
 
     def heartbeat(self, worker: str, info: Mapping[str, Any], ttl_s: float) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.zadd(self.k.workers, {worker: now_ms()})
-        pipe.hset(self.k.worker(worker), mapping={k: str(v) for k, v in info.items()})
-        pipe.pexpire(self.k.worker(worker), int(ttl_s * 1000) * 3)
-        pipe.execute()
+        """Say this worker is alive; ``info`` fields land in its record (``beat`` is set
+        to Redis time here, whatever the caller put there)."""
+        flat: list[str] = []
+        for k, v in info.items():
+            if k != "beat":
+                flat += [k, str(v)]
+        self._heartbeat(keys=[self.k.workers, self.k.worker(worker)],
+                        args=[worker, int(ttl_s * 1000) * 3, *flat])
 
     def remove(self, worker: str) -> None:
         pipe = self.r.pipeline(transaction=True)
@@ -32,7 +48,8 @@ class WorkerRegistry:
 
     def live(self, lease_s: float) -> dict[str, dict[str, str]]:
         """Workers whose heartbeat is younger than a lease, with their info."""
-        ids = self.r.zrangebyscore(self.k.workers, now_ms() - int(lease_s * 1000), "+inf")
+        ids = self.r.zrangebyscore(self.k.workers, server_ms(self.r) - int(lease_s * 1000),
+                                   "+inf")
         pipe = self.r.pipeline(transaction=False)
         for worker in ids:
             pipe.hgetall(self.k.worker(worker))
@@ -49,7 +66,8 @@ class WorkerRegistry:
 
     def prune(self, lease_s: float) -> list[str]:
         """Forget workers silent for ten leases (their trials were reaped long ago)."""
-        dead = self.r.zrangebyscore(self.k.workers, "-inf", now_ms() - int(lease_s * 10_000))
+        dead = self.r.zrangebyscore(self.k.workers, "-inf",
+                                    server_ms(self.r) - int(lease_s * 10_000))
         for worker in dead:
             self.remove(worker)
         return list(dead)
