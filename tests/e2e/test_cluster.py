@@ -179,3 +179,116 @@ def test_cli_submit_wait_status_and_bad_spec_is_not_queued(cluster, store, tmp_p
     assert len(csv_out.strip().splitlines()) == 3
     unknown = cli("results", "no-such-job", "--redis", cluster.url)
     assert unknown.returncode == 1 and "no-such-job" in unknown.stderr
+
+
+# Hyperband that really promotes, as cheaply as it can: max_epochs 3 with factor 2 makes a
+# first bracket of 3 trials of 2 epochs, whose 2 best are promoted to 3 epochs
+# (tuner/initial_epoch 2); max_trials=5 ends the search there. The model (one wide layer,
+# Adam at 3e-3, batch 16, val_loss) learns fast in its first epochs, so a fresh model's
+# first epoch is far from its parent's second: measured in process, val_loss is about
+# 0.53 after one epoch from scratch, 0.29 after two, 0.21 after a third from the loaded
+# weights (0.50-0.59 again when the weights are not loaded).
+HYPERBAND_PROMOTES = (
+    "search.algorithm=hyperband", "search.hyperband_factor=2", "train.epochs=3",
+    "search.max_trials=5", "search.objective=val_loss", "train.batch_size=16",
+    "train.early_stopping=null",
+    "model.hyperparameters.n_hidden={fixed: 1}",
+    "model.hyperparameters.n_neurons={int: [96, 160]}",
+    "model.hyperparameters.learning_rate={fixed: 0.003}",
+    "model.hyperparameters.optimizer={fixed: adam}",
+)
+
+
+def test_hyperband_promoted_trials_continue_from_their_parents_weights(store) -> None:
+    results = run_job(store, EXAMPLES / "digits.yaml", *HYPERBAND_PROMOTES)
+    assert results["state"] == "completed", results.get("error")
+    _check_invariants(results, 5)
+    job = results["job"]
+    by_id = {t["trial"]: t for t in results["trials"]}
+    assert all(t["state"] == "COMPLETED" for t in by_id.values()), by_id
+    promoted = [t for t in by_id.values() if "tuner/trial_id" in (t["tuner"] or {})]
+    assert len(promoted) == 2, f"Hyperband promoted {len(promoted)} trials, not 2: {by_id}"
+    for child in promoted:
+        tuner = child["tuner"]
+        parent = by_id[str(tuner["tuner/trial_id"])]
+        initial, last = int(tuner["tuner/initial_epoch"]), int(tuner["tuner/epochs"])
+        # It continues the parent's epochs: its first recorded epoch is the one after them.
+        child_epochs = store.jobs.epochs(job, child["trial"])
+        assert sorted(child_epochs) == list(range(initial + 1, last + 1)), child_epochs
+        assert min(child_epochs) == initial + 1 > 1
+        parent_epochs = store.jobs.epochs(job, parent["trial"])
+        assert sorted(parent_epochs) == list(range(1, initial + 1)), parent_epochs
+        # ... and from the parent's weights (those of its best epoch, its model file):
+        # its first epoch is near the parent's score, where a fresh model's first epoch
+        # (the parent's own epoch 1: same hyperparameters, from scratch) is far from it.
+        continued_from = parent["score"]
+        fresh_first = parent_epochs[1]["val_loss"]
+        first = child_epochs[initial + 1]["val_loss"]
+        gap = fresh_first - continued_from
+        assert gap > 0.1, (f"a fresh first epoch ({fresh_first:.3f}) is too close to the "
+                           f"parent's score ({continued_from:.3f}) for this test to tell")
+        print(f"\nhyperband: trial {child['trial']} from {parent['trial']}: epoch {initial + 1}"
+              f" val_loss {first:.3f}, parent's {continued_from:.3f}, fresh first epoch"
+              f" {fresh_first:.3f} (ratio {abs(first - continued_from) / gap:.2f} < 0.6)")
+        assert abs(first - continued_from) < 0.6 * gap, (
+            f"trial {child['trial']} does not continue from trial {parent['trial']}'s weights:"
+            f" its first epoch (epoch {initial + 1}) has val_loss {first:.3f}, the parent"
+            f" ended at {continued_from:.3f}, a fresh model's first epoch is {fresh_first:.3f}")
+
+
+def _random_search_replay(space: dict, seed: int, draws: int) -> tuple[list[dict], list[int]]:
+    """The values KerasTuner's random search draws, in order, for this space and seed,
+    and its ``seed_state`` before each draw and after the last."""
+    import keras_tuner as kt
+
+    replay = kt.oracles.RandomSearchOracle(
+        objective=kt.Objective("val_accuracy", "max"),
+        hyperparameters=kt.HyperParameters.from_config(space), seed=seed, max_trials=100)
+    values, states = [], [replay._seed_state]
+    for _ in range(draws):
+        values.append(replay._random_values())
+        states.append(replay._seed_state)
+    return values, states
+
+
+def test_bayesian_trials_after_the_initial_points_come_from_the_gaussian_process(
+        store) -> None:
+    """KerasTuner's BayesianOptimizationOracle draws its first ``num_initial_points``
+    trials from the same seeded random stream as random search (``_random_values``,
+    which advances the oracle's ``seed_state``); once that many trials are COMPLETED it
+    fits a Gaussian process and proposes the point maximising the acquisition, which
+    consumes nothing of that stream. So, replaying the random stream with the job's seed:
+    the first trials equal its first draws; a GP trial equals no draw; and the
+    ``seed_state`` persisted in Redis has advanced by exactly the random trials.
+    (The space is continuous, so a random draw never collides with an earlier trial.)"""
+    initial, total = 2, 5
+    results = run_job(store, EXAMPLES / "digits.yaml", "search.algorithm=bayesian",
+                      f"search.num_initial_points={initial}", f"search.max_trials={total}",
+                      "train.epochs=1")
+    assert results["state"] == "completed", results.get("error")
+    _check_invariants(results, total)
+    job = results["job"]
+    assert all(t["state"] == "COMPLETED" for t in results["trials"]), results["trials"]
+    state = json.loads(store.client.get(store.keys.oracle(job)))
+    space = store.jobs.get(job).space
+    created = sorted(results["trials"], key=lambda t: int(t["trial"]))  # the oracle's order
+    assert [t["trial"] for t in created] == [str(i) for i in range(total)]
+
+    draws, seed_states = _random_search_replay(space, int(state["seed"]), total)
+    origin, used = [], 0
+    for t in created:
+        if t["hyperparameters"] == draws[used]:
+            origin.append("random")
+            used += 1
+        else:
+            origin.append("gp")
+    # The first points are random (nothing completed yet): the replay is faithful.
+    assert origin[:initial] == ["random"] * initial, origin
+    # With 2 worker slots the chief may create one more trial while the last initial
+    # point still runs (fewer than num_initial_points completed: random); every trial
+    # after that was created once num_initial_points had completed: GP.
+    assert origin[initial + 1:] == ["gp"] * (total - initial - 1), origin
+    # The oracle drew from its random stream exactly for those trials, no more.
+    assert state["seed_state"] == seed_states[used], (state["seed_state"], seed_states, origin)
+    assert state["num_initial_points"] == initial
+
