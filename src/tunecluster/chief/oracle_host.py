@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +43,6 @@ class OracleHost:
         self.spec = spec
         self.space = dict(space)
         self.oracle = oracle
-        self._tuner_seq = len(oracle.trials)
 
     @classmethod
     def create(cls, spec: JobSpec, space: Mapping[str, Any], state_json: str | None = None,
@@ -84,10 +84,17 @@ class OracleHost:
         return json.dumps(self.oracle.trials[trial_id].get_state(), default=_jsonable)
 
     def create_trial(self) -> tuple[str, str | None, dict[str, Any]]:
-        """Ask for the next trial: (status, trial_id, values). Status RUNNING/IDLE/STOPPED."""
-        self._tuner_seq += 1
-        trial = self.oracle.create_trial(f"slot-{self._tuner_seq}")
+        """Ask for the next trial: (status, trial_id, values). Status RUNNING/IDLE/STOPPED.
+
+        Each call asks under a tuner id never used before, by this chief or an earlier
+        one: KerasTuner answers a known tuner id with that tuner's ongoing trial, so a
+        reused id would hand out (and re-queue) a trial that is already running. A
+        counter restarted from the trial count does reuse ids, since IDLE answers use
+        ids too and are not persisted."""
+        tuner_id = f"c-{secrets.token_hex(8)}"
+        trial = self.oracle.create_trial(tuner_id)
         if trial.status != "RUNNING":
+            self.oracle.tuner_ids.discard(tuner_id)  # IDLE leaves it behind: keep it bounded
             return trial.status, None, {}
         return "RUNNING", trial.trial_id, dict(trial.hyperparameters.values)
 
