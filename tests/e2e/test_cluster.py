@@ -183,8 +183,10 @@ def test_cli_submit_wait_status_and_bad_spec_is_not_queued(cluster, store, tmp_p
 
 # Hyperband that really promotes, as cheaply as it can: max_epochs 3 with factor 2 makes a
 # first bracket of 3 trials of 2 epochs, whose 2 best are promoted to 3 epochs
-# (tuner/initial_epoch 2); max_trials=5 ends the search there. The model (one wide layer,
-# Adam at 3e-3, batch 16, val_loss) learns fast in its first epochs, so a fresh model's
+# (tuner/initial_epoch 2); max_trials=5 ends the search there (the 5th trial is the second
+# promotion or, depending on which trial ends first, a fresh trial of a new bracket).
+# The model (one wide layer, Adam at 3e-3, batch 16, val_loss) learns fast in its first
+# epochs, so a fresh model's
 # first epoch is far from its parent's second: measured in process, val_loss is about
 # 0.53 after one epoch from scratch, 0.29 after two, 0.21 after a third from the loaded
 # weights (0.50-0.59 again when the weights are not loaded).
@@ -206,8 +208,11 @@ def test_hyperband_promoted_trials_continue_from_their_parents_weights(store) ->
     job = results["job"]
     by_id = {t["trial"]: t for t in results["trials"]}
     assert all(t["state"] == "COMPLETED" for t in by_id.values()), by_id
+    # The first promotion is certain (made when 2 of the 3 first trials completed); the
+    # second only if the third ends before the first promoted trial does: otherwise
+    # KerasTuner starts a new bracket (a fresh 3-epoch trial) for the free slot.
     promoted = [t for t in by_id.values() if "tuner/trial_id" in (t["tuner"] or {})]
-    assert len(promoted) == 2, f"Hyperband promoted {len(promoted)} trials, not 2: {by_id}"
+    assert 1 <= len(promoted) <= 2, f"Hyperband promoted {len(promoted)} trials: {by_id}"
     for child in promoted:
         tuner = child["tuner"]
         parent = by_id[str(tuner["tuner/trial_id"])]
@@ -220,17 +225,22 @@ def test_hyperband_promoted_trials_continue_from_their_parents_weights(store) ->
         assert sorted(parent_epochs) == list(range(1, initial + 1)), parent_epochs
         # ... and from the parent's weights (those of its best epoch, its model file):
         # its first epoch is near the parent's score, where a fresh model's first epoch
-        # (the parent's own epoch 1: same hyperparameters, from scratch) is far from it.
+        # (the parent's own epoch 1: same hyperparameters, from scratch) is far from it
+        # (measured: drift -0.28 to -0.43 continued, +0.84 with the weights not loaded).
         continued_from = parent["score"]
         fresh_first = parent_epochs[1]["val_loss"]
         first = child_epochs[initial + 1]["val_loss"]
         gap = fresh_first - continued_from
         assert gap > 0.1, (f"a fresh first epoch ({fresh_first:.3f}) is too close to the "
                            f"parent's score ({continued_from:.3f}) for this test to tell")
+        # Its first epoch may improve on the parent (it trains on), but it must not drift
+        # back towards a fresh model (closer to the fresh first epoch than to the parent),
+        # nor improve by more in one epoch than the parent's first epoch did.
+        drift = (first - continued_from) / gap
         print(f"\nhyperband: trial {child['trial']} from {parent['trial']}: epoch {initial + 1}"
               f" val_loss {first:.3f}, parent's {continued_from:.3f}, fresh first epoch"
-              f" {fresh_first:.3f} (ratio {abs(first - continued_from) / gap:.2f} < 0.6)")
-        assert abs(first - continued_from) < 0.6 * gap, (
+              f" {fresh_first:.3f} (drift {drift:+.2f} of the gap; -1 < drift < 0.5)")
+        assert -1.0 < drift < 0.5, (
             f"trial {child['trial']} does not continue from trial {parent['trial']}'s weights:"
             f" its first epoch (epoch {initial + 1}) has val_loss {first:.3f}, the parent"
             f" ended at {continued_from:.3f}, a fresh model's first epoch is {fresh_first:.3f}")
