@@ -172,9 +172,10 @@ def test_a_restarted_chief_never_hands_out_a_running_trial_again(control_plane) 
     worker.end(second)
     worker.claim()  # made after many IDLE answers: its tuner id is far past the trial count
     asked_for = time.monotonic() - started
+    old_id = store.client.get(store.keys.chief_lock)
     os.killpg(cluster.chiefs[0].pid, signal.SIGKILL)
     cluster.start_chief()
-    _until(lambda: store.client.get(store.keys.chief_lock) is not None, 30)
+    _until(lambda: store.client.get(store.keys.chief_lock) not in (None, old_id), 60)
     time.sleep(asked_for + 2)  # as long as the first chief asked: its ids come round again
     for running in worker.claims:
         row = store.jobs.trial(job, running.trial)
@@ -216,6 +217,32 @@ def test_a_frozen_chief_is_replaced_and_writes_nothing_when_it_wakes(control_pla
     assert all(t["state"] == "COMPLETED" and t["attempts"] == 1 for t in results["trials"])
 
 
+def test_a_chief_that_lost_its_lock_mid_round_commits_nothing(control_plane) -> None:
+    """The lock is taken from the active chief while it waits on the inbox (as when it
+    stalled past the lock's expiry and a standby took over), and a report arrives in
+    that same read: the round it then runs must not be committed."""
+    cluster = control_plane(workers=0)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=3",)))
+    worker = _scripted(control_plane, store, slots=1)
+    first = worker.claim()
+    time.sleep(1)  # the chief settles into waiting on the inbox
+    store.client.set(store.keys.chief_lock, "a-standby-that-does-nothing", px=60_000)
+    worker.end(first)  # read by the deposed chief's pending inbox read
+    time.sleep(3)
+    assert _events(store, job, "trial_created") == _events(store, job, "trial_created")[:1], \
+        "a chief without the lock created a trial"
+    store.client.delete(store.keys.chief_lock)  # the standby is gone: the chief resumes
+    worker.end(worker.claim(timeout=60))
+    worker.end(worker.claim(timeout=60))
+    results = wait(store, job, 60)
+    created = [e["trial"] for e in _events(store, job, "trial_created")]
+    assert len(results["trials"]) == 3 and len(created) == 3, created
+    assert all(t["state"] == "COMPLETED" and t["attempts"] == 1 for t in results["trials"])
+    consumers = {c["name"] for c in store.client.xinfo_consumers(store.keys.inbox, "chief")}
+    assert consumers and all(name.startswith("chief-") for name in consumers), consumers
+
+
 # --- point 7: Redis restored from an older copy ---------------------------------------------
 
 
@@ -250,10 +277,14 @@ def test_a_failed_search_is_not_resumed_by_a_restarted_chief(control_plane) -> N
     failing, running = worker.claim(), worker.claim()
     worker.end(failing, state="FAILED")  # the search has failed; `running` winds down
     _until(lambda: store.jobs.trial(job, running.trial).get("stop") == "1", 30)
+    # (a trial the chief made for the slot just freed, before it read the failure, is
+    # among these: it is cancelled with the job)
+    made = store.jobs.trial_ids(job)
+    worker.slots = 8  # capacity joins: a chief that forgot the failure would fill it
     os.killpg(cluster.chiefs[0].pid, signal.SIGKILL)
     cluster.start_chief()
     time.sleep(3 * LOCK_S)  # the new chief is active and has a free slot to fill
-    assert len(store.jobs.trial_ids(job)) == 2, "the restarted chief resumed a failed search"
+    assert store.jobs.trial_ids(job) == made, "the restarted chief resumed a failed search"
     worker.end(running)
     results = wait(store, job, 60)
     assert results["state"] == "failed" and "consecutive" in results["error"]
