@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -121,7 +122,7 @@ def _snapshot(store: Store) -> dict[str, object]:
         out[key] = {"hash": lambda k: r.hgetall(k), "string": lambda k: r.get(k),
                     "list": lambda k: r.lrange(k, 0, -1),
                     "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
-                    "stream": lambda k: r.xrange(k)}.get(kind, lambda k: kind)(key)
+                    "stream": lambda k: r.xrange(k)}.get(kind, lambda k, t=kind: t)(key)
     return out
 
 
@@ -291,3 +292,63 @@ def test_wrong_password_fails_fast_with_a_clear_message() -> None:
         with pytest.raises(AuthFailed):
             connect(server.url.replace(":s3cret@", ""))
     assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+
+
+class _ReplyDropper:
+    """A TCP proxy to Redis that, once armed, lets the next command through and then
+    cuts the connection before its reply comes back: the call happened, the caller
+    never heard, and redis-py re-sends it on a new connection."""
+
+    def __init__(self, port: int, trigger: bytes) -> None:
+        self.upstream, self.trigger, self.armed, self.dropped = port, trigger, False, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            state = {"pending": False}
+            threading.Thread(target=self._pump, args=(client, upstream, state, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, state, False),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict, request: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if request and self.armed and self.trigger in data:
+                    self.armed, state["pending"] = False, True
+                elif not request and state["pending"]:
+                    self.dropped += 1
+                    src.close()
+                    dst.close()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_claim_whose_reply_was_lost_is_not_claimed_twice(server: RedisServer) -> None:
+    store = Store.from_url(server.url)
+    store.client.flushdb()
+    job = _job_with_trials(store, 2)
+    proxy = _ReplyDropper(server.port, trigger=b"EVALSHA")
+    try:
+        through = Store.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        through.queue.claim("warm-up", 30)  # loads the script; release what it took
+        assert store.queue.release(job, "00", "warm-up", count_attempt=False) == 1
+        proxy.armed = True
+        claim = through.queue.claim("w1", 30)
+        assert proxy.dropped == 1 and claim is not None
+        assert store.queue.running_count() == 1, "the retried claim took a second trial"
+        assert store.queue.ready_count() == 1
+    finally:
+        proxy.close()
