@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
+from tunecluster.artifacts import job_dir as artifacts_job_dir
 from tunecluster.data import load_splits
 from tunecluster.spec.models import JobSpec
-from tunecluster.store import Store
+from tunecluster.store import Store, codec
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.results import build_results, leaderboard
 
@@ -28,7 +29,7 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     Safe against two chiefs: the files are replaced atomically with the same content,
     and the record (``final`` and the state, in one step) is written only under
     ``fence``, so a deposed chief's finalize writes nothing to Redis."""
-    job_dir = artifacts_root / job
+    job_dir = artifacts_job_dir(artifacts_root, job)
     job_dir.mkdir(parents=True, exist_ok=True)
     draft = build_results(store.jobs, job)
     ranked = leaderboard(draft["trials"], draft["objective"]["direction"])
@@ -56,7 +57,7 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     if error:
         results["error"] = error
     _write_json(job_dir / RESULTS, results)
-    writes = Writes().hset(store.keys.job(job), "final", json.dumps(final))
+    writes = Writes().hset(store.keys.job(job), "final", codec.dumps(final))
     store.jobs.stage_state(writes, job, state, **fields)
     writes.apply(store.client, fence)
     return results
@@ -87,5 +88,6 @@ def summarize_errors(trials: list[dict[str, Any]]) -> str:
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    # No NaN/Infinity in a file other tools parse as JSON: non-finite numbers are null.
+    tmp.write_text(json.dumps(codec.finite(data), indent=2, default=str, allow_nan=False))
     os.replace(tmp, path)

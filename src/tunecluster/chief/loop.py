@@ -171,6 +171,8 @@ class Chief:
         self._reap()
         self._slots = self.store.workers.total_slots(self.lease_s)
         self._active = self.store.jobs.active()
+        for gone in set(self.jobs) - set(self._active):  # ended, deleted, or Ray's
+            del self.jobs[gone]
         Writes().set(self.store.keys.chief_beat, server_ms(self.store.client),
                      px=int(self.lock_s * 3000)).apply(self.store.client, self.fence)
         if self._take_over_inbox(min_idle_ms=max(2000, int(self.lock_s * 1000))):
