@@ -14,7 +14,9 @@ KEY_PREFIX = "tc"  # every Redis key starts with this (store/keys.py builds them
 # --- liveness -------------------------------------------------------------------
 # A worker renews its heartbeat and the leases of its running trials every
 # HEARTBEAT_S; a lease not renewed for LEASE_S is reaped by the chief.
-# Worst-case detection of a dead worker = LEASE_S + CHIEF_TICK_S.
+# Worst-case detection of a dead worker = LEASE_S + min(1 s, LEASE_S/4) + CHIEF_TICK_S
+# (the reap interval, and the inbox read it follows); one more LEASE_S + 5 s after
+# the reaper itself stalled (Redis down or restarted, chief paused or replaced).
 HEARTBEAT_S = float(os.environ.get("TUNECLUSTER_HEARTBEAT_S", "2.0"))
 LEASE_S = float(os.environ.get("TUNECLUSTER_LEASE_S", "10.0"))
 CHIEF_TICK_S = float(os.environ.get("TUNECLUSTER_CHIEF_TICK_S", "0.5"))
