@@ -156,6 +156,52 @@ def test_raising_and_nan_trials_fail_and_the_job_completes(store, tmp_path: Path
     assert results["best"]["trial"] == by_mode["ok"]["trial"]
 
 
+OWN_OBJECTS_MODEL = textwrap.dedent('''
+    import keras
+    from keras import ops
+
+    class Scale(keras.layers.Layer):  # the user's own layer, not registered with Keras
+        def __init__(self, factor=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    def top_class_prob(y_true, y_pred):  # the user's own metric function
+        return ops.max(y_pred, axis=-1)
+
+    def build_model(hp):
+        model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
+                                  Scale(1.0 / 16.0),
+                                  keras.layers.Dense(hp.Int("units", 16, 32, step=16),
+                                                     activation="relu"),
+                                  keras.layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy", top_class_prob])
+        return model
+''')
+
+
+def test_a_custom_model_with_its_own_layer_and_metric_is_finalized(store, tmp_path) -> None:
+    """The chief loads the best model to score it on the test split: the user's own
+    (unregistered) classes and functions must resolve there as in the worker."""
+    (tmp_path / "own.py").write_text(OWN_OBJECTS_MODEL)
+    (tmp_path / "job.yaml").write_text(textwrap.dedent('''
+        name: own-objects
+        data: {dataset: digits}
+        model: {module: own.py}
+        search: {algorithm: random, objective: val_accuracy, max_trials: 1}
+        train: {epochs: 1}
+    '''))
+    results = run_job(store, tmp_path / "job.yaml")
+    assert results["state"] == "completed", results.get("error")
+    assert {"accuracy", "top_class_prob"} <= set(results["test"])
+
+
 def test_cli_submit_wait_status_and_bad_spec_is_not_queued(cluster, store, tmp_path) -> None:
     before = set(store.jobs.all())
     bad = cli("submit", str(EXAMPLES / "digits.yaml"), "--set", "search.algorithm=bayes",
