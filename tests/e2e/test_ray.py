@@ -221,7 +221,9 @@ CRASH_ONCE = textwrap.dedent('''
 
     def build_model(hp):
         units = hp.Int("units", 16, 32)
-        if os.getpid() != SUBMITTER and not os.path.exists(MARK):
+        # not in the submitter, nor in the child it runs the discovery of the space in
+        submitting = SUBMITTER in (os.getpid(), os.getppid())
+        if not submitting and not os.path.exists(MARK):
             open(MARK, "w").close()
             os._exit(3)  # the Ray actor dies, as on a segfault or an OOM kill
         model = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(units, "relu"),
