@@ -196,15 +196,13 @@ def run(spec: str, overrides: tuple[str, ...], workers: int, timeout_s: float | 
 def submit(spec: str, overrides: tuple[str, ...], redis_url: str, wait_: bool,
            as_json: bool) -> None:
     """Validate and queue a job; prints its id."""
-    from tunecluster import client
+    from tunecluster.api import Client
 
-    job = client.prepare_job(spec if spec != "-" else _stdin_spec(), overrides)
-    store = _store(redis_url)
-    job_id = client.submit(store, job)
+    job = Client(redis_url).submit(spec if spec != "-" else _stdin_spec(), overrides)
     if not wait_:
-        _print_json({"job": job_id}) if as_json else click.echo(job_id)
+        _print_json({"job": job.id}) if as_json else click.echo(job.id)
         return
-    results = client.wait(store, job_id)
+    results = job.wait()
     _print_json(results) if as_json else render.print_results(results, console)
 
 
@@ -224,11 +222,12 @@ def _stdin_spec() -> str:
 @handle_errors
 def status(job: str | None, redis_url: str, as_json: bool) -> None:
     """A job's state and trial counts; without JOB, every job and the live workers."""
-    from tunecluster.store.results import build_results
+    from tunecluster.api import Client
 
-    store = _store(redis_url)
+    client = Client(redis_url)
+    store = client.store
     if job is None:
-        rows = [_summary(build_results(store.jobs, j)) for j in store.jobs.all()]
+        rows = [j.status() for j in client.jobs()]
         workers = store.workers.live(defaults.LEASE_S)
         data = {"jobs": rows, "workers": [{"id": w, **info} for w, info in workers.items()],
                 "chief": store.client.get(store.keys.chief_lock)}
@@ -240,7 +239,7 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
                       f"{sum(int(i.get('slots', 1)) for i in workers.values())} slot(s);"
                       f" chief: {data['chief'] or 'none'}")
         return
-    summary = _summary(build_results(store.jobs, job))
+    summary = client.job(job).status()
     if as_json:
         _print_json(summary)
         return
@@ -318,9 +317,9 @@ def _watch(store: Any, job: str) -> None:
 @handle_errors
 def results(job: str, redis_url: str, as_json: bool, as_csv: bool) -> None:
     """The leaderboard, best hyperparameters and the test-set score."""
-    from tunecluster.store.results import build_results
+    from tunecluster.api import Client
 
-    data = build_results(_store(redis_url).jobs, job)
+    data = Client(redis_url).job(job).results()
     if as_json:
         _print_json(data)
     elif as_csv:
@@ -364,16 +363,16 @@ def best(job: str, redis_url: str, export: str | None, as_json: bool) -> None:
 @handle_errors
 def cancel(job: str, redis_url: str, wait_: bool) -> None:
     """Cancel a job: running trials stop within an epoch; completed ones are kept."""
-    from tunecluster import client
+    from tunecluster.api import Client
 
-    store = _store(redis_url)
-    before = store.jobs.request_cancel(job)
+    handle = Client(redis_url).job(job)
+    before = handle.cancel()
     if before in ("completed", "failed", "cancelled"):
         click.echo(f"{job} already {before}")
         return
     click.echo(f"cancelling {job}")
     if wait_:
-        click.echo(client.wait(store, job)["state"])
+        click.echo(handle.wait()["state"])
 
 
 @cli.command()

@@ -1,0 +1,247 @@
+"""The Python API of a cluster: submit jobs and follow, read, cancel and delete them.
+
+``Client`` talks to Redis only (the control plane), like the CLI, which is a thin layer
+over it. A ``Job`` is a handle (an id and the client): every method reads Redis afresh,
+so a handle made by ``Client.job(id)`` in another process sees the same job.
+
+Contract:
+- ``submit`` validates the whole job (spec, search space, data files) before anything
+  is queued; nothing is written to Redis when it raises.
+- ``Job.results()`` is the document ``tunecluster results --json`` prints.
+- ``Job.events()`` yields the job's events in order and ends once the job is final
+  (the event that made it final included).
+- TensorFlow is imported only by ``Job.best_model`` / ``Job.trial_model``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunecluster import defaults
+from tunecluster.errors import StoreError
+from tunecluster.store.ids import check_job_id
+
+if TYPE_CHECKING:
+    from tunecluster.client import PreparedJob
+    from tunecluster.spec import JobSpec
+    from tunecluster.store import Event, JobRecord, Store
+
+SUMMARY_FIELDS = ("job", "name", "state", "objective", "best", "counts", "error", "created",
+                  "finished")
+
+
+class Client:
+    """A connection to one cluster's control plane.
+
+    ``url``: the Redis URL (``redis://`` or ``rediss://``); None reads
+    ``$TUNECLUSTER_REDIS_URL``, else the local default. ``artifacts``: where this
+    machine sees the cluster's artifacts root (for ``Job.best_model``); None reads
+    ``$TUNECLUSTER_ARTIFACTS``, else ``./artifacts``. The connection is opened on first
+    use, so a bad spec is reported before an unreachable Redis.
+    """
+
+    def __init__(self, url: str | None = None, *, artifacts: str | os.PathLike[str] | None = None,
+                 retries: int = 1) -> None:
+        self.url = url or os.environ.get(defaults.REDIS_URL_ENV) or defaults.REDIS_URL
+        self.artifacts = Path(artifacts if artifacts is not None else
+                              os.environ.get(defaults.ARTIFACTS_ENV, defaults.ARTIFACTS_ROOT))
+        self._retries = retries
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The underlying ``Store`` (connected on first use)."""
+        if self._store is None:
+            from tunecluster.store import Store
+
+            self._store = Store.from_url(self.url, retries=self._retries)
+        return self._store
+
+    def submit(self, spec: Any, overrides: Iterable[str] = (), *,
+               files: Mapping[str, bytes] | None = None,
+               space: Mapping[str, Any] | None = None) -> Job:
+        """Validate and queue a job; returns its handle.
+
+        ``spec``: a job file's path, a mapping (as a job file holds: a ``model.module``
+        and data paths relative to the working directory), a ``JobSpec`` or a
+        ``PreparedJob``. ``overrides``: ``dotted.path=value`` strings (path and mapping
+        only). ``files`` adds data files to upload (name -> bytes; they must be named by
+        ``data``); ``space`` replaces the discovered search space (KerasTuner config).
+        """
+        from tunecluster import client as prep
+        from tunecluster.spec import JobSpec
+
+        if isinstance(spec, prep.PreparedJob):
+            job = spec
+        elif isinstance(spec, JobSpec):
+            job = self._prepare(spec, files, space)
+        elif isinstance(spec, Mapping):
+            from tunecluster.spec.load import (
+                absolute_data_paths,
+                apply_overrides,
+                attach_sources,
+                parse_spec,
+            )
+
+            raw = apply_overrides(spec, overrides)
+            raw = absolute_data_paths(attach_sources(raw, Path.cwd()), Path.cwd())
+            job = self._prepare(parse_spec(raw), files, space)
+        elif isinstance(spec, (str, os.PathLike)):
+            job = prep.prepare_job(spec, overrides, discover=space is None)
+            if space is not None:
+                job.space = dict(space)
+            job.files.update(files or {})
+        else:
+            raise TypeError(f"spec must be a path, a mapping or a JobSpec, got"
+                            f" {type(spec).__name__}")
+        return Job(self, prep.submit(self.store, job))
+
+    @staticmethod
+    def _prepare(spec: JobSpec, files: Mapping[str, bytes] | None,
+                 space: Mapping[str, Any] | None) -> PreparedJob:
+        from tunecluster import client as prep
+
+        given = dict(files or {})
+        named = _data_paths(spec)
+        missing = [p for p in named if p not in given]
+        gathered = prep.gather_files(spec) if missing else {}
+        return prep.PreparedJob(
+            spec, dict(space) if space is not None else prep.search_space(spec),
+            {**gathered, **given})
+
+    def job(self, job_id: str) -> Job:
+        """The handle of an existing job (checked when first read)."""
+        return Job(self, check_job_id(job_id, "job"))
+
+    def jobs(self, limit: int = 100) -> list[Job]:
+        """Handles of the cluster's jobs, newest first."""
+        return [Job(self, j) for j in self.store.jobs.all(limit)]
+
+    def __repr__(self) -> str:
+        from tunecluster.store import redact
+
+        return f"Client({redact(self.url)!r})"
+
+
+class Job:
+    """A handle on one job of a cluster. Methods read Redis each time they are called."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Job) and other.id == self.id
+                and other.client.url == self.client.url)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def record(self) -> JobRecord:
+        """The raw job record (``StoreError`` when Redis knows no such job)."""
+        return self.client.store.jobs.get(self.id)
+
+    @property
+    def state(self) -> str:
+        """``queued``, ``running``, ``finalizing``, ``completed``, ``failed`` or ``cancelled``."""
+        return self.record().state
+
+    def status(self) -> dict[str, Any]:
+        """A summary: job, name, state, objective, best, counts, error, created, finished
+        (what ``tunecluster status JOB --json`` prints)."""
+        data = self.results()
+        return {k: data[k] for k in SUMMARY_FIELDS}
+
+    def results(self) -> dict[str, Any]:
+        """The results document (``tunecluster results JOB --json``): the leaderboard so
+        far while the job runs, with the test score and artifacts once it is final."""
+        from tunecluster.store.results import build_results
+
+        return build_results(self.client.store.jobs, self.id)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
+        """Block until the job is final and return its results document;
+        ``TimeoutError`` after ``timeout`` seconds (the job keeps running)."""
+        from tunecluster.client import wait
+
+        return wait(self.client.store, self.id, timeout, poll_s)
+
+    def events(self, after: str = "0-0", block_s: float = 0.5) -> Iterator[Event]:
+        """The job's events from ``after`` on (``Event``: id, type, data), live; the
+        iterator ends once the job is final and every event before that was yielded."""
+        from tunecluster.store import FINAL_STATES
+
+        store = self.client.store
+        while True:
+            final = self.state in FINAL_STATES  # read before the events: none is missed
+            events = store.events.read(self.id, after, block_ms=None if final else
+                                       int(block_s * 1000), count=500)
+            for event in events:
+                after = event.id
+                yield event
+            if final and not events:
+                return
+
+    def cancel(self) -> str:
+        """Ask the chief to cancel (running trials stop within an epoch); returns the
+        state the job had. A final job is left as it is."""
+        return self.client.store.jobs.request_cancel(self.id)
+
+    def delete(self, force: bool = False, timeout: float = 120.0) -> str | None:
+        """Remove every Redis key of the job (not its artifacts); an active job needs
+        ``force`` (cancelled first). Returns the state it had."""
+        return self.client.store.jobs.delete(self.id, force=force, wait_s=timeout)
+
+    def best_model(self, compile: bool = True) -> Any:
+        """The job's exported best model, loaded (``keras.Model``), from this machine's
+        view of the artifacts root (``Client(artifacts=...)``)."""
+        from tunecluster.artifacts import BEST_MODEL, job_dir
+
+        data = self.results()
+        if data["state"] != "completed":
+            raise StoreError(f"job {self.id} has no exported best model (state"
+                             f" {data['state']}); wait() for it to complete")
+        recorded = data["artifacts"].get("best_model")
+        return self._load([job_dir(self.client.artifacts, self.id) / BEST_MODEL,
+                           *([Path(recorded)] if recorded else [])], compile)
+
+    def trial_model(self, trial: str, compile: bool = True) -> Any:
+        """One finished trial's model (its best epoch), loaded."""
+        from tunecluster.artifacts import trial_model
+
+        row = self.client.store.jobs.trial(self.id, trial)
+        if row.get("state") != "COMPLETED":
+            raise StoreError(f"trial {trial} of job {self.id} is not completed"
+                             f" ({row.get('state', 'no such trial')})")
+        return self._load([trial_model(self.client.artifacts, self.id, trial,
+                                       row.get("model"))], compile)
+
+    def _load(self, candidates: list[Path], compile: bool) -> Any:
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise StoreError(
+                f"job {self.id}: cannot read its model here ({candidates[0]} does not exist);"
+                f" point Client(artifacts=...) or ${defaults.ARTIFACTS_ENV} at this machine's"
+                " mount of the cluster's artifacts root")
+        import keras
+
+        from tunecluster.chief.finalize import _user_objects
+        from tunecluster.spec import parse_spec
+
+        objects = _user_objects(parse_spec(self.record().spec))
+        return keras.models.load_model(path, compile=compile, custom_objects=objects)
+
+
+def _data_paths(spec: JobSpec) -> list[str]:
+    data = spec.data
+    paths = [data.path] if data.path else []
+    if data.files is not None:
+        paths += [data.files.train, data.files.valid, data.files.test]
+    return paths
+
