@@ -114,7 +114,10 @@ class Chief:
     # --- main loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        import keras_tuner  # noqa: F401 - paid once at start, not on the first submit
+        from tunecluster.quiet import import_tensorflow
+
+        import_tensorflow()  # quietly, once at start, not on the first submit
+        import keras_tuner  # noqa: F401
 
         backoff = Backoff()
         log.info("chief %s starting", self.id)

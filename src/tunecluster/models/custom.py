@@ -191,7 +191,9 @@ def _discover_main() -> None:
     answer_to = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the user's prints go to stderr, never into the answer
     request = json.loads(sys.stdin.read())
-    import keras  # noqa: F401 - imported before "ready": not part of the user's limit
+    from tunecluster.quiet import import_tensorflow
+
+    import_tensorflow()  # before "ready": not part of the user's limit
 
     from tunecluster.spec.models import Model
     from tunecluster.spec.space import build_space, space_to_json

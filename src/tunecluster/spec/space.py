@@ -10,6 +10,9 @@ from tunecluster.spec.models import HyperParameter
 
 def build_space(hyperparameters: Mapping[str, HyperParameter]) -> Any:
     """Register every spec hyperparameter on a fresh ``keras_tuner.HyperParameters``."""
+    from tunecluster.quiet import import_tensorflow
+
+    import_tensorflow()
     import keras_tuner
 
     hp = keras_tuner.HyperParameters()
@@ -54,6 +57,9 @@ def space_to_json(hp: Any) -> dict[str, Any]:
 
 
 def space_from_json(config: Mapping[str, Any]) -> Any:
+    from tunecluster.quiet import import_tensorflow
+
+    import_tensorflow()
     import keras_tuner
 
     return keras_tuner.HyperParameters.from_config(dict(config))

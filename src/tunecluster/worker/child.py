@@ -80,7 +80,9 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
     os.environ.update(env)  # e.g. CUDA_VISIBLE_DEVICES, before TensorFlow is imported
     import gc
 
-    import keras  # noqa: F401 - warm: paid once when the process starts, not per trial
+    from tunecluster.quiet import import_tensorflow
+
+    import_tensorflow()  # warm: paid once when the process starts, not per trial
     import tensorflow
 
     # Each trial builds new tf.functions; TensorFlow warns about "retracing" for every
