@@ -348,3 +348,12 @@ def test_bayesian_trials_after_the_initial_points_come_from_the_gaussian_process
     assert state["seed_state"] == seed_states[used], (state["seed_state"], seed_states, origin)
     assert state["num_initial_points"] == initial
 
+
+
+def test_the_cli_shows_no_tensorflow_start_up_noise() -> None:
+    """TensorFlow writes oneDNN/absl notices straight to fd 2 while it is imported; a
+    user running the CLI must see only tunecluster's own output."""
+    out = cli("validate", str(EXAMPLES / "digits.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "", out.stderr
+    assert out.stdout.startswith("ok: digits-mlp")
