@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -328,32 +327,82 @@ def results(job: str, redis_url: str, as_json: bool, as_csv: bool) -> None:
         render.print_results(data, console)
 
 
+def local_artifacts_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--artifacts", "local_root", envvar=defaults.ARTIFACTS_ENV,
+                        default=defaults.ARTIFACTS_ROOT, show_default=True,
+                        help="This client's view of the artifacts root: files found there"
+                             " (checksum verified) are copied; others are downloaded"
+                             " through Redis.")(func)
+
+
 @cli.command()
 @click.argument("job", callback=_job_id)
 @redis_option
 @click.option("--export", "export", type=click.Path(), help="Copy the best model here.")
+@local_artifacts_option
 @json_option
 @handle_errors
-def best(job: str, redis_url: str, export: str | None, as_json: bool) -> None:
-    """The best trial; --export copies its model (a .keras file)."""
+def best(job: str, redis_url: str, export: str | None, local_root: str, as_json: bool) -> None:
+    """The best trial; --export copies its model (a .keras file), from the artifacts
+    root when this client sees it, else through Redis (stderr says which)."""
+    from tunecluster.artifacts import BEST_MODEL
+    from tunecluster.store import downloads
     from tunecluster.store.results import build_results
 
-    data = build_results(_store(redis_url).jobs, job)
+    store = _store(redis_url)
+    data = build_results(store.jobs, job)
     if not data["best"]:
         raise StoreError(f"job {job} has no completed trial yet")
     out = {**data["best"], "test": data["test"], "best_model": data["artifacts"].get("best_model")}
     if export:
-        source = out["best_model"]
-        if not source or not Path(source).is_file():
-            raise StoreError(f"job {job} has no exported model yet (state {data['state']})")
-        shutil.copyfile(source, export)
+        got = downloads.retrieve(store, job, BEST_MODEL, export, local_root)
+        click.echo(got.message, err=True)
         out["exported"] = str(Path(export).resolve())
+        out["exported_from"] = got.source
     if as_json:
         _print_json(out)
     else:
         click.echo(f"trial {out['trial']}: score {out['score']}  {out['hyperparameters']}")
         if export:
             click.echo(f"exported to {out['exported']}")
+
+
+@cli.command(name="artifacts")
+@click.argument("job", callback=_job_id)
+@redis_option
+@click.option("--trial", "trials", multiple=True, help="Only this trial's model (repeatable).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Directory to write into, as <job dir>/ is laid out"
+              " (results.json, best_model.keras, trials/<trial>/model.keras).")
+@local_artifacts_option
+@json_option
+@handle_errors
+def artifacts_cmd(job: str, redis_url: str, trials: tuple[str, ...], output: str,
+                  local_root: str, as_json: bool) -> None:
+    """A job's results.json, best model and top-k trial models (or --trial's): from the
+    artifacts root when this client sees it, else through Redis; one stderr line each."""
+    from tunecluster.store import downloads
+
+    store = _store(redis_url)
+    names = [downloads.trial_name(t) for t in trials] if trials else downloads.names(store, job)
+    rows, failed = [], 0
+    for name in names:
+        try:
+            got = downloads.retrieve(store, job, name, Path(output) / name, local_root)
+        except downloads.DownloadError as exc:
+            click.echo(f"error: {str(exc).replace(chr(10), ' ')}", err=True)
+            failed += 1
+            continue
+        click.echo(got.message, err=True)
+        rows.append({"name": name, "path": str(got.path.resolve()), "from": got.source,
+                     "size": got.size, "sha256": got.sha256})
+    if as_json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            click.echo(row["path"])
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

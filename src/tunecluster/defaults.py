@@ -47,6 +47,17 @@ DATA_ROOT_ENV = "TUNECLUSTER_DATA_ROOT"
 # Uploaded data files cached on a worker's disk (<artifacts>/.cache/<job>): caches of
 # jobs no longer active go, and at most this many are kept, most recently used first.
 FILE_CACHE_JOBS = int(os.environ.get("TUNECLUSTER_FILE_CACHE_JOBS", "4"))
+# At finalize the chief publishes the job's results.json, best_model.keras and the
+# DOWNLOAD_TOP_K best trials' models through Redis, so that a client that reaches
+# Redis but not the artifacts store (a laptop, the host of a compose stack) can fetch
+# them. Each file is published only up to MAX_DOWNLOAD_BYTES (Redis holds it in memory
+# until `delete`: at most (top-k + 1) models + results.json per job, identical files
+# stored once); a larger one stays on the store only, and the client says where.
+# Both are read by the chief when it publishes (store/downloads.py), not at import.
+MAX_DOWNLOAD_BYTES_ENV = "TUNECLUSTER_MAX_DOWNLOAD_BYTES"
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+DOWNLOAD_TOP_K_ENV = "TUNECLUSTER_DOWNLOAD_TOP_K"
+DOWNLOAD_TOP_K = 3
 
 # --- job spec -------------------------------------------------------------------
 SPLIT_VALID = 0.2

@@ -16,7 +16,7 @@ from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
 from tunecluster.artifacts import job_dir as artifacts_job_dir
 from tunecluster.data import load_splits
 from tunecluster.spec.models import JobSpec
-from tunecluster.store import Store, codec
+from tunecluster.store import Store, codec, downloads
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.results import build_results, leaderboard
 
@@ -57,10 +57,30 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     if error:
         results["error"] = error
     _write_json(job_dir / RESULTS, results)
-    writes = Writes().hset(store.keys.job(job), "final", codec.dumps(final))
+    # Published for clients that cannot read the artifacts store; put in place (renamed,
+    # indexed) in the same fenced step that makes the job final.
+    publication = _publish(store, job, artifacts_root, state, ranked, fence)
+    writes = publication.stage(Writes(), store.keys)
+    writes.hset(store.keys.job(job), "final", codec.dumps(final))
     store.jobs.stage_state(writes, job, state, **fields)
     writes.apply(store.client, fence)
     return results
+
+
+def _publish(store: Store, job: str, root: Path, state: str, ranked: list[dict[str, Any]],
+             fence: Fence) -> downloads.Publication:
+    """results.json, the best model and the top-k trials' models (store/downloads.py)."""
+    job_dir = artifacts_job_dir(root, job)
+    files = [(RESULTS, job_dir / RESULTS)]
+    extra: dict[str, dict[str, Any]] = {}
+    if state == "completed":
+        files.append((BEST_MODEL, job_dir / BEST_MODEL))
+        extra[BEST_MODEL] = {"trial": ranked[0]["trial"]}
+    for rank, row in enumerate(ranked[:downloads.download_top_k()], 1):
+        name = downloads.trial_name(row["trial"])
+        files.append((name, trial_model(root, job, row["trial"], row.get("model"))))
+        extra[name] = {"trial": row["trial"], "rank": rank, "score": row["score"]}
+    return downloads.publish(store, job, root, files, fence, extra)
 
 
 def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[str, float]:

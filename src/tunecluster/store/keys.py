@@ -11,6 +11,9 @@
     {p}:job:{job}:trial:{trial}:epochs HASH epoch number -> metrics (JSON)
     {p}:job:{job}:trial:{trial}:errors LIST why each earlier attempt ended (crash, lost lease)
     {p}:job:{job}:events            STREAM the job's event log (what `watch` tails)
+    {p}:job:{job}:downloads         HASH  artifact name -> size, sha256, where, published? (JSON)
+    {p}:job:{job}:download:{sha256} STRING an artifact's bytes for download, by content
+    {p}:job:{job}:download:{sha256}:part STRING the same while the chief appends its chunks
     {p}:ready                       LIST  "{job}/{trial}" ready to claim, claimed from the left
     {p}:leases                      ZSET  "{job}/{trial}" of running trials, scored by expiry (ms)
     {p}:inbox                       STREAM reports for the chief (epochs, ends, submits, cancels)
@@ -74,6 +77,15 @@ class Keys:
 
     def events(self, job: str) -> str:
         return f"{self.p}:job:{job}:events"
+
+    def downloads(self, job: str) -> str:
+        return f"{self.p}:job:{job}:downloads"
+
+    def download_blob(self, job: str, sha256: str) -> str:
+        return f"{self.p}:job:{job}:download:{sha256}"
+
+    def download_part(self, job: str, sha256: str) -> str:
+        return f"{self.p}:job:{job}:download:{sha256}:part"
 
     # queues and liveness
     @property

@@ -1,0 +1,212 @@
+"""store/downloads.py against a real Redis: publish under the fence, read back verified,
+bounded, deduplicated, and gone with ``delete``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tunecluster.cluster import RedisServer
+from tunecluster.errors import StoreError
+from tunecluster.store import Store, downloads
+from tunecluster.store.downloads import ChecksumMismatch, DownloadError
+from tunecluster.store.fence import Fence, LostLeadership, Writes
+
+pytestmark = pytest.mark.timeout(60)
+
+SPEC = {"name": "job", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"},
+        "search": {"objective": {"name": "val_accuracy", "direction": "max"}}}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as s:
+        yield s
+
+
+@pytest.fixture
+def store(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.setattr(downloads, "CHUNK_BYTES", 1000)  # many chunks from small files
+    s = Store.from_url(server.url)
+    s.client.flushdb()
+    return s
+
+
+@pytest.fixture
+def chief(tmp_path: Path) -> Path:
+    root = tmp_path / "chief-artifacts"
+    root.mkdir()
+    return root
+
+
+def _job(store: Store) -> str:
+    return store.jobs.submit("job", json.dumps(SPEC), {}, 0, "native")
+
+
+def _file(root: Path, job: str, name: str, data: bytes) -> Path:
+    path = root / job / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _finish(store: Store, job: str, root: Path, files: dict[str, Path],
+            fence: Fence = Fence.NONE, limit: int | None = None) -> downloads.Publication:
+    """What finalize does: publish, then stage it with the final state in one step."""
+    pub = downloads.publish(store, job, root, files.items(), fence, limit=limit)
+    writes = pub.stage(Writes(), store.keys)
+    store.jobs.stage_state(writes, job, "completed")
+    writes.apply(store.client, fence)
+    return pub
+
+
+def _keys(store: Store, job: str) -> list[str]:
+    return sorted(k for k in store.client.scan_iter(match=f"tc:job:{job}:download*"))
+
+
+BINARY = bytes(range(256)) * 9 + b"\x00\xff\xfe"  # 2307 bytes, not UTF-8: three chunks
+
+
+def test_round_trip_is_byte_identical_and_says_where_from(store: Store, chief: Path,
+                                                          tmp_path: Path) -> None:
+    job = _job(store)
+    files = {"best_model.keras": _file(chief, job, "best_model.keras", BINARY),
+             "results.json": _file(chief, job, "results.json", b"{}"),
+             "trials/00/model.keras": _file(chief, job, "trials/00/attempt-1/model.keras",
+                                            b"other"),
+             "trials/01/model.keras": _file(chief, job, "trials/01/attempt-1/model.keras",
+                                            BINARY)}
+    _finish(store, job, chief, files)
+    index = downloads.index(store, job)
+    assert index["best_model.keras"]["size"] == len(BINARY)
+    assert index["trials/00/model.keras"]["rel"] == f"{job}/trials/00/attempt-1/model.keras"
+    # identical files are held once; no part is left behind
+    assert len(_keys(store, job)) == 1 + 3
+    assert not [k for k in _keys(store, job) if k.endswith(":part")]
+
+    got = downloads.retrieve(store, job, "best_model.keras", tmp_path / "out" / "m.keras",
+                             local_root=tmp_path / "elsewhere")
+    assert got.source == "redis" and got.path.read_bytes() == BINARY
+    assert "downloaded through Redis" in got.message and "\n" not in got.message
+    assert downloads.fetch(store, job, "trials/00/model.keras", tmp_path / "t.keras") \
+        .read_bytes() == b"other"
+    assert downloads.names(store, job)[:2] == ["results.json", "best_model.keras"]
+
+    local = downloads.retrieve(store, job, "best_model.keras", tmp_path / "l.keras", chief)
+    assert local.source == "local" and local.path.read_bytes() == BINARY
+    assert "sha256 verified" in local.message
+
+
+def test_a_local_file_that_differs_is_not_used(store: Store, chief: Path,
+                                               tmp_path: Path) -> None:
+    job = _job(store)
+    _finish(store, job, chief, {"best_model.keras": _file(chief, job, "best_model.keras",
+                                                          BINARY)})
+    mine = tmp_path / "mine"
+    _file(mine, job, "best_model.keras", b"stale copy from another cluster")
+    got = downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras", mine)
+    assert got.source == "redis" and got.path.read_bytes() == BINARY
+    assert "sha256 differs" in got.message
+
+
+def test_a_tampered_blob_fails_the_checksum_and_writes_nothing(store: Store, chief: Path,
+                                                               tmp_path: Path) -> None:
+    job = _job(store)
+    _finish(store, job, chief, {"best_model.keras": _file(chief, job, "best_model.keras",
+                                                          BINARY)})
+    sha = downloads.index(store, job)["best_model.keras"]["sha256"]
+    store.client.setrange(store.keys.download_blob(job, sha), 1500, "X")
+    dest = tmp_path / "out" / "m.keras"
+    with pytest.raises(ChecksumMismatch, match="fails its checksum") as info:
+        downloads.retrieve(store, job, "best_model.keras", dest)
+    assert "\n" not in str(info.value)
+    assert not dest.exists() and os.listdir(dest.parent) == []  # no temp file either
+
+
+def test_over_the_limit_is_indexed_not_published_and_the_error_says_where(
+        store: Store, chief: Path, tmp_path: Path) -> None:
+    job = _job(store)
+    path = _file(chief, job, "best_model.keras", BINARY)
+    _finish(store, job, chief, {"best_model.keras": path,
+                                "results.json": _file(chief, job, "results.json", b"{}")},
+            limit=2000)
+    meta = downloads.index(store, job)["best_model.keras"]
+    assert not meta["published"] and meta["size"] == len(BINARY) and meta["sha256"]
+    assert len(_keys(store, job)) == 1 + 1  # index + results.json only
+    with pytest.raises(DownloadError) as info:
+        downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras",
+                           tmp_path / "elsewhere")
+    text = str(info.value)
+    assert "over the download limit" in text and "TUNECLUSTER_MAX_DOWNLOAD_BYTES=2000" in text
+    assert str(path) in text and "--artifacts" in text and "no exported model" not in text
+    # where the store is mounted, the same file is read (verified)
+    got = downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras", chief)
+    assert got.source == "local" and got.path.read_bytes() == BINARY
+
+
+def test_a_deposed_chief_publishes_nothing(store: Store, chief: Path) -> None:
+    job = _job(store)
+    store.client.set(store.keys.chief_lock, "new-chief")
+    path = _file(chief, job, "best_model.keras", BINARY)
+    with pytest.raises(LostLeadership):
+        _finish(store, job, chief, {"best_model.keras": path},
+                fence=Fence(store.keys.chief_lock, "old-chief"))
+    assert _keys(store, job) == []
+    assert store.jobs.get(job).state == "queued"
+    # the rightful chief publishes fine
+    _finish(store, job, chief, {"best_model.keras": path},
+            fence=Fence(store.keys.chief_lock, "new-chief"))
+    assert downloads.index(store, job)["best_model.keras"]["published"]
+
+
+def test_republishing_uploads_nothing_twice_and_drops_replaced_blobs(
+        store: Store, chief: Path, tmp_path: Path) -> None:
+    job = _job(store)
+    path = _file(chief, job, "results.json", b"first")
+    _finish(store, job, chief, {"results.json": path})
+    again = downloads.publish(store, job, chief, [("results.json", path)])
+    assert again.uploaded == [] and again.stale == []
+    path.write_bytes(b"second")
+    pub = _finish(store, job, chief, {"results.json": path})
+    assert len(pub.uploaded) == 1 and len(pub.stale) == 1
+    assert len(_keys(store, job)) == 2
+    got = downloads.fetch(store, job, "results.json", tmp_path / "r.json")
+    assert got.read_bytes() == b"second"
+
+
+def test_empty_file(store: Store, chief: Path, tmp_path: Path) -> None:
+    job = _job(store)
+    _finish(store, job, chief, {"results.json": _file(chief, job, "results.json", b"")})
+    assert downloads.fetch(store, job, "results.json", tmp_path / "r.json").read_bytes() == b""
+
+
+def test_errors_tell_the_truth_for_what_was_never_published(store: Store,
+                                                            tmp_path: Path) -> None:
+    job = _job(store)
+    with pytest.raises(DownloadError, match=r"no exported model yet \(state queued\)"):
+        downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")
+    store.jobs.set_state(job, "failed", error="no trial completed")
+    with pytest.raises(DownloadError, match="no exported model: it ended failed: no trial"):
+        downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")
+    with pytest.raises(DownloadError, match="not an artifact name"):
+        downloads.retrieve(store, job, "../../etc/passwd", tmp_path / "x")
+    with pytest.raises(StoreError, match="no job"):
+        downloads.retrieve(store, "nojob-abcdef", "best_model.keras", tmp_path / "m.keras")
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_delete_removes_every_download_key(store: Store, chief: Path) -> None:
+    job = _job(store)
+    files = {"best_model.keras": _file(chief, job, "best_model.keras", BINARY),
+             "results.json": _file(chief, job, "results.json", b"{}")}
+    _finish(store, job, chief, files)
+    # a part left by a chief that died while appending
+    store.client.set(store.keys.download_part(job, "f" * 64), "half")
+    assert len(_keys(store, job)) == 4
+    store.jobs.delete(job)
+    assert _keys(store, job) == []
+    assert list(store.client.scan_iter(match=f"*{job}*")) == []
