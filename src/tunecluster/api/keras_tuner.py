@@ -1,0 +1,496 @@
+"""KerasTuner's tuners, run on a tunecluster cluster: change one import, keep the code.
+
+    import tunecluster.keras_tuner as kt      # instead of: import keras_tuner as kt
+
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy", max_trials=20)
+    tuner.search(X_train, y_train, epochs=10, validation_data=(X_valid, y_valid))
+    best_model = tuner.get_best_models(1)[0]
+
+A search becomes one cluster job: the hypermodel travels as source (``shipping.py``),
+the arrays as npz files (``allow_pickle=False``), the oracle runs on the chief.
+``cluster=``: a Redis URL; default ``$TUNECLUSTER_REDIS_URL``, else an embedded local
+cluster (Redis, a chief, ``workers`` workers) started for the search and stopped after.
+The test split of the job is the validation data (the search never sees a test set).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from keras_tuner import HyperModel, HyperParameters, Objective
+
+from tunecluster import defaults
+from tunecluster.api.client import Client, Job
+from tunecluster.api.shipping import ship
+from tunecluster.errors import SpecError, TuneclusterError
+
+__all__ = ["BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
+           "Hyperband", "Objective", "RandomSearch", "Tuner"]
+
+_FINAL = ("completed", "failed", "cancelled")
+
+
+class Tuner:
+    """The common part of the four tuners; use one of them."""
+
+    algorithm = "random"
+
+    def __init__(self, hypermodel: Any = None, objective: Any = None,
+                 max_trials: int | None = 10, *, seed: int | None = None,
+                 hyperparameters: HyperParameters | None = None, tune_new_entries: bool = True,
+                 allow_new_entries: bool = True, max_retries_per_trial: int = 0,
+                 max_consecutive_failed_trials: int = 3, directory: str | None = None,
+                 project_name: str | None = None, overwrite: bool = False,
+                 cluster: str | None = None, workers: int = 2, **unsupported: Any) -> None:
+        if unsupported:
+            raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
+                            f" {', '.join(sorted(unsupported))}")
+        if hypermodel is None:
+            raise TypeError(f"{type(self).__name__}: hypermodel is required")
+        self.hypermodel = hypermodel
+        self.objective = _objective(objective)
+        self.max_trials = max_trials
+        self.seed = seed
+        self.hyperparameters = hyperparameters
+        self.tune_new_entries = tune_new_entries
+        self.allow_new_entries = allow_new_entries
+        self.max_retries_per_trial = max_retries_per_trial
+        self.max_consecutive_failed_trials = max_consecutive_failed_trials
+        self.directory = directory or "."
+        self.project_name = project_name or "untitled_project"
+        self.overwrite = overwrite
+        self.cluster_url = cluster or os.environ.get(defaults.REDIS_URL_ENV) or None
+        self.workers = workers
+        self.job: Job | None = None
+        self.oracle = _Oracle(self)
+        self._space: dict[str, Any] | None = None
+        self._results: dict[str, Any] | None = None
+        self._spec: dict[str, Any] | None = None
+        self._artifacts: Path | None = None
+        self._source, self._function = ship(hypermodel)  # fails early, in the constructor
+
+    # --- search -----------------------------------------------------------------------
+
+    def search(self, x: Any = None, y: Any = None, *, validation_data: Any = None,
+               validation_split: float | None = None, epochs: int = 1, batch_size: int = 32,
+               callbacks: Sequence[Any] | None = None, verbose: int = 1,
+               shuffle: bool = True, **fit_kwargs: Any) -> None:
+        """Run the search on the cluster and block until it ends (KerasTuner's meaning).
+
+        Ctrl-C cancels the job on the cluster (and stops an embedded one) before the
+        ``KeyboardInterrupt`` goes on."""
+        spec, files = self._job_spec(x, y, validation_data, validation_split, epochs,
+                                     batch_size, callbacks, shuffle, fit_kwargs)
+        space = self._discover_space()
+        if self.cluster_url is not None:
+            self._run(Client(self.cluster_url), spec, files, space, verbose)
+            return
+        from tunecluster.cluster import LocalCluster
+
+        self._artifacts = Path(self.directory, self.project_name, "artifacts").resolve()
+        if verbose:
+            print(f"Starting an embedded cluster ({self.workers} workers)...", flush=True)
+        with LocalCluster(workers=self.workers, artifacts=self._artifacts) as local:
+            self._run(Client(local.url, artifacts=self._artifacts), spec, files, space, verbose)
+
+    def _run(self, client: Client, spec: dict[str, Any], files: dict[str, bytes],
+             space: dict[str, Any], verbose: int) -> None:
+        from tunecluster.spec import parse_spec
+
+        self._spec = spec
+        self.job = client.submit(parse_spec(spec), files=files, space=space)
+        if self._artifacts is None:
+            self._artifacts = client.artifacts
+        started = time.monotonic()
+        try:
+            self._follow(verbose, started)
+            self._results = self.job.results()
+        except KeyboardInterrupt:
+            self.job.cancel()
+            try:
+                self._results = self.job.wait(timeout=60)
+            finally:
+                if verbose:
+                    print(f"\nSearch interrupted: job {self.job.id} cancelled", flush=True)
+            raise
+        if self._results["state"] != "completed":
+            raise TuneclusterError(f"search {self.job.id} ended {self._results['state']}:"
+                                   f" {self._results.get('error') or 'no trial completed'}")
+
+    def _follow(self, verbose: int, started: float) -> None:
+        assert self.job is not None
+        if not verbose:
+            self.job.wait()
+            return
+        print(f"Search {self.job.id}: {self._space_size()} hyperparameters,"
+              f" objective {self.objective.name} ({self.objective.direction})", flush=True)
+        for event in self.job.events():
+            if event.type in ("trial_completed", "trial_failed"):
+                _print_trial(self.job.results(), event.data.get("trial", "?"),
+                             event.type, time.monotonic() - started)
+        print(f"Search {self.job.id}: {self.job.state}", flush=True)
+
+    def _space_size(self) -> int:
+        return len((self._space or {}).get("space", []))
+
+    # --- the job ------------------------------------------------------------------------
+
+    def _job_spec(self, x: Any, y: Any, validation_data: Any, validation_split: float | None,
+                  epochs: int, batch_size: int, callbacks: Sequence[Any] | None,
+                  shuffle: bool, fit_kwargs: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                     dict[str, bytes]]:
+        if fit_kwargs:
+            names = ", ".join(sorted(fit_kwargs))
+            raise SpecError("search", f"not supported on a cluster: {names}")
+        early = _early_stopping(callbacks, self.objective.name)
+        train_xy = (_array(x, "x"), _array(y, "y"))
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise SpecError("validation_data", "give (x_valid, y_valid); sample weights"
+                                                   " are not supported")
+            valid_xy = (_array(validation_data[0], "validation_data[0]"),
+                        _array(validation_data[1], "validation_data[1]"))
+        elif validation_split:
+            n_valid = int(len(train_xy[0]) * validation_split)  # Keras: the last rows
+            if not 0 < n_valid < len(train_xy[0]):
+                raise SpecError("validation_split", f"{validation_split!r} leaves no rows to"
+                                                    " train or to validate on")
+            cut = len(train_xy[0]) - n_valid
+            x_all, y_all = train_xy
+            train_xy, valid_xy = (x_all[:cut], y_all[:cut]), (x_all[cut:], y_all[cut:])
+        else:
+            raise SpecError("search", "give validation_data=(x, y) or validation_split: the"
+                                      " objective is scored on validation data")
+        files = {"train.npz": _npz(*train_xy), "valid.npz": _npz(*valid_xy)}
+        model: dict[str, Any] = {"module": "hypermodel.py", "source": self._source,
+                                 "function": self._function}
+        task = _task(train_xy[1], valid_xy[1])
+        if task:
+            model["task"] = task
+        search: dict[str, Any] = {
+            "algorithm": self.algorithm,
+            "objective": {"name": self.objective.name, "direction": self.objective.direction},
+            "max_trials": self.max_trials or 10_000,
+            "max_retries_per_trial": self.max_retries_per_trial,
+            "max_consecutive_failed_trials": self.max_consecutive_failed_trials,
+            **({"seed": self.seed} if self.seed is not None else {}),
+            **self._search_extra(),
+        }
+        train: dict[str, Any] = {"epochs": self._epochs(epochs), "batch_size": batch_size,
+                                 "shuffle": shuffle}
+        if early:
+            train["early_stopping"] = early
+        spec = {"name": _job_name(self.project_name),
+                "data": {"files": {"train": "train.npz", "valid": "valid.npz",
+                                   "test": "valid.npz"}},
+                "model": model, "search": search, "train": train}
+        return spec, files
+
+    def _search_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _epochs(self, epochs: int) -> int:
+        return epochs
+
+    def _discover_space(self) -> dict[str, Any]:
+        """Run the shipped ``build_model`` once here, as KerasTuner does, to learn the space."""
+        from tunecluster.models.custom import ModelCodeError, discover_space
+
+        declared = (HyperParameters.from_config(self.hyperparameters.get_config())
+                    if self.hyperparameters is not None else HyperParameters())
+        given = {p.name for p in declared.space}
+        try:
+            hp = discover_space(self._source, self._function, declared, "hypermodel.py")
+        except ModelCodeError as exc:
+            raise SpecError("hypermodel", str(exc)) from None
+        new = [p for p in hp.space if p.name not in given]
+        if new and not self.allow_new_entries:
+            raise SpecError("hypermodel", "allow_new_entries=False but build_model declares"
+                                          f" {', '.join(p.name for p in new)}")
+        if new and not self.tune_new_entries:
+            fixed = HyperParameters()
+            for p in hp.space:
+                if p.name in given:
+                    fixed._register(p)
+                else:
+                    fixed.Fixed(p.name, hp.values[p.name])
+            hp = fixed
+        self._space = hp.get_config()
+        return self._space
+
+    # --- results (KerasTuner's API) ---------------------------------------------------------
+
+    def results(self) -> dict[str, Any]:
+        """The job's results document (``tunecluster results JOB --json``)."""
+        if self.job is None:
+            raise TuneclusterError("no search yet: call search() first")
+        if self._results is None or self._results["state"] not in _FINAL:
+            self._results = self.job.results()
+        return self._results
+
+    def get_best_hyperparameters(self, num_trials: int = 1) -> list[HyperParameters]:
+        return [t.hyperparameters for t in self.oracle.get_best_trials(num_trials)]
+
+    def get_best_models(self, num_models: int = 1) -> list[Any]:
+        """The best trials' models (at their best epoch), loaded from the artifacts."""
+        import keras
+
+        from tunecluster.artifacts import trial_model
+        from tunecluster.chief.finalize import _user_objects
+        from tunecluster.spec import parse_spec
+
+        data = self.results()
+        assert self.job is not None and self._artifacts is not None
+        rows = {t["trial"]: t for t in data["trials"]}
+        if self._spec is None:
+            self._spec = self.job.record().spec
+        objects = _user_objects(parse_spec(self._spec))
+        models = []
+        for trial in self.oracle.get_best_trials(num_models):
+            path = trial_model(self._artifacts, self.job.id, trial.trial_id,
+                               rows[trial.trial_id].get("model"))
+            if not path.is_file():
+                raise TuneclusterError(
+                    f"cannot read trial {trial.trial_id}'s model here ({path}); pass the"
+                    f" cluster's artifacts root as ${defaults.ARTIFACTS_ENV}")
+            models.append(keras.models.load_model(path, custom_objects=objects))
+        return models
+
+    def results_summary(self, num_trials: int = 10) -> None:
+        """Print the best trials, as KerasTuner does."""
+        print("Results summary")
+        print(f"Results in {Path(self.directory, self.project_name)}"
+              + (f" (job {self.job.id})" if self.job else ""))
+        print(f"Showing {num_trials} best trials")
+        print(f'Objective(name="{self.objective.name}", direction="{self.objective.direction}")')
+        for trial in self.oracle.get_best_trials(num_trials):
+            print()
+            trial.summary()
+
+    def search_space_summary(self, extended: bool = False) -> None:
+        """Print the search space, as KerasTuner does (after ``search`` or here)."""
+        if self._space is None:
+            self._discover_space()
+        hp = HyperParameters.from_config(self._space or {})
+        print("Search space summary")
+        print(f"Default search space size: {len(hp.space)}")
+        for p in hp.space:
+            config = p.get_config()
+            name = config.pop("name")
+            print(f"{name} ({p.__class__.__name__})")
+            print(config)
+
+
+class _Oracle:
+    """What KerasTuner's ``tuner.oracle`` offers for reading results."""
+
+    def __init__(self, tuner: Tuner) -> None:
+        self.tuner = tuner
+
+    @property
+    def objective(self) -> Objective:
+        return self.tuner.objective
+
+    def get_best_trials(self, num_trials: int = 1) -> list[Any]:
+        """KerasTuner ``Trial`` objects (trial_id, score, hyperparameters, metrics)."""
+        from tunecluster.store.results import leaderboard
+
+        data = self.tuner.results()
+        ranked = leaderboard(data["trials"], data["objective"]["direction"])
+        return [self._trial(row) for row in ranked[:num_trials]]
+
+    def _trial(self, row: dict[str, Any]) -> Any:
+        from keras_tuner.engine.trial import Trial, TrialStatus
+
+        hp = HyperParameters.from_config(self.tuner._space or {})
+        values = {**row["hyperparameters"], **(row.get("tuner") or {})}
+        hp.values.update({k: v for k, v in values.items() if k in hp.values or
+                          k.startswith("tuner/")})
+        trial = Trial(hp, trial_id=row["trial"], status=TrialStatus.COMPLETED)
+        trial.score = row["score"]
+        trial.best_step = (row.get("best_epoch") or 1) - 1
+        for name, value in (row.get("metrics") or {}).items():
+            if isinstance(value, (int, float)):
+                trial.metrics.register(name, direction="max" if "acc" in name else "min")
+                trial.metrics.update(name, value, step=trial.best_step)
+        return trial
+
+
+class RandomSearch(Tuner):
+    """``keras_tuner.RandomSearch`` on the cluster."""
+
+    algorithm = "random"
+
+
+class GridSearch(Tuner):
+    """``keras_tuner.GridSearch`` on the cluster (``max_trials=None``: the whole grid)."""
+
+    algorithm = "grid"
+
+    def __init__(self, hypermodel: Any = None, objective: Any = None,
+                 max_trials: int | None = None, **kwargs: Any) -> None:
+        super().__init__(hypermodel, objective, max_trials, **kwargs)
+
+
+class BayesianOptimization(Tuner):
+    """``keras_tuner.BayesianOptimization`` on the cluster (``alpha``/``beta``: defaults only)."""
+
+    algorithm = "bayesian"
+
+    def __init__(self, hypermodel: Any = None, objective: Any = None, max_trials: int = 10,
+                 num_initial_points: int | None = None, alpha: float = 1e-4,
+                 beta: float = 2.6, **kwargs: Any) -> None:
+        if (alpha, beta) != (1e-4, 2.6):
+            raise TypeError("BayesianOptimization: alpha and beta keep KerasTuner's defaults"
+                            " on a cluster")
+        self.num_initial_points = num_initial_points
+        super().__init__(hypermodel, objective, max_trials, **kwargs)
+
+    def _search_extra(self) -> dict[str, Any]:
+        return ({"num_initial_points": self.num_initial_points}
+                if self.num_initial_points else {})
+
+
+class Hyperband(Tuner):
+    """``keras_tuner.Hyperband`` on the cluster: ``max_epochs`` replaces ``search(epochs=)``."""
+
+    algorithm = "hyperband"
+
+    def __init__(self, hypermodel: Any = None, objective: Any = None, max_epochs: int = 100,
+                 factor: int = 3, hyperband_iterations: int = 1, **kwargs: Any) -> None:
+        if hyperband_iterations != 1:
+            raise TypeError("Hyperband: hyperband_iterations must be 1 on a cluster")
+        self.max_epochs = max_epochs
+        self.factor = factor
+        kwargs.setdefault("max_trials", None)
+        super().__init__(hypermodel, objective, **kwargs)
+
+    def _search_extra(self) -> dict[str, Any]:
+        return {"hyperband_factor": self.factor}
+
+    def _epochs(self, epochs: int) -> int:
+        return self.max_epochs
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _objective(objective: Any) -> Objective:
+    from tunecluster.spec.objective import infer_direction
+
+    if objective is None:
+        objective = "val_loss"
+    if isinstance(objective, Objective):
+        return objective
+    if isinstance(objective, str):
+        direction = infer_direction(objective)
+        if direction is None:
+            raise SpecError("objective", f"cannot infer the direction of {objective!r}; give"
+                                         f" kt.Objective({objective!r}, 'min' or 'max')")
+        return Objective(objective, direction)
+    raise SpecError("objective", f"one objective (a name or kt.Objective), got"
+                                 f" {type(objective).__name__}")
+
+
+def _early_stopping(callbacks: Sequence[Any] | None, objective: str) -> dict[str, Any] | None:
+    import keras
+
+    early = None
+    refused = []
+    for cb in callbacks or ():
+        if isinstance(cb, keras.callbacks.EarlyStopping):
+            if cb.monitor != objective:
+                warnings.warn(f"EarlyStopping(monitor={cb.monitor!r}) monitors the objective"
+                              f" {objective!r} on the cluster", stacklevel=4)
+            early = {"patience": int(cb.patience), "min_delta": float(abs(cb.min_delta))}
+        else:
+            refused.append(type(cb).__name__)
+    if refused:
+        raise SpecError("callbacks", f"cannot run on the cluster's workers: {', '.join(refused)}"
+                                     " (only EarlyStopping is supported)")
+    return early
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    if value is None:
+        raise SpecError(what, "is required")
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    if isinstance(value, (list, tuple, dict)) and value and not np.isscalar(
+            next(iter(value))):
+        raise SpecError(what, "one array only: models with several inputs are not supported")
+    if not isinstance(value, (np.ndarray, list, tuple)):
+        raise SpecError(what, f"a numpy array or pandas object, got {type(value).__name__}"
+                              " (tf.data datasets do not travel)")
+    array = np.asarray(value)
+    if array.dtype.hasobject:
+        raise SpecError(what, "holds Python objects; give numeric arrays")
+    return array
+
+
+def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    data = buffer.getvalue()
+    if len(data) > defaults.MAX_UPLOAD_BYTES:
+        raise SpecError("x", f"the arrays are {len(data) / 2**20:.0f} MiB, over the"
+                             f" {defaults.MAX_UPLOAD_BYTES // 2**20} MiB that travel with a job;"
+                             " save them as npz files under every worker's"
+                             f" ${defaults.DATA_ROOT_ENV} and submit a job file (data.files)")
+    return data
+
+
+def _task(y_train: np.ndarray, y_valid: np.ndarray) -> str | None:
+    """Labels reach the model unchanged: integer classes 0..k-1 and one-hot columns as
+    classification (the cluster's encoding is then the identity), anything numeric else as
+    regression (passed through as float32)."""
+    if y_train.dtype.kind not in "iufb":
+        raise SpecError("y", "labels must be numeric (encode string classes as 0..k-1)")
+    if y_train.ndim == 2 and y_train.shape[1] > 1:
+        return "classification"
+    flat = np.concatenate([y_train.reshape(-1), y_valid.reshape(-1)])
+    if y_train.dtype.kind in "iub" or np.all(flat == np.round(flat)):
+        classes = np.unique(flat)
+        if len(classes) >= 2 and np.array_equal(classes, np.arange(len(classes))):
+            return "classification"
+    return "regression"
+
+
+def _job_name(project_name: str) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._")[:63]
+    return name or "search"
+
+
+def _print_trial(results: dict[str, Any], trial: str, kind: str, elapsed: float) -> None:
+    row = next((t for t in results["trials"] if t["trial"] == trial), None)
+    name = results["objective"]["name"]
+    print(f"\nTrial {trial} {'Complete' if kind == 'trial_completed' else 'Failed'}"
+          f" [{_hms(elapsed)}]")
+    if row is not None:
+        if row["score"] is not None:
+            print(f"{name}: {row['score']:.4g}")
+        for key, value in row["hyperparameters"].items():
+            print(f"{key}: {value}")
+        if row.get("error"):
+            print(f"error: {str(row['error']).strip().splitlines()[-1]}")
+    best = results.get("best")
+    if best:
+        print(f"\nBest {name} So Far: {best['score']:.4g}")
+    done = sum(t["state"] in ("COMPLETED", "FAILED") for t in results["trials"])
+    print(f"Total elapsed time: {_hms(elapsed)} ({done} trial(s) done)", flush=True)
+    sys.stdout.flush()
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:02d}h {s // 60 % 60:02d}m {s % 60:02d}s"
+

@@ -1,0 +1,19 @@
+"""Drop-in KerasTuner tuners that run on a tunecluster cluster.
+
+``import tunecluster.keras_tuner as kt`` instead of ``import keras_tuner as kt``; the rest
+of the code stays. See ``tunecluster.api.keras_tuner``.
+"""
+
+from tunecluster.api.keras_tuner import (
+    BayesianOptimization,
+    GridSearch,
+    Hyperband,
+    HyperModel,
+    HyperParameters,
+    Objective,
+    RandomSearch,
+    Tuner,
+)
+
+__all__ = ["BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
+           "Hyperband", "Objective", "RandomSearch", "Tuner"]
