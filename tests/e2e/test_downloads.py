@@ -12,7 +12,7 @@ import pytest
 
 from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
-from tunecluster.store import Store
+from tunecluster.store import Store, raw_client
 from tunecluster.store.results import leaderboard
 
 from .conftest import EXAMPLES, FAST_LIVENESS, cli
@@ -87,7 +87,10 @@ def test_best_and_artifacts_download_byte_identical_files(store, cluster,
 
     # a tampered chunk fails the checksum: one line, nothing written
     sha = json.loads(store.client.hget(store.keys.downloads(job), "best_model.keras"))["sha256"]
-    store.client.setrange(store.keys.download_blob(job, sha), 1000, "tampered")
+    raw = raw_client(store.client)
+    blob = store.keys.download_blob(job, sha)
+    chunk = raw.lindex(blob, 0)
+    raw.lset(blob, 0, chunk[:1000] + b"tampered" + chunk[1008:])
     bad = tmp_path / "bad.keras"
     out = cli("best", job, "--export", str(bad), *blind)
     assert out.returncode == 1 and len(_lines(out.stderr)) == 1, out.stderr

@@ -9,8 +9,8 @@ Contract:
   when it publishes) is indexed (size, sha256, where it is, why) but not published.
   Blobs are content addressed, so identical files (the best model is a copy of the
   best trial's) are held once: at most top-k + 1 models and results.json per job.
-- Fenced and atomic: ``publish`` runs before the job's final step and appends each
-  file's chunks (1 MiB) to ``download:<sha256>:part`` through a script that first checks
+- Fenced and atomic: ``publish`` runs before the job's final step and pushes each
+  file's chunks (~1 MiB) to the LIST ``download:<sha256>:part`` by a script that checks
   the chief lock, so a deposed chief writes nothing; ``Publication.stage`` then adds to
   the chief's final, fenced ``Writes`` the renames of the parts and the new index
   (``downloads``: name -> JSON). A reader that sees the job final sees the whole index,
@@ -20,7 +20,7 @@ Contract:
   ``JobStore.delete``; nothing expires before.
 - Reading (``retrieve`` / ``fetch``): the client's own view of the artifacts store
   (``local_root``) when it holds the same file (size and sha256 verified), else the
-  published copy streamed (GETRANGE, 1 MiB at a time) to a temporary file next to
+  published copy streamed (LINDEX, a chunk at a time) to a temporary file next to
   ``dest``, verified and renamed into place: ``dest`` is the whole verified file or
   untouched. ``Fetched.message`` says which, in one line. Failures are
   ``DownloadError`` (a ``StoreError``), one line that says where the file is and why this
@@ -46,23 +46,24 @@ from tunecluster.store.connection import raw_client
 from tunecluster.store.fence import Fence, LostLeadership, Writes
 from tunecluster.store.ids import TRIAL_ID_RE, check_trial_id
 
-CHUNK_BYTES = 1024 * 1024
+# A blob is a LIST of chunks: each is one allocation of its own size (an APPENDed string
+# would grow by doubling: 64 MiB cost 81 MiB), a little under 1 MiB so that with its
+# header it fits jemalloc's 1 MiB size class.
+CHUNK_BYTES = 1024 * 1024 - 1024
 
-# KEYS: lock ('' = unfenced), part | ARGV: token, chunk, offset (bytes already written).
-# Offset 0 starts the part afresh (a deposed chief's half-written part is overwritten);
-# a chunk re-sent after a dropped connection is recognised by the length it left.
-# Returns -1 when fenced out, -2 when the part is not at ``offset``, else its length.
-_APPEND = """
+# KEYS: lock ('' = unfenced), part | ARGV: token, chunk, index (chunks already written).
+# Index 0 starts the part afresh (a deposed chief's half-written part is dropped); a
+# chunk re-sent after a dropped connection is recognised by the length it left.
+# Returns -1 when fenced out, -2 when the part does not hold ``index`` chunks, else
+# the number of chunks it holds.
+_PUSH = """
 if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local offset = tonumber(ARGV[3])
-if offset == 0 then
-  redis.call('SET', KEYS[2], ARGV[2])
-  return string.len(ARGV[2])
-end
-local have = redis.call('STRLEN', KEYS[2])
-if have == offset + string.len(ARGV[2]) then return have end
-if have ~= offset then return -2 end
-return redis.call('APPEND', KEYS[2], ARGV[2])
+local index = tonumber(ARGV[3])
+if index == 0 then redis.call('DEL', KEYS[2]) end
+local have = redis.call('LLEN', KEYS[2])
+if have == index + 1 then return have end
+if have ~= index then return -2 end
+return redis.call('RPUSH', KEYS[2], ARGV[2])
 """
 
 
@@ -143,8 +144,8 @@ def publish(store: Any, job: str, root: str | Path, files: Iterable[tuple[str, P
             if not meta["published"] or sha in pub.uploaded:
                 continue
             blob = keys.download_blob(job, sha)
-            if raw.exists(blob) and raw.strlen(blob) == meta["size"]:
-                continue  # published by an earlier run of this finalize
+            if raw.exists(blob):
+                continue  # published by an earlier run (content addressed: the same)
             _upload(raw, keys.download_part(job, sha), path, meta["size"], fence)
             pub.uploaded.append(sha)
         live = {m.get("sha256") for m in pub.index.values() if m["published"]}
@@ -181,26 +182,27 @@ def _describe(root: str | Path, path: Path, limit: int) -> dict[str, Any]:
 
 
 def _upload(raw: redis.Redis, part: str, path: Path, size: int, fence: Fence) -> None:
-    script = raw.register_script(_APPEND)
-    offset = 0
+    script = raw.register_script(_PUSH)
+    index = written = 0
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(CHUNK_BYTES)
-            if not chunk and offset:
+            if not chunk and index:
                 break
-            answer = int(script(keys=[fence.lock_key, part], args=[fence.token, chunk, offset]))
+            answer = int(script(keys=[fence.lock_key, part], args=[fence.token, chunk, index]))
             if answer == -1:
                 raise LostLeadership("the chief lock is held by another chief; nothing"
                                      " published")
             if answer == -2:
-                raise DownloadError(f"publishing {path}: the part in Redis is not at byte"
-                                    f" {offset} (another writer?)")
-            offset += len(chunk)
+                raise DownloadError(f"publishing {path}: the part in Redis does not hold"
+                                    f" {index} chunks (another writer?)")
+            index += 1
+            written += len(chunk)
             if not chunk:
-                break  # an empty file: one SET of nothing
-    if offset != size or int(raw.strlen(part)) != size:
+                break  # an empty file: one empty chunk (an empty list is no key)
+    if written != size:
         raise DownloadError(f"publishing {path}: it changed while being published"
-                            f" ({size} bytes, then {offset})")
+                            f" ({size} bytes, then {written})")
 
 
 # --- reading (any client) ---------------------------------------------------------------
@@ -357,8 +359,8 @@ def _download(store: Any, job: str, meta: dict[str, Any], dest: Path) -> None:
                                 " copy is gone from Redis (the job is being deleted?)")
 
         def chunks() -> Iterable[bytes]:
-            for start in range(0, meta["size"], CHUNK_BYTES):
-                yield bytes(raw.getrange(blob, start, start + CHUNK_BYTES - 1))
+            for i in range(int(raw.llen(blob))):
+                yield bytes(raw.lindex(blob, i) or b"")
 
         _write_verified(chunks(), dest, meta["size"], meta["sha256"],
                         f"the copy of job {job}'s {meta['name']} in Redis ({blob})")

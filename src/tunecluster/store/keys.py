@@ -12,8 +12,8 @@
     {p}:job:{job}:trial:{trial}:errors LIST why each earlier attempt ended (crash, lost lease)
     {p}:job:{job}:events            STREAM the job's event log (what `watch` tails)
     {p}:job:{job}:downloads         HASH  artifact name -> size, sha256, where, published? (JSON)
-    {p}:job:{job}:download:{sha256} STRING an artifact's bytes for download, by content
-    {p}:job:{job}:download:{sha256}:part STRING the same while the chief appends its chunks
+    {p}:job:{job}:download:{sha256} LIST  an artifact's bytes for download (~1 MiB chunks)
+    {p}:job:{job}:download:{sha256}:part LIST the same while the chief pushes its chunks
     {p}:ready                       LIST  "{job}/{trial}" ready to claim, claimed from the left
     {p}:leases                      ZSET  "{job}/{trial}" of running trials, scored by expiry (ms)
     {p}:inbox                       STREAM reports for the chief (epochs, ends, submits, cancels)
