@@ -57,7 +57,9 @@ def ship(hypermodel: Any) -> tuple[str, str]:
     elif hasattr(hypermodel, "build") and callable(hypermodel.build):
         cls = type(hypermodel)
         shipper.add_callable(cls.__name__, cls)
-        state = {k: shipper.value_expr(f"_tc_self_{k}", v, f"{cls.__name__}.{k}")
+        state = {k: f"_tc_hypermodel.{v.__func__.__name__}"  # self.build = self._wrapper
+                 if inspect.ismethod(v) and v.__self__ is hypermodel
+                 else shipper.value_expr(f"_tc_self_{k}", v, f"{cls.__name__}.{k}")
                  for k, v in vars(hypermodel).items()}
         items = ", ".join(f"{k!r}: {expr}" for k, expr in state.items())
         shipper.tail.append(

@@ -1,0 +1,126 @@
+"""The drop-in tuners' job building: shipped hypermodel source, npz data, spec fields."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import tunecluster.keras_tuner as kt
+from tunecluster.api.shipping import ship
+from tunecluster.errors import SpecError
+from tunecluster.models.custom import load_build_function
+from tunecluster.spec import parse_spec
+
+SCALE = 2.0
+LOOKUP = {"small": 8, "large": 16}
+ADAPT = np.arange(12, dtype="float32").reshape(6, 2)
+
+
+def _width(hp):
+    return LOOKUP[hp.Choice("size", ["small", "large"])]
+
+
+def build_model(hp):
+    norm = keras.layers.Normalization()
+    norm.adapt(ADAPT * SCALE)
+    model = keras.Sequential([keras.Input((2,)), norm, keras.layers.Dense(_width(hp)),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _npz(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_the_hypermodel_ships_as_source_with_its_globals() -> None:
+    source, function = ship(build_model)
+    assert function == "build_model"
+    assert "SCALE = 2.0" in source and "LOOKUP = {'small': 8, 'large': 16}" in source
+    assert "def _width(hp):" in source and "import keras as keras" in source
+    assert "pickle" not in source.replace("allow_pickle=False", "")
+    build = load_build_function(source, function)
+    hp = kt.HyperParameters()
+    model = build(hp)
+    assert model.layers[1].units == 8 and hp.values == {"size": "small"}
+    assert np.allclose(build.__globals__["ADAPT"], ADAPT)
+
+
+def test_what_cannot_travel_is_named() -> None:
+    handle = open(__file__)  # noqa: SIM115 - a global of a type that cannot travel
+    try:
+        def uses_handle(hp):
+            return handle.read()
+
+        with pytest.raises(SpecError, match="'handle' of type TextIOWrapper"):
+            ship(uses_handle)
+    finally:
+        handle.close()
+    with pytest.raises(SpecError, match="lambda"):
+        ship(lambda hp: None)
+
+
+def test_a_hypermodel_instance_ships_with_its_state() -> None:
+    class Wide(kt.HyperModel):
+        def __init__(self, units):
+            super().__init__()
+            self.units = units
+
+        def build(self, hp):
+            return keras.layers.Dense(self.units + hp.Int("extra", 0, 2))
+
+    source, function = ship(Wide(units=5))
+    layer = load_build_function(source, function)(kt.HyperParameters())
+    assert layer.units == 5
+
+
+def test_the_job_carries_npz_files_and_the_search_settings() -> None:
+    x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
+    y = np.arange(40) % 3
+    tuner = kt.BayesianOptimization(build_model, objective="val_accuracy", max_trials=4,
+                                    num_initial_points=2, seed=7, project_name="My Project",
+                                    cluster="redis://127.0.0.1:1/0")
+    spec, files = tuner._job_spec(x, y, None, 0.25, 3, 8,
+                                  [keras.callbacks.EarlyStopping("val_accuracy", patience=1)],
+                                  True, {})
+    parsed = parse_spec(spec)
+    assert parsed.name == "my-project" and parsed.model.task == "classification"
+    assert parsed.search.algorithm == "bayesian" and parsed.search.num_initial_points == 2
+    assert parsed.search.seed == 7 and parsed.search.direction == "max"
+    assert parsed.train.epochs == 3 and parsed.train.early_stopping.patience == 1
+    assert sorted(files) == ["train.npz", "valid.npz"]
+    for data in files.values():  # plain npz: no pickled object arrays
+        assert all(n.endswith(".npy") for n in zipfile.ZipFile(io.BytesIO(data)).namelist())
+    train, valid = _npz(files["train.npz"]), _npz(files["valid.npz"])
+    assert len(train["x"]) == 30 and np.array_equal(valid["x"], x[30:])  # Keras: last rows
+
+
+def test_refusals_are_one_line() -> None:
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy", cluster="redis://h:1/0")
+    x, y = np.zeros((10, 2)), np.arange(10) % 2
+    with pytest.raises(SpecError, match="cannot run on the cluster's workers: TensorBoard"):
+        tuner._job_spec(x, y, (x, y), None, 1, 8,
+                        [keras.callbacks.TensorBoard(), keras.callbacks.EarlyStopping()],
+                        True, {})
+    with pytest.raises(SpecError, match="validation_data=\\(x, y\\) or validation_split"):
+        tuner._job_spec(x, y, None, None, 1, 8, None, True, {})
+    with pytest.raises(SpecError, match="not supported on a cluster: class_weight"):
+        tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"class_weight": {}})
+    with pytest.raises(SpecError, match="labels must be numeric"):
+        tuner._job_spec(x, np.array(["a", "b"] * 5), (x, y), None, 1, 8, None, True, {})
+    with pytest.raises(TypeError, match="not supported on a cluster: executions_per_trial"):
+        kt.RandomSearch(build_model, executions_per_trial=2)
+
+
+def test_labels_reach_the_model_unchanged() -> None:
+    from tunecluster.api.keras_tuner import _task
+
+    assert _task(np.array([0, 1, 2]), np.array([1, 2])) == "classification"
+    assert _task(np.array([1, 2, 3]), np.array([1])) == "regression"  # not 0..k-1: raw
+    assert _task(np.array([0.5, 1.5]), np.array([2.0])) == "regression"
+    assert _task(np.eye(3), np.eye(3)) == "classification"
