@@ -50,3 +50,27 @@ def test_random_search_on_an_embedded_cluster(tmp_path: Path, monkeypatch) -> No
     # the cluster is gone, the results stay readable
     assert out["tuner"].get_best_hyperparameters()[0].values["n_hidden"] in (1, 2)
     print(f"drop-in on an embedded cluster: {time.monotonic() - start:.1f}s")
+
+
+def test_ctrl_c_during_search_cancels_the_job(cluster, tmp_path: Path, monkeypatch) -> None:
+    import _thread
+    import threading
+
+    import dropin_notebook_style as example
+
+    import tunecluster.keras_tuner as kt
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = kt.RandomSearch(example.build_model, objective="val_accuracy", max_trials=20,
+                            directory=tmp_path, project_name="interrupted",
+                            cluster=cluster.url)
+    timer = threading.Timer(6.0, _thread.interrupt_main)  # the user's Ctrl-C
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tuner.search(example.X_train, example.y_train, epochs=200, verbose=0,
+                         validation_data=(example.X_valid, example.y_valid))
+    finally:
+        timer.cancel()
+    assert tuner.job is not None and tuner.job.state == "cancelled"
+    assert not any(t["state"] == "RUNNING" for t in tuner.job.results()["trials"])
