@@ -14,7 +14,7 @@ import pytest
 
 from tunecluster.client import prepare_job, search_space, submit, wait
 from tunecluster.spec import parse_spec
-from tunecluster.store import Store, member
+from tunecluster.store import Store, member, raw_client
 
 from .conftest import EXAMPLES, cli
 
@@ -26,6 +26,7 @@ TINY = ("search.max_trials=2", "train.epochs=1")
 def _names(store: Store, job: str) -> list[str]:
     """Every key, and every member of a zset or list, anywhere in Redis naming the job."""
     r = store.client
+    raw = raw_client(r)  # lists may hold bytes (published downloads of other jobs)
     found = []
     for key in r.scan_iter(count=1000):
         if job in key:
@@ -34,7 +35,7 @@ def _names(store: Store, job: str) -> list[str]:
         if kind == "zset":
             found += [f"{key} {m}" for m in r.zrange(key, 0, -1) if job in m]
         elif kind == "list":
-            found += [f"{key} {m}" for m in r.lrange(key, 0, -1) if job in m]
+            found += [f"{key} {m!r}" for m in raw.lrange(key, 0, -1) if job.encode() in m]
     return found
 
 
