@@ -285,7 +285,7 @@ def retrieve(store: Any, job: str, name: str, dest: str | Path,
         return Fetched(dest, "redis", f"{name}: downloaded through Redis"
                        f" ({_human(meta['size'])}, sha256 verified; {why_not_local})",
                        meta["size"], meta["sha256"])
-    size = f", {_human(meta['size'])}" if meta.get("size") is not None else ""
+    size = f" ({_human(meta['size'])})" if meta.get("size") is not None else ""
     raise DownloadError(
         f"job {job}'s {name}{size} is not published for download: {meta.get('reason')};"
         f" it is at {meta.get('path')} on the chief's artifacts store and {why_not_local}:"
