@@ -210,3 +210,24 @@ def test_delete_removes_every_download_key(store: Store, chief: Path) -> None:
     store.jobs.delete(job)
     assert _keys(store, job) == []
     assert list(store.client.scan_iter(match=f"*{job}*")) == []
+
+
+def test_downloads_leave_redis_room_for_the_control_plane(store: Store, chief: Path,
+                                                          tmp_path: Path) -> None:
+    """Under maxmemory a file that would take Redis past half of it is not published
+    (noeviction would then refuse the control plane's own writes); the job still ends."""
+    job = _job(store)
+    used = int(store.client.info("memory")["used_memory"])
+    store.client.config_set("maxmemory", str(used * 2 + 2_000_000))
+    try:
+        big = _file(chief, job, "best_model.keras", os.urandom(used // 2 + 1_500_000))
+        _finish(store, job, chief, {"best_model.keras": big,
+                                    "results.json": _file(chief, job, "results.json", b"{}")})
+    finally:
+        store.client.config_set("maxmemory", "0")
+    assert store.jobs.get(job).state == "completed"
+    meta = downloads.index(store, job)["best_model.keras"]
+    assert not meta["published"] and "Redis has no room for it" in meta["reason"]
+    assert downloads.index(store, job)["results.json"]["published"]
+    with pytest.raises(DownloadError, match="no room .* maxmemory"):
+        downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")

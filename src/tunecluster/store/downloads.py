@@ -9,6 +9,8 @@ Contract:
   when it publishes) is indexed (size, sha256, where it is, why) but not published.
   Blobs are content addressed, so identical files (the best model is a copy of the
   best trial's) are held once: at most top-k + 1 models and results.json per job.
+  Nor is a file published that would take Redis past half its ``maxmemory``, and one
+  that Redis refuses (OOM) is recorded as not published: downloads never fail a job.
 - Fenced and atomic: ``publish`` runs before the job's final step and pushes each
   file's chunks (~1 MiB) to the LIST ``download:<sha256>:part`` by a script that checks
   the chief lock, so a deposed chief writes nothing; ``Publication.stage`` then adds to
@@ -50,6 +52,8 @@ from tunecluster.store.ids import TRIAL_ID_RE, check_trial_id
 # would grow by doubling: 64 MiB cost 81 MiB), a little under 1 MiB so that with its
 # header it fits jemalloc's 1 MiB size class.
 CHUNK_BYTES = 1024 * 1024 - 1024
+# Published downloads never take Redis past this share of its maxmemory (if it has one).
+DOWNLOAD_MEMORY_SHARE = 0.5
 
 # KEYS: lock ('' = unfenced), part | ARGV: token, chunk, index (chunks already written).
 # Index 0 starts the part afresh (a deposed chief's half-written part is dropped); a
@@ -112,6 +116,7 @@ class Publication:
     job: str
     index: dict[str, dict[str, Any]]
     uploaded: list[str] = field(default_factory=list)  # sha256 of parts to rename
+    dropped: list[str] = field(default_factory=list)  # sha256 of parts Redis refused
     stale: list[str] = field(default_factory=list)  # sha256 of blobs no entry names now
 
     def stage(self, writes: Writes, keys: Any) -> Writes:
@@ -119,6 +124,7 @@ class Publication:
         writes.extend(["RENAME", keys.download_part(self.job, sha),
                        keys.download_blob(self.job, sha)] for sha in self.uploaded)
         writes.delete(*(keys.download_blob(self.job, sha) for sha in self.stale))
+        writes.delete(*(keys.download_part(self.job, sha) for sha in self.dropped))
         writes.delete(keys.downloads(self.job))
         return writes.hset(keys.downloads(self.job), mapping={
             name: codec.dumps(meta) for name, meta in self.index.items()})
@@ -146,8 +152,17 @@ def publish(store: Any, job: str, root: str | Path, files: Iterable[tuple[str, P
             blob = keys.download_blob(job, sha)
             if raw.exists(blob):
                 continue  # published by an earlier run (content addressed: the same)
-            _upload(raw, keys.download_part(job, sha), path, meta["size"], fence)
-            pub.uploaded.append(sha)
+            refused = _no_room(raw, meta["size"])
+            if refused is None:
+                try:
+                    _upload(raw, keys.download_part(job, sha), path, meta["size"], fence)
+                    pub.uploaded.append(sha)
+                    continue
+                except (redis.ResponseError, DownloadError) as exc:  # e.g. OOM: not fatal
+                    refused = f"Redis did not take it ({str(exc).splitlines()[0][:160]})"
+                    pub.dropped.append(sha)
+            # The job's results do not depend on its downloads: record why, go on.
+            meta.update(published=False, reason=refused)
         live = {m.get("sha256") for m in pub.index.values() if m["published"]}
         pub.stale = sorted(old - live)
         return pub
@@ -179,6 +194,20 @@ def _describe(root: str | Path, path: Path, limit: int) -> dict[str, Any]:
             f"over the download limit ({_human(size)} > {defaults.MAX_DOWNLOAD_BYTES_ENV}="
             f"{limit} on the chief)"))
     return meta
+
+
+def _no_room(raw: redis.Redis, size: int) -> str | None:
+    """Why a file of ``size`` must not be published now: downloads may take Redis's
+    memory up to ``DOWNLOAD_MEMORY_SHARE`` of ``maxmemory``, never the control plane's
+    room (under ``noeviction`` a full Redis refuses every write)."""
+    info = raw.info("memory")
+    cap = int(info.get("maxmemory") or 0)
+    used = int(info.get("used_memory") or 0)
+    if cap and used + size > cap * DOWNLOAD_MEMORY_SHARE:
+        return (f"Redis has no room for it ({_human(used)} used + {_human(size)} would pass"
+                f" {DOWNLOAD_MEMORY_SHARE:.0%} of its maxmemory {_human(cap)}; delete old"
+                " jobs or raise maxmemory)")
+    return None
 
 
 def _upload(raw: redis.Redis, part: str, path: Path, size: int, fence: Fence) -> None:
