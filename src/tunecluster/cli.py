@@ -357,7 +357,7 @@ def best(job: str, redis_url: str, export: str | None, local_root: str, as_json:
     if export:
         got = downloads.retrieve(store, job, BEST_MODEL, export, local_root)
         click.echo(got.message, err=True)
-        out["exported"] = str(Path(export).resolve())
+        out["exported"] = str(got.path.resolve())
         out["exported_from"] = got.source
     if as_json:
         _print_json(out)

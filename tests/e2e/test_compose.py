@@ -13,6 +13,7 @@ in $TUNECLUSTER_CI_CACHE (default /var/cache/tunecluster-ci).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -192,15 +193,21 @@ def test_digits_job_from_the_host_cli_completes_and_exports_the_best_model(
     assert len(results["trials"]) == TRIALS
     assert results["counts"].get("COMPLETED") == TRIALS, results["counts"]
     assert results["best"] and results["test"]
-    # The model lives on the artifacts volume: export it inside the chief, copy it out.
+    # The model lives on the artifacts volume, which the host cannot read: the host's CLI
+    # downloads what the chief published in Redis, byte for byte the volume's file.
     job = results["job"]
-    best = json.loads(stack.compose("exec", "-T", "chief", "tunecluster", "best", job,
-                                    "--export", "/tmp/best.keras", "--json").stdout)
-    assert best["best_model"] == f"/artifacts/{job}/best_model.keras"
-    stack.compose("cp", "chief:/tmp/best.keras", str(tmp_path / "best.keras"))
     model = tmp_path / "best.keras"
+    best = stack.cli("best", job, "--export", str(model))
+    assert best["best_model"] == f"/artifacts/{job}/best_model.keras"
+    assert best["exported_from"] == "redis", best
     assert model.stat().st_size > 1000
     assert zipfile.is_zipfile(model) and "config.json" in zipfile.ZipFile(model).namelist()
+    on_volume = stack.compose("exec", "-T", "chief", "sha256sum",
+                              f"/artifacts/{job}/best_model.keras").stdout.split()[0]
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == on_volume
+    rows = stack.cli("artifacts", job, "-o", str(tmp_path / "out"))
+    assert [r["name"] for r in rows][:2] == ["results.json", "best_model.keras"]
+    assert len(rows) == 2 + min(TRIALS, 3) and {r["from"] for r in rows} == {"redis"}
     # Every worker wrote to the shared volume, as the non-root user.
     listing = stack.compose("exec", "-T", "chief", "ls", f"/artifacts/{job}/trials").stdout
     assert len(listing.split()) == TRIALS

@@ -95,6 +95,8 @@ def test_round_trip_is_byte_identical_and_says_where_from(store: Store, chief: P
     assert downloads.fetch(store, job, "trials/00/model.keras", tmp_path / "t.keras") \
         .read_bytes() == b"other"
     assert downloads.names(store, job)[:2] == ["results.json", "best_model.keras"]
+    into_dir = downloads.fetch(store, job, "best_model.keras", tmp_path / "out")
+    assert into_dir == tmp_path / "out" / "best_model.keras"  # a directory keeps the name
 
     local = downloads.retrieve(store, job, "best_model.keras", tmp_path / "l.keras", chief)
     assert local.source == "local" and local.path.read_bytes() == BINARY

@@ -290,12 +290,15 @@ def fetch(store: Any, job: str, name: str, dest: str | Path,
 def retrieve(store: Any, job: str, name: str, dest: str | Path,
              local_root: str | Path | None = None) -> Fetched:
     """Put the job's artifact ``name`` at ``dest``: from ``local_root`` (this client's
-    view of the artifacts store) when it holds the same file, else through Redis.
+    view of the artifacts store) when it holds the same file, else through Redis; a
+    ``dest`` that is a directory gets the file under its own name.
     ``DownloadError`` (one line) when neither can deliver it."""
     if not is_name(name):
         raise DownloadError(f"{name!r} is not an artifact name ({RESULTS}, {BEST_MODEL}"
                             " or trials/<trial>/model.keras)")
     dest = Path(dest)
+    if dest.is_dir():  # `--export DIR/`: the file keeps its name
+        dest = dest / Path(name).name
     meta = index(store, job).get(name)
     if meta is None:
         return _unindexed(store, job, name, dest, local_root)
