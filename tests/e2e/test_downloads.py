@@ -125,3 +125,28 @@ def test_over_the_limit_the_error_names_the_store_path(tmp_path: Path) -> None:
         index = store.client.hgetall(store.keys.downloads(job))
         published = {n for n, v in index.items() if json.loads(v)["published"]}
         assert published == {"results.json"}
+
+
+def test_the_python_client_gets_the_best_model_through_the_cluster(cluster,
+                                                                    tmp_path: Path) -> None:
+    """``Job.best_model()`` on a machine that cannot see the artifacts store (a laptop):
+    the model comes through Redis, verified, and is the chief's best model."""
+    import numpy as np
+
+    from tunecluster.api import Client
+
+    client = Client(cluster.url, artifacts=tmp_path / "not-the-cluster")
+    job = client.submit(EXAMPLES / "digits.yaml", ("search.max_trials=2", "train.epochs=1"))
+    assert job.wait(240)["state"] == "completed"
+    model = job.best_model(compile=False)
+    assert job.last_fetch is not None and "downloaded through Redis" in job.last_fetch
+    import keras
+
+    chief_copy = keras.models.load_model(cluster.artifacts / job.id / "best_model.keras",
+                                         compile=False)
+    for ours, theirs in zip(model.get_weights(), chief_copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    # where it can see the store, the same call reads it there
+    local = Client(cluster.url, artifacts=cluster.artifacts).job(job.id)
+    local.best_model(compile=False)
+    assert local.last_fetch is not None and "read from the artifacts store" in local.last_fetch

@@ -137,3 +137,5 @@ def test_best_model_errors_are_one_line(client: Client) -> None:
     with pytest.raises(StoreError) as info:
         job.best_model()
     assert "cannot read its model here" in str(info.value) and "\n" not in str(info.value)
+    assert "is not published for download" in str(info.value)  # says where it is instead
+    assert "does not exist here" in str(info.value)

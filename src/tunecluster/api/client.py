@@ -132,6 +132,7 @@ class Job:
     def __init__(self, client: Client, job_id: str) -> None:
         self.client = client
         self.id = job_id
+        self.last_fetch: str | None = None  # where the last model loaded came from
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -199,43 +200,49 @@ class Job:
         return self.client.store.jobs.delete(self.id, force=force, wait_s=timeout)
 
     def best_model(self, compile: bool = True) -> Any:
-        """The job's exported best model, loaded (``keras.Model``), from this machine's
-        view of the artifacts root (``Client(artifacts=...)``)."""
-        from tunecluster.artifacts import BEST_MODEL, job_dir
+        """The job's exported best model, loaded (``keras.Model``): read from this
+        machine's view of the artifacts root (``Client(artifacts=...)``) when it holds
+        the job's file, else downloaded through Redis (checksum verified);
+        ``last_fetch`` says which."""
+        from tunecluster.artifacts import BEST_MODEL
 
         data = self.results()
         if data["state"] != "completed":
             raise StoreError(f"job {self.id} has no exported best model (state"
                              f" {data['state']}); wait() for it to complete")
-        recorded = data["artifacts"].get("best_model")
-        return self._load([job_dir(self.client.artifacts, self.id) / BEST_MODEL,
-                           *([Path(recorded)] if recorded else [])], compile)
+        return self._load(BEST_MODEL, compile)
 
     def trial_model(self, trial: str, compile: bool = True) -> Any:
-        """One finished trial's model (its best epoch), loaded."""
-        from tunecluster.artifacts import trial_model
+        """One finished trial's model (its best epoch), loaded; from the artifacts root
+        or, for the job's best few trials, through Redis."""
+        from tunecluster.store.downloads import trial_name
 
         row = self.client.store.jobs.trial(self.id, trial)
         if row.get("state") != "COMPLETED":
             raise StoreError(f"trial {trial} of job {self.id} is not completed"
                              f" ({row.get('state', 'no such trial')})")
-        return self._load([trial_model(self.client.artifacts, self.id, trial,
-                                       row.get("model"))], compile)
+        return self._load(trial_name(trial), compile)
 
-    def _load(self, candidates: list[Path], compile: bool) -> Any:
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise StoreError(
-                f"job {self.id}: cannot read its model here ({candidates[0]} does not exist);"
-                f" point Client(artifacts=...) or ${defaults.ARTIFACTS_ENV} at this machine's"
-                " mount of the cluster's artifacts root")
+    def _load(self, name: str, compile: bool) -> Any:
+        import logging
+        import tempfile
+
         import keras
 
         from tunecluster.chief.finalize import _user_objects
         from tunecluster.spec import parse_spec
+        from tunecluster.store.downloads import DownloadError, retrieve
 
         objects = _user_objects(parse_spec(self.record().spec))
-        return keras.models.load_model(path, compile=compile, custom_objects=objects)
+        with tempfile.TemporaryDirectory(prefix="tunecluster-model-") as tmp:
+            try:
+                got = retrieve(self.client.store, self.id, name,
+                               Path(tmp) / Path(name).name, local_root=self.client.artifacts)
+            except DownloadError as exc:
+                raise StoreError(f"job {self.id}: cannot read its model here: {exc}") from None
+            self.last_fetch = got.message
+            logging.getLogger("tunecluster").info("%s", got.message)
+            return keras.models.load_model(got.path, compile=compile, custom_objects=objects)
 
 
 def _data_paths(spec: JobSpec) -> list[str]:

@@ -258,11 +258,15 @@ class Tuner:
         for trial in self.oracle.get_best_trials(num_models):
             path = trial_model(self._artifacts, self.job.id, trial.trial_id,
                                rows[trial.trial_id].get("model"))
-            if not path.is_file():
+            if path.is_file():
+                models.append(keras.models.load_model(path, custom_objects=objects))
+                continue
+            try:  # a cluster whose artifacts this machine cannot see: through Redis
+                models.append(self.job.trial_model(trial.trial_id))
+            except TuneclusterError as exc:
                 raise TuneclusterError(
-                    f"cannot read trial {trial.trial_id}'s model here ({path}); pass the"
-                    f" cluster's artifacts root as ${defaults.ARTIFACTS_ENV}")
-            models.append(keras.models.load_model(path, custom_objects=objects))
+                    f"cannot read trial {trial.trial_id}'s model here ({path}): {exc}; pass"
+                    f" the cluster's artifacts root as ${defaults.ARTIFACTS_ENV}") from None
         return models
 
     def results_summary(self, num_trials: int = 10) -> None:
