@@ -10,6 +10,10 @@
     <root>/<job>/best_model.keras                 the job's best model (exported)
     <root>/<job>/results.json                     the job's results document
     <root>/.cache/<job>/files/...                 data files uploaded with the job
+
+The root is a directory or an object store (``artifact_store``): with ``s3://...`` the
+paths here are laid out under a local staging directory, and ``open_store(root)`` turns
+them into the store's keys (uploaded data caches stay local to each host).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunecluster import defaults
+from tunecluster.artifact_store import is_url, open_store
 from tunecluster.errors import StoreError
 from tunecluster.store.ids import check_job_id, check_trial_id, is_job_id
 
@@ -196,7 +201,11 @@ def _last_used(directory: Path) -> float:
 def job_artifact_dirs(root: str | Path, job: str) -> list[Path]:
     """``<root>/<job>`` and the job's file cache, checked for deletion: a symlink in
     their place is refused (``StoreError``), so deleting never reaches outside the root
-    (``shutil.rmtree`` itself removes links inside a tree without following them)."""
+    (``shutil.rmtree`` itself removes links inside a tree without following them).
+    An object store has neither links nor a shared cache: nothing to check."""
+    if is_url(root):
+        check_job_id(job)
+        return []
     paths = [job_dir(root, job), file_cache_dir(root, job)]
     for path in paths:
         if path.is_symlink():
@@ -205,10 +214,14 @@ def job_artifact_dirs(root: str | Path, job: str) -> list[Path]:
     return paths
 
 
-def remove_job_artifacts(root: str | Path, job: str) -> list[Path]:
+def remove_job_artifacts(root: str | Path, job: str) -> list[Path | str]:
     """Remove ``<root>/<job>`` and the job's file cache; returns what was removed.
-    Idempotent; refuses symlinks before removing anything (``job_artifact_dirs``)."""
-    removed = []
+    Idempotent; refuses symlinks before removing anything (``job_artifact_dirs``).
+    For an object store: every object under ``<root>/<job>/`` (the URL, if any)."""
+    if is_url(root):
+        store = open_store(root)
+        return [store.url(check_job_id(job))] if store.delete_prefix(job) else []
+    removed: list[Path | str] = []
     for path in job_artifact_dirs(root, job):
         if path.is_dir():
             shutil.rmtree(path)

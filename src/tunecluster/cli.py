@@ -73,7 +73,8 @@ def set_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def artifacts_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--artifacts", envvar=defaults.ARTIFACTS_ENV,
                         default=defaults.ARTIFACTS_ROOT, show_default=True,
-                        help="Artifacts root (shared by chief and workers).")(func)
+                        help="Artifacts root shared by chief and workers: a directory, or"
+                             " s3://bucket/prefix (credentials from the AWS chain).")(func)
 
 
 def _job_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -429,7 +430,8 @@ def cancel(job: str, redis_url: str, wait_: bool) -> None:
 @redis_option
 @click.option("--force", is_flag=True, help="Cancel an active job first, then delete it.")
 @click.option("--artifacts", "with_artifacts", is_flag=True,
-              help="Also remove the job's directory and file cache under the artifacts root.")
+              help="Also remove the job's directory and file cache under the artifacts root"
+                   " (a directory, or every object under s3://.../<job>/).")
 @click.option("--artifacts-root", envvar=defaults.ARTIFACTS_ENV,
               default=defaults.ARTIFACTS_ROOT, show_default=True,
               help="Artifacts root (with --artifacts).")
@@ -472,7 +474,10 @@ def chief(redis_url: str, artifacts: str, lease_s: float, ray_address: str | Non
         os.environ["RAY_ADDRESS"] = ray_address  # read by tunecluster.ray.backend
 
     logging.getLogger().setLevel(logging.INFO)
-    node = Chief(_store(redis_url, patient=True), artifacts, lease_s=lease_s)
+    from tunecluster.artifact_store import local_root
+
+    # An s3:// root is staged locally; finalize maps the staging directory back to it.
+    node = Chief(_store(redis_url, patient=True), local_root(artifacts), lease_s=lease_s)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     node.run()

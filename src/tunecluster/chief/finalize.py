@@ -1,17 +1,19 @@
 """Finishing a job: the best trial's model scored once on the test split, then exported.
 
 Idempotent: a chief restarted in the middle redoes the whole step, which writes the
-same files and the same record.
+same files and the same record. Files are read from and written to the job's artifact
+store (a directory or an object store, ``artifact_store``), each write atomic.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from tunecluster.artifact_store import ArtifactStore, open_store
 from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
 from tunecluster.artifacts import job_dir as artifacts_job_dir
 from tunecluster.data import load_splits
@@ -29,24 +31,28 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     Safe against two chiefs: the files are replaced atomically with the same content,
     and the record (``final`` and the state, in one step) is written only under
     ``fence``, so a deposed chief's finalize writes nothing to Redis."""
+    artifacts = open_store(artifacts_root)
     job_dir = artifacts_job_dir(artifacts_root, job)
     job_dir.mkdir(parents=True, exist_ok=True)
+    job_key = artifacts.key(job_dir)
     draft = build_results(store.jobs, job)
     ranked = leaderboard(draft["trials"], draft["objective"]["direction"])
-    final: dict[str, Any] = {"test": None, "artifacts": {"dir": str(job_dir)}}
+    final: dict[str, Any] = {"test": None, "artifacts": {"dir": artifacts.url(job_key)}}
     if state == "completed" and not ranked:
         state = "failed"
         error = error or "no trial completed: " + summarize_errors(draft["trials"])
     if state == "completed":
         best = ranked[0]
-        source = trial_model(artifacts_root, job, best["trial"], best.get("model"))
-        final["test"] = evaluate_on_test(spec, source, resolve)
-        target = job_dir / BEST_MODEL
-        tmp = job_dir / f".{BEST_MODEL}.tmp"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-        final["artifacts"]["best_model"] = str(target)
-    final["artifacts"]["results"] = str(job_dir / RESULTS)
+        source = artifacts.key(trial_model(artifacts_root, job, best["trial"],
+                                           best.get("model")))
+        with artifacts.local_copy(source) as path:
+            if path is None:
+                raise FileNotFoundError(f"the best trial's model is not at"
+                                        f" {artifacts.url(source)}")
+            final["test"] = evaluate_on_test(spec, path, resolve)
+        artifacts.copy(source, f"{job_key}/{BEST_MODEL}")
+        final["artifacts"]["best_model"] = artifacts.url(f"{job_key}/{BEST_MODEL}")
+    final["artifacts"]["results"] = artifacts.url(f"{job_key}/{RESULTS}")
     # results.json is written before the record turns final (a reader that sees the
     # final state finds the file), from the record as it will then read.
     fields = {"error": error} if error else {}
@@ -56,7 +62,9 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     results["state"] = state
     if error:
         results["error"] = error
-    _write_json(job_dir / RESULTS, results)
+    # No NaN/Infinity in a file other tools parse as JSON: non-finite numbers are null.
+    artifacts.put_bytes(f"{job_key}/{RESULTS}", json.dumps(
+        codec.finite(results), indent=2, default=str, allow_nan=False).encode())
     # Published for clients that cannot read the artifacts store; put in place (renamed,
     # indexed) in the same fenced step that makes the job final.
     publication = _publish(store, job, artifacts_root, state, ranked, fence)
@@ -80,7 +88,29 @@ def _publish(store: Store, job: str, root: Path, state: str, ranked: list[dict[s
         name = downloads.trial_name(row["trial"])
         files.append((name, trial_model(root, job, row["trial"], row.get("model"))))
         extra[name] = {"trial": row["trial"], "rank": rank, "score": row["score"]}
-    return downloads.publish(store, job, root, files, fence, extra)
+    artifacts = open_store(root)
+    if not artifacts.remote:
+        return downloads.publish(store, job, root, files, fence, extra)
+    return _publish_remote(store, job, artifacts, files, fence, extra)
+
+
+def _publish_remote(store: Store, job: str, artifacts: ArtifactStore,
+                    files: list[tuple[str, Path]], fence: Fence,
+                    extra: dict[str, dict[str, Any]]) -> downloads.Publication:
+    """Publishing from an object store: the files are downloaded to a scratch directory
+    laid out as the store (one at a time would do; a job has at most top-k + 2), and
+    the index names where they are in the store."""
+    keys = [(name, artifacts.key(path)) for name, path in files]
+    artifacts.local.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".publish-", dir=artifacts.local) as tmp:
+        scratch = Path(tmp)
+        for _name, key in keys:
+            artifacts.get_file(key, scratch / key)
+        pub = downloads.publish(store, job, scratch, [(n, scratch / k) for n, k in keys],
+                                fence, extra)
+    for name, key in keys:
+        pub.index[name].update(path=artifacts.url(key), rel=key)
+    return pub
 
 
 def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[str, float]:
@@ -126,9 +156,3 @@ def summarize_errors(trials: list[dict[str, Any]]) -> str:
         return "no error recorded"
     return "; ".join(f"{n}x {msg}" for msg, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    # No NaN/Infinity in a file other tools parse as JSON: non-finite numbers are null.
-    tmp.write_text(json.dumps(codec.finite(data), indent=2, default=str, allow_nan=False))
-    os.replace(tmp, path)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from tunecluster.artifact_store import is_url
 from tunecluster.cluster.redis_server import RedisServer
 
 
@@ -22,7 +23,8 @@ class LocalCluster:
                  log_dir: str | Path | None = None, env: dict[str, str] | None = None,
                  slots: int = 1) -> None:
         self.n_workers = workers
-        self.artifacts = Path(artifacts).resolve()
+        # a directory, or an object store URL passed through to every role as it is
+        self.artifacts: Path | str = artifacts if is_url(artifacts) else Path(artifacts).resolve()
         self.redis: RedisServer | None = None
         self._external_url = redis_url
         self.appendonly = appendonly
@@ -40,7 +42,8 @@ class LocalCluster:
         return self.redis.url
 
     def start(self) -> LocalCluster:
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.artifacts, Path):
+            self.artifacts.mkdir(parents=True, exist_ok=True)
         if not self._external_url:
             self.redis = RedisServer(appendonly=self.appendonly).start()
         self.start_chief()

@@ -96,6 +96,10 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
     gc.collect()
     gc.freeze()
 
+    from tunecluster.artifact_store import local_root
+
+    # An object store URL becomes its staging directory here; open_store maps it back.
+    artifacts = str(local_root(artifacts))
     store = Store.from_url(redis_url)
     runtimes: OrderedDict[str, Any] = OrderedDict()
     while True:

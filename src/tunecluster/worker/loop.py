@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster import defaults
+from tunecluster.artifact_store import is_url
 from tunecluster.store import Claim, Store, codec, now_ms
 from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.workers import default_worker_id
@@ -153,7 +154,8 @@ class Worker:
     slot_env: list[dict[str, str]] | None = None
 
     def __post_init__(self) -> None:
-        self.artifacts = str(Path(self.artifacts).resolve())
+        if not is_url(self.artifacts):  # a URL is mounted by each trial process
+            self.artifacts = str(Path(self.artifacts).resolve())
         self.stopping = threading.Event()
         self.current: dict[int, Claim | None] = {i: None for i in range(self.slots)}
         envs = self.slot_env or [{} for _ in range(self.slots)]

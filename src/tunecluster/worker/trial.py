@@ -8,6 +8,8 @@ With ``TrialRequest.isolated`` each attempt writes its own directory
 (``<trial>/attempt-<n>/``, see ``artifacts``) and resumes from the newest readable
 checkpoint of its own or an earlier attempt: an attempt that was reaped but still runs
 can never overwrite the files of the attempt that replaced it.
+The files go to the job's artifact store (``artifact_store``): laid out under its local
+root, then moved or uploaded in one atomic step, and read back through a local copy.
 
 Metrics are floats in memory; a non-finite value of a metric other than the loss and
 the objective (those fail the trial) is written as JSON null wherever it is stored.
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from tunecluster.artifact_store import ArtifactStore, LocalStore, open_store
 from tunecluster.artifacts import CHECKPOINT, MODEL_FILE, attempt_dir, resume_dirs
 from tunecluster.errors import TrialFailed
 from tunecluster.store import codec
@@ -91,6 +94,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     trial_path = rt.trial_dir(request.trial_id)
     trial_dir = attempt_dir(trial_path, request.attempt) if request.isolated else trial_path
     trial_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(rt.artifacts_dir.parent)
 
     epochs = int(values.get("tuner/epochs", spec.train.epochs))
     initial_epoch = int(values.get("tuner/initial_epoch", 0))
@@ -108,12 +112,17 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     resumed_from = 0
     past = values.get("tuner/trial_id")
     if past is not None:  # Hyperband: continue the earlier trial's best weights
-        model.load_weights(request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE))
+        parent = request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE)
+        with store.local_copy(store.key(parent)) as path:
+            if path is None:
+                raise FileNotFoundError(f"the model of trial {past}, which this one"
+                                        f" continues, is not at {store.url(store.key(parent))}")
+            model.load_weights(path)
     # Only an interrupted trial resumes: a first run never trusts files it did not write.
     checkpoint = None
     if request.resumes:
         dirs = resume_dirs(trial_path, request.attempt) if request.isolated else [trial_path]
-        checkpoint = next(filter(None, map(read_checkpoint, dirs)), None)
+        checkpoint = next(filter(None, (read_checkpoint(d, store) for d in dirs)), None)
     if checkpoint is not None and checkpoint[0]["epoch"] > initial_epoch:
         meta, weights = checkpoint
         model.set_weights(weights)
@@ -123,7 +132,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
             reporter.epoch(int(row["epoch"]), _metrics_only(row))
 
     tracker = _EpochCallback(reporter, objective, direction, trial_dir, history,
-                             spec.train.early_stopping)
+                             spec.train.early_stopping, store)
     stopped_early = False
     if initial_epoch < epochs:
         t_fit = time.perf_counter()
@@ -150,7 +159,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     model_path = trial_dir / MODEL_FILE
     tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
     model.save(tmp)
-    os.replace(tmp, model_path)
+    store.move_in(tmp, store.key(model_path))
     return TrialResult(
         trial_id=request.trial_id,
         epochs=history,
@@ -211,12 +220,13 @@ class _EpochCallback:
         class Callback(keras.callbacks.Callback):
             def __init__(self, reporter: Reporter, objective: str, direction: str,
                          trial_dir: Path, history: list[dict[str, float]],
-                         early_stopping: Any) -> None:
+                         early_stopping: Any, store: ArtifactStore) -> None:
                 super().__init__()
                 self.reporter = reporter
                 self.objective = objective
                 self.sign = 1.0 if direction == "max" else -1.0
                 self.trial_dir = trial_dir
+                self.store = store
                 self.history = history
                 self.patience = early_stopping.patience if early_stopping else None
                 self.min_delta = early_stopping.min_delta if early_stopping else 0.0
@@ -254,7 +264,7 @@ class _EpochCallback:
                 row = {"epoch": number, **logs}
                 self.history.append(row)
                 write_checkpoint(self.trial_dir, weights,
-                                 {"epoch": number, "history": self.history})
+                                 {"epoch": number, "history": self.history}, self.store)
                 stop = self.reporter.epoch(number, logs)
                 self.last_epoch_at = time.time()
                 if stop:
@@ -267,27 +277,36 @@ class _EpochCallback:
         return Callback(*args, **kwargs)
 
 
-def write_checkpoint(trial_dir: Path, weights: list[Any], meta: dict[str, Any]) -> None:
-    """Weights and their epoch in one file, replaced atomically: a worker killed while
-    writing leaves the previous checkpoint intact. (npz of ``get_weights()`` costs a few
-    ms per epoch where ``save_weights`` to h5 costs tens.)"""
+def write_checkpoint(trial_dir: Path, weights: list[Any], meta: dict[str, Any],
+                     store: ArtifactStore | None = None) -> None:
+    """Weights and their epoch in one file, replaced atomically in ``store`` (default:
+    the directory itself): a worker killed while writing leaves the previous checkpoint
+    intact. (npz of ``get_weights()`` costs a few ms per epoch where ``save_weights``
+    to h5 costs tens.)"""
     import numpy as np
 
+    store = store or LocalStore(trial_dir)
     tmp = trial_dir / f".{CHECKPOINT}.{os.getpid()}.npz"
     arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
     meta = codec.finite(meta)  # non-finite side metrics: null, as in Redis
     np.savez(tmp, meta=np.asarray(json.dumps(meta, allow_nan=False)), **arrays)
-    os.replace(tmp, trial_dir / CHECKPOINT)
+    store.move_in(tmp, store.key(trial_dir / CHECKPOINT))
 
 
-def read_checkpoint(trial_dir: Path) -> tuple[dict[str, Any], list[Any]] | None:
-    """``(meta, weights)`` of the last checkpoint, or None if absent or unreadable."""
+def read_checkpoint(trial_dir: Path, store: ArtifactStore | None = None,
+                    ) -> tuple[dict[str, Any], list[Any]] | None:
+    """``(meta, weights)`` of the last checkpoint in ``store`` (default: the directory
+    itself), or None if absent or unreadable."""
     import numpy as np
 
+    store = store or LocalStore(trial_dir)
     try:
-        with np.load(trial_dir / CHECKPOINT, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            weights = [data[f"w{i}"] for i in range(len(data.files) - 1)]
+        with store.local_copy(store.key(trial_dir / CHECKPOINT)) as path:
+            if path is None:
+                return None
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                weights = [data[f"w{i}"] for i in range(len(data.files) - 1)]
     except (OSError, ValueError, KeyError):
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
