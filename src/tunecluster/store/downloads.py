@@ -21,7 +21,8 @@ Contract:
 - Retention: every key is under the job's prefix ``tc:job:<job>:`` and goes with
   ``JobStore.delete``; nothing expires before.
 - Reading (``retrieve`` / ``fetch``): the client's own view of the artifacts store
-  (``local_root``) when it holds the same file (size and sha256 verified), else the
+  (``local_root``: a directory, or an ``s3://`` URL this client has credentials for)
+  when it holds the same file (size and sha256 verified), else the
   published copy streamed (LINDEX, a chunk at a time) to a temporary file next to
   ``dest``, verified and renamed into place: ``dest`` is the whole verified file or
   untouched. ``Fetched.message`` says which, in one line. Failures are
@@ -41,6 +42,7 @@ from typing import Any
 import redis
 
 from tunecluster import defaults
+from tunecluster.artifact_store import is_url, open_store
 from tunecluster.artifacts import BEST_MODEL, RESULTS, relative_to_root, trial_model
 from tunecluster.errors import StoreError
 from tunecluster.store import codec
@@ -302,9 +304,18 @@ def retrieve(store: Any, job: str, name: str, dest: str | Path,
     meta = index(store, job).get(name)
     if meta is None:
         return _unindexed(store, job, name, dest, local_root)
+    why_not_local: str | None = None
+    if local_root and is_url(str(local_root)) and meta.get("rel"):
+        url = open_store(str(local_root)).url(meta["rel"])
+        why_not_local = _from_object_store(str(local_root), meta, dest)
+        if why_not_local is None:
+            return Fetched(dest, "local", f"{name}: read from the artifacts store at {url}"
+                           " (sha256 verified)", meta["size"], meta["sha256"])
+        local_root = None
     local = Path(local_root) / meta["rel"] if local_root and meta.get("rel") else None
-    why_not_local = "this client has no artifacts root" if local is None else \
-        f"{local} does not exist here"
+    if why_not_local is None:
+        why_not_local = "this client has no artifacts root" if local is None else \
+            f"{local} does not exist here"
     if local is not None and local.is_file():
         try:
             _copy_verified(local, dest, meta["size"], meta["sha256"])
@@ -324,7 +335,28 @@ def retrieve(store: Any, job: str, name: str, dest: str | Path,
         f" {_how_to_reach(meta.get('path'))}")
 
 
+def _from_object_store(root: str, meta: dict[str, Any], dest: Path) -> str | None:
+    """Copy ``meta``'s file from the object store ``root`` to ``dest`` (verified): None
+    when done, else why not, in a few words (the caller then goes through Redis)."""
+    artifacts = open_store(root)
+    url = artifacts.url(meta["rel"])
+    try:
+        with artifacts.local_copy(meta["rel"]) as path:
+            if path is None:
+                return f"{url} does not exist"
+            _copy_verified(path, dest, meta["size"], meta["sha256"])
+            return None
+    except ChecksumMismatch:
+        return f"{url} is not the job's file (sha256 differs)"
+    except Exception as exc:  # noqa: BLE001 - no credentials, denied, unreachable: say so
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        return f"{url} cannot be read by this client ({type(exc).__name__}: {first})"
+
+
 def _how_to_reach(path: str | None) -> str:
+    if path and is_url(path):
+        return ("read it with credentials for that object store (--artifacts set to its"
+                f" root, or: aws s3 cp {path} .)")
     return ("read it where that store is mounted (--artifacts ROOT, the root that holds"
             " <job>/), or copy it out of the cluster (docker compose cp"
             f" chief:{path} . ; kubectl cp POD:{path} .)")
