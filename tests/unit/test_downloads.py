@@ -233,3 +233,42 @@ def test_downloads_leave_redis_room_for_the_control_plane(store: Store, chief: P
     assert downloads.index(store, job)["results.json"]["published"]
     with pytest.raises(DownloadError, match="no room .* maxmemory"):
         downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")
+
+
+def test_a_client_with_an_s3_root_reads_the_bucket_else_redis(
+        store: Store, chief: Path, tmp_path: Path, s3_env: dict[str, str], s3_bucket: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Published from a chief whose root is a bucket: a client with credentials and
+    ``--artifacts s3://...`` reads the bucket (verified); one without goes through Redis
+    and says why; a file over the limit names its s3:// URL."""
+    from tunecluster.artifact_store import S3Store
+
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{s3_bucket}/downloads-{os.getpid()}-{tmp_path.name}"
+    bucket = S3Store(url, tmp_path / "chief-staging")
+    job = _job(store)
+    bucket.put_bytes(f"{job}/best_model.keras", BINARY)
+    pub = downloads.publish(store, job, chief,
+                            [("best_model.keras", _file(chief, job, "best_model.keras",
+                                                        BINARY))], limit=2000)
+    pub.index["best_model.keras"].update(path=bucket.url(f"{job}/best_model.keras"))
+    writes = pub.stage(Writes(), store.keys)
+    store.jobs.stage_state(writes, job, "completed")
+    writes.apply(store.client)
+
+    got = downloads.retrieve(store, job, "best_model.keras", tmp_path / "a.keras", url)
+    assert got.source == "local" and got.path.read_bytes() == BINARY
+    assert f"read from the artifacts store at {url}/{job}/best_model.keras" in got.message
+    # over the limit (2000 bytes) and no credentials here: the error says where it is
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
+    monkeypatch.setenv("TUNECLUSTER_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    from tunecluster import artifact_store
+
+    monkeypatch.setattr(artifact_store, "_mounted", {})  # a fresh process's view
+    with pytest.raises(DownloadError) as err:
+        downloads.retrieve(store, job, "best_model.keras", tmp_path / "b.keras", url)
+    text = str(err.value)
+    assert "cannot be read by this client" in text and f"aws s3 cp {url}/{job}" in text
+    assert not (tmp_path / "b.keras").exists()
