@@ -189,6 +189,45 @@ def test_hyperband_continues_an_earlier_trial(tmp_path: Path) -> None:
     assert [row["epoch"] for row in result.epochs] == [2]
 
 
+def test_on_an_object_store_retries_and_promotions_read_the_bucket(
+        tmp_path: Path, s3_env: dict[str, str], s3_bucket: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an s3:// root the checkpoint and the model are objects: a retry resumes and a
+    Hyperband promotion continues from them with nothing left on this host's disk."""
+    import shutil
+
+    from tunecluster import artifact_store
+
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(artifact_store.STAGING_ENV, str(tmp_path / "staging"))
+    url = f"s3://{s3_bucket}/trial-{tmp_path.name}"
+    root = artifact_store.local_root(url)
+    spec = parse_spec({"name": "digits", "data": {"dataset": "digits"},
+                       "model": {"builtin": "mlp"}, "search": {"objective": "val_accuracy"},
+                       "train": {"epochs": 3, "batch_size": 128}})
+    rt = JobRuntime.prepare("job-1", spec, space_to_json(build_space(spec.model.hyperparameters)),
+                            root)
+    bucket = artifact_store.open_store(url)
+    with pytest.raises(RuntimeError, match="worker died"):
+        run_trial(rt, TrialRequest("t1", dict(SMALL), isolated=True), ListReporter(die_at=2))
+    assert bucket.list("job-1") == ["job-1/trials/t1/attempt-1/last.npz"]
+    shutil.rmtree(root / "job-1")  # another host: nothing of the first one's disk
+    result = run_trial(rt, TrialRequest("t1", dict(SMALL), attempt=2, isolated=True),
+                       ListReporter())
+    assert result.resumed_from_epoch == 2
+    model_key = bucket.key(result.model_path)
+    assert model_key == "job-1/trials/t1/attempt-2/model.keras" and bucket.exists(model_key)
+    assert not Path(result.model_path).exists()  # uploaded, not kept here
+    shutil.rmtree(root / "job-1")
+    reporter = ListReporter()
+    promoted = run_trial(rt, TrialRequest("t2", {**SMALL, "tuner/epochs": 4,
+                                                 "tuner/initial_epoch": 3, "tuner/trial_id": "t1"},
+                                          parent_model=result.model_path), reporter)
+    assert reporter.epochs == [4]
+    assert bucket.exists(bucket.key(promoted.model_path))
+
+
 # --- failures -------------------------------------------------------------------------------
 
 NAN_MODEL = '''
