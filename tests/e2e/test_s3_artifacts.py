@@ -103,8 +103,12 @@ def test_s3_job_completes_and_a_blind_client_exports_byte_identical_files(
         got = cli("artifacts", job, "-o", str(tmp_path / "out"), "--json",
                   "--redis", cluster.url, env=env)
         assert got.returncode == 0, got.stderr
-    for row in json.loads(got.stdout):
-        assert Path(row["path"]).read_bytes() == objects.read_bytes(f"{job}/{row['name']}")
+    where = {f"trials/{r['trial']}/model.keras": r["model"] for r in ranked}
+    rows = json.loads(got.stdout)
+    assert len(rows) == 2 + len(ranked) and {r["from"] for r in rows} == {"redis"}
+    for row in rows:
+        key = where.get(row["name"], f"{job}/{row['name']}")
+        assert Path(row["path"]).read_bytes() == objects.read_bytes(key), row["name"]
     print(f"\n[s3] job of {len(ranked)} trials on s3:// (moto): {took:.1f} s;"
           f" best model {len(best_bytes)} bytes exported through Redis")
 
