@@ -428,6 +428,34 @@ def cancel(job: str, redis_url: str, wait_: bool) -> None:
 @cli.command()
 @click.argument("job", callback=_job_id)
 @redis_option
+@set_option
+@click.option("--wait", "wait_", is_flag=True, help="Wait until the job has ended.")
+@handle_errors
+def resume(job: str, redis_url: str, overrides: tuple[str, ...], wait_: bool) -> None:
+    """Continue a finished job's search: --set search.max_trials=N (its oracle and
+    trials go on where they ended)."""
+    from tunecluster.api import Client
+    from tunecluster.errors import SpecError
+
+    max_trials = None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() != "search.max_trials" or not value.strip().isdigit():
+            raise SpecError("--set", f"{item!r}: resume takes search.max_trials=N only")
+        max_trials = int(value)
+    handle = Client(redis_url).job(job)
+    before = handle.resume(max_trials)
+    if handle.resumed_after is None:
+        click.echo(f"{job} already {before}")
+        return
+    click.echo(f"resuming {job} (was {before})")
+    if wait_:
+        click.echo(handle.wait()["state"])
+
+
+@cli.command()
+@click.argument("job", callback=_job_id)
+@redis_option
 @click.option("--force", is_flag=True, help="Cancel an active job first, then delete it.")
 @click.option("--artifacts", "with_artifacts", is_flag=True,
               help="Also remove the job's directory and file cache under the artifacts root"

@@ -133,6 +133,7 @@ class Job:
         self.client = client
         self.id = job_id
         self.last_fetch: str | None = None  # where the last model loaded came from
+        self.resumed_after: str | None = None  # see resume()
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -194,6 +195,22 @@ class Job:
         state the job had. A final job is left as it is."""
         return self.client.store.jobs.request_cancel(self.id)
 
+    def resume(self, max_trials: int | None = None,
+               files: Mapping[str, bytes] | None = None) -> str:
+        """Continue a final job's search up to ``max_trials`` (its oracle, trials and
+        leaderboard go on where they ended); returns the state the job had. Uploaded
+        data freed at its end comes from ``files`` or, for a job submitted from files,
+        from the same paths on this machine. Resuming an active job already at
+        ``max_trials`` does nothing; ``resumed_after`` is the event id the resumed
+        run's events follow (None when nothing was done)."""
+        record = self.record()
+        given = dict(files or {})
+        for name in _file_names(record.fields.get("files")):
+            if name not in given and Path(name).is_file():
+                given[name] = Path(name).read_bytes()
+        state, self.resumed_after = self.client.store.jobs.resume(self.id, max_trials, given)
+        return state
+
     def delete(self, force: bool = False, timeout: float = 120.0) -> str | None:
         """Remove every Redis key of the job (not its artifacts); an active job needs
         ``force`` (cancelled first). Returns the state it had."""
@@ -243,6 +260,14 @@ class Job:
             self.last_fetch = got.message
             logging.getLogger("tunecluster").info("%s", got.message)
             return keras.models.load_model(got.path, compile=compile, custom_objects=objects)
+
+
+def _file_names(raw: str | None) -> list[str]:
+    """The uploaded file names a job record lists (its ``files`` field)."""
+    from tunecluster.store import codec
+
+    names = codec.loads(raw or "[]", "uploaded files")
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def _data_paths(spec: JobSpec) -> list[str]:

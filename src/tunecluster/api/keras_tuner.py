@@ -77,6 +77,12 @@ class Tuner:
         self._spec: dict[str, Any] | None = None
         self._artifacts: Path | None = None
         self._source, self._function = ship(hypermodel)  # fails early, in the constructor
+        if overwrite:
+            _project_file(self.directory, self.project_name).unlink(missing_ok=True)
+        elif self.cluster_url is not None:  # KerasTuner's reload: the project's job
+            previous = _read_project(self.directory, self.project_name)
+            if previous is not None:
+                self.job = Client(self.cluster_url).job(previous)
 
     # --- search -----------------------------------------------------------------------
 
@@ -92,7 +98,11 @@ class Tuner:
                                      batch_size, callbacks, shuffle, fit_kwargs)
         space = self._discover_space()
         if self.cluster_url is not None:
-            self._run(Client(self.cluster_url), spec, files, space, verbose)
+            client = Client(self.cluster_url)
+            if self.job is not None and client.store.jobs.exists(self.job.id):
+                self._continue(Job(client, self.job.id), files, verbose)
+            else:
+                self._run(client, spec, files, space, verbose)
             return
         from tunecluster.cluster import LocalCluster
 
@@ -110,9 +120,39 @@ class Tuner:
         self.job = client.submit(parse_spec(spec), files=files, space=space)
         if self._artifacts is None:
             self._artifacts = client.artifacts
+        if self.cluster_url is not None:
+            _write_project(self.directory, self.project_name, self.job.id)
+        self._wait(verbose)
+
+    def _continue(self, job: Job, files: dict[str, bytes], verbose: int) -> None:
+        """Reattach to this project's job: follow it if it runs, else resume it up to
+        ``max_trials`` (with the data given again); one that ran as many trials already
+        is only reloaded, as KerasTuner does."""
+        self.job, self._spec, self._results = job, None, None
+        self._space = job.record().space  # the job's, as KerasTuner's reloaded oracle
+        if self._artifacts is None:
+            self._artifacts = job.client.artifacts
+        after = "0-0"
+        if job.state in _FINAL:
+            ran = len(job.results()["trials"])
+            if not self.max_trials or self.max_trials <= ran:
+                if verbose:
+                    print(f"Reloading search {job.id}: {ran} trial(s) ran, max_trials"
+                          f" {self.max_trials}", flush=True)
+                self._results = job.results()
+                return
+            job.resume(self.max_trials, files=files)
+            after = job.resumed_after or after
+            if verbose:
+                print(f"Resuming search {job.id}: {ran} trial(s) ran, up to"
+                      f" {self.max_trials}", flush=True)
+        self._wait(verbose, after)
+
+    def _wait(self, verbose: int, after: str = "0-0") -> None:
+        assert self.job is not None
         started = time.monotonic()
         try:
-            self._follow(verbose, started)
+            self._follow(verbose, started, after)
             self._results = self.job.results()
         except KeyboardInterrupt:
             self.job.cancel()
@@ -126,14 +166,14 @@ class Tuner:
             raise TuneclusterError(f"search {self.job.id} ended {self._results['state']}:"
                                    f" {self._results.get('error') or 'no trial completed'}")
 
-    def _follow(self, verbose: int, started: float) -> None:
+    def _follow(self, verbose: int, started: float, after: str = "0-0") -> None:
         assert self.job is not None
         if not verbose:
             self.job.wait()
             return
         print(f"Search {self.job.id}: {self._space_size()} hyperparameters,"
               f" objective {self.objective.name} ({self.objective.direction})", flush=True)
-        for event in self.job.events():
+        for event in self.job.events(after):
             if event.type in ("trial_completed", "trial_failed"):
                 _print_trial(self.job.results(), event.data.get("trial", "?"),
                              event.type, time.monotonic() - started)
@@ -315,7 +355,9 @@ class _Oracle:
     def _trial(self, row: dict[str, Any]) -> Any:
         from keras_tuner.engine.trial import Trial, TrialStatus
 
-        hp = HyperParameters.from_config(self.tuner._space or {})
+        if self.tuner._space is None and self.tuner.job is not None:  # reattached
+            self.tuner._space = self.tuner.job.record().space
+        hp = HyperParameters.from_config(self.tuner._space or {"space": []})
         values = {**row["hyperparameters"], **(row.get("tuner") or {})}
         hp.values.update({k: v for k, v in values.items() if k in hp.values or
                           k.startswith("tuner/")})
@@ -467,6 +509,38 @@ def _task(y_train: np.ndarray, y_valid: np.ndarray) -> str | None:
         if len(classes) >= 2 and np.array_equal(classes, np.arange(len(classes))):
             return "classification"
     return "regression"
+
+
+PROJECT_FILE = "tunecluster_job.json"
+
+
+def _project_file(directory: str, project_name: str) -> Path:
+    """``directory/project_name/tunecluster_job.json``: the project's job on its cluster
+    (where KerasTuner keeps its oracle), so a tuner re-created with ``overwrite=False``
+    reattaches to it."""
+    return Path(directory, project_name, PROJECT_FILE)
+
+
+def _read_project(directory: str, project_name: str) -> str | None:
+    import json
+
+    from tunecluster.store.ids import is_job_id
+
+    try:
+        job = json.loads(_project_file(directory, project_name).read_text()).get("job")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return job if isinstance(job, str) and is_job_id(job) else None
+
+
+def _write_project(directory: str, project_name: str, job: str) -> None:
+    import json
+
+    path = _project_file(directory, project_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"job": job}) + "\n")
+    tmp.replace(path)
 
 
 def _job_name(project_name: str) -> str:

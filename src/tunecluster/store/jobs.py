@@ -146,6 +146,65 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
+    def resume(self, job: str, max_trials: int | None = None,
+               files: Mapping[str, bytes] | None = None) -> tuple[str, str | None]:
+        """Put a final job back in the queue to continue its search up to ``max_trials``
+        (None: the job's own); returns (the state it had, the id of the resume event,
+        None when nothing was done).
+
+        One WATCHed transaction, as ``submit``: the spec's ``search.max_trials``, the
+        state ``queued``, the active set, uploads freed at finalize (``files``, which
+        must hold every name the record lists) and a ``submitted`` inbox message. The
+        chief then loads the job like a new one, with its persisted oracle, so the
+        search goes on where it ended, under the chief's fenced writes. Idempotent: an
+        active job already at ``max_trials`` is left as it is."""
+        key = self.k.job(job)
+        while True:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(key)
+                    record = self.get(job)
+                    search = dict(record.spec.get("search") or {})
+                    target = int(max_trials or search.get("max_trials") or 0)
+                    if record.state in ACTIVE_STATES:
+                        if target == int(search.get("max_trials") or 0):
+                            return record.state, None
+                        raise StoreError(f"job {job!r} is {record.state}: resume continues a"
+                                         " finished job; wait for it or cancel it first")
+                    if record.state not in FINAL_STATES:
+                        raise StoreError(f"job {job!r} is {record.state}; it cannot resume")
+                    if record.fields.get("scheduler", "native") != "native":
+                        raise StoreError(f"job {job!r} runs on Ray: resume applies to"
+                                         " native jobs")
+                    ran = self.r.zcard(self.k.trials(job))
+                    if target <= ran:
+                        raise StoreError(f"search.max_trials={target} is not above the"
+                                         f" {ran} trial(s) job {job!r} already ran")
+                    names = [str(n) for n in codec.loads(record.fields.get("files", "[]"),
+                                                         "uploaded files") or []]
+                    missing = [n for n in names if n not in (files or {})]
+                    if missing:
+                        raise StoreError(f"job {job!r}'s uploaded data ({', '.join(missing)})"
+                                         " was freed when it ended; give the files again")
+                    search["max_trials"] = target
+                    spec = {**record.spec, "search": search}
+                    priority = int(record.fields.get("priority") or 0)
+                    pipe.multi()
+                    pipe.hdel(key, "finished", "failure", "error", "cancel", "final")
+                    pipe.hset(key, mapping={"state": "queued", "spec": codec.dumps(spec)})
+                    pipe.hincrby(key, "resumed", 1)
+                    for name in names:
+                        pipe.set(self.k.job_file(job, name), (files or {})[name])
+                    pipe.zadd(self.k.jobs_active, {job: -priority * 1e13 + record.created})
+                    pipe.xadd(self.k.events(job), {"type": "job_state", "data": codec.dumps(
+                        {"state": "queued", "resumed": True, "max_trials": target})},
+                        maxlen=EVENTS_MAXLEN, approximate=True)
+                    pipe.xadd(self.k.inbox, {"type": "submitted", "job": job})
+                    replies = pipe.execute()
+                    return record.state, str(replies[-2])
+                except redis.WatchError:
+                    continue
+
     # --- retention ---------------------------------------------------------------------
 
     def _file_keys(self, job: str) -> list[str]:
