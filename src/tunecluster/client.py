@@ -70,6 +70,8 @@ def gather_files(spec: JobSpec) -> dict[str, bytes]:
 
 
 def submit(store: Store, job: PreparedJob) -> str:
+    if job.spec.warm_start is not None:
+        check_warm_start(store, job.spec)
     return store.jobs.submit(job.spec.name, spec_to_json(job.spec), job.space,
                              job.spec.priority, job.spec.scheduler, job.files)
 
@@ -88,3 +90,25 @@ def wait(store: Store, job: str, timeout_s: float | None = None,
         events = store.events.read(job, after, block_ms=int(poll_s * 1000), count=1000)
         if events:
             after = events[-1].id
+
+
+def check_warm_start(store: Store, spec: JobSpec) -> None:
+    """``warm_start.from`` must name a final job of this cluster with the same objective."""
+    from tunecluster.errors import StoreError
+    from tunecluster.spec import parse_spec
+
+    assert spec.warm_start is not None
+    source = spec.warm_start.from_
+    try:
+        record = store.jobs.get(source)
+    except StoreError:
+        raise SpecError("warm_start.from", f"no job {source!r} on this cluster") from None
+    if record.state not in FINAL_STATES:
+        raise SpecError("warm_start.from", f"job {source!r} is {record.state}; warm start"
+                                           " reads a finished job (wait for it, or cancel it)")
+    theirs = parse_spec(record.spec).search
+    ours = spec.search
+    if (theirs.objective_name, theirs.direction) != (ours.objective_name, ours.direction):
+        raise SpecError("warm_start.from", f"job {source!r} optimized {theirs.objective_name}"
+                                           f" ({theirs.direction}), this job"
+                                           f" {ours.objective_name} ({ours.direction})")

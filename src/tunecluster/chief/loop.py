@@ -391,9 +391,9 @@ class Chief:
         try:
             spec = parse_spec(record.spec)
             uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
-            host = None
+            host, seeded = None, []
             if spec.scheduler == "native":
-                host = OracleHost.create(spec, record.space, *self.store.jobs.oracle_state(job_id))
+                host, seeded = self._oracle(job_id, spec, record.space)
         except (SpecError, StoreError, ValueError, KeyError) as exc:
             log.error("job %s cannot be loaded: %s", job_id, exc)
             self.store.jobs.set_state(job_id, "failed", fence=self.fence,
@@ -403,10 +403,27 @@ class Chief:
         hosted = HostedJob(job_id, spec, host, list(uploaded or []),
                            cancel=record.cancel_requested, failure=failure,
                            failure_saved=failure is not None)
+        if seeded:  # a warm start: written with the round that creates the first trial
+            hosted.dirty = True
+            hosted.touched.update(seeded)
         self.jobs[job_id] = hosted
         if record.state == "queued" and spec.scheduler == "native":
             self.store.jobs.set_state(job_id, "running", fence=self.fence)
         return hosted
+
+    def _oracle(self, job_id: str, spec: JobSpec,
+                space: dict[str, Any]) -> tuple[OracleHost, list[str]]:
+        """The job's persisted oracle, or a new one seeded by its ``warm_start`` source
+        (and the ids of the trials seeded now, not yet persisted)."""
+        state, trials = self.store.jobs.oracle_state(job_id)
+        warm = None
+        if not state and spec.warm_start is not None:
+            source = spec.warm_start.from_
+            if not self.store.jobs.exists(source):
+                raise StoreError(f"warm_start: job {source!r} no longer exists")
+            warm = self.store.jobs.oracle_state(source)[1]
+        host = OracleHost.create(spec, space, state, trials, warm_trials=warm)
+        return host, host.seeded if warm else []
 
     def _reap(self) -> None:
         reaped = self.store.queue.reap(self.fence, self._stall_ms, self._grace_ms)

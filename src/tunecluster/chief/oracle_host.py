@@ -46,7 +46,10 @@ class OracleHost:
 
     @classmethod
     def create(cls, spec: JobSpec, space: Mapping[str, Any], state_json: str | None = None,
-               trial_states: Mapping[str, str] | None = None) -> OracleHost:
+               trial_states: Mapping[str, str] | None = None,
+               warm_trials: Mapping[str, str] | None = None) -> OracleHost:
+        """The job's oracle: new, or restored from its persisted state. ``warm_trials``
+        (a new job's ``warm_start`` source's persisted trials) seed a new oracle."""
         import keras_tuner as kt
 
         search = spec.search
@@ -73,7 +76,18 @@ class OracleHost:
             oracle.trials = {tid: kt.engine.trial.Trial.from_state(json.loads(s))
                              for tid, s in (trial_states or {}).items()}
             oracle.set_state(json.loads(state_json))
-        return cls(spec, space, oracle)
+        elif warm_trials:
+            seed_oracle(oracle, warm_trials)
+        host = cls(spec, space, oracle)
+        # Seeded trials are the oracle's but not the job's: max_trials counts new ones.
+        if oracle.max_trials:
+            oracle.max_trials = search.max_trials + len(host.seeded)
+        return host
+
+    @property
+    def seeded(self) -> list[str]:
+        """Ids of the trials carried over by ``warm_start`` (``w`` + the source's id)."""
+        return [tid for tid in self.oracle.trials if tid.startswith(WARM_PREFIX)]
 
     def state_json(self) -> str:
         """The oracle's own state; each trial's is kept apart (``trial_json``) so that a
@@ -139,6 +153,69 @@ class OracleHost:
 
     def ongoing(self) -> int:
         return len(self.oracle.ongoing_trials)
+
+
+WARM_PREFIX = "w"  # native trial ids are digits: a seeded trial's id cannot collide
+
+
+def seed_oracle(oracle: Any, trial_states: Mapping[str, str]) -> list[str]:
+    """Add a finished job's completed trials to a new oracle, as completed trials with
+    their score, where they fit its space (the rule of ``spec.models.WarmStart``);
+    returns the ids added. Bayesian optimization counts them among its initial points
+    and fits its Gaussian process on them; every oracle skips their values."""
+    from keras_tuner.engine.trial import Trial, TrialStatus
+
+    added = []
+    for tid, raw in sorted(trial_states.items()):
+        old = Trial.from_state(json.loads(raw))
+        if old.status != TrialStatus.COMPLETED or old.score is None:
+            continue
+        values = carried_values(oracle.hyperparameters, old.hyperparameters.values)
+        if values is None:
+            continue
+        hp = oracle.hyperparameters.copy()
+        hp.values = values
+        trial = Trial(hp, trial_id=f"{WARM_PREFIX}{tid}", status=TrialStatus.COMPLETED)
+        trial.score, trial.best_step, trial.metrics = old.score, old.best_step, old.metrics
+        oracle.trials[trial.trial_id] = trial
+        oracle.start_order.append(trial.trial_id)
+        oracle.end_order.append(trial.trial_id)
+        oracle._record_values(trial)
+        added.append(trial.trial_id)
+    return added
+
+
+def carried_values(space: Any, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``values`` completed with ``space``'s defaults, or None when one of them names no
+    hyperparameter of ``space`` or lies outside it."""
+    known = {p.name: p for p in space.space}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name.startswith("tuner/"):
+            continue
+        param = known.get(name)
+        if param is None or not _within(param, value):
+            return None
+        out[name] = value
+    for name, param in known.items():
+        out.setdefault(name, param.default)
+    return out
+
+
+def _within(param: Any, value: Any) -> bool:
+    kind = type(param).__name__
+    if kind == "Choice":
+        return value in param.values
+    if kind == "Fixed":
+        return bool(value == param.value)
+    if kind == "Boolean":
+        return isinstance(value, bool)
+    if kind in ("Int", "Float"):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind == "Int" and number and value != int(value):
+            return False
+        return number and param.min_value <= value <= param.max_value
+    return False
 
 
 def _jsonable(value: Any) -> Any:

@@ -320,6 +320,31 @@ class RayOptions(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1, le=10_000)
 
 
+class WarmStart(_Strict):
+    """``warm_start: {from: JOB}``: seed this job's oracle with a finished job's completed
+    trials, as completed KerasTuner trials with their score.
+
+    Overlap rule: a completed trial of ``from`` is carried over when each of its
+    hyperparameter values names a hyperparameter of this job's space and lies in it (one
+    of a choice's values, a number within an int/float range, a fixed value equal); the
+    hyperparameters of this space it lacks take their default. Others are left out. The
+    source must exist on the same cluster, be final and have the same objective
+    (checked at submit). Random and Bayesian searches only."""
+
+    from_: str = Field(alias="from")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("from_")
+    @classmethod
+    def _job_id(cls, value: str) -> str:
+        from tunecluster.store.ids import is_job_id
+
+        if not is_job_id(value):
+            raise ValueError(f"{value!r} is not a job id")
+        return value
+
+
 # --- the job ------------------------------------------------------------------------------
 
 JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -335,6 +360,16 @@ class JobSpec(_Strict):
     scheduler: Literal["native", "ray"] = "native"
     priority: int = Field(0, ge=-100, le=100)  # higher runs first; ties: oldest first
     ray: RayOptions | None = None
+    warm_start: WarmStart | None = None
+
+    @model_validator(mode="after")
+    def _warm_start_fits(self) -> JobSpec:
+        if self.warm_start is not None and (self.scheduler != "native" or
+                                            self.search.algorithm not in ("random", "bayesian")):
+            raise ValueError(
+                "warm_start seeds random and bayesian searches of the native scheduler,"
+                f" not {self.search.algorithm} ({self.scheduler})")
+        return self
 
     @field_validator("name")
     @classmethod
