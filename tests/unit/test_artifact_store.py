@@ -102,3 +102,14 @@ def test_a_url_root_is_staged_locally_and_maps_back(tmp_path: Path,
     assert isinstance(open_store(tmp_path / "dir"), LocalStore)
     with pytest.raises(ValueError, match="must start with s3://"):
         local_root("gs://bucket")
+
+
+def test_ray_jobs_refuse_an_object_store_root(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray trials write to their node's disk, which a bucket root would not collect."""
+    from tunecluster.ray.backend import _refuse_object_store
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS_STAGING", str(tmp_path / "stage"))
+    _refuse_object_store(tmp_path / "dir")
+    with pytest.raises(ValueError, match="scheduler: ray needs a shared directory.*s3://b/p"):
+        _refuse_object_store(local_root("s3://b/p"))

@@ -138,6 +138,16 @@ def make_scheduler(spec: JobSpec) -> tuple[Any, str]:
 # --- the runner ------------------------------------------------------------------------------
 
 
+def _refuse_object_store(root: Path) -> None:
+    """Ray trials write to their node's disk: they need a directory every node shares."""
+    from tunecluster.artifact_store import open_store
+
+    artifacts = open_store(root)
+    if artifacts.remote:
+        raise ValueError(f"scheduler: ray needs a shared directory as the artifacts root;"
+                         f" this cluster's is {artifacts.url()}: use scheduler: native")
+
+
 class RayJobRunner:
     """Runs one ``scheduler: ray`` job with Ray Tune to its end, then finalizes it."""
 
@@ -196,6 +206,7 @@ class RayJobRunner:
         if not self._wait_for_tune_slot():
             return None
         try:
+            _refuse_object_store(self.artifacts)
             address = ray_address(self.spec)
             run = self.records.take_over(self.job, self.chief_id, address or LOCAL)
             connect_ray(address)
