@@ -5,6 +5,7 @@
 #   docker build -t tunecluster:$V .                                      # CPU (tensorflow-cpu), online
 #   docker build --build-arg TF_EXTRA=gpu -t tunecluster:$V-gpu .         # GPU: tensorflow[and-cuda]
 #   docker build --build-arg EXTRAS=ray -t tunecluster:$V-ray .           # + Ray, for k8s/ray
+#   docker build --build-arg EXTRAS=s3 -t tunecluster:$V-s3 .             # + s3fs, for k8s/overlays/s3
 #
 # Air-gapped / offline build: put every wheel the install needs in ./wheelhouse
 # (see docs/deploy.md, "Air-gapped build"), then
