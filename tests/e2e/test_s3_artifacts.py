@@ -109,6 +109,12 @@ def test_s3_job_completes_and_a_blind_client_exports_byte_identical_files(
     for row in rows:
         key = where.get(row["name"], f"{job}/{row['name']}")
         assert Path(row["path"]).read_bytes() == objects.read_bytes(key), row["name"]
+    # A client with credentials and the bucket as its root reads the bucket directly.
+    direct = cli("best", job, "--export", str(tmp_path / "direct.keras"), "--redis",
+                 cluster.url, env={"TUNECLUSTER_ARTIFACTS": url})
+    assert direct.returncode == 0, direct.stderr
+    assert f"read from the artifacts store at {url}/{job}/best_model.keras" in direct.stderr
+    assert (tmp_path / "direct.keras").read_bytes() == best_bytes
     print(f"\n[s3] job of {len(ranked)} trials on s3:// (moto): {took:.1f} s;"
           f" best model {len(best_bytes)} bytes exported through Redis")
 

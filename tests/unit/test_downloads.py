@@ -260,6 +260,13 @@ def test_a_client_with_an_s3_root_reads_the_bucket_else_redis(
     got = downloads.retrieve(store, job, "best_model.keras", tmp_path / "a.keras", url)
     assert got.source == "local" and got.path.read_bytes() == BINARY
     assert f"read from the artifacts store at {url}/{job}/best_model.keras" in got.message
+    # not published (not among the top k): read from the bucket, unverified
+    store.client.hset(store.keys.trial(job, "07"), mapping={
+        "state": "COMPLETED", "model": f"{job}/trials/07/attempt-2/model.keras"})
+    bucket.put_bytes(f"{job}/trials/07/attempt-2/model.keras", b"trial seven")
+    got = downloads.retrieve(store, job, "trials/07/model.keras", tmp_path / "7.keras", url)
+    assert got.path.read_bytes() == b"trial seven" and "not verified" in got.message
+    assert f"{url}/{job}/trials/07/attempt-2/model.keras" in got.message
     # over the limit (2000 bytes) and no credentials here: the error says where it is
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
     monkeypatch.setenv("TUNECLUSTER_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing there

@@ -387,9 +387,22 @@ def _unindexed(store: Any, job: str, name: str, dest: Path,
             raise DownloadError(f"trial {trial} of job {job} has no model (state"
                                 f" {row.get('state', 'unknown: no such trial')})")
     local = None
+    here = "this client has no artifacts root"
+    if local_root and is_url(str(local_root)):  # an object store this client may read
+        bucket = open_store(str(local_root))
+        staged = trial_model(bucket.local, job, trial, row.get("model")) if trial else \
+            bucket.local / job / name
+        meta = {"rel": bucket.key(staged), "size": None, "sha256": None}
+        why = _from_object_store(str(local_root), meta, dest)
+        if why is None:
+            return Fetched(dest, "local", f"{name}: read from the artifacts store at"
+                           f" {bucket.url(meta['rel'])} (not verified: no checksum was"
+                           " published for it)", dest.stat().st_size, None)
+        here, local_root = why, None
     if local_root:
         local = trial_model(local_root, job, trial, row.get("model")) if trial else \
             Path(local_root) / job / name
+        here = f"{local} does not exist here"
     if local is not None and local.is_file():
         size = _copy_verified(local, dest, None, None)
         return Fetched(dest, "local", f"{name}: read from the artifacts store at {local}"
@@ -398,8 +411,6 @@ def _unindexed(store: Any, job: str, name: str, dest: Path,
     reason = (f"only the best {download_top_k()} trials' models are"
               f" ({defaults.DOWNLOAD_TOP_K_ENV} on the chief)" if trial
               else "the job ended before its chief published downloads")
-    here = "this client has no artifacts root" if local is None else \
-        f"{local} does not exist here"
     raise DownloadError(f"job {job}'s {what} is not published for download ({reason}); it"
                         f" is at {chief_path} on the chief's artifacts store and {here}:"
                         f" {_how_to_reach(chief_path)}")
@@ -409,6 +420,9 @@ def _chief_path(chief_dir: str | None, job: str, trial: str | None,
                 recorded: str | None, name: str) -> str:
     if not chief_dir:
         return f"<artifacts>/{job}/{name}"
+    if is_url(chief_dir):  # s3://bucket/prefix/<job>: no Path (it would fold the //)
+        root = chief_dir.rstrip("/").rsplit("/", 1)[0]
+        return f"{root}/{recorded}" if trial and recorded else f"{chief_dir}/{name}"
     if trial and recorded:
         return str(Path(chief_dir).parent / recorded)
     return str(Path(chief_dir) / name)
