@@ -30,3 +30,8 @@ class WorkerLost(TuneclusterError):
 
 class StoreError(TuneclusterError):
     """Data in Redis is missing, foreign or malformed."""
+
+
+class ArtifactsError(TuneclusterError, ValueError):
+    """The artifacts root is unusable as given: a URL of an unknown kind, a key that
+    would leave the root. ``str()`` names the value and what is allowed."""

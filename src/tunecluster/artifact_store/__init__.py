@@ -21,6 +21,7 @@ from pathlib import Path
 from tunecluster.artifact_store._base import ArtifactStore
 from tunecluster.artifact_store._local import LocalStore
 from tunecluster.artifact_store._s3 import S3Store, endpoint_url
+from tunecluster.errors import ArtifactsError
 
 STAGING_ENV = "TUNECLUSTER_ARTIFACTS_STAGING"
 SCHEMES = ("s3://",)
@@ -42,8 +43,8 @@ def local_root(root: str | Path) -> Path:
         return Path(root).resolve()
     url = str(root).rstrip("/")
     if not url.startswith(SCHEMES):
-        raise ValueError(f"artifacts root {root!r}: an object store URL must start with"
-                         f" {' or '.join(SCHEMES)}; anything else is taken as a directory")
+        raise ArtifactsError(f"artifacts root {root!r}: an object store URL must start with"
+                             f" {' or '.join(SCHEMES)}; anything else is taken as a directory")
     staging = os.environ.get(STAGING_ENV, "").strip()
     digest = hashlib.sha256(url.encode()).hexdigest()[:12]
     local = Path(staging or Path(tempfile.gettempdir()) / f"tunecluster-{digest}").resolve()

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from tunecluster.errors import ArtifactsError
+
 
 class ArtifactStore(ABC):
     """One artifacts root: a directory (``LocalStore``) or an object store (``S3Store``)."""
@@ -50,7 +52,7 @@ class ArtifactStore(ABC):
     def check_key(key: str) -> str:
         parts = PurePosixPath(key).parts
         if not key or key.startswith("/") or ".." in parts or "\\" in key:
-            raise ValueError(f"artifact key {key!r} leaves the artifacts root")
+            raise ArtifactsError(f"artifact key {key!r} leaves the artifacts root")
         return key
 
     @abstractmethod

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tunecluster.artifact_store._base import ArtifactStore
+from tunecluster.errors import ArtifactsError
 
 
 class LocalStore(ArtifactStore):
@@ -65,8 +66,8 @@ class LocalStore(ArtifactStore):
     def delete_prefix(self, prefix: str) -> list[str]:
         base = self.path(prefix)
         if base.is_symlink():  # never follow a link out of the root
-            raise ValueError(f"{base} is a symlink; refusing to delete outside the"
-                             " artifacts root (remove it by hand)")
+            raise ArtifactsError(f"{base} is a symlink; refusing to delete outside the"
+                                 " artifacts root (remove it by hand)")
         keys = self.list(prefix)
         if base.is_dir():
             shutil.rmtree(base)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster.artifact_store._base import ArtifactStore
+from tunecluster.errors import ArtifactsError
 
 ENDPOINT_ENVS = ("TUNECLUSTER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
@@ -37,7 +38,7 @@ class S3Store(ArtifactStore):
 
     def __init__(self, url: str, local: str | Path) -> None:
         if not url.startswith("s3://") or not url[5:].strip("/"):
-            raise ValueError(f"artifacts URL {url!r} is not s3://bucket[/prefix]")
+            raise ArtifactsError(f"artifacts URL {url!r} is not s3://bucket[/prefix]")
         self.base = url[5:].strip("/")  # bucket[/prefix]
         self.local = Path(local).resolve()
         self._fs: Any = None
