@@ -115,7 +115,8 @@ class HyperParameter(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> HyperParameter:
-        kinds = [k for k in ("int_", "float_", "choice", "boolean", "fixed") if getattr(self, k) is not None]
+        kinds = [k for k in ("int_", "float_", "choice", "boolean", "fixed")
+                 if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(
                 "give exactly one of int, float, choice, boolean, fixed"
