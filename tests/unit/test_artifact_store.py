@@ -113,3 +113,16 @@ def test_ray_jobs_refuse_an_object_store_root(tmp_path: Path,
     _refuse_object_store(tmp_path / "dir")
     with pytest.raises(ValueError, match="scheduler: ray needs a shared directory.*s3://b/p"):
         _refuse_object_store(local_root("s3://b/p"))
+
+
+def test_a_missing_bucket_is_named_in_the_error(tmp_path: Path, s3_env: dict[str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    store = S3Store("s3://no-such-bucket-here/p", tmp_path / "staging")
+    src = tmp_path / "staging" / "f"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="s3://no-such-bucket-here/p/j/last.npz"):
+        store.move_in(src, "j/last.npz")
+    assert not src.exists()

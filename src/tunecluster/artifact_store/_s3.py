@@ -15,6 +15,8 @@ completes) straight to its final key; a copy is server-side.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +71,24 @@ class S3Store(ArtifactStore):
     def url(self, key: str = "") -> str:
         return f"s3://{self._path(key)}" if key else f"s3://{self.base}"
 
+    @contextmanager
+    def _naming(self, key: str) -> Iterator[None]:
+        """s3fs's errors (no such bucket, access denied) say what, not where: add it."""
+        try:
+            yield
+        except OSError as exc:
+            raise type(exc)(f"{self.url(key)}: {exc}") from exc
+
     def move_in(self, src: Path, key: str) -> None:
         try:
-            self.fs.put_file(str(src), self._path(key))
+            with self._naming(key):
+                self.fs.put_file(str(src), self._path(key))
         finally:
             Path(src).unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.fs.pipe_file(self._path(key), data)
+        with self._naming(key):
+            self.fs.pipe_file(self._path(key), data)
 
     def get_file(self, key: str, dest: Path) -> bool:
         tmp = self._temp_beside(Path(dest))
@@ -89,7 +101,8 @@ class S3Store(ArtifactStore):
         return True
 
     def copy(self, src: str, dst: str) -> None:
-        self.fs.copy(self._path(src), self._path(dst))
+        with self._naming(src):
+            self.fs.copy(self._path(src), self._path(dst))
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._path(key)))
