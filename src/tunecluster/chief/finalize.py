@@ -17,6 +17,7 @@ from tunecluster.artifact_store import ArtifactStore, open_store
 from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
 from tunecluster.artifacts import job_dir as artifacts_job_dir
 from tunecluster.data import load_splits
+from tunecluster.errors import ArtifactsError
 from tunecluster.spec.models import JobSpec
 from tunecluster.store import Store, codec, downloads
 from tunecluster.store.fence import Fence, Writes
@@ -46,9 +47,9 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
         source = artifacts.key(trial_model(artifacts_root, job, best["trial"],
                                            best.get("model")))
         with artifacts.local_copy(source) as path:
-            if path is None:
-                raise FileNotFoundError(f"the best trial's model is not at"
-                                        f" {artifacts.url(source)}")
+            if path is None:  # missing for good (not an outage): the job fails, once
+                raise ArtifactsError(f"the best trial's model is not at"
+                                     f" {artifacts.url(source)}")
             final["test"] = evaluate_on_test(spec, path, resolve)
         artifacts.copy(source, f"{job_key}/{BEST_MODEL}")
         final["artifacts"]["best_model"] = artifacts.url(f"{job_key}/{BEST_MODEL}")
