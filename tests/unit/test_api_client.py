@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tunecluster
 from tunecluster.api import Client, Job
-from tunecluster.cluster import RedisServer
 from tunecluster.errors import SpecError, StoreError
 from tunecluster.store.results import build_results
 
@@ -19,19 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = {"name": "api-job", "data": {"dataset": "digits"},
         "model": {"builtin": "mlp", "hyperparameters": {"n_hidden": {"int": [1, 2]}}},
         "search": {"objective": "val_accuracy", "max_trials": 2}}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as s:
-        yield s
-
-
-@pytest.fixture
-def client(server: RedisServer, tmp_path: Path) -> Client:
-    c = Client(server.url, artifacts=tmp_path)
-    c.store.client.flushdb()
-    return c
 
 
 def test_client_is_exported_lazily_and_reads_the_url_from_the_environment(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,6 @@ pytestmark = pytest.mark.timeout(60)
 
 SPEC = {"name": "job", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"},
         "search": {"objective": {"name": "val_accuracy", "direction": "max"}}}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as s:
-        yield s
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,12 @@ from tunecluster.artifacts import (
     remove_job_artifacts,
     trial_dir,
 )
-from tunecluster.cluster import RedisServer
 from tunecluster.errors import StoreError
 from tunecluster.store import Store, member
 from tunecluster.store.ids import InvalidId, check_job_id, check_trial_id, new_job_id
 
 HOSTILE = ["", ".", "..", "../../etc", "a/b", "/abs", "a\\b", "x" * 81, "-lead", ".hidden",
            "a\nb", "a b", "é", "a:b", "*", "job/../../x"]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as s:
-        yield s
-
-
-@pytest.fixture
-def store(server: RedisServer) -> Store:
-    s = Store.from_url(server.url)
-    s.client.flushdb()
-    return s
 
 
 @pytest.mark.parametrize("name", ["digits-mlp", "a", "x.y_z-1", "0" * 63])

@@ -3,14 +3,10 @@ Redis; the chief's part runs through real processes in tests/e2e/test_resume.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
 
 from tunecluster.api import Client
-from tunecluster.cluster import RedisServer
 from tunecluster.errors import StoreError
 from tunecluster.spec import parse_spec
 
@@ -18,19 +14,6 @@ SPEC = {"name": "resumable", "data": {"dataset": "digits"},
         "model": {"builtin": "mlp", "hyperparameters": {
             "n_hidden": {"int": [1, 3]}, "learning_rate": {"float": [1e-3, 1e-1]}}},
         "search": {"objective": "val_accuracy", "max_trials": 2}}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as s:
-        yield s
-
-
-@pytest.fixture
-def client(server: RedisServer, tmp_path: Path) -> Client:
-    c = Client(server.url, artifacts=tmp_path)
-    c.store.client.flushdb()
-    return c
 
 
 def _finished(client: Client, spec: dict = SPEC, files: dict | None = None,

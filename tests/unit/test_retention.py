@@ -5,28 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tunecluster.cluster import RedisServer
 from tunecluster.errors import StoreError
 from tunecluster.store import Store, member
 
 SPEC = {"name": "job", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"}}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as s:
-        yield s
-
-
-@pytest.fixture
-def store(server: RedisServer) -> Store:
-    s = Store.from_url(server.url)
-    s.client.flushdb()
-    return s
 
 
 def _names(store: Store, job: str) -> list[str]:

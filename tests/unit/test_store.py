@@ -6,7 +6,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,19 +20,6 @@ from tunecluster.store.results import build_results
 
 SPEC = {"name": "job", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"},
         "search": {"objective": {"name": "val_accuracy", "direction": "max"}}}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as s:
-        yield s
-
-
-@pytest.fixture
-def store(server: RedisServer) -> Store:
-    s = Store.from_url(server.url)
-    s.client.flushdb()
-    return s
 
 
 def _job_with_trials(store: Store, n: int, max_retries: int = 1) -> str:
