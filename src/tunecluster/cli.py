@@ -567,6 +567,15 @@ def health(redis_url: str, role: str, max_age_s: float) -> None:
     sys.exit(0 if ok else 1)
 
 
+# The dashboard's and the exports' commands live beside the code they drive; their
+# modules import nothing heavy until a command runs.
+from tunecluster.dashboard.cli import register as _register_dashboard  # noqa: E402
+from tunecluster.export.cli import register as _register_export  # noqa: E402
+
+_register_dashboard(cli)
+_register_export(cli)
+
+
 def main() -> None:
     cli(prog_name="tunecluster")
 

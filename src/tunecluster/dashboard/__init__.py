@@ -1,0 +1,2 @@
+"""The web dashboard: a server that reads only Redis (no TensorFlow), its pages and the
+chart library's assets shipped inside the package, ``/metrics``, and the HTML report."""

@@ -1,0 +1,1 @@
+"""Exports of a job's results to other tools' formats (TensorBoard HParams)."""
