@@ -18,8 +18,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 from keras_tuner import HyperModel, HyperParameters, Objective
 
 from tunecluster import defaults
+from tunecluster.api import progress
 from tunecluster.api.client import Client, Job
 from tunecluster.api.shipping import ship
 from tunecluster.errors import SpecError, TuneclusterError
@@ -150,9 +149,8 @@ class Tuner:
 
     def _wait(self, verbose: int, after: str = "0-0") -> None:
         assert self.job is not None
-        started = time.monotonic()
         try:
-            self._follow(verbose, started, after)
+            self._follow(verbose, after)
             self._results = self.job.results()
         except KeyboardInterrupt:
             self.job.cancel()
@@ -166,18 +164,11 @@ class Tuner:
             raise TuneclusterError(f"search {self.job.id} ended {self._results['state']}:"
                                    f" {self._results.get('error') or 'no trial completed'}")
 
-    def _follow(self, verbose: int, started: float, after: str = "0-0") -> None:
+    def _follow(self, verbose: int, after: str = "0-0") -> None:
         assert self.job is not None
-        if not verbose:
-            self.job.wait()
-            return
-        print(f"Search {self.job.id}: {self._space_size()} hyperparameters,"
-              f" objective {self.objective.name} ({self.objective.direction})", flush=True)
-        for event in self.job.events(after):
-            if event.type in ("trial_completed", "trial_failed"):
-                _print_trial(self.job.results(), event.data.get("trial", "?"),
-                             event.type, time.monotonic() - started)
-        print(f"Search {self.job.id}: {self.job.state}", flush=True)
+        view = progress.view_for(verbose, self.max_trials)
+        progress.follow(self.job, view, after, space_size=self._space_size(),
+                        objective=self.objective.name, direction=self.objective.direction)
 
     def _space_size(self) -> int:
         return len((self._space or {}).get("space", []))
@@ -546,29 +537,3 @@ def _write_project(directory: str, project_name: str, job: str) -> None:
 def _job_name(project_name: str) -> str:
     name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._")[:63]
     return name or "search"
-
-
-def _print_trial(results: dict[str, Any], trial: str, kind: str, elapsed: float) -> None:
-    row = next((t for t in results["trials"] if t["trial"] == trial), None)
-    name = results["objective"]["name"]
-    print(f"\nTrial {trial} {'Complete' if kind == 'trial_completed' else 'Failed'}"
-          f" [{_hms(elapsed)}]")
-    if row is not None:
-        if row["score"] is not None:
-            print(f"{name}: {row['score']:.4g}")
-        for key, value in row["hyperparameters"].items():
-            print(f"{key}: {value}")
-        if row.get("error"):
-            print(f"error: {str(row['error']).strip().splitlines()[-1]}")
-    best = results.get("best")
-    if best:
-        print(f"\nBest {name} So Far: {best['score']:.4g}")
-    done = sum(t["state"] in ("COMPLETED", "FAILED") for t in results["trials"])
-    print(f"Total elapsed time: {_hms(elapsed)} ({done} trial(s) done)", flush=True)
-    sys.stdout.flush()
-
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600:02d}h {s // 60 % 60:02d}m {s % 60:02d}s"
-
