@@ -36,14 +36,15 @@ def test_key_schema_is_pinned() -> None:
             k.trial_errors("j", "t"), k.events("j"), k.ready, k.leases, k.inbox, k.wake,
             k.workers, k.worker("w"), k.chief_lock, k.chief_beat, k.chief_seq,
             k.reaper_last, k.reaper_grace, k.request("r"), k.downloads("j"),
-            k.download_blob("j", "h"), k.download_part("j", "h")] == [
+            k.download_blob("j", "h"), k.download_part("j", "h"), k.telemetry_counts,
+            k.telemetry_hist("h")] == [
         "tc:jobs", "tc:jobs:all", "tc:job:j", "tc:job:j:file:f", "tc:job:j:oracle",
         "tc:job:j:oracle:trials", "tc:job:j:trials", "tc:job:j:trial:t",
         "tc:job:j:trial:t:epochs", "tc:job:j:trial:t:errors", "tc:job:j:events",
         "tc:ready", "tc:leases", "tc:inbox", "tc:wake", "tc:workers", "tc:worker:w",
         "tc:chief:lock", "tc:chief:lock:beat", "tc:chief:seq", "tc:reaper:last",
         "tc:reaper:grace", "tc:req:r", "tc:job:j:downloads", "tc:job:j:download:h",
-        "tc:job:j:download:h:part"]
+        "tc:job:j:download:h:part", "tc:telemetry:counts", "tc:telemetry:hist:h"]
 
 
 def test_claims_are_exclusive_under_concurrency(store: Store) -> None:
@@ -191,15 +192,15 @@ def test_claim_and_finish_are_safe_to_retry(store: Store) -> None:
     job = _job_with_trials(store, 2)
     request = store.keys.request("claim-1")
     args = [store.keys.p, "w1", 30_000]
-    first = store.queue._claim(keys=[store.keys.ready, store.keys.leases, request], args=args)
-    again = store.queue._claim(keys=[store.keys.ready, store.keys.leases, request], args=args)
+    first = store.queue._claim(keys=store.queue._claim_keys(request), args=args)
+    again = store.queue._claim(keys=store.queue._claim_keys(request), args=args)
     assert first == again
     assert store.queue.running_count() == 1 and store.queue.ready_count() == 1
     claim = store.queue.claim("w1", 30)  # a new request claims the other trial
     assert claim is not None and claim.trial != first[1]
     done = store.keys.request("finish-1")
     fin = [store.keys.p, job, claim.trial, "w1", claim.attempt, "COMPLETED", '{"score": "0.5"}']
-    keys = [store.keys.inbox, store.keys.leases, done]
+    keys = store.queue._finish_keys(done)
     assert store.queue._finish(keys=keys, args=fin) == 1
     assert store.queue._finish(keys=keys, args=fin) == 1  # the retry: still "recorded"
     assert store.client.xlen(store.keys.inbox) == 2  # submit + one end, not two

@@ -26,6 +26,9 @@
     {p}:reaper:last                 STRING Redis time (ms) of the reaper's last pass (stalls)
     {p}:reaper:grace                STRING Redis time (ms) before which nothing is reaped
     {p}:req:{request}               STRING the reply of a non-idempotent call, kept for its retries
+    {p}:telemetry:counts            HASH  cluster-wide totals: trials started/completed/failed/
+                                          cancelled/retried, leases reaped (never per job)
+    {p}:telemetry:hist:{name}       HASH  a histogram's fixed buckets: bound -> count, count, sum
 
 Times that two hosts compare (leases, heartbeats, the reaper's clock) are Redis server
 time, read with TIME inside the scripts, never a host's wall clock.
@@ -133,6 +136,14 @@ class Keys:
 
     def request(self, request_id: str) -> str:
         return f"{self.p}:req:{request_id}"
+
+    # telemetry (store/telemetry.py): cluster-wide, so ``delete`` of a job leaves it
+    @property
+    def telemetry_counts(self) -> str:
+        return f"{self.p}:telemetry:counts"
+
+    def telemetry_hist(self, name: str) -> str:
+        return f"{self.p}:telemetry:hist:{name}"
 
 
 def member(job: str, trial: str) -> str:

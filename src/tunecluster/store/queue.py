@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from tunecluster.store import codec
+from tunecluster.store import codec, telemetry
 from tunecluster.store.fence import Fence, LostLeadership
 from tunecluster.store.ids import is_job_id, is_trial_id
 from tunecluster.store.keys import Keys, member
@@ -45,7 +45,10 @@ REQUEST_TTL_MS = 600_000  # how long the reply of a non-idempotent call is kept 
 #   written and compared by different hosts;
 # - a script whose effect is not idempotent (claim, finish) takes a request key: the
 #   first run stores its reply there, and a retry of the same call (redis-py re-sends
-#   EVALSHA after a dropped connection) returns that reply instead of acting twice.
+#   EVALSHA after a dropped connection) returns that reply instead of acting twice;
+# - the cluster's totals (``telemetry``: trials started, ended, retried, leases reaped)
+#   are incremented in the step that makes the transition, after every check and after
+#   the replay of a request key, so a refused or retried call does not count again.
 # Per-trial keys are built from the prefix (ARGV[1]) because a claim learns its trial
 # only by popping the ready list: {p}:job:{job}:trial:{trial} and its :epochs/:errors.
 _LUA_COMMON = """
@@ -83,7 +86,9 @@ local function fenced_out(lock, token)
 end
 -- RUNNING -> READY (1) or FAILED when the retry budget is spent (2). The caller checked
 -- that the trial is RUNNING; count_attempt '0' gives the attempt back (a shutdown).
-local function release_trial(p, ready, leases, inbox, wake, job, tid, reason, count_attempt, now)
+-- totals: the telemetry counts HASH (retried or failed grows by one).
+local function release_trial(p, ready, leases, inbox, wake, totals, job, tid, reason,
+                             count_attempt, now)
   local t = tkey(p, job, tid)
   local m = job .. '/' .. tid
   local worker = redis.call('HGET', t, 'worker') or ''
@@ -105,16 +110,18 @@ local function release_trial(p, ready, leases, inbox, wake, job, tid, reason, co
     redis.call('HSET', t, 'state', 'READY', 'worker', '', 'last_error', reason)
     redis.call('LPUSH', ready, m)
     redis.call('LPUSH', wake, '1')
+    redis.call('HINCRBY', totals, 'retried', 1)
     return 1
   end
   redis.call('HSET', t, 'state', 'FAILED', 'error', reason, 'finished', now)
   redis.call('XADD', inbox, '*', 'type', 'end', 'job', job, 'trial', tid,
              'state', 'FAILED', 'error', reason)
+  redis.call('HINCRBY', totals, 'failed', 1)
   return 2
 end
-""".replace("TTL_MS", str(REQUEST_TTL_MS))
+""".replace("TTL_MS", str(REQUEST_TTL_MS)) + telemetry.lua_observe()
 
-# KEYS: ready, leases, request | ARGV: prefix, worker, lease_ms
+# KEYS: ready, leases, request, totals | ARGV: prefix, worker, lease_ms
 _CLAIM = _LUA_COMMON + """
 local done = replay(KEYS[3])
 if done then return done end
@@ -136,6 +143,7 @@ for _ = 1, 1000 do
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), m)
       emit(ARGV[1], job, {'trial_started', cjson.encode(
         {trial = tid, worker = ARGV[2], attempt = attempts})})
+      redis.call('HINCRBY', KEYS[4], 'started', 1)
       return remember(KEYS[3], {job, tid, tostring(attempts), values, tostring(earlier)})
     end
   end
@@ -187,7 +195,9 @@ if redis.call('HGET', t, 'stop') == '1' then return 1 end
 return 0
 """
 
-# KEYS: inbox, leases, request | ARGV: prefix, job, trial, worker, attempt, state, fields_json
+# KEYS: inbox, leases, request, totals, claim-to-build histogram, last-epoch-to-finished
+#       histogram
+# ARGV: prefix, job, trial, worker, attempt, state, fields_json
 # Returns 1 when recorded (also for a retry of a recorded call), 0 when not owned.
 _FINISH = _LUA_COMMON + """
 local done = replay(KEYS[3])
@@ -205,6 +215,13 @@ local ev = encode_event('trial_' .. string.lower(ARGV[6]),
   {trial = ARGV[3], worker = ARGV[4], attempt = tonumber(ARGV[5]),
    score = fields['score'], error = fields['error']})
 if not ev then return redis.error_reply('trial fields cannot be encoded') end
+-- The overheads this attempt measured (ms): observed below when they are numbers; an
+-- unreadable overhead is not observed, and never refuses the finish.
+local overhead = {}
+if fields['overhead'] then
+  local ok_o, o = pcall(cjson.decode, fields['overhead'])
+  if ok_o and type(o) == 'table' then overhead = o end
+end
 local now = now_ms()
 for k, v in pairs(fields) do redis.call('HSET', t, k, v) end
 redis.call('HSET', t, 'state', ARGV[6], 'finished', now)
@@ -212,11 +229,22 @@ redis.call('ZREM', KEYS[2], ARGV[2] .. '/' .. ARGV[3])
 redis.call('XADD', KEYS[1], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3],
            'state', ARGV[6], 'error', fields['error'] or '')
 emit(ARGV[1], ARGV[2], ev)
+local outcome = string.lower(ARGV[6])
+if outcome == 'completed' or outcome == 'failed' or outcome == 'cancelled' then
+  redis.call('HINCRBY', KEYS[4], outcome, 1)
+end
+for i, name in ipairs({'claim_to_build_ms', 'last_epoch_to_finished_ms'}) do
+  local ms = overhead[name]
+  if type(ms) == 'number' and ms == ms and ms < math.huge then
+    observe(KEYS[4 + i], i == 1 and '@BUILD@' or '@FINISHED@', math.max(ms, 0) / 1000)
+  end
+end
 return remember(KEYS[3], 1)
-"""
+""".replace("@BUILD@", telemetry.CLAIM_TO_BUILD.name).replace(
+    "@FINISHED@", telemetry.LAST_EPOCH_TO_FINISHED.name)
 
 # A worker gives a trial back (its process crashed, or the worker shuts down).
-# KEYS: ready, leases, inbox, wake
+# KEYS: ready, leases, inbox, wake, totals
 # ARGV: prefix, job, trial, worker ('' = any), attempt ('' = any), reason, count_attempt
 # Returns 0 (not released: not RUNNING or not this attempt's), 1 (READY), 2 (FAILED).
 _RELEASE = _LUA_COMMON + """
@@ -224,8 +252,8 @@ local t = tkey(ARGV[1], ARGV[2], ARGV[3])
 if redis.call('HGET', t, 'state') ~= 'RUNNING' then return 0 end
 if ARGV[4] ~= '' and redis.call('HGET', t, 'worker') ~= ARGV[4] then return 0 end
 if ARGV[5] ~= '' and redis.call('HGET', t, 'attempts') ~= ARGV[5] then return 0 end
-return release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[6],
-                     ARGV[7], now_ms())
+return release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3],
+                     ARGV[6], ARGV[7], now_ms())
 """
 
 # The chief's reaper: releases every trial whose lease expired, in one atomic step
@@ -233,7 +261,7 @@ return release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[
 # A reaper that has not run for stall_ms (Redis was down or restarted, or the chief was
 # stalled or replaced) cannot tell dead workers from workers that could not reach Redis:
 # it then reaps nothing for grace_ms, a full lease for every worker to renew.
-# KEYS: leases, ready, inbox, wake, lock, reaper_last, reaper_grace
+# KEYS: leases, ready, inbox, wake, lock, reaper_last, reaper_grace, totals
 # ARGV: prefix, token, stall_ms, grace_ms, reason, limit
 # Returns -1 when the caller no longer holds the chief lock, else {retried, failed, stale}.
 _REAP = _LUA_COMMON + """
@@ -254,7 +282,7 @@ for _, m in ipairs(expired) do
   local sep = string.find(m, '/', 1, true)
   local t = sep and tkey(ARGV[1], string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
   if t and redis.call('HGET', t, 'state') == 'RUNNING' then
-    local outcome = release_trial(ARGV[1], KEYS[2], KEYS[1], KEYS[3], KEYS[4],
+    local outcome = release_trial(ARGV[1], KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[8],
                                   string.sub(m, 1, sep - 1), string.sub(m, sep + 1),
                                   ARGV[5], '1', now)
     counts[outcome] = counts[outcome] + 1
@@ -263,11 +291,13 @@ for _, m in ipairs(expired) do
     counts[3] = counts[3] + 1
   end
 end
+local reaped = counts[1] + counts[2]
+if reaped > 0 then redis.call('HINCRBY', KEYS[8], 'reaped', reaped) end
 return counts
 """
 
 # The chief's other conditional writes, fenced by its lock.
-# KEYS: lock, trial | ARGV: token, prefix, job, trial, reason
+# KEYS: lock, trial, totals | ARGV: token, prefix, job, trial, reason
 # Returns -1 fenced out, 0 not READY, 1 cancelled.
 _CANCEL_READY = _LUA_COMMON + """
 if fenced_out(KEYS[1], ARGV[1]) then return -1 end
@@ -275,6 +305,7 @@ if redis.call('HGET', KEYS[2], 'state') ~= 'READY' then return 0 end
 local ev = {'trial_cancelled', cjson.encode({trial = ARGV[4]})}
 redis.call('HSET', KEYS[2], 'state', 'CANCELLED', 'error', ARGV[5], 'finished', now_ms())
 emit(ARGV[2], ARGV[3], ev)
+redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
 return 1
 """
 
@@ -340,11 +371,21 @@ class TrialQueue:
     def _request_key(self) -> str:
         return self.k.request(secrets.token_hex(12))
 
+    def _claim_keys(self, request_key: str) -> list[str]:
+        return [self.k.ready, self.k.leases, request_key, self.k.telemetry_counts]
+
+    def _finish_keys(self, request_key: str) -> list[str]:
+        return [self.k.inbox, self.k.leases, request_key, self.k.telemetry_counts,
+                self.k.telemetry_hist(telemetry.CLAIM_TO_BUILD.name),
+                self.k.telemetry_hist(telemetry.LAST_EPOCH_TO_FINISHED.name)]
+
     # --- worker side -----------------------------------------------------------------
 
-    def claim(self, worker: str, lease_s: float) -> Claim | None:
-        """Pop one READY trial and own it; safe to retry (a lost reply is replayed)."""
-        row = self._claim(keys=[self.k.ready, self.k.leases, self._request_key()],
+    def claim(self, worker: str, lease_s: float, request_key: str | None = None) -> Claim | None:
+        """Pop one READY trial and own it; safe to retry (a lost reply is replayed: redis-py
+        re-sends the script with its request key after a dropped connection; a test passes
+        ``request_key`` to replay one)."""
+        row = self._claim(keys=self._claim_keys(request_key or self._request_key()),
                           args=[self.k.p, worker, int(lease_s * 1000)])
         if not row:
             return None
@@ -376,12 +417,15 @@ class TrialQueue:
             raise LostLease(f"trial {claim.member} attempt {claim.attempt} lost its lease")
         return answer
 
-    def finish(self, claim: Claim, worker: str, state: str, fields: Mapping[str, Any]) -> bool:
+    def finish(self, claim: Claim, worker: str, state: str, fields: Mapping[str, Any],
+               request_key: str | None = None) -> bool:
         """Move an owned trial to a final state; False if this attempt no longer owns it.
-        Safe to retry: a retried call whose first run was recorded answers True."""
+        Safe to retry: a retried call whose first run was recorded answers True (redis-py
+        re-sends the same script and request key after a dropped connection; a test
+        passes ``request_key`` to replay one)."""
         encoded = {k: v if isinstance(v, str) else codec.dumps(v) for k, v in fields.items()}
         return bool(self._finish(
-            keys=[self.k.inbox, self.k.leases, self._request_key()],
+            keys=self._finish_keys(request_key or self._request_key()),
             args=[self.k.p, claim.job, claim.trial, worker, claim.attempt, state,
                   codec.dumps(encoded)]))
 
@@ -389,7 +433,8 @@ class TrialQueue:
                 attempt: int | None = None, count_attempt: bool = True) -> int:
         """RUNNING -> READY (1) or -> FAILED when retries are spent (2); 0 if not owned."""
         return int(self._release(
-            keys=[self.k.ready, self.k.leases, self.k.inbox, self.k.wake],
+            keys=[self.k.ready, self.k.leases, self.k.inbox, self.k.wake,
+                  self.k.telemetry_counts],
             args=[self.k.p, job, trial, worker, "" if attempt is None else attempt, reason,
                   "1" if count_attempt else "0"]))
 
@@ -440,7 +485,8 @@ class TrialQueue:
     def cancel_ready(self, job: str, trial: str, reason: str,
                      fence: Fence = Fence.NONE) -> bool:
         """READY -> CANCELLED (a worker popping it later skips it)."""
-        answer = int(self._cancel_ready(keys=[fence.lock_key, self.k.trial(job, trial)],
+        answer = int(self._cancel_ready(keys=[fence.lock_key, self.k.trial(job, trial),
+                                              self.k.telemetry_counts],
                                         args=[fence.token, self.k.p, job, trial, reason]))
         if answer < 0:
             raise LostLeadership("the chief lock is held by another chief")
@@ -456,7 +502,7 @@ class TrialQueue:
         k = self.k
         answer = self._reap(
             keys=[k.leases, k.ready, k.inbox, k.wake, fence.lock_key, k.reaper_last,
-                  k.reaper_grace],
+                  k.reaper_grace, k.telemetry_counts],
             args=[k.p, fence.token, int(stall_ms), int(grace_ms), reason, limit])
         if not isinstance(answer, list):
             raise LostLeadership("the chief lock is held by another chief")
