@@ -272,7 +272,7 @@ def create_app(redis_url: str, *, token: str | None = None, read_only: bool = Fa
     ]
     metrics = _metrics_app(dash.store)
     if metrics is not None:
-        routes.append(Mount("/metrics", metrics))
+        routes.append(Route("/metrics", _Asgi(metrics)))  # at /metrics itself, no redirect
     app = Starlette(routes=routes, exception_handlers={
         SpecError: _on_spec_error, InvalidId: _on_invalid_id, StoreError: _on_store_error,
         redis.RedisError: _on_redis_error})
@@ -280,6 +280,17 @@ def create_app(redis_url: str, *, token: str | None = None, read_only: bool = Fa
     wrapped = TokenAuth(app, token, open_metrics=open_metrics, hosts=hosts)
     wrapped.state = app.state  # type: ignore[attr-defined]
     return wrapped
+
+
+class _Asgi:
+    """An ASGI callable as a route's app (Starlette takes a bare function for an
+    endpoint of one argument, the request)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 def _metrics_app(store: Store) -> Any:
