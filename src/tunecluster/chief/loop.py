@@ -37,7 +37,7 @@ from tunecluster.chief.oracle_host import OracleHost
 from tunecluster.errors import SpecError, StoreError
 from tunecluster.spec import parse_spec
 from tunecluster.spec.models import JobSpec
-from tunecluster.store import Store, codec
+from tunecluster.store import Store, codec, telemetry
 from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.fence import Fence, LostLeadership, StaleState, Writes
 from tunecluster.store.keys import CHIEF_GROUP
@@ -285,6 +285,7 @@ class Chief:
                 self._ensure_group()
                 continue
             entries = [e for _stream, items in rows or [] for e in items]
+            round_started = time.monotonic()  # telemetry: the round's work, not its wait
             for _entry_id, fields in entries:
                 self._handle(fields or {})
             if not pending and time.monotonic() >= self._next_housekeeping:
@@ -298,6 +299,9 @@ class Chief:
                 writes.xack(keys.inbox, CHIEF_GROUP, *ack)
                 writes.xdel(keys.inbox, *ack)
             if len(writes):
+                # Telemetry: the round's duration travels in its own commit (fenced, once).
+                writes.extend(telemetry.observe_ops(keys, telemetry.CHIEF_ROUND,
+                                                    time.monotonic() - round_started))
                 writes.apply(self.store.client, self.fence,
                              request_key=keys.request(secrets.token_hex(12)),
                              sequence=(keys.chief_seq, self._seq))
