@@ -36,7 +36,9 @@ def _plugin_data(acc: EventAccumulator, tag: str) -> plugin_data_pb2.HParamsPlug
 
 
 def _scalars(acc: EventAccumulator, tag: str) -> dict[int, float]:
-    return {e.step: float(make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+    events = acc.Tensors(tag)
+    assert len({e.step for e in events}) == len(events), f"{tag}: a step written twice"
+    return {e.step: float(make_ndarray(e.tensor_proto)) for e in events}
 
 
 def test_export_writes_hparams_and_scalars_of_every_trial(store: Store, cluster: LocalCluster,
@@ -87,6 +89,13 @@ def test_export_writes_hparams_and_scalars_of_every_trial(store: Store, cluster:
     again = cli("tensorboard", job, "--logdir", str(logdir), "--redis", cluster.url)
     assert again.returncode == 1
     assert again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
+    # --overwrite replaces this job's runs: each step still written once
+    replaced = cli("tensorboard", job, "--logdir", str(logdir), "--overwrite", "--redis",
+                   cluster.url)
+    assert replaced.returncode == 0, replaced.stderr
+    for tid in trials:
+        assert len(_scalars(_read(logdir / tid), "val_accuracy")) == 2
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
     # an unknown job: one line, nothing written
     missing = cli("tensorboard", "nosuch-job-000000", "--logdir", str(tmp_path / "x"),
                   "--redis", cluster.url)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import redis
@@ -44,6 +45,10 @@ COUNTERS = {
 }
 
 
+# Metrics collected for the request being served (see ``metrics_app``).
+_COLLECTED: ContextVar[list[Metric] | None] = ContextVar("tunecluster_metrics", default=None)
+
+
 class ClusterCollector:
     """A prometheus_client collector: reads the cluster's state from Redis per scrape.
 
@@ -56,6 +61,14 @@ class ClusterCollector:
         self.lease_s = lease_s
 
     def collect(self) -> Iterator[Metric]:
+        collected = _COLLECTED.get()
+        if collected is not None:  # read from Redis off the event loop for this request
+            yield from collected
+            return
+        yield from self.read()
+
+    def read(self) -> Iterator[Metric]:
+        """Every metric, read from Redis now (blocking: a few round trips)."""
         try:
             # Measured before anything else is asked, so it is one bare round trip.
             started = time.perf_counter()
@@ -135,11 +148,12 @@ def _int(value: Any, default: int) -> int:
         return default
 
 
-def registry(store: Store, lease_s: float = defaults.LEASE_S) -> CollectorRegistry:
+def registry(store: Store, lease_s: float = defaults.LEASE_S,
+             collector: ClusterCollector | None = None) -> CollectorRegistry:
     """A registry holding only the cluster collector (no process metrics of whichever
     process happens to serve it: they would differ by replica)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(ClusterCollector(store, lease_s))  # type: ignore[arg-type]
+    reg.register(collector or ClusterCollector(store, lease_s))  # type: ignore[arg-type]
     return reg
 
 
@@ -150,7 +164,8 @@ def render_metrics(store: Store, lease_s: float = defaults.LEASE_S) -> bytes:
 
 def metrics_app(store: Store, lease_s: float = defaults.LEASE_S) -> Any:
     """An ASGI app serving the metrics (mount it at ``/metrics``, or serve it alone)."""
-    inner = make_asgi_app(registry=registry(store, lease_s))
+    collector = ClusterCollector(store, lease_s)
+    inner = make_asgi_app(registry=registry(store, lease_s, collector))
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         # prometheus_client's app accepts only HTTP; served alone (uvicorn, a test
@@ -163,6 +178,14 @@ def metrics_app(store: Store, lease_s: float = defaults.LEASE_S) -> Any:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        await inner(scope, receive, send)
+        # prometheus_client collects on the event loop; the Redis reads run in a thread
+        # instead, so a slow or unreachable Redis does not stall the dashboard's pages.
+        from anyio import to_thread
+
+        token = _COLLECTED.set(await to_thread.run_sync(lambda: list(collector.read())))
+        try:
+            await inner(scope, receive, send)
+        finally:
+            _COLLECTED.reset(token)
 
     return app
