@@ -365,11 +365,12 @@ class Chief:
                 writes.hset(self.store.keys.job(hosted.id), "failure", hosted.failure)
                 hosted.failure_saved = True
             if hosted.dirty and hosted.host is not None:
+                # Only what changed: the oracle's state without its per-trial parts
+                # (a size that does not grow with the trials) and the touched trials.
                 writes.set(self.store.keys.oracle(hosted.id), hosted.host.state_json())
                 if hosted.touched:
-                    writes.hset(self.store.keys.oracle_trials(hosted.id), mapping={
-                        tid: hosted.host.trial_json(tid) for tid in hosted.touched
-                        if hosted.host.knows(tid)})
+                    writes.hset(self.store.keys.oracle_trials(hosted.id),
+                                mapping=hosted.host.trials_json(hosted.touched))
                 hosted.dirty = False
                 hosted.touched.clear()
 

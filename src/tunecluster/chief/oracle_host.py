@@ -3,6 +3,14 @@
 The oracles are KerasTuner's own classes (random, grid, Bayesian, Hyperband); the only
 change is where they persist: ``save``/``_save_trial`` are no-ops and the chief stores
 ``state_json()`` in Redis in the same transaction as the trials it creates.
+
+Persisted incrementally: KerasTuner's own state holds lists that grow with every trial
+(start and end order, run counts, value hashes, the ongoing trials), so writing it whole
+each round made the chief's writes (and Redis's AOF) grow with the square of the trial
+count. Here those per-trial parts travel inside each trial's own record
+(``trials_json``, under ``BOOK``), written only when that trial changed, and
+``state_json()`` keeps the rest, whose size does not grow with the trials. ``create``
+rebuilds the whole KerasTuner state from both (and still reads the older, whole form).
 """
 
 from __future__ import annotations
@@ -10,10 +18,17 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tunecluster.spec.models import JobSpec
+
+# The key, in a trial's persisted record, of the oracle's bookkeeping about that trial;
+# and the mark of a state_json() that leaves that bookkeeping to the trials.
+BOOK = "tunecluster"
+# What KerasTuner's get_state() holds per trial (rebuilt from the trials' BOOK).
+_PER_TRIAL = ("ongoing_trials", "start_order", "end_order", "run_times", "tried_so_far",
+              "id_to_hash")
 
 
 class _PersistedInRedis:
@@ -22,6 +37,17 @@ class _PersistedInRedis:
 
     def _save_trial(self, trial: Any) -> None:
         pass
+
+    def _check_consecutive_failures(self) -> None:
+        """KerasTuner's rule (too many failed trials in a row ends the search), checked
+        on the last trials ended only: it runs after every end, so a run of failures is
+        seen when it forms, and scanning the whole history made each end cost O(trials)."""
+        limit = self.max_consecutive_failed_trials  # type: ignore[attr-defined]
+        tail = self.end_order[-limit:] if limit else []  # type: ignore[attr-defined]
+        trials = self.trials  # type: ignore[attr-defined]
+        if limit and len(tail) == limit and all(trials[t].status == "FAILED" for t in tail):
+            raise RuntimeError(f"Number of consecutive failures exceeded the limit of {limit}."
+                               "\n" + (trials[tail[-1]].message or ""))
 
 
 def _oracle_class(algorithm: str) -> type:
@@ -43,6 +69,10 @@ class OracleHost:
         self.spec = spec
         self.space = dict(space)
         self.oracle = oracle
+        # trial id -> position in the oracle's start / end order, kept up to date from
+        # the lists' new tails (they only grow), so a trial's record costs O(1) to write
+        self._positions: dict[str, dict[str, int]] = {"start_order": {}, "end_order": {}}
+        self._synced: dict[str, tuple[int, int]] = {}
 
     @classmethod
     def create(cls, spec: JobSpec, space: Mapping[str, Any], state_json: str | None = None,
@@ -73,9 +103,10 @@ class OracleHost:
             oracle = cls_(max_trials=search.max_trials, **common)
         oracle.verbose = 0
         if state_json:
-            oracle.trials = {tid: kt.engine.trial.Trial.from_state(json.loads(s))
-                             for tid, s in (trial_states or {}).items()}
-            oracle.set_state(json.loads(state_json))
+            records = {tid: json.loads(s) for tid, s in (trial_states or {}).items()}
+            oracle.trials = {tid: kt.engine.trial.Trial.from_state(r)
+                             for tid, r in records.items()}
+            oracle.set_state(_whole_state(json.loads(state_json), records))
         elif warm_trials:
             seed_oracle(oracle, warm_trials)
         host = cls(spec, space, oracle)
@@ -90,12 +121,46 @@ class OracleHost:
         return [tid for tid in self.oracle.trials if tid.startswith(WARM_PREFIX)]
 
     def state_json(self) -> str:
-        """The oracle's own state; each trial's is kept apart (``trial_json``) so that a
-        change costs one trial's serialization, not the whole history's."""
-        return json.dumps(self.oracle.get_state(), default=_jsonable)
+        """The oracle's own state without what it keeps per trial (that is in each
+        trial's record, ``trials_json``): its size does not grow with the trials."""
+        state = self.oracle.get_state()
+        for name in _PER_TRIAL:
+            state.pop(name, None)
+        state[BOOK] = 1
+        return json.dumps(state, default=_jsonable)
 
     def trial_json(self, trial_id: str) -> str:
-        return json.dumps(self.oracle.trials[trial_id].get_state(), default=_jsonable)
+        """One trial's record: KerasTuner's trial state plus the oracle's bookkeeping
+        about it (``BOOK``)."""
+        return self.trials_json([trial_id])[trial_id]
+
+    def trials_json(self, trial_ids: Iterable[str]) -> dict[str, str]:
+        """``trial_json`` of several trials (of those the oracle knows) at once."""
+        oracle = self.oracle
+        starts, ends = self._position("start_order"), self._position("end_order")
+        ids = [tid for tid in trial_ids if tid in oracle.trials]
+        tuners = {trial.trial_id: tuner for tuner, trial in oracle.ongoing_trials.items()
+                  } if ids else {}
+        out = {}
+        for tid in ids:
+            state = oracle.trials[tid].get_state()
+            state[BOOK] = {"start": starts.get(tid), "end": ends.get(tid),
+                           "runs": oracle._run_times.get(tid, 0),
+                           "hash": oracle._id_to_hash.get(tid), "tuner": tuners.get(tid)}
+            out[tid] = json.dumps(state, default=_jsonable)
+        return out
+
+    def _position(self, name: str) -> dict[str, int]:
+        order = getattr(self.oracle, name)
+        positions = self._positions[name]
+        seen_id, seen = self._synced.get(name, (0, 0))
+        if seen_id != id(order) or seen > len(order):  # replaced (set_state): start over
+            positions.clear()
+            seen = 0
+        for i in range(seen, len(order)):
+            positions[order[i]] = i
+        self._synced[name] = (id(order), len(order))
+        return positions
 
     def create_trial(self) -> tuple[str, str | None, dict[str, Any]]:
         """Ask for the next trial: (status, trial_id, values). Status RUNNING/IDLE/STOPPED.
@@ -153,6 +218,25 @@ class OracleHost:
 
     def ongoing(self) -> int:
         return len(self.oracle.ongoing_trials)
+
+
+def _whole_state(state: dict[str, Any], records: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """KerasTuner's whole oracle state from ``state_json()`` and the trials' records
+    (a state persisted whole, by an older version, is returned as it is)."""
+    if not state.pop(BOOK, None):
+        return state
+    books = {tid: r.get(BOOK) or {} for tid, r in records.items()}
+
+    def ordered(field: str) -> list[str]:
+        placed = [(b[field], tid) for tid, b in books.items() if b.get(field) is not None]
+        return [tid for _pos, tid in sorted(placed)]
+
+    hashes = {tid: b["hash"] for tid, b in books.items() if b.get("hash")}
+    return {**state,
+            "ongoing_trials": {b["tuner"]: tid for tid, b in books.items() if b.get("tuner")},
+            "start_order": ordered("start"), "end_order": ordered("end"),
+            "run_times": {tid: b["runs"] for tid, b in books.items() if b.get("runs")},
+            "tried_so_far": sorted(set(hashes.values())), "id_to_hash": hashes}
 
 
 WARM_PREFIX = "w"  # native trial ids are digits: a seeded trial's id cannot collide

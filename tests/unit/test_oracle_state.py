@@ -1,0 +1,96 @@
+"""The hosted oracle's persisted state: incremental (what a round writes does not grow
+with the trials), and restored to exactly KerasTuner's own state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunecluster.chief.oracle_host import BOOK, OracleHost
+from tunecluster.spec import parse_spec
+from tunecluster.spec.space import build_space, space_to_json
+
+HPS = {"n_hidden": {"int": [0, 50]}, "n_neurons": {"int": [1, 100000]},
+       "learning_rate": {"float": [1e-5, 1.0], "sampling": "log"}}
+
+
+def _host(algorithm: str = "random", max_trials: int = 400, **search: object) -> OracleHost:
+    spec = parse_spec({"name": "st", "data": {"dataset": "digits"},
+                       "model": {"builtin": "mlp", "hyperparameters": HPS},
+                       "search": {"algorithm": algorithm, "objective": "val_loss",
+                                  "max_trials": max_trials, "seed": 3, **search}})
+    return OracleHost.create(spec, space_to_json(build_space(spec.model.hyperparameters)))
+
+
+def _run(host: OracleHost, n: int, fail: bool = False, finish: bool = True) -> list[str]:
+    ids = []
+    for _ in range(n):
+        status, trial, _values = host.create_trial()
+        assert status == "RUNNING" and trial is not None
+        host.update(trial, 1, {"val_loss": 0.5})
+        if finish:
+            host.end(trial, completed=not fail, message="boom" if fail else None)
+        ids.append(trial)
+    return ids
+
+
+def _persisted(host: OracleHost) -> tuple[str, dict[str, str]]:
+    return host.state_json(), host.trials_json(host.oracle.trials)
+
+
+def test_state_size_does_not_grow_with_the_trials() -> None:
+    host = _host()
+    _run(host, 10)
+    small = len(host.state_json())
+    _run(host, 300)
+    assert len(host.state_json()) <= small + 8  # a counter's digits, not O(trials)
+    state = json.loads(host.state_json())
+    assert state[BOOK] == 1 and "start_order" not in state and "tried_so_far" not in state
+
+
+def test_restored_oracle_is_keras_tuners_own_state() -> None:
+    host = _host()
+    done = _run(host, 5)
+    running = _run(host, 2, finish=False)
+    before = host.oracle.get_state()
+    again = OracleHost.create(host.spec, host.space, *_persisted(host))
+    after = again.oracle.get_state()
+    for name in ("start_order", "end_order", "ongoing_trials", "id_to_hash"):
+        assert after[name] == before[name], name
+    assert sorted(after["tried_so_far"]) == sorted(before["tried_so_far"])
+    assert dict(after["run_times"]) == {k: v for k, v in before["run_times"].items() if v}
+    assert again.is_open(running[0]) and not again.is_open(done[0])
+    assert again.ongoing() == 2
+    # and it goes on where it was: the next trial is new, the running ones end once
+    status, trial, _ = again.create_trial()
+    assert status == "RUNNING" and trial not in done + running
+    again.end(running[0], completed=True)
+    assert again.oracle.end_order[-1] == running[0]
+
+
+def test_trials_written_later_update_the_book() -> None:
+    host = _host()
+    (trial,) = _run(host, 1, finish=False)
+    assert json.loads(host.trial_json(trial))[BOOK]["tuner"] is not None
+    host.end(trial, completed=True)
+    book = json.loads(host.trial_json(trial))[BOOK]
+    assert book == {**book, "tuner": None, "end": 0, "start": 0, "runs": 1}
+
+
+def test_whole_state_of_an_older_version_still_restores() -> None:
+    host = _host()
+    _run(host, 3)
+    whole = json.dumps(host.oracle.get_state(), default=list)
+    old_trials = {t: json.dumps(tr.get_state()) for t, tr in host.oracle.trials.items()}
+    again = OracleHost.create(host.spec, host.space, whole, old_trials)
+    assert again.oracle.end_order == host.oracle.end_order
+
+
+def test_consecutive_failures_still_end_the_search() -> None:
+    host = _host(max_consecutive_failed_trials=3)
+    _run(host, 2, fail=True)
+    _run(host, 1)  # a success breaks the run
+    _run(host, 2, fail=True)
+    with pytest.raises(RuntimeError, match="consecutive failures exceeded the limit of 3"):
+        _run(host, 1, fail=True)
