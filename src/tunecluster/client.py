@@ -34,7 +34,7 @@ def prepare_job(path: str | Path, overrides: Iterable[str] = (), *,
 
 def search_space(spec: JobSpec, *, discover: bool = True) -> dict[str, Any]:
     """The job's space as KerasTuner config; a custom model's ``build_model`` adds its own."""
-    from tunecluster.spec.space import build_space, space_to_json
+    from tunecluster.spec.space import space_config
 
     if not spec.model.is_builtin and discover:
         from tunecluster.models.custom import discover_space_isolated
@@ -44,7 +44,9 @@ def search_space(spec: JobSpec, *, discover: bool = True) -> dict[str, Any]:
             return discover_space_isolated(spec.model)
         except TrialFailed as exc:
             raise SpecError("model.module", str(exc)) from None
-    return space_to_json(build_space(spec.model.hyperparameters))
+    # KerasTuner's own config, written without importing it (and so TensorFlow): a
+    # builtin job is prepared in milliseconds (spec/space.py).
+    return space_config(spec.model.hyperparameters)
 
 
 def gather_files(spec: JobSpec) -> dict[str, bytes]:
