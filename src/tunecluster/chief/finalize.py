@@ -115,7 +115,25 @@ def _publish_remote(store: Store, job: str, artifacts: ArtifactStore,
 
 
 def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[str, float]:
-    """The only place the test split is used: one evaluation of the chosen model."""
+    """The only place the test split is used: one evaluation of the chosen model.
+
+    It runs in the chief's evaluation process (``evaluator.py``), where Keras is warm,
+    so the chief never imports TensorFlow; the job's data files are resolved here (an
+    uploaded file is fetched from Redis into this host's cache) and handed over."""
+    from tunecluster.chief.evaluator import evaluator
+    from tunecluster.spec import spec_to_json
+
+    data = spec.data
+    named = [data.path] if data.path else []
+    if data.files is not None:
+        named += [data.files.train, data.files.valid, data.files.test]
+    files = {p: resolve(p) for p in named if p}
+    return evaluator().evaluate(spec_to_json(spec), model_path, files)
+
+
+def score_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[str, float]:
+    """Load the model with Keras and score it on the test split (in the evaluation
+    process)."""
     import keras
 
     splits = load_splits(spec.data, spec.model.task, resolve)

@@ -114,10 +114,14 @@ class Chief:
     # --- main loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        from tunecluster.quiet import import_tensorflow
+        from tunecluster.chief.keras_free import import_keras_tuner
 
-        import_tensorflow()  # quietly, once at start, not on the first submit
-        import keras_tuner  # noqa: F401
+        # Once at start, not on the first submit: KerasTuner's own oracles, with Keras
+        # (and so TensorFlow) stood in for, as they never call it (keras_free.py).
+        import_keras_tuner()
+        from tunecluster.chief.evaluator import evaluator
+
+        evaluator().start()  # the test-split scoring, warming up in a child process
 
         backoff = Backoff()
         log.info("chief %s starting", self.id)
@@ -154,6 +158,7 @@ class Chief:
                     raise
         self.ray_jobs.stop_all()  # Ray scheduler hook: unfinished Ray runs resume elsewhere
         self._release_lock()
+        evaluator().stop()
 
     def tick(self) -> None:
         if self._reclaim:
