@@ -517,21 +517,27 @@ def chief(redis_url: str, artifacts: str, lease_s: float, ray_address: str | Non
 @click.option("--slots", type=int, default=None,
               help="Trials at once (default: GPUs / --gpus-per-trial, or 1 on CPU).")
 @click.option("--gpus-per-trial", type=int, default=None, help="GPUs pinned to each slot.")
+@click.option("--trials-per-gpu", type=int, default=1, show_default=True,
+              envvar="TUNECLUSTER_TRIALS_PER_GPU",
+              help="Trials sharing each GPU, each capped at its share of the GPU's memory"
+                   " (or $TUNECLUSTER_TRIALS_PER_GPU).")
 @click.option("--lease", "lease_s", type=float, default=defaults.LEASE_S, show_default=True)
 @click.option("--heartbeat", "heartbeat_s", type=float, default=defaults.HEARTBEAT_S,
               show_default=True)
 @handle_errors
 def worker(redis_url: str, artifacts: str, slots: int | None, gpus_per_trial: int | None,
-           lease_s: float, heartbeat_s: float) -> None:
+           trials_per_gpu: int, lease_s: float, heartbeat_s: float) -> None:
     """Run a worker: claims trials and trains them."""
     from tunecluster.security import check_redis_url
     from tunecluster.worker.loop import Worker
 
     check_redis_url(redis_url, "worker")
-    from tunecluster.worker.slots import plan_slots, visible_gpus
+    from tunecluster.worker.slots import gpu_memory_mb, plan_slots, visible_gpus
 
     logging.getLogger().setLevel(logging.INFO)
-    plan = plan_slots(visible_gpus(), gpus_per_trial, slots)
+    gpus = visible_gpus()
+    memory = gpu_memory_mb() if gpus and trials_per_gpu > 1 else {}
+    plan = plan_slots(gpus, gpus_per_trial, slots, trials_per_gpu, memory)
     Worker(_store(redis_url, patient=True), redis_url, artifacts, slots=len(plan), slot_env=plan,
            lease_s=lease_s, heartbeat_s=heartbeat_s).run()
 

@@ -33,7 +33,8 @@ from tunecluster.artifact_store import is_url
 from tunecluster.store import Claim, Store, codec, now_ms
 from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.workers import default_worker_id
-from tunecluster.worker.child import child_main
+from tunecluster.worker.child import child_main, die_with_parent
+from tunecluster.worker.slots import GPU_MEMORY_ENV
 
 log = logging.getLogger("tunecluster.worker")
 
@@ -66,6 +67,22 @@ class ChildDied(RuntimeError):
         super().__init__(f"trial process crashed: {text}")
 
 
+def trial_process(conn: Any, redis_url: str, artifacts: str, worker: str,
+                  env: dict[str, str], parent: int | None = None) -> None:
+    """The trial process's entry point: ``child_main``, after capping its GPU memory
+    when its slot shares a GPU with others (``--trials-per-gpu``): TensorFlow takes
+    that cap only before anything touches the GPU."""
+    if env.get(GPU_MEMORY_ENV):
+        from tunecluster.worker.strategy import limit_gpu_memory
+
+        if parent is not None:
+            die_with_parent(parent)
+        os.environ.update(env)
+        limit_gpu_memory()
+        parent = None  # armed above
+    child_main(conn, redis_url, artifacts, worker, env, parent)
+
+
 @dataclass
 class Child:
     """One trial process and the pipe to it."""
@@ -84,7 +101,7 @@ class Child:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=child_main,
+            target=trial_process,
             args=(child, self.redis_url, self.artifacts, self.worker, self.env, os.getpid()),
             daemon=True, name="tunecluster-trial")
         self.process.start()

@@ -8,7 +8,11 @@ CPU devices (which is how the tests exercise real replication without a GPU).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
+
+from tunecluster.worker.slots import GPU_MEMORY_ENV
 
 STRATEGIES = ("auto", "mirrored", "one_device", "default")
 
@@ -58,3 +62,28 @@ def describe(strategy: Any, global_batch: int) -> dict[str, Any]:
         "global_batch_size": global_batch,
         "per_replica_batch_size": max(1, global_batch // replicas),
     }
+
+
+def limit_gpu_memory(environ: Mapping[str, str] = os.environ, tf: Any = None) -> int | None:
+    """Cap this trial process's GPU memory at ``$TUNECLUSTER_GPU_MEMORY_MB`` (set per
+    slot when several trials share a GPU, ``slots.plan_slots``): one logical device per
+    visible GPU with that ``memory_limit``. Must run before TensorFlow touches a GPU,
+    so the trial process calls it first thing. Returns the cap (None: no cap asked)."""
+    raw = environ.get(GPU_MEMORY_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        limit = int(raw)
+        if limit < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{GPU_MEMORY_ENV}: {raw!r} is not a whole number of MiB > 0") from None
+    if tf is None:
+        from tunecluster.quiet import import_tensorflow
+
+        import_tensorflow()
+        import tensorflow as tf
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.set_logical_device_configuration(
+            gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+    return limit
