@@ -55,10 +55,22 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _redis_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    """``--redis`` or its variable; else the local cluster of ``tunecluster up``, if one
+    runs; else the default URL."""
+    if value:
+        return value
+    from tunecluster.cluster.persistent import current_url
+
+    return current_url() or defaults.REDIS_URL
+
+
 def redis_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--redis", "redis_url", envvar=defaults.REDIS_URL_ENV,
-                        default=defaults.REDIS_URL, show_default=True,
-                        help=f"Redis URL (or ${defaults.REDIS_URL_ENV}); redis:// or rediss://")(func)
+                        default=None, callback=_redis_url,
+                        help=f"Redis URL (or ${defaults.REDIS_URL_ENV}); redis:// or"
+                             " rediss://. Default: the local cluster of `tunecluster up`"
+                             f" when one runs, else {defaults.REDIS_URL}")(func)
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -162,28 +174,128 @@ def datasets(as_json: bool) -> None:
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after seconds.")
 @artifacts_option
 @json_option
+@click.pass_context
 @handle_errors
-def run(spec: str, overrides: tuple[str, ...], workers: int, timeout_s: float | None,
-        artifacts: str, as_json: bool) -> None:
-    """Run a job on an embedded cluster: its own Redis, a chief and N workers."""
-    from tunecluster.client import prepare_job, submit, wait
+def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
+        timeout_s: float | None, artifacts: str, as_json: bool) -> None:
+    """Run a job: on the local cluster of `tunecluster up` when one runs (warm workers),
+    else on an embedded one (its own Redis, a chief and N workers, stopped at the end)."""
+    from tunecluster.cluster.persistent import current
+
+    warm = current()
+    if warm is not None:
+        given = [f"--{name}" for name in ("workers", "artifacts")
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            err.print(f"note: {' and '.join(given)} apply to an embedded cluster; the"
+                      f" local cluster has {len(warm.worker_pids)} worker(s) and its"
+                      f" artifacts at {warm.artifacts}")
+        _run_on(warm.url, spec, overrides, timeout_s, as_json, "the local cluster")
+        return
     from tunecluster.cluster import LocalCluster
+
+    # The roles start first (Python, Redis, the trial processes' TensorFlow): the job is
+    # prepared while they do.
+    cluster = LocalCluster(workers=workers, artifacts=artifacts).start()
+    try:
+        _run_on(cluster.url, spec, overrides, timeout_s, as_json,
+                f"{workers} workers, redis at {cluster.url}")
+    finally:
+        # The results are out (or the command gives up), and this cluster's Redis goes
+        # with it: nothing is left for the roles to do or to hand over. Killed, not
+        # asked to wind down, so the command returns at once.
+        cluster.stop(fast=True)
+
+
+def _run_on(url: str, spec: str, overrides: tuple[str, ...], timeout_s: float | None,
+            as_json: bool, where: str) -> None:
+    """Prepare, submit, follow and print a job on the cluster at ``url``."""
+    from tunecluster.client import prepare_job, submit, wait
     from tunecluster.store import Store
 
     job = prepare_job(spec, overrides)
-    with LocalCluster(workers=workers, artifacts=artifacts) as cluster:
-        store = Store.from_url(cluster.url)
-        job_id = submit(store, job)
-        if not as_json:
-            err.print(f"submitted {job_id}: {workers} workers, redis at {cluster.url}")
-            _watch(store, job_id)
-        results = wait(store, job_id, timeout_s)
+    store = Store.from_url(url)
+    job_id = submit(store, job)
+    if not as_json:
+        err.print(f"submitted {job_id}: {where}")
+        _watch(store, job_id)
+    results = wait(store, job_id, timeout_s)
     if as_json:
         _print_json(results)
     else:
         render.print_results(results, console)
+    sys.stdout.flush()
     if results["state"] != "completed":
-        sys.exit(1)
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Trials at once per worker.")
+@artifacts_option
+@click.option("--wait", "wait_s", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the chief and the workers to register.")
+@json_option
+@handle_errors
+def up(workers: int, slots: int, artifacts: str, wait_s: float, as_json: bool) -> None:
+    """Start a local cluster in the background (Redis, a chief, N workers) that `run`,
+    `submit`, the other commands and the Python API then use; `tunecluster down` stops
+    it. Its record: ~/.tunecluster/cluster.json ($TUNECLUSTER_CLUSTER_FILE)."""
+    from tunecluster.cluster import persistent
+
+    try:
+        state = persistent.up(workers, artifacts, slots=slots)
+    except persistent.ClusterError as exc:
+        _fail(f"error: {exc}", 1)
+        return
+    ready = _wait_ready(state.url, workers, wait_s)
+    info = {**state.to_json(), "ready": ready, "state_file": str(persistent.state_file())}
+    if as_json:
+        _print_json(info)
+        return
+    click.echo(f"local cluster up: redis {state.url}, chief pid {state.chief_pid},"
+               f" {workers} worker(s) (pids {', '.join(map(str, state.worker_pids)) or '-'}),"
+               f" artifacts {state.artifacts}")
+    if not ready:
+        click.echo(f"warning: not every role registered within {wait_s:g} s; logs in"
+                   f" {state.log_dir}", err=True)
+    click.echo("stop it with: tunecluster down")
+
+
+def _wait_ready(url: str, workers: int, wait_s: float) -> bool:
+    """Until the chief's beat and ``workers`` workers' heartbeats are in Redis."""
+    import time
+
+    from tunecluster.store import Store
+
+    store = Store.from_url(url)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            chief_ok = store.client.get(store.keys.chief_beat) is not None
+            if chief_ok and len(store.workers.live(defaults.LEASE_S)) >= workers:
+                return True
+        except redis.RedisError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@cli.command()
+@handle_errors
+def down() -> None:
+    """Stop the local cluster of `tunecluster up`: every process it started."""
+    from tunecluster.cluster import persistent
+
+    try:
+        state = persistent.down()
+    except persistent.ClusterError as exc:
+        _fail(f"error: {exc}", 1)
+        return
+    click.echo(f"local cluster down: stopped redis ({state.redis_pid}), chief"
+               f" ({state.chief_pid}) and {len(state.worker_pids)} worker(s)"
+               f" ({', '.join(map(str, state.worker_pids)) or '-'})")
 
 
 @cli.command()
@@ -230,7 +342,8 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
         rows = [j.status() for j in client.jobs()]
         workers = store.workers.live(defaults.LEASE_S)
         data = {"jobs": rows, "workers": [{"id": w, **info} for w, info in workers.items()],
-                "chief": store.client.get(store.keys.chief_lock)}
+                "chief": store.client.get(store.keys.chief_lock),
+                "local_cluster": _local_cluster(redis_url)}
         if as_json:
             _print_json(data)
             return
@@ -238,6 +351,15 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
         console.print(f"{len(workers)} live worker(s), "
                       f"{sum(int(i.get('slots', 1)) for i in workers.values())} slot(s);"
                       f" chief: {data['chief'] or 'none'}")
+        local = data["local_cluster"]
+        if local is not None:
+            running = local["running"]
+            console.print(f"local cluster (tunecluster up): {local['url']}; redis pid"
+                          f" {local['redis_pid']}, chief pid {local['chief_pid']}"
+                          f"{'' if running['chief'] else ' (gone)'}, worker pids"
+                          f" {', '.join(map(str, local['worker_pids'])) or '-'}"
+                          f" ({sum(running['workers'])} running); artifacts"
+                          f" {local['artifacts']}; logs {local['log_dir']}")
         return
     summary = client.job(job).status()
     if as_json:
@@ -246,6 +368,16 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
     console.print(render.jobs_table([summary]))
     if summary.get("error"):
         console.print(f"[red]error:[/red] {summary['error']}")
+
+
+def _local_cluster(redis_url: str) -> dict[str, Any] | None:
+    """The record of `tunecluster up`'s cluster when ``redis_url`` is its Redis."""
+    from tunecluster.cluster import persistent
+
+    state = persistent.current()
+    if state is None or state.url != redis_url:
+        return None
+    return {**state.to_json(), "running": persistent.process_states(state)}
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:

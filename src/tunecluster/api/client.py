@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from tunecluster.spec import JobSpec
     from tunecluster.store import Event, JobRecord, Store
 
+
+def _local_cluster_url() -> str | None:
+    from tunecluster.cluster.persistent import current_url
+
+    return current_url()
+
+
 SUMMARY_FIELDS = ("job", "name", "state", "objective", "best", "counts", "error", "created",
                   "finished")
 
@@ -37,7 +44,8 @@ class Client:
     """A connection to one cluster's control plane.
 
     ``url``: the Redis URL (``redis://`` or ``rediss://``); None reads
-    ``$TUNECLUSTER_REDIS_URL``, else the local default. ``artifacts``: where this
+    ``$TUNECLUSTER_REDIS_URL``, else the local cluster of ``tunecluster up`` when one
+    runs, else the local default. ``artifacts``: where this
     machine sees the cluster's artifacts root (for ``Job.best_model``); None reads
     ``$TUNECLUSTER_ARTIFACTS``, else ``./artifacts``. The connection is opened on first
     use, so a bad spec is reported before an unreachable Redis.
@@ -45,7 +53,8 @@ class Client:
 
     def __init__(self, url: str | None = None, *, artifacts: str | os.PathLike[str] | None = None,
                  retries: int = 1) -> None:
-        self.url = url or os.environ.get(defaults.REDIS_URL_ENV) or defaults.REDIS_URL
+        self.url = url or os.environ.get(defaults.REDIS_URL_ENV) or _local_cluster_url() \
+            or defaults.REDIS_URL
         self.artifacts = Path(artifacts if artifacts is not None else
                               os.environ.get(defaults.ARTIFACTS_ENV, defaults.ARTIFACTS_ROOT))
         self._retries = retries

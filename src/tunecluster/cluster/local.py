@@ -71,7 +71,17 @@ class LocalCluster:
         self.workers.append(proc)
         return proc
 
-    def stop(self) -> None:
+    def stop(self, fast: bool = False) -> None:
+        """SIGTERM every role and wait for it (a worker releases its running trials),
+        SIGKILL what is left after 15 s. ``fast``: SIGKILL at once (the embedded
+        cluster of ``run``, whose Redis goes too: nothing to hand over)."""
+        if fast:
+            for p in self.workers + self.chiefs:
+                _kill_group(p)
+            if self.redis is not None:
+                self.redis.stop(kill=True)
+                self.redis.close()
+            return
         procs = [p for p in self.workers + self.chiefs if p.poll() is None]
         for p in procs:
             try:
