@@ -267,6 +267,7 @@ def create_app(redis_url: str, *, token: str | None = None, read_only: bool = Fa
         Route("/api/workers", dash.workers),
         Route("/api/compare", dash.compare),
         Route("/healthz", dash.healthz),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/static/plotly.min.js", plotly),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]

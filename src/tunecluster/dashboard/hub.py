@@ -25,6 +25,8 @@ from typing import Any
 from tunecluster.store import Event, Store
 
 log = logging.getLogger("tunecluster.dashboard")
+# The name of the readers' Redis connections (CLIENT LIST shows who reads what).
+CLIENT_NAME = "tunecluster-dashboard-hub"
 QUEUE_SIZE = 1000
 RESYNC = Event("0-0", "resync", {})
 
@@ -91,6 +93,7 @@ class Hub:
                         return
                 try:
                     if after is None:
+                        store.client.client_setname(CLIENT_NAME)
                         # what happens from now on (a page loads what came before itself);
                         # a fixed id, not "$", so nothing between two reads is missed
                         last = store.client.xrevrange(store.keys.events(feed.job), count=1)

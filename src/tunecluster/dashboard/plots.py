@@ -97,6 +97,14 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return {**BASE_LAYOUT, "title": {"text": title, "font": {"size": 14}}, **extra}
 
 
+def empty(title: str, reason: str, height: int = 220) -> Figure:
+    """A figure with no trace that says why (no empty axes)."""
+    return {"data": [], "layout": _layout(
+        title, height=height, xaxis={"visible": False}, yaxis={"visible": False},
+        annotations=[{"text": reason, "showarrow": False, "xref": "paper", "yref": "paper",
+                      "x": 0.5, "y": 0.5, "font": {"color": "#777"}}])}
+
+
 def learning_curves(results: Mapping[str, Any], histories: Histories,
                     metric: str | None = None) -> Figure:
     """The objective (or ``metric``) per epoch of every trial: the best trial drawn
@@ -134,6 +142,8 @@ def learning_curves(results: Mapping[str, Any], histories: Histories,
         data.append(trace)
     # draw the best trial on top of the others
     data.sort(key=lambda t: t["meta"]["best"])
+    if not data:
+        return empty(f"Learning curves: {metric} per epoch", "no trial yet")
     return {"data": data, "layout": _layout(
         f"Learning curves: {metric} per epoch",
         xaxis={"title": {"text": "epoch"}, "dtick": 1},
@@ -151,6 +161,8 @@ def optimization_history(results: Mapping[str, Any]) -> Figure:
             xs.append(index)
             ys.append(score)
             labels.append(trial.get("trial"))
+    if not xs:
+        return empty(f"Optimization history ({name}, {direction})", "no completed trial yet")
     running: list[float] = []
     for y in ys:
         if not running:
@@ -203,6 +215,8 @@ def parallel_coordinates(results: Mapping[str, Any],
     values); choices get one tick per value."""
     name, direction = _objective(results)
     trials = _completed(results)
+    if not trials:
+        return empty("Parallel coordinates (completed trials)", "no completed trial yet")
     dims = []
     for hp in hyperparameter_names(results, space):
         info = space.get(hp, {})
@@ -230,7 +244,7 @@ def parallel_coordinates(results: Mapping[str, Any],
              "line": {"color": scores, "colorscale": "Viridis",
                       "reversescale": direction == "min", "showscale": True,
                       "colorbar": {"title": {"text": name}}}}]
-    return {"data": data if trials else [], "layout": _layout(
+    return {"data": data, "layout": _layout(
         "Parallel coordinates (completed trials)", margin={"l": 60, "r": 60, "t": 70,
                                                            "b": 30})}
 
@@ -253,7 +267,10 @@ def slice_plots(results: Mapping[str, Any], space: Mapping[str, Mapping[str, Any
     name, _ = _objective(results)
     trials = _completed(results)
     names = hyperparameter_names(results, space)
-    n = max(1, len(names))
+    if not trials or not names:
+        return empty(f"Slice plots: {name} against each hyperparameter",
+                     "no completed trial yet" if names else "no hyperparameters")
+    n = len(names)
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
     gap_x, gap_y = 0.06, 0.16 / rows if rows > 1 else 0.0
@@ -288,19 +305,15 @@ def slice_plots(results: Mapping[str, Any], space: Mapping[str, Mapping[str, Any
                      "marker": {"size": 7, "color": "#1f77b4", "opacity": 0.8},
                      "hovertemplate": "trial %{text}<br>" + hp + " %{x}<br>" + name
                                       + " %{y:.4g}<extra></extra>"})
-    return {"data": data if trials else [], "layout": layout}
+    return {"data": data, "layout": layout}
 
 
 def importance_bars(importance: Mapping[str, Any] | None) -> Figure:
     """Horizontal bars of ``importance.hyperparameter_importance``'s result (most
     important on top); an empty figure with the reason while too few trials are done."""
     if not importance or not importance.get("importances"):
-        reason = (importance or {}).get("reason", "not computed")
-        return {"data": [], "layout": _layout(
-            "Hyperparameter importance", height=200,
-            annotations=[{"text": reason, "showarrow": False, "xref": "paper",
-                          "yref": "paper", "x": 0.5, "y": 0.5}],
-            xaxis={"visible": False}, yaxis={"visible": False})}
+        return empty("Hyperparameter importance",
+                     (importance or {}).get("reason", "not computed"), height=200)
     items = sorted(importance["importances"].items(), key=lambda kv: kv[1])
     data = [{"type": "bar", "orientation": "h", "x": [v for _, v in items],
              "y": [k for k, _ in items], "marker": {"color": "#1f77b4"},

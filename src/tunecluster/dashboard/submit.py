@@ -25,6 +25,7 @@ from pathlib import Path
 from tunecluster.errors import SpecError, StoreError
 
 MAX_YAML_BYTES = 256 * 1024
+ORIGIN = "job.yaml"  # what errors call the submitted text (the CLI names its file)
 SUBMIT_TIMEOUT_S = 300.0
 
 
@@ -32,7 +33,7 @@ def check_no_files(text: str) -> None:
     """``SpecError`` for a job that names files (they would come from this machine)."""
     from tunecluster.spec.load import parse_yaml
 
-    raw = parse_yaml(text, "job")
+    raw = parse_yaml(text, ORIGIN)
     data, model = raw.get("data"), raw.get("model")
     for section, key in ((data, "path"), (data, "files"), (model, "module")):
         if isinstance(section, dict) and section.get(key) is not None:
@@ -51,9 +52,12 @@ def submit_yaml(text: str, redis_url: str, timeout_s: float = SUBMIT_TIMEOUT_S) 
         raise SpecError("", f"the job is larger than {MAX_YAML_BYTES // 1024} KiB")
     check_no_files(text)
     with tempfile.TemporaryDirectory(prefix="tc-dashboard-submit-") as tmp:
-        path = Path(tmp) / "job.yaml"
+        path = Path(tmp) / ORIGIN
         path.write_text(text)
-        load_spec_file(path)  # the CLI's loader: SpecError at once, no process started
+        try:
+            load_spec_file(path)  # the CLI's loader: SpecError at once, no process started
+        except SpecError as exc:
+            raise SpecError(exc.path, exc.message.replace(str(path), ORIGIN)) from None
         env = {**os.environ, "TUNECLUSTER_REDIS_URL": redis_url,
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         try:
@@ -63,7 +67,8 @@ def submit_yaml(text: str, redis_url: str, timeout_s: float = SUBMIT_TIMEOUT_S) 
         except subprocess.TimeoutExpired:
             raise StoreError(f"submit took over {timeout_s:.0f}s; nothing may have been"
                              " queued (see the Jobs view)") from None
-    lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+    lines = [ln.replace(str(path), ORIGIN) for ln in done.stderr.strip().splitlines()
+             if ln.strip()]
     if done.returncode == 2:
         message = lines[-1] if lines else "spec error"
         raise SpecError("", message.removeprefix("spec error: "))
