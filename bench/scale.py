@@ -332,8 +332,7 @@ def bayesian_latency(counts: list[int], bound: int | None, repeats: int = 3) -> 
     for n in counts:
         search: dict[str, Any] = {"algorithm": "bayesian", "objective": "val_loss",
                                   "max_trials": n + repeats + 1, "seed": 1}
-        if bound is not None:
-            search["bayesian_max_fit_trials"] = bound
+        search["bayesian_max_fit_trials"] = bound or 0  # 0: every trial (KerasTuner's way)
         spec = parse_spec({"name": "bo", "data": {"dataset": "digits"},
                            "model": {"builtin": "mlp", "hyperparameters": SPACE},
                            "search": search})
@@ -347,7 +346,7 @@ def bayesian_latency(counts: list[int], bound: int | None, repeats: int = 3) -> 
             assert status == "RUNNING" and trial is not None
             host.update(trial, 1, {"val_loss": 0.5})
             host.end(trial, completed=True)
-        out.append({"completed_trials": n, "bound": bound,
+        out.append({"completed_trials": n, "bayesian_max_fit_trials": bound or 0,
                     "create_trial_ms": round(statistics.median(times), 1)})
     return out
 
@@ -398,13 +397,15 @@ def main() -> None:
     parser.add_argument("--bayesian-latency", type=int, nargs="*", default=None,
                         metavar="N", help="time Bayesian suggestions after N trials instead")
     parser.add_argument("--bound", type=int, default=None,
-                        help="with --bayesian-latency: also time with this fit bound")
+                        help="with --bayesian-latency: search.bayesian_max_fit_trials"
+                             " (default: 0, every trial, KerasTuner's own way)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="with --bayesian-latency: suggestions timed per size (median)")
     args = parser.parse_args()
     if args.bayesian_latency is not None:
         counts = args.bayesian_latency or [100, 1000, 5000]
-        for bound in [None, *([args.bound] if args.bound else [])]:
-            for row in bayesian_latency(counts, bound):
-                print(json.dumps(row), flush=True)
+        for row in bayesian_latency(counts, args.bound, repeats=args.repeats):
+            print(json.dumps(row), flush=True)
         return
     for name in ("workers", "trials"):
         if getattr(args, name) < 1:

@@ -70,3 +70,11 @@ MAX_RETRIES_PER_TRIAL = 1
 MAX_CONSECUTIVE_FAILED_TRIALS = 3
 HYPERBAND_FACTOR = 3
 BAYESIAN_INITIAL_POINTS = 3
+# The Bayesian oracle fits its Gaussian process on at most this many trials: some of the
+# running ones, the best and the most recent (search.bayesian_max_fit_trials; 0 = every
+# trial, KerasTuner's way). The fit is O(n^3) and runs for every suggestion, inside the
+# chief's round: on this project's 2-core VM (bench/README.md) a suggestion took 0.1 s
+# after 100 trials, 6-27 s after 1,000 and over 700 s after 5,000 with every trial, and
+# 0.1-0.2 s at any count with 200. 200 leaves searches of up to 200 trials (the usual
+# size) exactly as KerasTuner runs them and keeps a suggestion well under a second.
+BAYESIAN_MAX_FIT_TRIALS = 200

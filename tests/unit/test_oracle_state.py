@@ -94,3 +94,74 @@ def test_consecutive_failures_still_end_the_search() -> None:
     _run(host, 2, fail=True)
     with pytest.raises(RuntimeError, match="consecutive failures exceeded the limit of 3"):
         _run(host, 1, fail=True)
+
+
+# --- the Bayesian fit bound -------------------------------------------------------------
+
+
+def _completed(host: OracleHost, n: int) -> list[str]:
+    """n completed trials (scores 1, 2, ... n: the first is the best for val_loss)
+    recorded as KerasTuner records them, without n Gaussian-process fits."""
+    from keras_tuner.engine.trial import Trial, TrialStatus
+
+    oracle, ids = host.oracle, []
+    for i in range(n):
+        hp = oracle.hyperparameters.copy()
+        hp.values = {"n_hidden": i % 50, "n_neurons": 1 + i, "learning_rate": 1e-3}
+        trial = Trial(hp, trial_id=f"{i:04d}", status=TrialStatus.COMPLETED)
+        trial.metrics.register("val_loss", "min")
+        trial.metrics.update("val_loss", float(i + 1), step=1)
+        trial.score, trial.best_step = float(i + 1), 1
+        oracle.trials[trial.trial_id] = trial
+        oracle.start_order.append(trial.trial_id)
+        oracle.end_order.append(trial.trial_id)
+        oracle._record_values(trial)
+        ids.append(trial.trial_id)
+    return ids
+
+
+def test_bayesian_fits_on_at_most_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _host("bayesian", max_trials=1000, bayesian_max_fit_trials=20)
+    ids = _completed(host, 200)
+    fitted: list[int] = []
+    fit = host.oracle.gpr.fit
+
+    def spy(x, y):  # noqa: ANN001, ANN202 - sklearn's signature
+        fitted.append(len(x))
+        return fit(x, y)
+
+    monkeypatch.setattr(host.oracle.gpr, "fit", spy)
+    status, first, _ = host.create_trial()  # a suggestion while nothing runs
+    assert status == "RUNNING" and fitted == [20]
+    kept = host.oracle.fit_trial_ids()
+    assert len(kept) == 20 and first in kept  # the running trial is among them
+    assert ids[0] in kept and ids[1] in kept  # the best
+    assert ids[-1] in kept and ids[-2] in kept  # the most recent
+    host.create_trial()
+    assert fitted == [20, 20]
+
+
+def test_bayesian_bound_zero_fits_on_every_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _host("bayesian", max_trials=1000, bayesian_max_fit_trials=0)
+    _completed(host, 30)
+    fitted: list[int] = []
+    fit = host.oracle.gpr.fit
+    monkeypatch.setattr(host.oracle.gpr, "fit",
+                        lambda x, y: (fitted.append(len(x)), fit(x, y))[1])
+    host.create_trial()
+    assert fitted == [30]
+
+
+def test_bayesian_max_fit_trials_in_the_spec() -> None:
+    from tunecluster import defaults
+    from tunecluster.errors import SpecError
+
+    assert _host("bayesian").spec.search.bayesian_max_fit_trials == (
+        defaults.BAYESIAN_MAX_FIT_TRIALS)
+    assert _host("bayesian").oracle.max_fit_trials == defaults.BAYESIAN_MAX_FIT_TRIALS
+    for bad in (5, -1, "many", 2.5, True):
+        with pytest.raises(SpecError) as caught:
+            _host("bayesian", bayesian_max_fit_trials=bad)
+        message = str(caught.value)
+        assert message.startswith("search.bayesian_max_fit_trials: ") and "\n" not in message
+        assert ">= 10, or 0" in message

@@ -50,6 +50,52 @@ class _PersistedInRedis:
                                "\n" + (trials[tail[-1]].message or ""))
 
 
+class _BoundedFit:
+    """Bayesian optimization whose Gaussian process is fitted on at most
+    ``max_fit_trials`` trials (0: all, KerasTuner's own behaviour).
+
+    The fit costs O(n^3) in the trials it sees and runs for every suggestion, so past a
+    few hundred trials it, not the workers, sets the pace. The trials kept: the running
+    ones (their pessimistic "hallucinated" scores keep parallel suggestions apart; at
+    most a quarter of the bound, the most recently started), then the best completed
+    ones (half of what is left: where the optimum is) and the most recently ended ones
+    (the rest: where the search is now)."""
+
+    max_fit_trials = 0
+
+    def fit_trial_ids(self) -> list[str]:
+        """The ids of the trials the next fit uses, in KerasTuner's trial order."""
+        trials = self.trials  # type: ignore[attr-defined]
+        bound = self.max_fit_trials
+        if not bound or len(trials) <= bound:
+            return list(trials)
+        running = {t.trial_id for t in self.ongoing_trials.values()}  # type: ignore[attr-defined]
+        started = [t for t in self.start_order if t in running]  # type: ignore[attr-defined]
+        keep = set(started[len(started) - min(len(started), bound // 4):])
+        done = [t for t in self.end_order  # type: ignore[attr-defined]
+                if trials[t].status == "COMPLETED" and trials[t].score is not None]
+        sign = -1.0 if self.objective.direction == "max" else 1.0  # type: ignore[attr-defined]
+        best = sorted(done, key=lambda t: sign * trials[t].score)
+        keep.update(best[:(bound - len(keep)) // 2])
+        for tid in reversed(done):
+            if len(keep) >= bound:
+                break
+            keep.add(tid)
+        return [tid for tid in trials if tid in keep]
+
+    def _vectorize_trials(self) -> Any:
+        # KerasTuner's own vectorization, over the kept trials only.
+        kept = self.fit_trial_ids()
+        every = self.trials  # type: ignore[has-type]
+        if len(kept) == len(every):
+            return super()._vectorize_trials()  # type: ignore[misc]
+        self.trials = {tid: every[tid] for tid in kept}
+        try:
+            return super()._vectorize_trials()  # type: ignore[misc]
+        finally:
+            self.trials = every
+
+
 def _oracle_class(algorithm: str) -> type:
     from keras_tuner import oracles
 
@@ -59,7 +105,9 @@ def _oracle_class(algorithm: str) -> type:
         "bayesian": oracles.BayesianOptimizationOracle,
         "hyperband": oracles.HyperbandOracle,
     }[algorithm]
-    return type(f"Hosted{base.__name__}", (_PersistedInRedis, base), {})
+    mixins = (_PersistedInRedis, _BoundedFit) if algorithm == "bayesian" else (
+        _PersistedInRedis,)
+    return type(f"Hosted{base.__name__}", (*mixins, base), {})
 
 
 class OracleHost:
@@ -99,6 +147,7 @@ class OracleHost:
             oracle = cls_(max_trials=search.max_trials,
                           num_initial_points=min(search.num_initial_points, search.max_trials),
                           **common)
+            oracle.max_fit_trials = search.bayesian_max_fit_trials
         else:
             oracle = cls_(max_trials=search.max_trials, **common)
         oracle.verbose = 0

@@ -207,6 +207,9 @@ class Objective(_Strict):
     direction: Literal["min", "max"] | None = None
 
 
+MIN_FIT_TRIALS = 10  # fewer points than this would leave the Gaussian process blind
+
+
 class Search(_Strict):
     algorithm: Literal["random", "grid", "bayesian", "hyperband"] = "random"
     # validate_default: the default must go through _objective too (str -> Objective).
@@ -217,6 +220,18 @@ class Search(_Strict):
     seed: int | None = None
     hyperband_factor: int = Field(defaults.HYPERBAND_FACTOR, ge=2)
     num_initial_points: int = Field(defaults.BAYESIAN_INITIAL_POINTS, ge=1)
+    # Bayesian only: fit the Gaussian process on at most this many trials (the best and
+    # the most recent, see chief/oracle_host.py); 0 fits on every trial, as KerasTuner.
+    bayesian_max_fit_trials: int = defaults.BAYESIAN_MAX_FIT_TRIALS
+
+    @field_validator("bayesian_max_fit_trials", mode="before")
+    @classmethod
+    def _max_fit_trials(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                value == 0 or value >= MIN_FIT_TRIALS):
+            raise ValueError(f"{value!r} must be an integer >= {MIN_FIT_TRIALS}, or 0 to fit"
+                             " the Gaussian process on every trial")
+        return value
 
     @field_validator("objective", mode="after")
     @classmethod
