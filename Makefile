@@ -5,9 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean redis-server
+.PHONY: install demo test test-fast lint bench clean redis-server chromium
 
-install: $(STAMP) redis-server
+install: $(STAMP) redis-server chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,14 @@ redis-server:
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends redis-server >/dev/null; \
 	    else echo "please install redis-server (apt-get install redis-server / brew install redis)"; exit 1; fi; }
+
+# The dashboard's browser tests drive Debian's chromium headless (Playwright, no browser
+# download); Debian/Ubuntu as root: installed here with apt. Elsewhere those tests skip.
+chromium:
+	@[ -x /usr/bin/chromium ] || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; \
+	    else echo "note: /usr/bin/chromium is missing: the dashboard's browser tests will skip (apt-get install chromium)"; fi; }
 
 demo: install
 	$(BIN)/tunecluster run examples/digits.yaml --workers 2

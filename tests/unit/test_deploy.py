@@ -40,7 +40,9 @@ TAGS = {"overlays/cpu": VERSION, "overlays/gpu": f"{VERSION}-gpu", "overlays/s3"
 # What the operator provides (untracked files); the tests render with these instead.
 TEST_PASSWORD = "test-" + "0123456789abcdef" * 2
 TEST_RAY_TOKEN = "token-" + "fedcba9876543210" * 4
+TEST_DASHBOARD_TOKEN = "dash-" + "0f1e2d3c4b5a6978" * 2
 SECRET_FILES = {"secrets/redis-password.env": f"password={TEST_PASSWORD}\n",
+                "secrets/dashboard-token.env": f"token={TEST_DASHBOARD_TOKEN}\n",
                 "ray/ray-token.env": f"token={TEST_RAY_TOKEN}\n",
                 "overlays/s3/s3-credentials.env": ("AWS_ACCESS_KEY_ID=AKIATESTTESTTEST\n"
                                                    "AWS_SECRET_ACCESS_KEY=test-secret-key\n")}
@@ -210,7 +212,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return run(tool("docker-compose"), "--project-directory", str(ROOT), "--env-file",
                os.devnull, "-f", "docker-compose.yml", "--profile", "gpu", "--profile",
-               "tools", *args, env=env)
+               "tools", "--profile", "dashboard", *args, env=env)
 
 
 @cache
@@ -489,7 +491,8 @@ def test_no_literal_or_example_password_renders(overlay: str) -> None:
     # Every pod reads the password from the Secret, never from a literal.
     for name, c in containers(overlay).items():
         for var, entry in env_of(c).items():
-            if "PASSWORD" in var or var in ("REDISCLI_AUTH", "RAY_AUTH_TOKEN"):
+            if "PASSWORD" in var or var in ("REDISCLI_AUTH", "RAY_AUTH_TOKEN",
+                                             "TUNECLUSTER_DASHBOARD_TOKEN"):
                 assert "secretKeyRef" in entry.get("valueFrom", {}), (name, var)
 
 
@@ -763,6 +766,69 @@ def test_only_the_pods_that_need_redis_reach_it(overlay: str) -> None:
         (c,) = template["spec"]["containers"]
         admitted = allowed.items() <= template["metadata"]["labels"].items()
         assert admitted == ("TUNECLUSTER_REDIS_URL" in env_of(c)), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dashboard_reads_redis_with_its_token_probes_and_scrape_annotations(
+        overlay: str) -> None:
+    """The dashboard (issue 12): not on loopback, so its token comes from its own Secret;
+    reachable through its Service (kubectl port-forward), /metrics scraped, Redis only."""
+    deploy = get(overlay, "Deployment", "tunecluster-dashboard")
+    template = deploy["spec"]["template"]
+    (c,) = template["spec"]["containers"]
+    assert c["args"][:3] == ["dashboard", "--host", "0.0.0.0"]
+    assert "--open-metrics" in c["args"] and "--read-only" not in c["args"]
+    port = c["args"][c["args"].index("--port") + 1]
+    env = env_of(c)
+    assert env["TUNECLUSTER_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
+    ref = env["TUNECLUSTER_DASHBOARD_TOKEN"]["valueFrom"]["secretKeyRef"]
+    secret = get(overlay, "Secret", "tunecluster-dashboard")
+    assert ref == {"name": secret["metadata"]["name"], "key": "token"}
+    assert base64.b64decode(secret["data"]["token"]).decode() == TEST_DASHBOARD_TOKEN
+    (http,) = c["ports"]
+    assert (http["name"], str(http["containerPort"])) == ("http", port)
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    notes = template["metadata"]["annotations"]
+    assert notes["prometheus.io/scrape"] == "true"
+    assert (notes["prometheus.io/port"], notes["prometheus.io/path"]) == (port, "/metrics")
+    # it reads Redis only: no artifacts volume (an s3 overlay's credentials neither)
+    assert [v["name"] for v in template["spec"]["volumes"]] == ["tmp"]
+    assert "AWS" not in json.dumps(c) and "artifacts" not in json.dumps(template["spec"])
+    service = get(overlay, "Service", "tunecluster-dashboard")["spec"]
+    assert service["selector"].items() <= template["metadata"]["labels"].items()
+    assert service["ports"] == [{"name": "http", "port": int(port), "targetPort": "http"}]
+    assert service.get("type", "ClusterIP") == "ClusterIP", "port-forward, not a public IP"
+    assert quantity(c["resources"]["limits"]["memory"]) >= 1 << 30
+
+
+def test_compose_dashboard_service() -> None:
+    """Same image and Redis URL as the roles, its own profile (it needs a token), the
+    port published on the host's loopback by default, health from /healthz."""
+    services = compose_config()["services"]
+    svc = services["dashboard"]
+    assert svc["profiles"] == ["dashboard"]
+    assert svc["image"] == services["chief"]["image"] and "build" not in svc
+    assert svc["command"][:3] == ["dashboard", "--host", "0.0.0.0"]
+    env = svc["environment"]
+    assert env["TUNECLUSTER_REDIS_URL"] == f"redis://:{TEST_PASSWORD}@redis:6379/0"
+    assert env["TUNECLUSTER_DASHBOARD_TOKEN"] == "", "no default token: it refuses to start"
+    assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    (port,) = svc["ports"]
+    assert port["host_ip"] == "127.0.0.1" and port["target"] == 8080
+    assert str(port["published"]) == "8080"
+    assert "/healthz" in " ".join(svc["healthcheck"]["test"])
+    assert not svc.get("volumes"), "no artifacts: it reads Redis only"
+
+
+def test_dashboard_refuses_the_example_token() -> None:
+    example = (ROOT / "k8s" / "secrets" / "dashboard-token.env.example").read_text()
+    (token,) = [ln.split("=", 1)[1] for ln in example.splitlines() if ln.startswith("token=")]
+    result = run(sys.executable, "-m", "tunecluster", "dashboard", "--host", "0.0.0.0",
+                 env=clean_env(TUNECLUSTER_DASHBOARD_TOKEN=token))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "TUNECLUSTER_DASHBOARD_TOKEN" in line and "example" in line
 
 
 def test_s3_overlay_needs_no_shared_volume() -> None:
