@@ -46,6 +46,16 @@ from tunecluster.store.results import build_results
 
 log = logging.getLogger("tunecluster.chief")
 
+# Random and grid searches keep this fraction of the worker slots (rounded down: none
+# below 10 slots) ready beyond the free slots, so that with many workers a hand-out
+# does not wait on the chief's round; Bayesian and Hyperband keep none (each suggestion
+# sees the latest results).
+READY_AHEAD = 0.1
+
+# A finished search's trial records are read at least this often (seconds) while the
+# oracle still counts trials running (_finish_jobs).
+TRIALS_READ_S = 5.0
+
 # A chief whose main loop has not finished a tick for this long is taken for stuck: its
 # lock keeper stops extending the lock, so a standby can take over.
 STUCK_AFTER_S = 600.0
@@ -70,6 +80,7 @@ class HostedJob:
     failure_saved: bool = False
     dirty: bool = False
     touched: set[str] = field(default_factory=set)
+    next_trials_read: float = 0.0  # monotonic time of _finish_jobs' next read of trials
 
 
 class _Resync(Exception):
@@ -449,16 +460,22 @@ class Chief:
         free: that is how a search that is over gets noticed (and the job finalized)
         while higher-priority jobs hold every slot or no worker is alive. Its trial, if
         the search is not over, waits in the ready queue for the next free slot.
+
+        Random and grid searches, whose suggestions do not depend on results, keep a
+        few more trials ready than slots are free (``READY_AHEAD``): a worker that ends
+        a trial claims its next one at once instead of waiting for this round.
         """
         if not self._active:
             return
         free = self._slots - self.store.queue.busy_count() if self._slots > 0 else 0
+        ahead = int(self._slots * READY_AHEAD)
         for job_id in self._active:
             hosted = self._job(job_id)
             if (hosted is None or hosted.host is None or hosted.exhausted or hosted.failure
                     or hosted.cancel):
                 continue
-            budget = free if hosted.host.ongoing() > 0 else max(free, 1)
+            extra = ahead if hosted.spec.search.algorithm in ("random", "grid") else 0
+            budget = free + extra if hosted.host.ongoing() > 0 else max(free + extra, 1)
             while budget > 0:
                 status, trial, values = hosted.host.create_trial()
                 if status == "RUNNING" and trial is not None:
@@ -486,6 +503,15 @@ class Chief:
             cancel = hosted.cancel
             if not (hosted.exhausted or hosted.failure or cancel):
                 continue
+            # A search that is over waits for its last trials, whose ends reach the
+            # oracle through the inbox: reading every trial record (O(trials)) each
+            # round until then only confirms what the oracle counts, so it is done
+            # when the oracle has no trial left, and every TRIALS_READ_S as a safety net.
+            now = time.monotonic()
+            if (not (cancel or hosted.failure) and hosted.host.ongoing() > 0
+                    and now < hosted.next_trials_read):
+                continue
+            hosted.next_trials_read = now + TRIALS_READ_S
             trials = self.store.jobs.trials(job_id)
             if cancel or hosted.failure:
                 for row in trials:
