@@ -88,8 +88,8 @@ def current(notice: bool = True) -> ClusterState | None:
     state = read_state(path)
     if state is not None and state.alive():
         return state
-    if state is not None:
-        _stop_pids(state.worker_pids + [state.chief_pid], grace_s=0)  # what is left
+    if state is not None:  # roles left without their Redis (never a reused pid)
+        _stop_pids(state.worker_pids + [state.chief_pid], state.url, grace_s=0)
         shutil.rmtree(state.redis_dir, ignore_errors=True)
     path.unlink(missing_ok=True)
     if notice:
@@ -150,8 +150,8 @@ def down() -> ClusterState:
     if state is None:
         path.unlink(missing_ok=True)
         raise ClusterError(f"no local cluster is up (no {path})")
-    _stop_pids(state.worker_pids + [state.chief_pid], grace_s=STOP_GRACE_S)
-    _stop_pids([state.redis_pid], grace_s=STOP_GRACE_S)
+    _stop_pids(state.worker_pids + [state.chief_pid], state.url, grace_s=STOP_GRACE_S)
+    _stop_pids([state.redis_pid], "redis-server", grace_s=STOP_GRACE_S)
     shutil.rmtree(state.redis_dir, ignore_errors=True)
     path.unlink(missing_ok=True)
     return state
@@ -160,8 +160,8 @@ def down() -> ClusterState:
 def process_states(state: ClusterState) -> dict[str, Any]:
     """Which of the recorded processes still run (for ``status``)."""
     return {"redis": _running(state.redis_pid, "redis-server"),
-            "chief": _running(state.chief_pid, "tunecluster"),
-            "workers": [_running(p, "tunecluster") for p in state.worker_pids]}
+            "chief": _running(state.chief_pid, state.url),
+            "workers": [_running(p, state.url) for p in state.worker_pids]}
 
 
 # --- processes -------------------------------------------------------------------------
@@ -186,17 +186,20 @@ def _running(pid: int, name: str) -> bool:
         return False
 
 
-def _stop_pids(pids: list[int], grace_s: float) -> None:
+def _stop_pids(pids: list[int], name: str, grace_s: float) -> None:
     """SIGTERM each process's group (the process and its trial/evaluation children),
-    then SIGKILL what is left after ``grace_s``."""
-    live = [p for p in pids if _running(p, "")]
+    then SIGKILL what is left after ``grace_s``. Only processes whose command line
+    holds ``name`` (the cluster's Redis URL, ``redis-server``): a recorded pid that
+    another process reuses is left alone."""
+    live = [p for p in pids if _running(p, name)]
     for pid in live:
         _signal_group(pid, signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
     deadline = time.monotonic() + grace_s
     while grace_s > 0 and time.monotonic() < deadline and any(_running(p, "") for p in live):
         time.sleep(0.05)
     for pid in live:
-        _signal_group(pid, signal.SIGKILL)
+        if _running(pid, ""):
+            _signal_group(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(_running(p, "") for p in live):
         time.sleep(0.05)
