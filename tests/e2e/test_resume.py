@@ -90,3 +90,32 @@ def test_cli_resume_continues_a_finished_job(cluster) -> None:
     results = job.results()
     assert results["state"] == "completed" and len(results["trials"]) == 2
     assert results["best"] is not None and results["test"]  # finalized again
+
+
+def test_an_embedded_search_is_reattached_from_its_project_directory(
+        tmp_path: Path, monkeypatch) -> None:
+    """No cluster given: the embedded cluster keeps its Redis data in the project's
+    directory, and a re-created tuner (overwrite=False) continues the same job there."""
+    import dropin_notebook_style as example
+
+    monkeypatch.delenv("TUNECLUSTER_REDIS_URL", raising=False)
+    monkeypatch.delenv("TUNECLUSTER_ARTIFACTS", raising=False)
+    monkeypatch.setenv("TUNECLUSTER_CLUSTER_FILE", str(tmp_path / "no-cluster.json"))
+    first = _tuner(example, tmp_path, None, 1, workers=1)
+    _search(first, example)
+    job = first.job.id
+    scored = {t["trial"]: t["score"] for t in first.results()["trials"]}
+    assert len(scored) == 1 and (tmp_path / "resumed" / "cluster").is_dir()
+
+    second = _tuner(example, tmp_path, None, 2, workers=1)
+    _search(second, example)
+    after = second.results()
+    assert second.job.id == job and after["state"] == "completed"
+    assert len(after["trials"]) == 2
+    assert all(after_row["score"] == scored[after_row["trial"]]
+               for after_row in after["trials"] if after_row["trial"] in scored)
+    assert second.get_best_models(1)[0] is not None  # from the project's artifacts
+
+    fresh = _tuner(example, tmp_path, None, 1, workers=1, overwrite=True)
+    _search(fresh, example)
+    assert fresh.job.id != job and len(fresh.results()["trials"]) == 1

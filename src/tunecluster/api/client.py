@@ -30,10 +30,16 @@ if TYPE_CHECKING:
     from tunecluster.store import Event, JobRecord, Store
 
 
-def _local_cluster_url() -> str | None:
-    from tunecluster.cluster.persistent import current_url
+def _local_cluster() -> tuple[str | None, str | None]:
+    """The URL and artifacts root of the local cluster of ``tunecluster up``, if one runs."""
+    from tunecluster.cluster.persistent import current
 
-    return current_url()
+    from tunecluster.artifact_store import is_url
+
+    state = current()
+    if state is None:
+        return None, None
+    return state.url, (None if is_url(state.artifacts) else state.artifacts)
 
 
 SUMMARY_FIELDS = ("job", "name", "state", "objective", "best", "counts", "error", "created",
@@ -53,10 +59,13 @@ class Client:
 
     def __init__(self, url: str | None = None, *, artifacts: str | os.PathLike[str] | None = None,
                  retries: int = 1) -> None:
-        self.url = url or os.environ.get(defaults.REDIS_URL_ENV) or _local_cluster_url() \
+        local_url, local_artifacts = (None, None) if url or os.environ.get(
+            defaults.REDIS_URL_ENV) else _local_cluster()
+        self.url = url or os.environ.get(defaults.REDIS_URL_ENV) or local_url \
             or defaults.REDIS_URL
         self.artifacts = Path(artifacts if artifacts is not None else
-                              os.environ.get(defaults.ARTIFACTS_ENV, defaults.ARTIFACTS_ROOT))
+                              os.environ.get(defaults.ARTIFACTS_ENV) or local_artifacts
+                              or defaults.ARTIFACTS_ROOT)
         self._retries = retries
         self._store: Store | None = None
 

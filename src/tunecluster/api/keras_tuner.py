@@ -8,8 +8,11 @@
 
 A search becomes one cluster job: the hypermodel travels as source (``shipping.py``),
 the arrays as npz files (``allow_pickle=False``), the oracle runs on the chief.
-``cluster=``: a Redis URL; default ``$TUNECLUSTER_REDIS_URL``, else an embedded local
-cluster (Redis, a chief, ``workers`` workers) started for the search and stopped after.
+``cluster=``: a Redis URL; default ``$TUNECLUSTER_REDIS_URL``, else the local cluster of
+``tunecluster up`` when one runs, else an embedded local cluster (Redis, a chief,
+``workers`` workers) started for the search and stopped after; it keeps its Redis data
+in ``directory/project_name/cluster``, so a tuner re-created with ``overwrite=False``
+reattaches to the project's search there too.
 The test split of the job is the validation data (the search never sees a test set).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +71,8 @@ class Tuner:
         self.directory = directory or "."
         self.project_name = project_name or "untitled_project"
         self.overwrite = overwrite
-        self.cluster_url = cluster or os.environ.get(defaults.REDIS_URL_ENV) or None
+        self.cluster_url = (cluster or os.environ.get(defaults.REDIS_URL_ENV)
+                            or _up_cluster_url())
         self.workers = workers
         self.job: Job | None = None
         self.oracle = _Oracle(self)
@@ -78,6 +83,9 @@ class Tuner:
         self._source, self._function = ship(hypermodel)  # fails early, in the constructor
         if overwrite:
             _project_file(self.directory, self.project_name).unlink(missing_ok=True)
+            # the embedded cluster's data of an earlier search of this project
+            shutil.rmtree(Path(self.directory, self.project_name, "cluster"),
+                          ignore_errors=True)
         elif self.cluster_url is not None:  # KerasTuner's reload: the project's job
             previous = _read_project(self.directory, self.project_name)
             if previous is not None:
@@ -105,11 +113,22 @@ class Tuner:
             return
         from tunecluster.cluster import LocalCluster
 
-        self._artifacts = Path(self.directory, self.project_name, "artifacts").resolve()
+        # The embedded cluster keeps its Redis data in the project's directory, where
+        # KerasTuner keeps its oracle: a tuner re-created with overwrite=False starts it
+        # again on that data and reattaches to the project's job.
+        project = Path(self.directory, self.project_name).resolve()
+        self._artifacts = project / "artifacts"
         if verbose:
             print(f"Starting an embedded cluster ({self.workers} workers)...", flush=True)
-        with LocalCluster(workers=self.workers, artifacts=self._artifacts) as local:
-            self._run(Client(local.url, artifacts=self._artifacts), spec, files, space, verbose)
+        with LocalCluster(workers=self.workers, artifacts=self._artifacts,
+                          redis_dir=project / "cluster") as local:
+            client = Client(local.url, artifacts=self._artifacts)
+            previous = None if self.overwrite else _read_project(self.directory,
+                                                                 self.project_name)
+            if previous is not None and client.store.jobs.exists(previous):
+                self._continue(Job(client, previous), files, verbose)
+            else:
+                self._run(client, spec, files, space, verbose)
 
     def _run(self, client: Client, spec: dict[str, Any], files: dict[str, bytes],
              space: dict[str, Any], verbose: int) -> None:
@@ -119,16 +138,16 @@ class Tuner:
         self.job = client.submit(parse_spec(spec), files=files, space=space)
         if self._artifacts is None:
             self._artifacts = client.artifacts
-        if self.cluster_url is not None:
-            _write_project(self.directory, self.project_name, self.job.id)
+        _write_project(self.directory, self.project_name, self.job.id)
         self._wait(verbose)
 
     def _continue(self, job: Job, files: dict[str, bytes], verbose: int) -> None:
         """Reattach to this project's job: follow it if it runs, else resume it up to
         ``max_trials`` (with the data given again); one that ran as many trials already
         is only reloaded, as KerasTuner does."""
-        self.job, self._spec, self._results = job, None, None
-        self._space = job.record().space  # the job's, as KerasTuner's reloaded oracle
+        record = job.record()  # read now: an embedded cluster is gone after the search
+        self.job, self._spec, self._results = job, record.spec, None
+        self._space = record.space  # the job's, as KerasTuner's reloaded oracle
         if self._artifacts is None:
             self._artifacts = job.client.artifacts
         after = "0-0"
@@ -500,6 +519,13 @@ def _task(y_train: np.ndarray, y_valid: np.ndarray) -> str | None:
         if len(classes) >= 2 and np.array_equal(classes, np.arange(len(classes))):
             return "classification"
     return "regression"
+
+
+def _up_cluster_url() -> str | None:
+    """The local cluster of ``tunecluster up``, when one runs (warm workers: no start)."""
+    from tunecluster.cluster.persistent import current_url
+
+    return current_url()
 
 
 PROJECT_FILE = "tunecluster_job.json"

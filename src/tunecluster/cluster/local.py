@@ -21,13 +21,16 @@ class LocalCluster:
     def __init__(self, workers: int = 2, artifacts: str | Path = "artifacts", *,
                  redis_url: str | None = None, appendonly: bool = False,
                  log_dir: str | Path | None = None, env: dict[str, str] | None = None,
-                 slots: int = 1) -> None:
+                 slots: int = 1, redis_dir: str | Path | None = None) -> None:
         self.n_workers = workers
         # a directory, or an object store URL passed through to every role as it is
         self.artifacts: Path | str = artifacts if is_url(artifacts) else Path(artifacts).resolve()
         self.redis: RedisServer | None = None
         self._external_url = redis_url
-        self.appendonly = appendonly
+        # redis_dir: Redis keeps its data (AOF) there and a later cluster started on the
+        # same directory finds it again (the drop-in tuners' reattach); None: a temp dir
+        self.redis_dir = Path(redis_dir) if redis_dir is not None else None
+        self.appendonly = appendonly or redis_dir is not None
         self.log_dir = Path(log_dir) if log_dir else None
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.slots = slots
@@ -44,8 +47,10 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         if isinstance(self.artifacts, Path):
             self.artifacts.mkdir(parents=True, exist_ok=True)
+        if self.redis_dir is not None:
+            self.redis_dir.mkdir(parents=True, exist_ok=True)
         if not self._external_url:
-            self.redis = RedisServer(appendonly=self.appendonly).start()
+            self.redis = RedisServer(appendonly=self.appendonly, data_dir=self.redis_dir).start()
         self.start_chief()
         for _ in range(self.n_workers):
             self.start_worker()
