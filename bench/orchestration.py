@@ -1,14 +1,31 @@
-"""Orchestration overhead: null trials (no TensorFlow work) through tunecluster, stock
-KerasTuner distributed (gRPC chief + workers) and Ray Tune, same machine, same run.
+"""Orchestration overhead: null trials through tunecluster, stock KerasTuner distributed
+and Ray Tune (defaults, and ``reuse_actors=True``), same machine, one run.
 
-    .venv/bin/python bench/orchestration.py [--trials 200] [--ray-trials 20] [--workers 2]
+    .venv/bin/python bench/orchestration.py [--trials 200] [--ray-trials 50] [--workers 2]
+        [--rounds 3] [--ray-default-trials 20]
 
-What is measured, for each system: steady-state hand-out time per trial = (end of the
-last trial - start of the first) / trials, with the workers already warm. For
-tunecluster also: submit -> first trial claimed, and the chief's decision loop.
-tunecluster's null workers are the real ``Worker`` claim loop with the trial process
-replaced by an in-process null trial (one epoch report + finish through the same Lua
-scripts); KerasTuner's are real ``Tuner`` processes whose ``run_trial`` returns at once.
+A null trial does no work, so every millisecond measured is the system's own: handing
+the trial out, running it in the place a real trial runs, reporting one epoch, ending.
+- tunecluster: the real chief process and ``--workers`` real ``Worker`` processes, each
+  with a real trial process behind its pipe (``null_worker.py``): claim, pipe, epoch
+  report, finish, all through the real Lua scripts; the cluster is up and warm before
+  the job is submitted (``tunecluster up``).
+- KerasTuner distributed: its own gRPC mode (``KERASTUNER_TUNER_ID`` /
+  ``KERASTUNER_ORACLE_IP`` / ``KERASTUNER_ORACLE_PORT``): a chief process and
+  ``--workers`` ``Tuner`` processes whose ``run_trial`` reports one epoch and returns.
+  KerasTuner has no warm workers: its workers start with the search.
+- Ray Tune 2.x on a local Ray started beforehand with ``--workers`` CPUs: a function
+  trainable that reports once, with Ray's defaults, and with ``reuse_actors=True``.
+
+Two windows, the same for every system:
+- submit -> results: from handing the search over (tunecluster's submit, starting
+  KerasTuner's workers, ``Tuner.fit()``) to every trial's result being recorded;
+- steady state: (last trial's end - first trial's start) / (trials - 1), the time per
+  trial the system adds once running (with ``--workers`` running side by side), and
+  x workers, what each worker spends per trial on the machinery.
+Ratios are each system's time over tunecluster's, from this one run (with ``--rounds``,
+the systems take turns and each one's median round is kept; every round goes to stderr).
+Ray's output (its banners) goes to stdout before the figures.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,7 +52,19 @@ SPACE = {
 }
 
 
-def bench_tunecluster(trials: int, workers: int) -> dict:
+def _row(system: str, trials: int, workers: int, window_s: float,
+         starts: list[float], ends: list[float]) -> dict[str, Any]:
+    """Figures of one system from its window and its trials' start/end times (s)."""
+    span = max(ends) - min(starts)
+    per = span / max(1, len(ends) - 1)
+    return {"system": system, "trials": trials, "workers": workers,
+            "submit_to_results_s": round(window_s, 3),
+            "steady_ms_per_trial": round(per * 1000, 3),
+            "steady_ms_per_trial_per_worker": round(per * 1000 * workers, 3),
+            "trials_per_s": round((len(ends) - 1) / span, 1) if span > 0 else None}
+
+
+def bench_tunecluster(trials: int, workers: int) -> dict[str, Any]:
     from tunecluster.client import PreparedJob, search_space, submit
     from tunecluster.cluster import RedisServer
     from tunecluster.spec import parse_spec
@@ -46,38 +76,41 @@ def bench_tunecluster(trials: int, workers: int) -> dict:
                                   "max_trials": trials}})
     job = PreparedJob(spec, search_space(spec))
     with RedisServer() as redis_server, tempfile.TemporaryDirectory() as art:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
+                                                           str(ROOT / "bench")])}
         chief = subprocess.Popen([sys.executable, "-m", "tunecluster", "chief", "--redis",
                                   redis_server.url, "--artifacts", art], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "null_worker.py"),
-                                   redis_server.url, art], env=env) for _ in range(workers)]
+                                   redis_server.url, art], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for _ in range(workers)]
         store = Store.from_url(redis_server.url)
         try:
             _until(lambda: store.client.get(store.keys.chief_beat) is not None
                    and len(store.workers.live(10)) == workers)
-            time.sleep(1.0)
+            time.sleep(2.0)  # the chief's worker census sees them; trial processes are up
             t_submit = time.time()
             job_id = submit(store, job)
-            # Follow the job's event stream (a blocking read) rather than polling the trial
-            # records, which would load the 2 cores the measured processes share.
+            # Follow the job's event stream (a blocking read) rather than polling the
+            # trial records, which would load the cores the measured processes share.
             done, after, deadline = 0, "0-0", time.monotonic() + 600
             while done < trials and time.monotonic() < deadline:
-                for event in store.events.read(job_id, after, block_ms=1000):
+                for event in store.events.read(job_id, after, block_ms=1000, count=1000):
                     after = event.id
                     done += event.type in ("trial_completed", "trial_failed")
+            t_results = time.time()
             rows = store.jobs.trials(job_id)
         finally:
             for p in [*procs, chief]:
                 p.terminate()
             for p in [*procs, chief]:
-                p.wait(10)
-    started = sorted(int(r["started"]) for r in rows)
-    finished = sorted(int(r["finished"]) for r in rows)
-    span_ms = finished[-1] - started[0]
-    return {"system": "tunecluster", "trials": trials, "workers": workers,
-            "per_trial_ms": span_ms / trials, "trials_per_s": trials / (span_ms / 1000),
-            "submit_to_first_claim_ms": started[0] - t_submit * 1000}
+                p.wait(30)
+    if done < trials:
+        raise SystemExit(f"tunecluster: {done}/{trials} trials ended")
+    starts = [int(r["started"]) / 1000 for r in rows]
+    ends = [int(r["finished"]) / 1000 for r in rows]
+    return _row("tunecluster", trials, workers, t_results - t_submit, starts, ends)
 
 
 KT_SCRIPT = textwrap.dedent('''
@@ -86,9 +119,11 @@ KT_SCRIPT = textwrap.dedent('''
 
     class NullTuner(kt.RandomSearch):
         def run_trial(self, trial, *args, **kwargs):
-            stamp = time.time()
-            self.stamps.append(stamp)
-            return {"val_loss": (hash(trial.trial_id) % 1000) / 1000.0}
+            start = time.time()
+            score = (hash(trial.trial_id) % 1000) / 1000.0
+            self.oracle.update_trial(trial.trial_id, {"val_loss": score}, step=0)
+            self.stamps.append((start, time.time()))
+            return {"val_loss": score}
 
     def build(hp):
         hp.Int("n_hidden", 0, 50); hp.Int("n_neurons", 1, 100000)
@@ -105,84 +140,125 @@ KT_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def bench_kerastuner(trials: int, workers: int) -> dict:
+def bench_kerastuner(trials: int, workers: int) -> dict[str, Any]:
     from tunecluster.cluster import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "kt_null.py"
         script.write_text(KT_SCRIPT)
         port = str(free_port())
-        base = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+        base = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                "KERASTUNER_ORACLE_PORT": port}
         chief = subprocess.Popen([sys.executable, str(script), str(trials), tmp],
                                  env={**base, "KERASTUNER_TUNER_ID": "chief"},
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(8)  # the chief imports TensorFlow and starts its gRPC server
+        _until(lambda: _port_open(int(port)), 120)  # its gRPC server is up
+        t_submit = time.time()
         procs = [subprocess.Popen([sys.executable, str(script), str(trials), tmp],
                                   env={**base, "KERASTUNER_TUNER_ID": f"tuner{i}"},
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                  for i in range(workers)]
-        stamps: list[float] = []
+        stamps: list[list[float]] = []
         for p in procs:
             out, _ = p.communicate(timeout=900)
             stamps += json.loads(out.strip().splitlines()[-1])
+        t_results = time.time()
         chief.wait(120)
-    stamps.sort()
-    span_ms = (stamps[-1] - stamps[0]) * 1000
-    n = len(stamps)
-    return {"system": "kerastuner-distributed", "trials": n, "workers": workers,
-            "per_trial_ms": span_ms / max(1, n - 1), "trials_per_s": (n - 1) / (span_ms / 1000)}
+    return _row("kerastuner-distributed", len(stamps), workers, t_results - t_submit,
+                [s for s, _ in stamps], [e for _, e in stamps])
 
 
-def bench_ray(trials: int, workers: int) -> dict:
+def bench_ray(trials: int, workers: int, reuse_actors: bool) -> dict[str, Any]:
     import ray
     from ray import tune
 
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
     try:
         def null(config: dict) -> dict:
-            return {"val_loss": config["x"]}
+            start = time.time()
+            return {"val_loss": config["x"], "t_start": start, "t_end": time.time()}
 
-        tuner = tune.Tuner(null, param_space={"x": tune.uniform(0, 1)},
-                           tune_config=tune.TuneConfig(num_samples=trials, metric="val_loss",
-                                                       mode="min"),
+        config = tune.TuneConfig(num_samples=trials, metric="val_loss", mode="min",
+                                 reuse_actors=reuse_actors)
+        tuner = tune.Tuner(null, param_space={"x": tune.uniform(0, 1)}, tune_config=config,
                            run_config=tune.RunConfig(verbose=0,
                                                      storage_path=tempfile.mkdtemp()))
         t0 = time.time()
-        tuner.fit()
-        span = time.time() - t0
+        grid = tuner.fit()
+        window = time.time() - t0
+        frame = grid.get_dataframe()
     finally:
         ray.shutdown()
-    return {"system": "ray-tune-default", "trials": trials, "workers": workers,
-            "per_trial_ms": span * 1000 / trials, "trials_per_s": trials / span}
+    name = "ray-tune-reuse-actors" if reuse_actors else "ray-tune-default"
+    return _row(name, trials, workers, window, list(frame["t_start"]), list(frame["t_end"]))
 
 
-def _until(predicate, timeout: float = 120.0) -> None:
+def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose steady-state time is the median of the rounds'."""
+    ordered = sorted(rows, key=lambda r: r["steady_ms_per_trial"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": len(rows)}
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _until(predicate: Any, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError("benchmark condition not reached")
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--ray-trials", type=int, default=20)
+    parser.add_argument("--ray-trials", type=int, default=50,
+                        help="trials for each Ray Tune run (its defaults take seconds each)")
+    parser.add_argument("--ray-default-trials", type=int, default=None,
+                        help="trials for Ray Tune's defaults (default: --ray-trials)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["kerastuner", "ray"])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds of every system; the median is reported")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["kerastuner", "ray-default", "ray-reuse"])
     args = parser.parse_args()
-    rows = [bench_tunecluster(args.trials, args.workers)]
-    if "kerastuner" not in args.skip:
-        rows.append(bench_kerastuner(args.trials, args.workers))
-    if "ray" not in args.skip:
-        rows.append(bench_ray(args.ray_trials, args.workers))
-    ours = rows[0]["per_trial_ms"]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(args.rounds):  # interleaved: load from elsewhere hits every system alike
+        got = [bench_tunecluster(args.trials, args.workers)]
+        if "kerastuner" not in args.skip:
+            got.append(bench_kerastuner(args.trials, args.workers))
+        if "ray-reuse" not in args.skip:
+            got.append(bench_ray(args.ray_trials, args.workers, reuse_actors=True))
+        if "ray-default" not in args.skip:
+            got.append(bench_ray(args.ray_default_trials or args.ray_trials, args.workers,
+                                 reuse_actors=False))
+        for r in got:
+            print(json.dumps({"round": len(runs.get(r["system"], [])) + 1, **r}),
+                  file=sys.stderr, flush=True)
+            runs.setdefault(r["system"], []).append(r)
+    rows = [_median(rs) for rs in runs.values()]
+    ours = rows[0]
     for r in rows:
-        r["ratio_vs_tunecluster"] = r["per_trial_ms"] / ours
-        print(json.dumps(r))
-    print(f"tunecluster per-trial hand-out: {ours:.2f} ms; "
-          + "; ".join(f"{r['system']} is {r['ratio_vs_tunecluster']:.1f}x slower"
-                      for r in rows[1:]))
+        r["steady_ratio"] = round(r["steady_ms_per_trial"] / ours["steady_ms_per_trial"], 2)
+        # per trial, so runs with different trial counts compare
+        r["submit_to_results_ms_per_trial"] = round(
+            r["submit_to_results_s"] * 1000 / r["trials"], 2)
+        r["submit_to_results_ratio"] = round(
+            r["submit_to_results_ms_per_trial"] / ours["submit_to_results_ms_per_trial"], 2)
+        print(json.dumps(r), flush=True)
+    print(f"tunecluster steady state: {ours['steady_ms_per_trial']:.2f} ms per trial "
+          f"({args.workers} workers; {ours['steady_ms_per_trial_per_worker']:.2f} ms of each"
+          f" worker's time); submit -> results {ours['submit_to_results_s']:.2f} s for "
+          f"{ours['trials']} trials")
+    for r in rows[1:]:
+        print(f"  {r['system']}: {r['steady_ratio']:.1f}x tunecluster's steady-state time "
+              f"per trial, {r['submit_to_results_ratio']:.1f}x its submit -> results per trial")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,13 @@ def chief_main(url: str, artifacts: str, stats_path: str) -> None:
     store.client.xreadgroup = timed_read  # type: ignore[method-assign]
     Writes.apply = timed_apply  # type: ignore[method-assign]
     signal.signal(signal.SIGTERM, lambda *_: chief.stop())
-    chief.run()
+    profile = os.environ.get("SCALE_CHIEF_PROFILE")  # a path: where the chief's cProfile goes
+    if profile:
+        import cProfile
+
+        cProfile.runctx("chief.run()", globals(), {"chief": chief}, profile)
+    else:
+        chief.run()
     Path(stats_path).write_text(json.dumps(rounds))
 
 
