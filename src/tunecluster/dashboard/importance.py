@@ -1,9 +1,9 @@
 """Hyperparameter importance: permutation importance on a random forest.
 
 Method (named on the page and in docs/dashboard.md): a scikit-learn
-``RandomForestRegressor`` (100 trees, fixed seed) is fitted to the completed trials,
+``RandomForestRegressor`` (50 trees, fixed seed) is fitted to the completed trials,
 hyperparameters in, score out; then each hyperparameter's column is shuffled in turn
-(``sklearn.inspection.permutation_importance``, 10 repeats) and the mean drop of the
+(``sklearn.inspection.permutation_importance``, 5 repeats) and the mean drop of the
 forest's R^2 is that hyperparameter's importance. Negative drops (noise) count as 0, and
 the importances are scaled to sum to 1, so the bars read as shares.
 
@@ -30,8 +30,12 @@ from tunecluster.dashboard.plots import (
 )
 
 MIN_TRIALS = 5
-METHOD = ("permutation importance (mean drop of R^2 over 10 shuffles) on a scikit-learn"
-          " random forest of 100 trees fitted to the completed trials")
+# Small on purpose: a few dozen trials need no more, and the dashboard shares the CPU
+# with training when it runs beside an embedded cluster (bench/dashboard_overhead.py).
+TREES = 50
+REPEATS = 5
+METHOD = (f"permutation importance (mean drop of R^2 over {REPEATS} shuffles) on a"
+          f" scikit-learn random forest of {TREES} trees fitted to the completed trials")
 
 
 def feature_matrix(results: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
@@ -79,9 +83,10 @@ def hyperparameter_importance(results: Mapping[str, Any],
     if float(np.ptp(y)) == 0.0:
         return {**base, "importances": {n: 0.0 for n in names},
                 "reason": "every completed trial has the same score"}
-    forest = RandomForestRegressor(n_estimators=100, random_state=seed, n_jobs=1)
+    forest = RandomForestRegressor(n_estimators=TREES, random_state=seed, n_jobs=1)
     forest.fit(x, y)
-    found = permutation_importance(forest, x, y, n_repeats=10, random_state=seed, n_jobs=1)
+    found = permutation_importance(forest, x, y, n_repeats=REPEATS, random_state=seed,
+                                   n_jobs=1)
     drops = np.clip(found.importances_mean, 0.0, None)
     total = float(drops.sum())
     shares = drops / total if total > 0 else drops

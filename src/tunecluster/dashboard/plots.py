@@ -244,9 +244,10 @@ def parallel_coordinates(results: Mapping[str, Any],
              "line": {"color": scores, "colorscale": "Viridis",
                       "reversescale": direction == "min", "showscale": True,
                       "colorbar": {"title": {"text": name}}}}]
-    return {"data": data, "layout": _layout(
-        "Parallel coordinates (completed trials)", margin={"l": 60, "r": 60, "t": 70,
-                                                           "b": 30})}
+    layout = _layout("Parallel coordinates (completed trials)", height=400,
+                     margin={"l": 70, "r": 70, "t": 110, "b": 30})
+    layout["title"]["y"] = 0.97  # above the axis labels, which plotly puts at the top
+    return {"data": data, "layout": layout}
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:

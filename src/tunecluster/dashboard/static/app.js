@@ -149,7 +149,7 @@ async function viewJobs() {
 async function viewJob() {
   const job = TC.job;
   let doc = null;
-  const tableState = {sort: [2, 1]};
+  const tableState = {};
   const parts = {
     head: el("div"), summary: el("div", {class: "cards"}), table: el("div"),
     history: el("div", {class: "chart", id: "chart-history"}),
@@ -233,7 +233,8 @@ async function viewJob() {
     const row = [...document.querySelectorAll("#trials tbody tr")].find(
       (tr) => tr.firstChild && tr.firstChild.textContent === data.trial);
     if (row) row.querySelector(".epochs").textContent = data.epoch;
-    soon(1500);  // the rest of the page (table, scores) follows without hurry
+    // No refetch per epoch: scores, the table and the other charts change when a trial
+    // ends, and that event refetches (one shared rebuild on the server per change).
   }
 
   function follow() {
@@ -255,6 +256,7 @@ async function viewJob() {
   }
 
   try { doc = await api(`/api/jobs/${job}`); } catch (err) { showError(err); return; }
+  tableState.sort = [2, doc.objective.direction === "max" ? -1 : 1];  // best first
   render();
   if (FINAL.includes(doc.state)) setLive(doc.state); else follow();
 }
