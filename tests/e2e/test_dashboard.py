@@ -387,7 +387,7 @@ def test_browser_follows_a_running_job_and_cancels_it(cluster: LocalCluster, sto
             "(n) => document.getElementById('chart-curves').data"
             ".reduce((a, t) => a + t.x.length, 0) > n", arg=seen, timeout=90_000)
         assert page.inner_text("#live") == "live"
-        page.screenshot(path=str(shots / "dashboard-job.png"), full_page=True)
+        page.screenshot(path=str(shots / "dashboard-running.png"), full_page=True)
 
         page.goto(f"{url}/")
         page.wait_for_selector(f"#jobs a[href='/jobs/{job}']")
@@ -398,6 +398,10 @@ def test_browser_follows_a_running_job_and_cancels_it(cluster: LocalCluster, sto
         page.goto(f"{url}/jobs/{finished}")
         page.wait_for_selector("#chart-importance.js-plotly-plot")
         assert chart_points(page, "chart-history") >= 5
+        # the best trial is the table's first row (sorted by score, best first)
+        best = build_results(store.jobs, finished)["best"]["trial"]
+        assert page.inner_text("#trials tbody tr:first-child td:first-child") == best
+        page.screenshot(path=str(shots / "dashboard-job.png"))  # the README's picture
         page.screenshot(path=str(shots / "dashboard-finished.png"), full_page=True)
 
         page.goto(f"{url}/jobs/{job}")
@@ -419,9 +423,10 @@ def test_browser_follows_a_running_job_and_cancels_it(cluster: LocalCluster, sto
         stop()
         if store.jobs.get(job).state != "cancelled":
             cancel_and_wait(store, job)
-    for name in ("dashboard-job.png", "dashboard-jobs.png", "dashboard-cancelled.png"):
+    for name in ("dashboard-job.png", "dashboard-running.png", "dashboard-jobs.png",
+                 "dashboard-cancelled.png"):
         assert (shots / name).stat().st_size > 10_000, name
-    if os.environ.get("TUNECLUSTER_SCREENSHOTS"):  # refresh docs/images (by hand)
+    if os.environ.get("TUNECLUSTER_SCREENSHOTS"):  # docs/images/dashboard-job.png, by hand
         shutil.copy(shots / "dashboard-job.png", os.environ["TUNECLUSTER_SCREENSHOTS"])
 
 

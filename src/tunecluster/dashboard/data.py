@@ -7,7 +7,8 @@ writes, and nothing imports TensorFlow.
 Load: a job's document (results, histories, charts, importance) is built once per change
 of the job and shared by every page: it is kept while the hub's reader of that job has
 seen no new event (``Hub.version``), or for ``ttl_s`` when no page follows it live.
-Importance is recomputed only when the set of completed trials changes.
+Importance is recomputed only when the set of completed trials changes; a trial's
+document (its attempts come from the whole event stream) is cached the same way.
 """
 
 from __future__ import annotations
@@ -100,18 +101,23 @@ class Reader:
     def job(self, job: str) -> dict[str, Any]:
         """The Job view's document: the results, each trial's epochs, the search space,
         progress, downloads, importance and every chart (``plots.job_figures``)."""
-        with self._job_lock(job):
+        return self._cached(job, job, lambda: self._build(job))
+
+    def _cached(self, key: str, job: str, build: Any) -> dict[str, Any]:
+        """``build()``'s document for ``key``, rebuilt only when the hub saw an event of
+        ``job`` since (or, with no live reader, after ``ttl_s``)."""
+        with self._job_lock(key):
             version = self.hub.version(job) if self.hub is not None else None
-            hit = self._jobs.get(job)
+            hit = self._jobs.get(key)
             if hit is not None:
                 cached_version, at, doc = hit
                 fresh = time.monotonic() - at <= self.ttl_s
                 if (version is not None and version == cached_version) or fresh:
                     return doc
-            doc = self._build(job)
+            doc = build()
             if len(self._jobs) >= MAX_CACHED_JOBS:
                 self._jobs.pop(next(iter(self._jobs)))
-            self._jobs[job] = (version, time.monotonic(), doc)
+            self._jobs[key] = (version, time.monotonic(), doc)
             return doc
 
     def _build(self, job: str) -> dict[str, Any]:
@@ -172,6 +178,9 @@ class Reader:
     def trial(self, job: str, trial: str) -> dict[str, Any]:
         """One trial: its row, every metric per epoch, its attempts (from the event
         stream: worker, start, end, how it ended) and the reasons earlier ones ended."""
+        return self._cached(f"{job}/{trial}", job, lambda: self._build_trial(job, trial))
+
+    def _build_trial(self, job: str, trial: str) -> dict[str, Any]:
         from tunecluster.errors import StoreError
 
         results = build_results(self.store.jobs, job)
