@@ -9,7 +9,9 @@ sgd/adam), each run a fresh process, timed from its start to its exit:
 2. Ray Tune, ``reuse_actors=True``, 2 trials at once (``ray.init(num_cpus=2)``);
 3. KerasTuner ``RandomSearch`` in one process (the course's way);
 4. optionally (``--old PATH``) tunecluster from another checkout (``PATH/src``), e.g.
-   ``git worktree add /tmp/speed-old 358b704``: the "before".
+   ``git worktree add /tmp/speed-old 358b704``: the "before";
+5. ``tunecluster run`` on a warm ``tunecluster up --workers 2`` (brought up once,
+   before the first round, with a private record; stopped after the last).
 
 The systems run in interleaved rounds (``--rounds``, default 3); medians, ratios
 against Ray Tune, and each one's best validation accuracy are printed as JSON lines.
