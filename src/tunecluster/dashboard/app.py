@@ -78,6 +78,7 @@ class Dashboard:
     # --- pages -------------------------------------------------------------------------
 
     def page(self, view: str, **ids: str) -> HTMLResponse:
+        """The HTML shell of a view; app.js draws it from the API."""
         config = {"view": view, "readOnly": self.read_only, **ids}
         title = {"jobs": "Jobs", "job": f"Job {ids.get('job', '')}",
                  "trial": f"Trial {ids.get('trial', '')}", "workers": "Workers",
@@ -89,27 +90,34 @@ class Dashboard:
     # --- API ---------------------------------------------------------------------------
 
     async def jobs(self, request: Request) -> Response:
+        """GET /api/jobs[?state=S]: the Jobs view's rows."""
         state = request.query_params.get("state") or None
         return JSONResponse(await run_in_threadpool(self.reader.jobs, state))
 
     async def job(self, request: Request) -> Response:
+        """GET /api/jobs/{job}: the Job view's document (``Reader.job``)."""
         job = check_job_id(request.path_params["job"], "job")
         return JSONResponse(await run_in_threadpool(self.reader.job, job))
 
     async def trial(self, request: Request) -> Response:
+        """GET /api/jobs/{job}/trials/{trial}: the Trial view's document."""
         job = check_job_id(request.path_params["job"], "job")
         trial = check_trial_id(request.path_params["trial"], "trial")
         return JSONResponse(await run_in_threadpool(self.reader.trial, job, trial))
 
     async def workers(self, request: Request) -> Response:
+        """GET /api/workers: the live workers."""
         return JSONResponse(await run_in_threadpool(self.reader.workers))
 
     async def compare(self, request: Request) -> Response:
+        """GET /api/compare?jobs=A,B: several jobs' histories overlaid."""
         jobs = [check_job_id(j, "jobs") for j in request.query_params.getlist("jobs")
                 for j in j.split(",") if j]
         return JSONResponse(await run_in_threadpool(self.reader.compare, jobs))
 
     async def events(self, request: Request) -> Response:
+        """GET /api/jobs/{job}/events: the job's events as server-sent events (a
+        ``hello`` first; the stream ends after the event that makes the job final)."""
         job = check_job_id(request.path_params["job"], "job")
         record = await run_in_threadpool(self.store.jobs.get, job)  # 404 first
         queue = self.hub.subscribe(job)
@@ -136,6 +144,7 @@ class Dashboard:
                                           "X-Accel-Buffering": "no"})
 
     async def download(self, request: Request) -> Response:
+        """GET /api/jobs/{job}/download/{name}: an attachment (see ``_download``)."""
         job = check_job_id(request.path_params["job"], "job")
         name = request.path_params["name"]
         if name not in DOWNLOADS:
@@ -143,6 +152,8 @@ class Dashboard:
         return await run_in_threadpool(self._download, job, name)
 
     def _download(self, job: str, name: str) -> Response:
+        """results.csv from the live results; results.json as published at the end
+        (the live document before); best_model.keras through ``downloads.retrieve``."""
         from tunecluster import render
         from tunecluster.artifacts import BEST_MODEL, RESULTS
         from tunecluster.store import downloads
@@ -171,6 +182,7 @@ class Dashboard:
                             background=BackgroundTask(shutil.rmtree, tmp, True))
 
     async def cancel(self, request: Request) -> Response:
+        """POST /api/jobs/{job}/cancel: ask the chief to cancel (as ``Job.cancel``)."""
         if self.read_only:
             return _error(403, "this dashboard is read-only (--read-only)")
         job = check_job_id(request.path_params["job"], "job")
@@ -179,6 +191,7 @@ class Dashboard:
         return JSONResponse({"job": job, "state": before, "cancelling": not done})
 
     async def submit(self, request: Request) -> Response:
+        """POST /api/jobs: queue the YAML job in the body (``submit.submit_yaml``)."""
         if self.read_only:
             return _error(403, "this dashboard is read-only (--read-only)")
         from tunecluster.dashboard.submit import MAX_YAML_BYTES, submit_yaml
@@ -195,6 +208,7 @@ class Dashboard:
         return JSONResponse({"job": job}, status_code=201)
 
     async def healthz(self, request: Request) -> Response:
+        """GET /healthz: 200 while Redis answers PING (no token needed)."""
         try:
             await run_in_threadpool(self.store.client.ping)
         except redis.RedisError:

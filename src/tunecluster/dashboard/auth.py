@@ -33,6 +33,7 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the dashboard on this machine."""
     return host in LOOPBACK or host.startswith("127.")
 
 

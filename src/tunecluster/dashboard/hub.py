@@ -52,6 +52,7 @@ class Hub:
         self.reads = 0  # XREAD calls made, all jobs together (for tests and the bench)
 
     def version(self, job: str) -> str | None:
+        """The id of the last event the job's reader saw (None: no reader now)."""
         feed = self._feeds.get(job)
         return feed.last_id if feed is not None and feed.thread is not None else None
 
@@ -74,12 +75,15 @@ class Hub:
         return queue
 
     def unsubscribe(self, job: str, queue: asyncio.Queue[Event]) -> None:
+        """Stop delivering to ``queue`` (the reader ends after its next read if it
+        was the last)."""
         with self._lock:
             feed = self._feeds.get(job)
             if feed is not None:
                 feed.subscribers = {s for s in feed.subscribers if s[1] is not queue}
 
     def close(self) -> None:
+        """End every reader (after its current read)."""
         self._closed.set()
 
     def _run(self, feed: _Feed) -> None:

@@ -73,6 +73,7 @@ def start_in_background(redis_url: str, host: str = "127.0.0.1", port: int = 0, 
     shown = f"[{host}]" if ":" in host else host
 
     def stop() -> None:
+        """Stop serving and the event readers; returns once the thread ended."""
         server.should_exit = True
         config.app.state.dashboard.hub.close()
         thread.join(10)
