@@ -18,9 +18,11 @@ wall_s = submit -> last trial recorded finished (Redis time of the record),
 ideal_s = ceil(trials / workers) x trial_seconds (what N workers need with zero
 overhead), efficiency = ideal_s / wall_s. A line on stderr adds the chief's bytes
 committed per round (all of it, and the oracle's share) and the AOF growth with
-``--aof``. The run fails (exit 1) unless every trial completed exactly once (its record
-COMPLETED, never two ``trial_completed`` events); a trial retried after a lost lease is
-reported on stderr.
+``--aof``, and the CPU seconds the chief, the simulated workers and Redis used from
+submit to the last trial (on a machine of few cores, the simulation's own share).
+The run fails (exit 1) unless every trial completed exactly once (its record COMPLETED,
+never two ``trial_completed`` events); a trial retried after a lost lease is reported
+on stderr.
 
 ``--bayesian-latency N...`` instead times the Bayesian oracle's ``create_trial`` after
 N completed trials, with and without ``search.bayesian_max_fit_trials``.
@@ -186,6 +188,15 @@ def run_scale(workers: int, trial_s: float, trials: int, procs: int | None = Non
         return _run(server.url, workers, trial_s, trials, procs, timeout_s, aof=aof)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _aof_bytes(store: Any) -> int:
     info = store.client.info("persistence")
     return int(info.get("aof_current_size", 0) or 0)
@@ -226,11 +237,17 @@ def _run(url: str, workers: int, trial_s: float, trials: int, procs: int | None,
                    f"{workers} live workers")
             time.sleep(2.5)  # the chief's worker census (once a second) sees them all
             aof_before = _aof_bytes(store) if aof else 0
+            cpu_before = [_cpu_s(p.pid) for p in children]  # the chief first
+            info = store.client.info("cpu")
+            redis_cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
             t_submit = time.time()
             job_id = submit(store, job)
             seen = _follow(store, job_id, trials, timeout_s)
             wall_end_ms = _verify(store, job_id, trials, seen)
             aof_after = _aof_bytes(store) if aof else 0
+            cpu_after = [_cpu_s(p.pid) for p in children]
+            info = store.client.info("cpu")
+            redis_cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"]) - redis_cpu
         finally:
             for p in children:
                 p.send_signal(signal.SIGTERM)
@@ -240,6 +257,9 @@ def _run(url: str, workers: int, trial_s: float, trials: int, procs: int | None,
                 except subprocess.TimeoutExpired:
                     p.kill()
         rounds = json.loads(stats.read_text()) if stats.exists() else []
+    cpu = {"chief_cpu_s": round(cpu_after[0] - cpu_before[0], 1),
+           "workers_cpu_s": round(sum(cpu_after[1:]) - sum(cpu_before[1:]), 1),
+           "redis_cpu_s": round(redis_cpu, 1)}
     wall = wall_end_ms / 1000 - t_submit
     ideal = math.ceil(trials / workers) * trial_s
     busy = [r for r in rounds if r[1] > 0]  # rounds that had inbox messages to handle
@@ -256,7 +276,7 @@ def _run(url: str, workers: int, trial_s: float, trials: int, procs: int | None,
               "commit_bytes_p50": _percentile([float(r[2]) for r in busy], 0.5),
               "oracle_bytes_total": sum(r[3] for r in rounds),
               "oracle_bytes_per_trial": round(sum(r[3] for r in rounds) / trials),
-              "last_rounds_oracle_bytes": [r[3] for r in busy[-3:]]}
+              "last_rounds_oracle_bytes": [r[3] for r in busy[-3:]], **cpu}
     if aof:
         detail["aof_growth_bytes"] = aof_after - aof_before
     return out, detail
