@@ -396,7 +396,12 @@ def test_browser_follows_a_running_job_and_cancels_it(cluster: LocalCluster, sto
         page.wait_for_function("() => document.querySelectorAll('#workers tbody tr').length"
                                " === 2")
         page.goto(f"{url}/jobs/{finished}")
+        # charts are drawn once on screen: scroll down to the last one, then back up
+        page.locator("#chart-importance").scroll_into_view_if_needed()
         page.wait_for_selector("#chart-importance.js-plotly-plot")
+        for chart in ("parallel", "slices", "importance"):
+            assert page.query_selector(f"#chart-{chart}.js-plotly-plot"), chart
+        page.evaluate("window.scrollTo(0, 0)")
         assert chart_points(page, "chart-history") >= 5
         # the best trial is the table's first row (sorted by score, best first)
         best = build_results(store.jobs, finished)["best"]["trial"]

@@ -5,8 +5,9 @@ Everything here reads (``build_results``, ``JobStore.epochs``, the event stream,
 writes, and nothing imports TensorFlow.
 
 Load: a job's document (results, histories, charts, importance) is built once per change
-of the job and shared by every page: it is kept while the hub's reader of that job has
-seen no new event (``Hub.version``), or for ``ttl_s`` when no page follows it live.
+of the job and shared by every page: it is kept while the job's event stream has no new
+event (the hub's reader knows its last id, ``Hub.version``; without a reader one
+XREVRANGE tells). The Jobs list is kept for ``ttl_s``.
 Importance is recomputed only when the set of completed trials changes; a trial's
 document (its attempts come from the whole event stream) is cached the same way.
 """
@@ -103,17 +104,23 @@ class Reader:
         progress, downloads, importance and every chart (``plots.job_figures``)."""
         return self._cached(job, job, lambda: self._build(job))
 
+    def version(self, job: str) -> str:
+        """The id of the job's last event: the hub's reader knows it without asking
+        Redis; with no reader, one XREVRANGE tells."""
+        seen = self.hub.version(job) if self.hub is not None else None
+        if seen is not None:
+            return seen
+        last = self.store.client.xrevrange(self.store.keys.events(job), count=1)
+        return last[0][0] if last else "0-0"
+
     def _cached(self, key: str, job: str, build: Any) -> dict[str, Any]:
-        """``build()``'s document for ``key``, rebuilt only when the hub saw an event of
-        ``job`` since (or, with no live reader, after ``ttl_s``)."""
+        """``build()``'s document for ``key``, rebuilt only when the job has a new event
+        (every change of a job or its trials writes one)."""
         with self._job_lock(key):
-            version = self.hub.version(job) if self.hub is not None else None
+            version = self.version(job)
             hit = self._jobs.get(key)
-            if hit is not None:
-                cached_version, at, doc = hit
-                fresh = time.monotonic() - at <= self.ttl_s
-                if (version is not None and version == cached_version) or fresh:
-                    return doc
+            if hit is not None and hit[0] == version:
+                return hit[2]
             doc = build()
             if len(self._jobs) >= MAX_CACHED_JOBS:
                 self._jobs.pop(next(iter(self._jobs)))

@@ -50,6 +50,34 @@ function plot(div, fig) {
   Plotly.react(div, fig.data, fig.layout, PLOT_CONFIG);
 }
 
+// Charts are drawn when they are on screen: drawing (parallel coordinates above all) costs
+// the browser far more than fetching, and a page left open below the fold or in a
+// background tab should cost the machine next to nothing.
+const offscreen = new Map();  // div -> the figure it waits to draw
+const watcher = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    entry.target.dataset.visible = entry.isIntersecting ? "1" : "";
+    if (entry.isIntersecting && offscreen.has(entry.target)) {
+      const fig = offscreen.get(entry.target);
+      offscreen.delete(entry.target);
+      plot(entry.target, fig);
+    }
+  }
+}, {rootMargin: "200px"});
+
+function plotWhenVisible(div, fig) {
+  if (!div.dataset.watched) { watcher.observe(div); div.dataset.watched = "1"; }
+  if (div.dataset.visible && !document.hidden) { offscreen.delete(div); plot(div, fig); }
+  else offscreen.set(div, fig);
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) return;
+  for (const [div, fig] of [...offscreen]) {
+    if (div.dataset.visible) { offscreen.delete(div); plot(div, fig); }
+  }
+});
+
 function badge(state) { return el("span", {class: `state ${state}`, text: state}); }
 
 function progress(done, total) {
@@ -211,25 +239,50 @@ async function viewJob() {
       ["error", (t) => t.error, (t) => el("span", {class: "error small"}, t.error || "")],
     ], rows, tableState));
     for (const key of ["history", "curves", "parallel", "slices", "importance"]) {
-      plot(parts[key], doc.figures[key]);
+      // Redraw only what changed: drawing costs the browser far more than the fetch
+      // (most events change the table and the curves, not the other charts).
+      const text = JSON.stringify(doc.figures[key]);
+      if (drawn[key] !== text) { plotWhenVisible(parts[key], doc.figures[key]); drawn[key] = text; }
     }
     parts.method.textContent = `Importance: ${doc.importance.method}.`
       + (doc.importance.reason ? ` ${doc.importance.reason}.` : "");
   }
 
+  const drawn = {};
   let pending = null;
   async function refetch() {
     pending = null;
     try { doc = await api(`/api/jobs/${job}`); render(); } catch (err) { showError(err); }
   }
-  function soon(ms = 300) { if (!pending) pending = setTimeout(refetch, ms); }
+  // Events come in bursts (a trial ends, the next is created and starts): one refetch.
+  function soon(ms = 1000) { if (!pending) pending = setTimeout(refetch, ms); }
+
+  // Epochs arrive one by one from every worker: their points are drawn together, at most
+  // every 300 ms (well within the second the page promises).
+  let points = [];
+  function flushPoints() {
+    const div = parts.curves, batch = points;
+    points = [];
+    if (!div.data || offscreen.has(div)) { soon(); return; }
+    const xs = [], ys = [], indices = [];
+    for (const [trial, epoch, value] of batch) {
+      const index = div.data.findIndex((t) => t.name === trial);  // the order may change
+      if (index < 0) { soon(); continue; }
+      const at = indices.indexOf(index);
+      if (at < 0) { indices.push(index); xs.push([epoch]); ys.push([value]); }
+      else { xs[at].push(epoch); ys[at].push(value); }
+    }
+    if (indices.length) Plotly.extendTraces(div, {x: xs, y: ys}, indices);
+    drawn.curves = null;  // the drawn curves are ahead of the last document now
+  }
 
   function onEpoch(data) {
     const div = parts.curves, metric = doc.objective.name;
     const value = data.metrics ? data.metrics[metric] : undefined;
     const index = (div.data || []).findIndex((t) => t.name === data.trial);
     if (index < 0 || typeof value !== "number") { soon(); return; }
-    Plotly.extendTraces(div, {x: [[data.epoch]], y: [[value]]}, [index]);
+    if (!points.length) setTimeout(flushPoints, 300);
+    points.push([data.trial, data.epoch, value]);
     const row = [...document.querySelectorAll("#trials tbody tr")].find(
       (tr) => tr.firstChild && tr.firstChild.textContent === data.trial);
     if (row) row.querySelector(".epochs").textContent = data.epoch;
