@@ -205,3 +205,18 @@ def test_report_html_is_self_contained() -> None:
     assert text.count("<script>") == 2, "plotly.js and the figures, both inline"
     assert "alert(1)</script>" not in text, "trial text is escaped"
     assert "accuracy = 0.95" in text and "Trials" in text
+
+
+def test_reader_rebuilds_a_job_document_only_after_a_new_event(store) -> None:  # noqa: ANN001
+    """Pages that refetch share one build per change of the job (real Redis)."""
+    from tunecluster.dashboard.data import Reader
+
+    spec = {"name": "t", "search": {"objective": "val_accuracy", "max_trials": 2}}
+    job = store.jobs.submit("t", json.dumps(spec), {"space": []}, 0, "native")
+    reader = Reader(store)
+    first = reader.job(job)
+    assert reader.job(job) is first and reader.builds == 1
+    store.jobs.set_state(job, "running")  # writes a job_state event
+    again = reader.job(job)
+    assert reader.builds == 2 and again["state"] == "running"
+    assert again["summary"]["total"] == 2 and again["figures"]["curves"]["data"] == []
