@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent('''
     from tunecluster.spec.space import space_config
 
     out = {"stood_in": keras_is_stood_in(), "tensorflow": "tensorflow" in sys.modules,
+           "sklearn_deferred": type(sys.modules.get("sklearn")).__name__ == "_Deferred",
            "runs": {}}
     for algorithm in ("random", "bayesian", "hyperband", "grid"):
         spec = parse_spec({
@@ -69,6 +70,7 @@ def _run(side: str) -> dict:
 def test_oracles_decide_the_same_with_and_without_keras() -> None:
     light, real = _run("light"), _run("real")
     assert light["stood_in"] and not light["tensorflow"]
+    assert light["sklearn_deferred"]  # imported only when the Bayesian oracle fits
     assert not real["stood_in"] and real["tensorflow"]
     for algorithm, steps in real["runs"].items():
         assert light["runs"][algorithm] == steps, algorithm

@@ -40,10 +40,16 @@ _PUBLIC = ("Model", "Sequential", "applications", "backend", "callbacks", "confi
 
 
 def import_keras_tuner() -> types.ModuleType:
-    """``keras_tuner``, with Keras stood in for unless it is (or must be) the real one."""
+    """``keras_tuner``, with Keras stood in for unless it is (or must be) the real one.
+
+    scikit-learn and pandas, which KerasTuner imports with it (most of its import time)
+    for its Bayesian tuner's Gaussian process and its scikit-learn tuner, are imported
+    on first use instead."""
     if "keras_tuner" not in sys.modules and "keras" not in sys.modules \
             and os.environ.get(REAL_KERAS_ENV, "") in ("", "0"):
         sys.meta_path.insert(0, _StandIn())
+        if not any(root in sys.modules for root in _DeferSklearn.ROOTS):
+            sys.meta_path.insert(0, _DEFER_SKLEARN)
     import keras_tuner
 
     return keras_tuner
@@ -215,3 +221,63 @@ class _StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         pass
+
+
+# --- scikit-learn and pandas on first use --------------------------------------------------
+
+
+class _Deferred(types.ModuleType):
+    """A module that imports its real self on first use and hands over to it."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(_DEFER_SKLEARN.load(self.__name__), attr)
+
+
+class _DeferSklearn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers the imports of the modules KerasTuner's modules name with ``_Deferred``
+    ones; any use of one of them, or any other import of these packages, puts the real
+    ones in place (and this finder away)."""
+
+    ROOTS = ("sklearn", "pandas")
+    NAMES = ("sklearn", "sklearn.exceptions", "sklearn.gaussian_process",
+             "sklearn.model_selection", "sklearn.pipeline", "pandas")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.RLock()
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname in self.NAMES:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        if fullname.split(".")[0] in self.ROOTS:
+            self.load(fullname.split(".")[0])  # another part: the real packages first
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = _Deferred(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+    def load(self, name: str) -> types.ModuleType:
+        """The real module ``name`` (every deferred one is replaced on the first call)."""
+        import importlib
+
+        with self.lock:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+                for deferred in self.NAMES:
+                    if isinstance(sys.modules.get(deferred), _Deferred):
+                        del sys.modules[deferred]
+                for real in self.NAMES:
+                    importlib.import_module(real)
+            return importlib.import_module(name)
+
+
+_DEFER_SKLEARN = _DeferSklearn()
