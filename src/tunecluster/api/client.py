@@ -32,9 +32,8 @@ if TYPE_CHECKING:
 
 def _local_cluster() -> tuple[str | None, str | None]:
     """The URL and artifacts root of the local cluster of ``tunecluster up``, if one runs."""
-    from tunecluster.cluster.persistent import current
-
     from tunecluster.artifact_store import is_url
+    from tunecluster.cluster.persistent import current
 
     state = current()
     if state is None:
