@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +174,17 @@ def datasets(as_json: bool) -> None:
 @set_option
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after seconds.")
+@click.option("--dashboard", "dashboard", is_flag=True,
+              help="Serve the web dashboard on 127.0.0.1 while the job runs; prints its URL.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=0,
+              help="The dashboard's port (0: a free one).")
 @artifacts_option
 @json_option
 @click.pass_context
 @handle_errors
 def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
-        timeout_s: float | None, artifacts: str, as_json: bool) -> None:
+        timeout_s: float | None, dashboard: bool, dashboard_port: int, artifacts: str,
+        as_json: bool) -> None:
     """Run a job: on the local cluster of `tunecluster up` when one runs (warm workers),
     else on an embedded one (its own Redis, a chief and N workers, stopped at the end)."""
     from tunecluster.cluster.persistent import current
@@ -190,7 +197,8 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
             err.print(f"note: {' and '.join(given)} apply to an embedded cluster; the"
                       f" local cluster has {len(warm.worker_pids)} worker(s) and its"
                       f" artifacts at {warm.artifacts}")
-        _run_on(warm.url, spec, overrides, timeout_s, as_json, "the local cluster")
+        with _dashboard(warm.url, dashboard, dashboard_port):
+            _run_on(warm.url, spec, overrides, timeout_s, as_json, "the local cluster")
         return
     from tunecluster.cluster import LocalCluster
 
@@ -198,13 +206,36 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
     # prepared while they do.
     cluster = LocalCluster(workers=workers, artifacts=artifacts).start()
     try:
-        _run_on(cluster.url, spec, overrides, timeout_s, as_json,
-                f"{workers} workers, redis at {cluster.url}")
+        with _dashboard(cluster.url, dashboard, dashboard_port):
+            _run_on(cluster.url, spec, overrides, timeout_s, as_json,
+                    f"{workers} workers, redis at {cluster.url}")
     finally:
         # The results are out (or the command gives up), and this cluster's Redis goes
         # with it: nothing is left for the roles to do or to hand over. Killed, not
         # asked to wind down, so the command returns at once.
         cluster.stop(fast=True)
+
+
+@contextlib.contextmanager
+def _dashboard(url: str, wanted: bool, port: int) -> Iterator[None]:
+    """Serve the dashboard (loopback) while the block runs; afterwards, at a terminal,
+    keep it up until Ctrl-C so the final job can be looked at."""
+    if not wanted:
+        yield
+        return
+    from tunecluster.dashboard.server import start_in_background
+
+    address, stop = start_in_background(url, "127.0.0.1", port)
+    err.print(f"dashboard: {address}")
+    try:
+        yield
+        if sys.stdin.isatty() and sys.stderr.isatty():
+            err.print(f"the job is final; the dashboard stays at {address} until Ctrl-C")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+    finally:
+        stop()
 
 
 def _run_on(url: str, spec: str, overrides: tuple[str, ...], timeout_s: float | None,
