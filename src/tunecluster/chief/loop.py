@@ -52,6 +52,10 @@ log = logging.getLogger("tunecluster.chief")
 # sees the latest results).
 READY_AHEAD = 0.1
 
+# The worker census (total slots) runs every housekeeping, or every this many seconds
+# per slot counted when that is longer.
+CENSUS_S_PER_SLOT = 0.005
+
 # A finished search's trial records are read at least this often (seconds) while the
 # oracle still counts trials running (_finish_jobs).
 TRIALS_READ_S = 5.0
@@ -117,6 +121,7 @@ class Chief:
         self._next_consumer_prune = 0.0
         self._active: list[str] = []
         self._slots = 0
+        self._next_census = 0.0
         # The reaper waits a full lease (plus a reconnect back-off) after any stall
         # longer than this: see TrialQueue.reap.
         self._stall_ms = int(max(self.lease_s * 250, 3000 * self._housekeeping_s))
@@ -188,7 +193,13 @@ class Chief:
             self._run_id = None
             raise _Resync(f"Redis restarted (run id {run_id})")
         self._reap()
-        self._slots = self.store.workers.total_slots(self.lease_s)
+        if time.monotonic() >= self._next_census:
+            # The census reads every worker's record: with many workers, less often
+            # (1,000 slots: every 5 s), as it would otherwise take a good part of the
+            # chief's time; a worker that joins waits that long to be counted.
+            self._slots = self.store.workers.total_slots(self.lease_s)
+            self._next_census = time.monotonic() + max(self._housekeeping_s,
+                                                       self._slots * CENSUS_S_PER_SLOT)
         self._active = self.store.jobs.active()
         for gone in set(self.jobs) - set(self._active):  # ended, deleted, or Ray's
             del self.jobs[gone]
@@ -242,6 +253,7 @@ class Chief:
         self._seq = int(self.store.client.get(self.store.keys.chief_seq) or 0)
         self._take_over_inbox(min_idle_ms=0)
         self._next_housekeeping = 0.0
+        self._next_census = 0.0
         self._resync = False
         self._drain(pending=True)
 
