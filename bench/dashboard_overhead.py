@@ -129,6 +129,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def browser_cpu_s() -> float:
+    """CPU seconds of this process's descendants: Playwright's driver and chromium."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" not in child.name() and child.name() != "node":
+                continue  # the cluster's roles and the dashboard are children too
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def run_once(store: object, job_file: Path, overrides: list[str], page_url: str | None,
              browser: bool) -> tuple[float, int, int, list[float]]:
     from tunecluster.client import prepare_job, submit, wait
@@ -198,18 +214,21 @@ def main() -> None:
                 # ABBA order: a drift of the machine's load hits both kinds alike
                 kinds = ("without page", "with page")
                 for kind in kinds if i % 2 == 0 else kinds[::-1]:
-                    cpu = cpu_s(server.pid)
+                    cpu, page_cpu = cpu_s(server.pid), browser_cpu_s()
                     elapsed, events, fetches, pushed = run_once(
                         store, job_file, overrides, url if kind == "with page" else None,
                         args.browser)
                     cpu = cpu_s(server.pid) - cpu
+                    page_cpu = browser_cpu_s() - page_cpu
                     times[kind].append(elapsed)
                     latencies += pushed
                     if kind == "with page":
                         dashboard_cpu.append(cpu)
                     what = "requests" if args.browser else "refetches"
                     extra = f"  ({events} events pushed, {fetches} {what}," \
-                        f" dashboard CPU {cpu:.2f} s)" if kind == "with page" else ""
+                        f" dashboard CPU {cpu:.2f} s" + (f", browser CPU {page_cpu:.2f} s"
+                                                         if args.browser else "") + ")" \
+                        if kind == "with page" else ""
                     print(f"run {i + 1} {kind:<13} {elapsed:7.2f} s{extra}", flush=True)
         finally:
             server.terminate()
