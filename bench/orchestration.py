@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -216,6 +217,9 @@ def _until(predicate: Any, timeout: float = 120.0) -> None:
 
 
 def main() -> None:
+    # A SIGTERM (timeout, Ctrl-C's cousin) unwinds like an exception, so the Redis server,
+    # the chief and the workers this run started are stopped, not left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--ray-trials", type=int, default=50,
