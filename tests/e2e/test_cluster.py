@@ -218,6 +218,10 @@ def test_cli_submit_wait_status_and_bad_spec_is_not_queued(cluster, store, tmp_p
     assert results["state"] == "completed"
     status = json.loads(cli("status", results["job"], "--json", "--redis", cluster.url).stdout)
     assert status["counts"].get("COMPLETED", 0) + status["counts"].get("FAILED", 0) == 2
+    # every live worker says what its slots train on and its trial processes' memory
+    workers = json.loads(cli("status", "--json", "--redis", cluster.url).stdout)["workers"]
+    assert workers and all(w["devices"].split() == ["cpu"] * int(w["slots"])
+                           and int(w["rss_mb"]) > 50 for w in workers), workers
     listed = json.loads(cli("list", "--json", "--redis", cluster.url).stdout)
     assert results["job"] in [row["job"] for row in listed]
     csv_out = cli("results", results["job"], "--csv", "--redis", cluster.url).stdout

@@ -220,9 +220,34 @@ class Worker:
         self.store.workers.heartbeat(self.worker_id, {
             "host": socket.gethostname(), "pid": os.getpid(), "slots": self.slots,
             "busy": len(busy), "trials": self.stats["trials"], "beat": now_ms(),
+            "devices": self._devices(), "rss_mb": self._children_rss_mb(),
         }, ttl_s=self.lease_s)
         self.store.queue.renew(self.worker_id, [c.member for c in busy], self.lease_s)
         self._read_cancels()
+
+    def _devices(self) -> str:
+        """What each slot trains on, as the dashboard's Workers view shows it:
+        ``cpu`` or ``gpu:<ids>`` per slot (a GPU shared by several slots repeats)."""
+        def one(child: Child) -> str:
+            gpus = child.env.get("CUDA_VISIBLE_DEVICES")
+            return "cpu" if gpus in (None, "", "-1") else f"gpu:{gpus}"
+
+        return " ".join(one(c) for c in self.children)
+
+    def _children_rss_mb(self) -> int:
+        """The trial processes' resident memory together (MB), read with psutil."""
+        import psutil
+
+        total = 0
+        for child in self.children:
+            pid = getattr(child.process, "pid", None)
+            if pid is None:
+                continue
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except (psutil.Error, OSError):  # exited between the two lines
+                continue
+        return round(total / 2**20)
 
     def _read_cancels(self) -> None:
         """Note the running trials whose job was cancelled (the ``cancel`` flag that
