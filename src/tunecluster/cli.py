@@ -60,11 +60,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def _redis_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
     """``--redis`` or its variable; else the local cluster of ``tunecluster up``, if one
     runs; else the default URL."""
-    if value:
-        return value
-    from tunecluster.cluster.persistent import current_url
+    from tunecluster.cluster.persistent import resolve_url
 
-    return current_url() or defaults.REDIS_URL
+    return resolve_url(value)
 
 
 def redis_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -104,6 +104,14 @@ def current_url() -> str | None:
     return state.url if state is not None else None
 
 
+def resolve_url(given: str | None) -> str:
+    """The Redis URL a command uses: the one given (``--redis`` or its variable), else
+    the local cluster of ``up`` when one runs, else the default URL."""
+    from tunecluster import defaults
+
+    return given or current_url() or defaults.REDIS_URL
+
+
 def up(workers: int = 2, artifacts: str | Path = "artifacts", *, slots: int = 1,
        env: dict[str, str] | None = None) -> ClusterState:
     """Start Redis, a chief and ``workers`` workers in the background and record them."""

@@ -12,10 +12,18 @@ import click
 from tunecluster import defaults
 
 
+def _redis_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    from tunecluster.cluster.persistent import resolve_url
+
+    return resolve_url(value)  # as every command: the cluster of `tunecluster up` too
+
+
 def _redis_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--redis", "redis_url", envvar=defaults.REDIS_URL_ENV,
-                        default=defaults.REDIS_URL, show_default=True,
-                        help=f"Redis URL (or ${defaults.REDIS_URL_ENV}).")(func)
+                        default=None, callback=_redis_url,
+                        help=f"Redis URL (or ${defaults.REDIS_URL_ENV}). Default: the local"
+                             " cluster of `tunecluster up` when one runs, else"
+                             f" {defaults.REDIS_URL}")(func)
 
 
 def _fail(message: str, code: int = 1) -> None:

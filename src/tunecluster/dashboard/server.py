@@ -38,6 +38,12 @@ def serve(redis_url: str, host: str = "127.0.0.1", port: int = 8080, *,
     import uvicorn
 
     token = os.environ.get(TOKEN_ENV) or None
+    if port == 0:  # announce the port that will be served, not 0
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
     config = _config(redis_url, host, port, token=token, read_only=read_only,
                      open_metrics=open_metrics)
     server = uvicorn.Server(config)
