@@ -50,7 +50,11 @@ log = logging.getLogger("tunecluster.chief")
 # below 10 slots) ready beyond the free slots, so that with many workers a hand-out
 # does not wait on the chief's round; Bayesian and Hyperband keep none (each suggestion
 # sees the latest results).
-READY_AHEAD = 0.1
+# $TUNECLUSTER_READY_AHEAD overrides it (a fraction; 0 turns it off).
+READY_AHEAD = float(os.environ.get("TUNECLUSTER_READY_AHEAD", "0.1"))
+
+# At most this many trials are created per round; the next round follows at once.
+TOP_UP_CHUNK = 256
 
 # The worker census (total slots) runs every housekeeping, or every this many seconds
 # per slot counted when that is longer.
@@ -121,6 +125,7 @@ class Chief:
         self._next_consumer_prune = 0.0
         self._active: list[str] = []
         self._slots = 0
+        self._more = False  # the last top-up stopped at TOP_UP_CHUNK: more to create
         self._next_census = 0.0
         # The reaper waits a full lease (plus a reconnect back-off) after any stall
         # longer than this: see TrialQueue.reap.
@@ -306,7 +311,7 @@ class Chief:
             try:
                 rows = self.store.client.xreadgroup(
                     CHIEF_GROUP, self.id, {keys.inbox: "0" if pending else ">"}, count=500,
-                    block=None if pending else block_ms)
+                    block=None if pending or self._more else block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -477,10 +482,12 @@ class Chief:
         few more trials ready than slots are free (``READY_AHEAD``): a worker that ends
         a trial claims its next one at once instead of waiting for this round.
         """
+        self._more = False
         if not self._active:
             return
         free = self._slots - self.store.queue.busy_count() if self._slots > 0 else 0
         ahead = int(self._slots * READY_AHEAD)
+        created = 0
         for job_id in self._active:
             hosted = self._job(job_id)
             if (hosted is None or hosted.host is None or hosted.exhausted or hosted.failure
@@ -489,6 +496,12 @@ class Chief:
             extra = ahead if hosted.spec.search.algorithm in ("random", "grid") else 0
             budget = free + extra if hosted.host.ongoing() > 0 else max(free + extra, 1)
             while budget > 0:
+                if created >= TOP_UP_CHUNK:
+                    # Commit these now and make the rest on the next round at once
+                    # (no wait on the inbox): the first trials start without waiting
+                    # for a thousand suggestions.
+                    self._more = True
+                    return
                 status, trial, values = hosted.host.create_trial()
                 if status == "RUNNING" and trial is not None:
                     # The oracle that made it is written once per round by _stage_oracles,
@@ -500,6 +513,7 @@ class Chief:
                     hosted.touched.add(trial)
                     budget -= 1
                     free -= 1
+                    created += 1
                 elif status == "IDLE":
                     break
                 else:
