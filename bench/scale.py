@@ -404,6 +404,10 @@ def _seed_completed(host: Any, n: int, rng: Any) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("--_chief", "--_workers"):
+        from tunecluster.worker.child import die_with_parent
+
+        die_with_parent(os.getppid())  # a driver killed outright takes these along
     if len(sys.argv) > 1 and sys.argv[1] == "--_chief":
         chief_main(*sys.argv[2:5])
         return
