@@ -117,3 +117,29 @@ def test_metric_directions_match_keras() -> None:
     differ = {n: (d, ours[n]) for n, d in theirs["directions"].items()
               if d is not None and ours[n] != d}
     assert not differ
+
+
+def test_a_bayesian_oracle_runs_where_pandas_is_not_installed() -> None:
+    """KerasTuner imports pandas only if it can (an image may lack it): the chief's
+    deferred imports must leave that choice to KerasTuner, not fail on first use."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib.abc, sys
+class NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
+sys.meta_path.insert(0, NoPandas())
+from tunecluster.chief.keras_free import import_keras_tuner
+kt = import_keras_tuner()
+from keras_tuner.oracles import BayesianOptimizationOracle
+oracle = BayesianOptimizationOracle(objective=kt.Objective("val_accuracy", "max"),
+                                    max_trials=2)
+print("ok", "pandas" in sys.modules, "tensorflow" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok", "False", "False"]

@@ -248,10 +248,14 @@ class _DeferSklearn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         import threading
 
         self.lock = threading.RLock()
+        # Only what is installed is deferred: KerasTuner imports pandas inside a
+        # try/except ImportError, and an image without pandas must get that error now,
+        # not a module that fails on first use.
+        self.names = tuple(n for n in self.NAMES if _installed(n.split(".")[0]))
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname in self.NAMES:
+        if fullname in self.names:
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         if fullname.split(".")[0] in self.ROOTS:
             self.load(fullname.split(".")[0])  # another part: the real packages first
@@ -272,12 +276,21 @@ class _DeferSklearn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         with self.lock:
             if self in sys.meta_path:
                 sys.meta_path.remove(self)
-                for deferred in self.NAMES:
+                for deferred in self.names:
                     if isinstance(sys.modules.get(deferred), _Deferred):
                         del sys.modules[deferred]
-                for real in self.NAMES:
+                for real in self.names:
                     importlib.import_module(real)
             return importlib.import_module(name)
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 _DEFER_SKLEARN = _DeferSklearn()
