@@ -99,6 +99,9 @@ class Stack:
             # Short leases: a killed worker's trial is reaped and retried within seconds.
             TUNECLUSTER_LEASE_S="6",
             TUNECLUSTER_HEARTBEAT_S="1.5",
+            # the dashboard profile: its token, and a free host port for it
+            TUNECLUSTER_DASHBOARD_TOKEN=secrets.token_hex(24),
+            TUNECLUSTER_DASHBOARD_PORT=str(_free_port()),
         )
         self.password = self.settings["TUNECLUSTER_REDIS_PASSWORD"]
         self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
@@ -167,6 +170,38 @@ def test_stack_is_up_with_a_chief_and_two_workers(stack: Stack) -> None:
                         "id -u; stat -c %u /artifacts; cat /proc/1/comm;"
                         " echo $TF_NUM_INTRAOP_THREADS $TUNECLUSTER_ALLOW_CODE_UPLOAD").stdout
     assert out.split() == ["10001", "10001", "dumb-init", "1", "0"], out
+
+
+def test_the_dashboard_service_serves_the_stack_behind_its_token(stack: Stack) -> None:
+    """`docker compose --profile dashboard up -d dashboard`, as the README shows: the
+    port is published on the host's loopback, every request needs the .env token, the
+    Prometheus scrape (--open-metrics) does not, and the password never leaves it."""
+    import urllib.error
+    import urllib.request
+
+    stack.compose("--profile", "dashboard", "up", "-d", "--no-build", "--wait",
+                  "--wait-timeout", "120", "dashboard", timeout=200)
+    base = f"http://127.0.0.1:{stack.settings['TUNECLUSTER_DASHBOARD_PORT']}"
+    token = stack.settings["TUNECLUSTER_DASHBOARD_TOKEN"]
+
+    def get(path: str, auth: bool = True) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if auth else {}
+        request = urllib.request.Request(base + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        assert get("/api/workers", auth=False)[0] == 401
+        status, body = get("/api/workers")
+        assert status == 200 and len(json.loads(body)) == 2, body
+        status, body = get("/metrics", auth=False)
+        assert status == 200 and "tunecluster_workers_live 2.0" in body, body[-2000:]
+        assert stack.password not in get("/")[1] + get("/api/jobs")[1] + body
+    finally:
+        stack.compose("--profile", "dashboard", "rm", "-s", "-f", "dashboard", check=False)
 
 
 def test_jobs_that_carry_code_are_refused_by_default(stack: Stack) -> None:
