@@ -263,11 +263,11 @@ class Job:
 
         import keras
 
-        from tunecluster.chief.finalize import _user_objects
+        from tunecluster.models import user_objects
         from tunecluster.spec import parse_spec
         from tunecluster.store.downloads import DownloadError, retrieve
 
-        objects = _user_objects(parse_spec(self.record().spec))
+        objects = user_objects(parse_spec(self.record().spec))
         with tempfile.TemporaryDirectory(prefix="tunecluster-model-") as tmp:
             try:
                 got = retrieve(self.client.store, self.id, name,

@@ -295,7 +295,7 @@ class Tuner:
         import keras
 
         from tunecluster.artifacts import trial_model
-        from tunecluster.chief.finalize import _user_objects
+        from tunecluster.models import user_objects
         from tunecluster.spec import parse_spec
 
         data = self.results()
@@ -303,7 +303,7 @@ class Tuner:
         rows = {t["trial"]: t for t in data["trials"]}
         if self._spec is None:
             self._spec = self.job.record().spec
-        objects = _user_objects(parse_spec(self._spec))
+        objects = user_objects(parse_spec(self._spec))
         models = []
         for trial in self.oracle.get_best_trials(num_models):
             path = trial_model(self._artifacts, self.job.id, trial.trial_id,

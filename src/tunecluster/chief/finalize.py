@@ -8,7 +8,6 @@ store (a directory or an object store, ``artifact_store``), each write atomic.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -136,32 +135,14 @@ def score_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[s
     process)."""
     import keras
 
+    from tunecluster.models import user_objects
+
     splits = load_splits(spec.data, spec.model.task, resolve)
     model = keras.models.load_model(model_path, compile=True,
-                                    custom_objects=_user_objects(spec))
+                                    custom_objects=user_objects(spec))
     scores = model.evaluate(splits.x_test, splits.y_test, batch_size=spec.train.batch_size,
                             verbose=0, return_dict=True)
     return {k: float(v) for k, v in scores.items()}
-
-
-def _user_objects(spec: JobSpec) -> dict[str, Any] | None:
-    """The classes and functions a custom model's module defines, so that a model using
-    its own layers, losses or metrics (not registered with Keras) loads here as it did
-    in the worker. The module is the job's code: it runs here only where code upload is
-    allowed, as on the workers (where it is not, the job's trials were refused)."""
-    import inspect
-
-    from tunecluster import defaults
-    from tunecluster.models import load_build_function
-
-    if spec.model.is_builtin or spec.model.source is None:
-        return None
-    if os.environ.get(defaults.ALLOW_CODE_UPLOAD_ENV, "1") == "0":
-        return None
-    build = load_build_function(spec.model.source, spec.model.function,
-                                spec.model.module or "model.py")
-    return {name: value for name, value in getattr(build, "__globals__", {}).items()
-            if inspect.isclass(value) or inspect.isfunction(value)}
 
 
 def summarize_errors(trials: list[dict[str, Any]]) -> str:

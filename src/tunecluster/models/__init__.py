@@ -6,7 +6,12 @@ from tunecluster.models.builtin import (
     adapt_normalization,
     build_mlp,
 )
-from tunecluster.models.custom import ModelCodeError, build_checked, load_build_function
+from tunecluster.models.custom import (
+    ModelCodeError,
+    build_checked,
+    load_build_function,
+    user_objects,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -16,4 +21,5 @@ __all__ = [
     "build_checked",
     "build_mlp",
     "load_build_function",
+    "user_objects",
 ]

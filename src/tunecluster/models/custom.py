@@ -51,6 +51,26 @@ def load_build_function(source: str, function: str,
     return build
 
 
+def user_objects(spec: Any) -> dict[str, Any] | None:
+    """The classes and functions a custom model's module defines (``spec``: a
+    ``JobSpec``), so that a model using its own layers, losses or metrics (not
+    registered with Keras) loads outside the worker as it did in it. The module is the
+    job's code: it runs only where code upload is allowed, as on the workers (where it
+    is not, the job's trials were refused). None for a builtin model."""
+    import inspect
+
+    from tunecluster import defaults
+
+    if spec.model.is_builtin or spec.model.source is None:
+        return None
+    if os.environ.get(defaults.ALLOW_CODE_UPLOAD_ENV, "1") == "0":
+        return None
+    build = load_build_function(spec.model.source, spec.model.function,
+                                spec.model.module or "model.py")
+    return {name: value for name, value in getattr(build, "__globals__", {}).items()
+            if inspect.isclass(value) or inspect.isfunction(value)}
+
+
 def build_checked(build: Callable[[Any], Any], hp: Any, function: str = "build_model") -> Any:
     """Call ``build(hp)`` and insist on a compiled ``keras.Model``."""
     import keras
