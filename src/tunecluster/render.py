@@ -12,9 +12,10 @@ from rich.table import Table
 MAX_HP_COLUMNS = 8
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any, missing: str = "-") -> str:
+    """A value as the tables show it: floats to 4 significant digits, None as ``missing``."""
     if value is None:
-        return "-"
+        return missing
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -36,8 +37,8 @@ def leaderboard_table(results: dict[str, Any], limit: int | None = None) -> Tabl
     for col in ("#", "trial", "state", objective["name"], "epochs", "attempts", *hp_names):
         table.add_column(col, overflow="fold")
     for rank, t in enumerate(trials[:limit] if limit else trials, start=1):
-        table.add_row(str(rank), t["trial"], t["state"], _fmt(t["score"]), _fmt(t["epochs"]),
-                      _fmt(t["attempts"]), *(_fmt(t["hyperparameters"].get(n)) for n in hp_names))
+        table.add_row(str(rank), t["trial"], t["state"], fmt(t["score"]), fmt(t["epochs"]),
+                      fmt(t["attempts"]), *(fmt(t["hyperparameters"].get(n)) for n in hp_names))
     return table
 
 
@@ -47,10 +48,10 @@ def print_results(results: dict[str, Any], console: Console | None = None) -> No
     best = results.get("best")
     if best:
         console.print(f"best trial {best['trial']}: {results['objective']['name']} = "
-                      f"{_fmt(best['score'])}  hyperparameters {best['hyperparameters']}")
+                      f"{fmt(best['score'])}  hyperparameters {best['hyperparameters']}")
     if results.get("test"):
         console.print("test split (evaluated once): " + ", ".join(
-            f"{k} = {_fmt(v)}" for k, v in results["test"].items()))
+            f"{k} = {fmt(v)}" for k, v in results["test"].items()))
     if results.get("artifacts", {}).get("best_model"):
         console.print(f"best model: {results['artifacts']['best_model']}")
     if results.get("error"):
@@ -65,7 +66,7 @@ def results_csv(results: dict[str, Any]) -> str:
     writer.writerow(["trial", "state", "score", "attempts", "worker", *hp_names,
                      *metric_names, "error"])
     for t in results["trials"]:
-        writer.writerow([t["trial"], t["state"], _fmt(t["score"]) if t["score"] is not None
+        writer.writerow([t["trial"], t["state"], fmt(t["score"]) if t["score"] is not None
                          else "", t["attempts"], t["worker"] or "",
                          *(t["hyperparameters"].get(n, "") for n in hp_names),
                          *(t["metrics"].get(n, "") for n in metric_names), t["error"] or ""])
@@ -80,17 +81,17 @@ def jobs_table(rows: list[dict[str, Any]]) -> Table:
         c = r["counts"]
         table.add_row(r["job"], r["state"], str(sum(c.values())), str(c.get("COMPLETED", 0)),
                       str(c.get("FAILED", 0)), str(c.get("RUNNING", 0)),
-                      _fmt(r["best"]["score"]) if r.get("best") else "-")
+                      fmt(r["best"]["score"]) if r.get("best") else "-")
     return table
 
 
 def event_line(job: str, kind: str, data: dict[str, Any]) -> str:
     trial = data.get("trial", "")
     if kind == "epoch":
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(data.get("metrics", {}).items())
+        metrics = ", ".join(f"{k}={fmt(v)}" for k, v in sorted(data.get("metrics", {}).items())
                             if k.startswith("val_"))
         return f"trial {trial} epoch {data.get('epoch')}: {metrics}"
     if kind == "job_state":
         return f"job {job} -> {data.get('state')}" + (f" ({data['error']})" if data.get("error") else "")
-    details = ", ".join(f"{k}={_fmt(v)}" for k, v in data.items() if k not in ("trial",) and v is not None)
+    details = ", ".join(f"{k}={fmt(v)}" for k, v in data.items() if k not in ("trial",) and v is not None)
     return f"{kind.replace('_', ' ')} {trial} {details}".strip()

@@ -16,6 +16,7 @@ import time
 from typing import Any, Protocol
 
 from tunecluster.api.client import Job
+from tunecluster.render import fmt
 from tunecluster.store.events import Event
 
 _DONE = ("COMPLETED", "FAILED", "CANCELLED", "STOPPED")
@@ -158,7 +159,7 @@ def render(results: dict[str, Any], total: int | None, elapsed: float) -> tuple[
     names = sorted({k for t in rows for k in t["hyperparameters"]})
     cells = ["trial", "state", objective, "epochs", *names]
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in
+        "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in
                          [t["trial"], t["state"], t["score"], t["epochs"],
                           *(t["hyperparameters"].get(n) for n in names)]) + "</tr>"
         for t in rows)
@@ -167,7 +168,7 @@ def render(results: dict[str, Any], total: int | None, elapsed: float) -> tuple[
              + f"</tr></thead><tbody>{body}</tbody></table>")
     page = (f"<div class='tunecluster-progress'><div>{html.escape(head)}</div>"
             f"<div>{bar} {done}{of}</div>{table}</div>")
-    plain = "\n".join([head] + [f"  {t['trial']} {t['state']:<9} {_fmt(t['score'])}"
+    plain = "\n".join([head] + [f"  {t['trial']} {t['state']:<9} {fmt(t['score'])}"
                                 f" epochs {t['epochs']}" for t in rows])
     return page, plain
 
@@ -200,14 +201,6 @@ def print_trial(results: dict[str, Any], trial: str, kind: str, elapsed: float) 
         print(f"\nBest {name} So Far: {best['score']:.4g}")
     done = sum(t["state"] in ("COMPLETED", "FAILED") for t in results["trials"])
     print(f"Total elapsed time: {_hms(elapsed)} ({done} trial(s) done)", flush=True)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _hms(seconds: float) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster.dashboard.app import plotly_js
+from tunecluster.render import fmt
 
 CHARTS = (("history", "Optimization history"), ("curves", "Learning curves"),
           ("parallel", "Parallel coordinates"), ("slices", "Slice plots"),
@@ -21,11 +22,7 @@ CHARTS = (("history", "Optimization history"), ("curves", "Learning curves"),
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return fmt(value, missing="–")
 
 
 def _duration(seconds: float | None) -> str:
