@@ -17,9 +17,10 @@ AUTO: dict[str, bool] = {
     # Measured: `bench/xla.py --rounds 3 --epochs 8` (bench/README.md, "XLA (jit_compile)"),
     # TensorFlow 2.21 on this project's 2-core CPU VM, the course's MLPs (digits
     # classifier, diabetes regression with Normalization), 1x32 and 3x256, batch 32 and
-    # 256: XLA made every trial 2.0-3.1x slower (geometric mean 2.4x), because compiling
-    # costs about 1 s more per trial while the steady epoch was no faster (0.7-2.6x,
-    # geometric mean 1.1x): at these sizes XLA never pays off on CPU.
+    # 256: XLA made every trial 1.8-2.4x slower (geometric mean 2.1x). Compiling costs
+    # 0.8-1.2 s more per trial; the steady epoch is 0.77-1.03x today's (geometric mean
+    # 0.95x), so XLA repays its compile after 84 epochs at best (digits 3x256, batch 32),
+    # after hundreds to tens of thousands or never in the others.
     "cpu": False,
     # Not measured: the GPU hosts lent to this project carry no TensorFlow (bench/README.md,
     # "GPU check"). Conservative choice, the loop as it ran before `auto`: on one GPU a
