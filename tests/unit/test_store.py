@@ -37,14 +37,15 @@ def test_key_schema_is_pinned() -> None:
             k.workers, k.worker("w"), k.chief_lock, k.chief_beat, k.chief_seq,
             k.reaper_last, k.reaper_grace, k.request("r"), k.downloads("j"),
             k.download_blob("j", "h"), k.download_part("j", "h"), k.telemetry_counts,
-            k.telemetry_hist("h")] == [
+            k.telemetry_hist("h"), k.forming, k.trial_sync("j", "t")] == [
         "tc:jobs", "tc:jobs:all", "tc:job:j", "tc:job:j:file:f", "tc:job:j:oracle",
         "tc:job:j:oracle:trials", "tc:job:j:trials", "tc:job:j:trial:t",
         "tc:job:j:trial:t:epochs", "tc:job:j:trial:t:errors", "tc:job:j:events",
         "tc:ready", "tc:leases", "tc:inbox", "tc:wake", "tc:workers", "tc:worker:w",
         "tc:chief:lock", "tc:chief:lock:beat", "tc:chief:seq", "tc:reaper:last",
         "tc:reaper:grace", "tc:req:r", "tc:job:j:downloads", "tc:job:j:download:h",
-        "tc:job:j:download:h:part", "tc:telemetry:counts", "tc:telemetry:hist:h"]
+        "tc:job:j:download:h:part", "tc:telemetry:counts", "tc:telemetry:hist:h",
+        "tc:forming", "tc:job:j:trial:t:sync"]
 
 
 def test_claims_are_exclusive_under_concurrency(store: Store) -> None:

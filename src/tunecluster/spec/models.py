@@ -19,6 +19,8 @@ from tunecluster.spec.objective import infer_direction
 ALGORITHMS = ("random", "grid", "bayesian", "hyperband")
 TASKS = ("classification", "regression")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adamw", "adagrad", "nadam")
+# A gang is bounded by what one claim script scans and one TF_CONFIG lists comfortably.
+MAX_WORKERS_PER_TRIAL = 64
 
 
 class _Strict(BaseModel):
@@ -293,6 +295,18 @@ class Resources(_Strict):
     strategy: Literal["auto", "mirrored", "one_device", "default"] = "auto"
     gpus_per_trial: int | None = Field(None, ge=1)
     cpu_slots: int = Field(1, ge=1, le=256)
+    # A trial trained by this many workers at once (a gang, one slot on each of N
+    # different workers) under MultiWorkerMirroredStrategy; 1: one worker's own devices.
+    workers_per_trial: int = Field(1, ge=1, le=MAX_WORKERS_PER_TRIAL)
+
+    @model_validator(mode="after")
+    def _gang_strategy(self) -> Resources:
+        if self.workers_per_trial > 1 and self.strategy != "auto":
+            raise ValueError(
+                f"strategy {self.strategy!r} cannot train a trial on"
+                f" {self.workers_per_trial} workers (workers_per_trial): a gang trial"
+                " trains under MultiWorkerMirroredStrategy; use strategy auto")
+        return self
 
 
 class RayEarlyStopping(_Strict):
@@ -377,6 +391,15 @@ class JobSpec(_Strict):
     priority: int = Field(0, ge=-100, le=100)  # higher runs first; ties: oldest first
     ray: RayOptions | None = None
     warm_start: WarmStart | None = None
+
+    @model_validator(mode="after")
+    def _gang_needs_native(self) -> JobSpec:
+        if self.resources.workers_per_trial > 1 and self.scheduler != "native":
+            raise ValueError(
+                f"resources.workers_per_trial: {self.resources.workers_per_trial} workers"
+                f" per trial needs scheduler native (the {self.scheduler} scheduler trains"
+                " each trial on one worker); use 1 or scheduler native")
+        return self
 
     @model_validator(mode="after")
     def _warm_start_fits(self) -> JobSpec:

@@ -291,15 +291,16 @@ class JobStore:
                 self.k.trials(job), self.k.events(job)]
         for trial in trials:
             keys += [self.k.trial(job, trial), self.k.epochs(job, trial),
-                     self.k.trial_errors(job, trial)]
+                     self.k.trial_errors(job, trial), self.k.trial_sync(job, trial)]
         for start in range(0, len(keys), 500):
             self.r.unlink(*keys[start:start + 500])
         ours = [m for m in self.r.lrange(self.k.ready, 0, -1) if split_member(m)[0] == job]
         for m in ours:
             self.r.lrem(self.k.ready, 0, m)
-        leases = [m for m in self.r.zrange(self.k.leases, 0, -1) if split_member(m)[0] == job]
-        if leases:
-            self.r.zrem(self.k.leases, *leases)
+        for zset in (self.k.leases, self.k.forming):
+            ours = [m for m in self.r.zrange(zset, 0, -1) if split_member(m)[0] == job]
+            if ours:
+                self.r.zrem(zset, *ours)
         stray = list(self.r.scan_iter(match=self._pattern(job), count=1000))
         for start in range(0, len(stray), 500):
             self.r.unlink(*stray[start:start + 500])
@@ -314,7 +315,8 @@ class JobStore:
         if self.r.zscore(self.k.jobs_active, job) is not None:
             return True
         return any(split_member(m)[0] == job for m in [
-            *self.r.zrange(self.k.leases, 0, -1), *self.r.lrange(self.k.ready, 0, -1)])
+            *self.r.zrange(self.k.leases, 0, -1), *self.r.zrange(self.k.forming, 0, -1),
+            *self.r.lrange(self.k.ready, 0, -1)])
 
     def _pattern(self, job: str) -> str:
         """SCAN pattern of every key under the job's prefix (glob characters escaped)."""

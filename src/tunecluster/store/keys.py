@@ -10,12 +10,15 @@
     {p}:job:{job}:trial:{trial}     HASH  trial record: state, values, attempts, worker, result
     {p}:job:{job}:trial:{trial}:epochs HASH epoch number -> metrics (JSON)
     {p}:job:{job}:trial:{trial}:errors LIST why each earlier attempt ended (crash, lost lease)
+    {p}:job:{job}:trial:{trial}:sync HASH a gang's rank 0 -> the others: "{attempt}:{epoch}" ->
+                                          stop after that epoch? ("1"/"0")
     {p}:job:{job}:events            STREAM the job's event log (what `watch` tails)
     {p}:job:{job}:downloads         HASH  artifact name -> size, sha256, where, published? (JSON)
     {p}:job:{job}:download:{sha256} LIST  an artifact's bytes for download (~1 MiB chunks)
     {p}:job:{job}:download:{sha256}:part LIST the same while the chief pushes its chunks
     {p}:ready                       LIST  "{job}/{trial}" ready to claim, claimed from the left
     {p}:leases                      ZSET  "{job}/{trial}" of running trials, scored by expiry (ms)
+    {p}:forming                     ZSET  "{job}/{trial}" of gangs still forming, scored by deadline
     {p}:inbox                       STREAM reports for the chief (epochs, ends, submits, cancels)
     {p}:wake                        LIST  tokens that wake idle workers when trials are queued
     {p}:workers                     ZSET  worker ids, scored by last heartbeat (ms)
@@ -78,6 +81,9 @@ class Keys:
     def trial_errors(self, job: str, trial: str) -> str:
         return f"{self.p}:job:{job}:trial:{trial}:errors"
 
+    def trial_sync(self, job: str, trial: str) -> str:
+        return f"{self.p}:job:{job}:trial:{trial}:sync"
+
     def events(self, job: str) -> str:
         return f"{self.p}:job:{job}:events"
 
@@ -98,6 +104,10 @@ class Keys:
     @property
     def leases(self) -> str:
         return f"{self.p}:leases"
+
+    @property
+    def forming(self) -> str:
+        return f"{self.p}:forming"
 
     @property
     def inbox(self) -> str:

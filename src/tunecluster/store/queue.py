@@ -21,6 +21,7 @@ All scripts are Lua so each step is atomic in Redis, and each checks before it w
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,8 @@ from tunecluster.store.keys import Keys, member
 EVENTS_MAXLEN = 20000
 STOP, CANCEL = 1, 2  # answers of report_epoch
 REQUEST_TTL_MS = 600_000  # how long the reply of a non-idempotent call is kept for retries
+# A gang that has not filled this long after it was opened gives its places back.
+GANG_WAIT_S = float(os.environ.get("TUNECLUSTER_GANG_WAIT_S", "10"))
 
 # Shared by every script. Rules each script follows:
 # - every check (ownership, fencing, decoding and encoding of payloads) runs before the
@@ -84,6 +87,27 @@ end
 local function fenced_out(lock, token)
   return lock ~= '' and redis.call('GET', lock) ~= token
 end
+-- Gangs (a trial trained by N workers at once, store/gang.py): the members, in rank
+-- order, are the trial's 'gang' (JSON list of {worker, address}); each member also has
+-- 'member:<worker>' (its rank) and, while RUNNING, 'beat:<worker>' (Redis time, ms).
+local function gang_members(t)
+  local raw = redis.call('HGET', t, 'gang')
+  if not raw or raw == '' then return {} end
+  local ok, list = pcall(cjson.decode, raw)
+  if ok and type(list) == 'table' then return list end
+  return {}
+end
+local function gang_clear(t)  -- the members of the current formation or attempt leave
+  for _, m in ipairs(gang_members(t)) do
+    if type(m) == 'table' and m.worker then
+      redis.call('HDEL', t, 'member:' .. m.worker, 'beat:' .. m.worker)
+    end
+  end
+end
+local function is_member(t, worker)
+  return redis.call('HGET', t, 'worker') == worker
+      or redis.call('HGET', t, 'member:' .. worker) ~= false
+end
 -- RUNNING -> READY (1) or FAILED when the retry budget is spent (2). The caller checked
 -- that the trial is RUNNING; count_attempt '0' gives the attempt back (a shutdown).
 -- totals: the telemetry counts HASH (retried or failed grows by one).
@@ -103,11 +127,12 @@ local function release_trial(p, ready, leases, inbox, wake, totals, job, tid, re
                                         error = reason})}
   end
   redis.call('ZREM', leases, m)
+  gang_clear(t)  -- every member's attempt ends with this one (a gang fails as a whole)
   redis.call('HSET', t, 'attempts', attempts)
   redis.call('RPUSH', t .. ':errors', reason)
   emit(p, job, ev)
   if retry then
-    redis.call('HSET', t, 'state', 'READY', 'worker', '', 'last_error', reason)
+    redis.call('HSET', t, 'state', 'READY', 'worker', '', 'gang', '', 'last_error', reason)
     redis.call('LPUSH', ready, m)
     redis.call('LPUSH', wake, '1')
     redis.call('HINCRBY', totals, 'retried', 1)
@@ -121,33 +146,129 @@ local function release_trial(p, ready, leases, inbox, wake, totals, job, tid, re
 end
 """.replace("TTL_MS", str(REQUEST_TTL_MS)) + telemetry.lua_observe()
 
-# KEYS: ready, leases, request, totals | ARGV: prefix, worker, lease_ms
-_CLAIM = _LUA_COMMON + """
+# Gang formation, used by the claim and by a forming member's wait (store/gang.py).
+_LUA_GANG = """
+-- FORMING -> READY at the tail of the ready list, so the trials queued behind it go first.
+local function gang_dissolve(p, ready, forming, job, tid, reason)
+  local t = tkey(p, job, tid)
+  gang_clear(t)
+  redis.call('HSET', t, 'state', 'READY', 'gang', '')
+  redis.call('ZREM', forming, job .. '/' .. tid)
+  redis.call('RPUSH', ready, job .. '/' .. tid)
+  emit(p, job, {'trial_gang_dissolved', cjson.encode({trial = tid, reason = reason})})
+end
+-- The last member joined: FORMING -> RUNNING for every member at once, one attempt, one
+-- lease (renewed by any member; a member that stops beating fails the gang, gang_check).
+local function gang_start(p, leases, forming, totals, job, tid, members, lease_ms, now)
+  local t = tkey(p, job, tid)
+  local attempts = tonumber(redis.call('HGET', t, 'attempts') or '0') + 1
+  local workers = {}
+  for rank, m in ipairs(members) do
+    redis.call('HSET', t, 'member:' .. m.worker, rank - 1, 'beat:' .. m.worker, now)
+    workers[rank] = m.worker
+  end
+  redis.call('HSET', t, 'attempts', attempts, 'state', 'RUNNING', 'worker', members[1].worker,
+             'started', now, 'gang', cjson.encode(members))
+  redis.call('ZREM', forming, job .. '/' .. tid)
+  redis.call('ZADD', leases, now + lease_ms, job .. '/' .. tid)
+  emit(p, job, {'trial_started', cjson.encode(
+    {trial = tid, worker = members[1].worker, attempt = attempts, workers = workers})})
+  redis.call('HINCRBY', totals, 'started', 1)
+end
+-- What a member of a running gang is told: the claim, the members and its rank.
+local function gang_reply(p, job, tid, worker)
+  local t = tkey(p, job, tid)
+  return {job, tid, tostring(redis.call('HGET', t, 'attempts')),
+          redis.call('HGET', t, 'values') or '{}', tostring(redis.call('LLEN', t .. ':errors')),
+          redis.call('HGET', t, 'gang'), tostring(redis.call('HGET', t, 'member:' .. worker))}
+end
+-- Join the oldest forming gang this worker is not in yet; dissolve those past their wait.
+local function gang_join(p, ready, leases, forming, totals, worker, address, lease_ms, now)
+  for _, m in ipairs(redis.call('ZRANGE', forming, 0, 99)) do
+    local sep = string.find(m, '/', 1, true)
+    if sep then
+      local job, tid = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+      local t = tkey(p, job, tid)
+      local deadline = tonumber(redis.call('ZSCORE', forming, m))
+      if redis.call('HGET', t, 'state') ~= 'FORMING' then
+        redis.call('ZREM', forming, m)
+      elseif deadline < now then
+        gang_dissolve(p, ready, forming, job, tid, 'too few free workers joined in time')
+      elseif not redis.call('HGET', t, 'member:' .. worker) then
+        local members = gang_members(t)
+        table.insert(members, {worker = worker, address = address})
+        if #members >= (tonumber(redis.call('HGET', t, 'gang_size')) or 1) then
+          gang_start(p, leases, forming, totals, job, tid, members, lease_ms, now)
+          return gang_reply(p, job, tid, worker)
+        end
+        redis.call('HSET', t, 'gang', cjson.encode(members), 'member:' .. worker, #members - 1)
+        return {job, tid, 'FORMING'}
+      end
+    end
+  end
+  return nil
+end
+"""
+
+# KEYS: ready, leases, request, totals, forming, workers
+# ARGV: prefix, worker, lease_ms, address ('' = this worker cannot join gangs),
+#       gang_wait_ms, live_ms (a worker that beat within this is alive)
+# Replies: {job, trial, attempt, values, earlier} for a trial of one worker;
+# {job, trial, attempt, values, earlier, gang, rank} when this claim completed a gang;
+# {job, trial, 'FORMING'} when this worker joined or opened a gang still forming.
+_CLAIM = _LUA_COMMON + _LUA_GANG + """
 local done = replay(KEYS[3])
 if done then return done end
 local now = now_ms()
+local p, worker, lease_ms, address = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if address ~= '' then
+  local joined = gang_join(p, KEYS[1], KEYS[2], KEYS[5], KEYS[4], worker, address,
+                           lease_ms, now)
+  if joined then return remember(KEYS[3], joined) end
+end
+local reply = nil
+local skipped = {}  -- gang trials this worker cannot open now: back to the tail
 for _ = 1, 1000 do
   local m = redis.call('LPOP', KEYS[1])  -- entries that are not READY are dropped
-  if not m then return false end
+  if not m then break end
   local sep = string.find(m, '/', 1, true)
   if sep then
     local job, tid = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
-    local t = tkey(ARGV[1], job, tid)
+    local t = tkey(p, job, tid)
     if redis.call('HGET', t, 'state') == 'READY' then
-      local attempts = tonumber(redis.call('HGET', t, 'attempts') or '0') + 1
-      -- runs before this one that were released (crash, lost lease, shutdown)
-      local earlier = redis.call('LLEN', t .. ':errors')
-      local values = redis.call('HGET', t, 'values') or '{}'
-      redis.call('HSET', t, 'attempts', attempts, 'state', 'RUNNING', 'worker', ARGV[2],
-                 'started', now)
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), m)
-      emit(ARGV[1], job, {'trial_started', cjson.encode(
-        {trial = tid, worker = ARGV[2], attempt = attempts})})
-      redis.call('HINCRBY', KEYS[4], 'started', 1)
-      return remember(KEYS[3], {job, tid, tostring(attempts), values, tostring(earlier)})
+      local size = tonumber(redis.call('HGET', t, 'gang_size') or '1') or 1
+      if size > 1 then
+        -- Opened only when enough workers are alive: a gang that cannot form must not
+        -- hold slots that trials of other jobs could use (the chief says why it waits).
+        local alive = redis.call('ZCOUNT', KEYS[6], now - tonumber(ARGV[6]), '+inf')
+        if address == '' or alive < size then
+          table.insert(skipped, m)
+        else
+          redis.call('HSET', t, 'state', 'FORMING', 'member:' .. worker, 0,
+                     'gang', cjson.encode({{worker = worker, address = address}}))
+          redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), m)
+          reply = {job, tid, 'FORMING'}
+          break
+        end
+      else
+        local attempts = tonumber(redis.call('HGET', t, 'attempts') or '0') + 1
+        -- runs before this one that were released (crash, lost lease, shutdown)
+        local earlier = redis.call('LLEN', t .. ':errors')
+        local values = redis.call('HGET', t, 'values') or '{}'
+        redis.call('HSET', t, 'attempts', attempts, 'state', 'RUNNING', 'worker', worker,
+                   'started', now)
+        redis.call('ZADD', KEYS[2], now + lease_ms, m)
+        emit(p, job, {'trial_started', cjson.encode(
+          {trial = tid, worker = worker, attempt = attempts})})
+        redis.call('HINCRBY', KEYS[4], 'started', 1)
+        reply = {job, tid, tostring(attempts), values, tostring(earlier)}
+        break
+      end
     end
   end
 end
+for _, m in ipairs(skipped) do redis.call('RPUSH', KEYS[1], m) end
+if reply then return remember(KEYS[3], reply) end
 return false
 """
 
@@ -160,9 +281,11 @@ for i = 4, #ARGV do
   local sep = string.find(m, '/', 1, true)
   if sep then
     local t = tkey(ARGV[1], string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
-    if redis.call('HGET', t, 'state') == 'RUNNING'
-       and redis.call('HGET', t, 'worker') == ARGV[2] then
+    if redis.call('HGET', t, 'state') == 'RUNNING' and is_member(t, ARGV[2]) then
       redis.call('ZADD', KEYS[1], 'XX', expiry, m)
+      if redis.call('HGET', t, 'member:' .. ARGV[2]) then  -- a gang member's own beat
+        redis.call('HSET', t, 'beat:' .. ARGV[2], expiry - tonumber(ARGV[3]))
+      end
       renewed = renewed + 1
     end
   end
@@ -250,7 +373,7 @@ return remember(KEYS[3], 1)
 _RELEASE = _LUA_COMMON + """
 local t = tkey(ARGV[1], ARGV[2], ARGV[3])
 if redis.call('HGET', t, 'state') ~= 'RUNNING' then return 0 end
-if ARGV[4] ~= '' and redis.call('HGET', t, 'worker') ~= ARGV[4] then return 0 end
+if ARGV[4] ~= '' and not is_member(t, ARGV[4]) then return 0 end
 if ARGV[5] ~= '' and redis.call('HGET', t, 'attempts') ~= ARGV[5] then return 0 end
 return release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3],
                      ARGV[6], ARGV[7], now_ms())
@@ -297,11 +420,16 @@ return counts
 """
 
 # The chief's other conditional writes, fenced by its lock.
-# KEYS: lock, trial, totals | ARGV: token, prefix, job, trial, reason
-# Returns -1 fenced out, 0 not READY, 1 cancelled.
+# KEYS: lock, trial, totals, forming | ARGV: token, prefix, job, trial, reason
+# Returns -1 fenced out, 0 not READY (nor FORMING), 1 cancelled.
 _CANCEL_READY = _LUA_COMMON + """
 if fenced_out(KEYS[1], ARGV[1]) then return -1 end
-if redis.call('HGET', KEYS[2], 'state') ~= 'READY' then return 0 end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= 'READY' and state ~= 'FORMING' then return 0 end
+if state == 'FORMING' then  -- its members see it gone and go back to claiming
+  gang_clear(KEYS[2])
+  redis.call('ZREM', KEYS[4], ARGV[3] .. '/' .. ARGV[4])
+end
 local ev = {'trial_cancelled', cjson.encode({trial = ARGV[4]})}
 redis.call('HSET', KEYS[2], 'state', 'CANCELLED', 'error', ARGV[5], 'finished', now_ms())
 emit(ARGV[2], ARGV[3], ev)
@@ -315,6 +443,66 @@ if fenced_out(KEYS[1], ARGV[1]) then return -1 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'RUNNING' then return 0 end
 redis.call('HSET', KEYS[2], 'stop', '1')
 return 1
+"""
+
+
+# A member of a forming gang waits: KEYS: ready, forming
+# ARGV: prefix, job, trial, worker, leave ('1': this worker gives up its place)
+# Replies the gang reply (store/gang.py) once RUNNING, {'FORMING'} while it forms, and
+# {'GONE'} when it was dissolved (its wait ran out, a member left), cancelled or started
+# without this worker. A member leaving, or the first to see the wait run out, dissolves it.
+_GANG_WAIT = _LUA_COMMON + _LUA_GANG + """
+local t = tkey(ARGV[1], ARGV[2], ARGV[3])
+local m = ARGV[2] .. '/' .. ARGV[3]
+local state = redis.call('HGET', t, 'state')
+local rank = redis.call('HGET', t, 'member:' .. ARGV[4])
+if state == 'RUNNING' and rank then return gang_reply(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) end
+if state ~= 'FORMING' or not rank then return {'GONE'} end
+local deadline = tonumber(redis.call('ZSCORE', KEYS[2], m) or '0')
+if ARGV[5] == '1' then
+  gang_dissolve(ARGV[1], KEYS[1], KEYS[2], ARGV[2], ARGV[3], 'member ' .. ARGV[4] .. ' left')
+  return {'GONE'}
+end
+if deadline < now_ms() then
+  gang_dissolve(ARGV[1], KEYS[1], KEYS[2], ARGV[2], ARGV[3],
+                'too few free workers joined in time')
+  return {'GONE'}
+end
+return {'FORMING'}
+"""
+
+# A member of a running gang checks on the others (and says it is alive).
+# KEYS: ready, leases, inbox, wake, totals
+# ARGV: prefix, job, trial, worker, attempt, peer_timeout_ms
+# Replies {'OK'}, {'GONE'} (the attempt ended: finished, released, reaped, cancelled) or
+# {'RELEASED', reason} when this call found a member silent for peer_timeout_ms and
+# released the trial for every member. A member that was itself silent that long (Redis
+# was unreachable for everyone, or this host paused) only beats: it judges no one until
+# the others had a chance to beat too, so an outage does not spend a retry.
+_GANG_CHECK = _LUA_COMMON + """
+local t = tkey(ARGV[1], ARGV[2], ARGV[3])
+if redis.call('HGET', t, 'state') ~= 'RUNNING' or redis.call('HGET', t, 'attempts') ~= ARGV[5]
+   or not redis.call('HGET', t, 'member:' .. ARGV[4]) then
+  return {'GONE'}
+end
+local now = now_ms()
+local timeout = tonumber(ARGV[6])
+local mine = tonumber(redis.call('HGET', t, 'beat:' .. ARGV[4]) or '0') or 0
+redis.call('HSET', t, 'beat:' .. ARGV[4], now)
+if now - mine > timeout then return {'OK'} end
+for _, m in ipairs(gang_members(t)) do
+  if m.worker ~= ARGV[4] then
+    local beat = tonumber(redis.call('HGET', t, 'beat:' .. m.worker) or '0') or 0
+    if now - beat > timeout then
+      local reason = 'gang member ' .. m.worker .. ' lost: silent for '
+                     .. string.format('%.1f', (now - beat) / 1000) .. ' s'
+      release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3],
+                    reason, '1', now)
+      return {'RELEASED', reason}
+    end
+  end
+end
+return {'OK'}
 """
 
 
@@ -338,10 +526,46 @@ class Claim:
     values: dict[str, Any]
     resume: bool = False  # an earlier run was interrupted: continue from its checkpoint
     claimed_at: float = field(default_factory=time.time)
+    # A gang trial: every member ({worker, address}, in rank order) and this one's rank.
+    gang: list[dict[str, str]] | None = None
+    rank: int = 0
+    # This worker holds a place in a gang that is still forming (``gang_wait``).
+    forming: bool = False
 
     @property
     def member(self) -> str:
         return member(self.job, self.trial)
+
+
+def _claim_from_reply(row: list[Any]) -> Claim | None:
+    """A claim or gang reply of the scripts as a ``Claim`` (None: the names are foreign)."""
+    job, trial = row[0], row[1]
+    if not (is_job_id(job) and is_trial_id(trial)):  # foreign: must never become a path
+        return None
+    if len(row) == 3:
+        return Claim(job, trial, 0, {}, forming=True)
+    attempt, values, earlier = row[2], row[3], row[4]
+    try:
+        parsed = codec.loads_object(values, f"values of trial {job}/{trial}")
+    except Exception:
+        parsed = {}
+    claim = Claim(job, trial, int(attempt), parsed, resume=int(earlier) > 0)
+    if len(row) >= 7:
+        claim.gang = gang_members(row[5])
+        claim.rank = int(row[6])
+    return claim
+
+
+def gang_members(raw: str | None) -> list[dict[str, str]]:
+    """The members of a trial's ``gang`` field, in rank order (empty when unreadable)."""
+    try:
+        members = codec.loads(raw or "[]", "gang members")
+    except Exception:
+        return []
+    if not isinstance(members, list):
+        return []
+    return [{"worker": str(m.get("worker", "")), "address": str(m.get("address", ""))}
+            for m in members if isinstance(m, dict)]
 
 
 class LostLease(RuntimeError):
@@ -367,12 +591,15 @@ class TrialQueue:
         self._reap = client.register_script(_REAP)
         self._cancel_ready = client.register_script(_CANCEL_READY)
         self._request_stop = client.register_script(_REQUEST_STOP)
+        self._gang_wait = client.register_script(_GANG_WAIT)
+        self._gang_check = client.register_script(_GANG_CHECK)
 
     def _request_key(self) -> str:
         return self.k.request(secrets.token_hex(12))
 
     def _claim_keys(self, request_key: str) -> list[str]:
-        return [self.k.ready, self.k.leases, request_key, self.k.telemetry_counts]
+        return [self.k.ready, self.k.leases, request_key, self.k.telemetry_counts,
+                self.k.forming, self.k.workers]
 
     def _finish_keys(self, request_key: str) -> list[str]:
         return [self.k.inbox, self.k.leases, request_key, self.k.telemetry_counts,
@@ -381,23 +608,51 @@ class TrialQueue:
 
     # --- worker side -----------------------------------------------------------------
 
-    def claim(self, worker: str, lease_s: float, request_key: str | None = None) -> Claim | None:
+    def claim(self, worker: str, lease_s: float, request_key: str | None = None, *,
+              address: str = "", gang_wait_s: float = GANG_WAIT_S) -> Claim | None:
         """Pop one READY trial and own it; safe to retry (a lost reply is replayed: redis-py
         re-sends the script with its request key after a dropped connection; a test passes
-        ``request_key`` to replay one)."""
+        ``request_key`` to replay one).
+
+        With ``address`` (``host:port`` where this worker's gang trial process would
+        listen) the worker also takes part in gangs: it joins the oldest forming gang it
+        is not in, or opens one for a gang trial when enough workers are alive (live: a
+        heartbeat within ``lease_s``). A place in a gang still forming comes back as a
+        ``Claim`` with ``forming`` set: wait on it with ``gang_wait``; a gang that does not
+        fill within ``gang_wait_s`` is dissolved and its trial queued again at the tail."""
         row = self._claim(keys=self._claim_keys(request_key or self._request_key()),
-                          args=[self.k.p, worker, int(lease_s * 1000)])
+                          args=[self.k.p, worker, int(lease_s * 1000), address,
+                                int(gang_wait_s * 1000), int(lease_s * 1000)])
         if not row:
             return None
-        job, trial, attempt, values, earlier = row
-        if not (is_job_id(job) and is_trial_id(trial)):  # foreign: must never become a path
-            self.r.zrem(self.k.leases, member(job, trial))
+        claim = _claim_from_reply(row)
+        if claim is None:
+            self.r.zrem(self.k.leases, member(row[0], row[1]))
+        return claim
+
+    def gang_wait(self, forming: Claim, worker: str, leave: bool = False) -> Claim | None:
+        """A place in a forming gang: the running gang's ``Claim`` once the last member
+        joined, ``forming`` again while it forms, None once it is gone (dissolved,
+        cancelled). ``leave`` gives the place up (and dissolves the formation)."""
+        row = self._gang_wait(keys=[self.k.ready, self.k.forming],
+                              args=[self.k.p, forming.job, forming.trial, worker,
+                                    "1" if leave else "0"])
+        if row == ["FORMING"]:
+            return forming
+        if not row or len(row) < 7:
             return None
-        try:
-            parsed = codec.loads_object(values, f"values of trial {job}/{trial}")
-        except Exception:
-            parsed = {}
-        return Claim(job, trial, int(attempt), parsed, resume=int(earlier) > 0)
+        return _claim_from_reply(row)
+
+    def gang_check(self, claim: Claim, worker: str, peer_timeout_s: float) -> tuple[str, str]:
+        """A running gang member says it is alive and checks the others: ``("OK", "")``,
+        ``("GONE", "")`` when the attempt ended, or ``("RELEASED", why)`` when a member
+        was silent for ``peer_timeout_s`` and this call released the trial for all."""
+        row = self._gang_check(
+            keys=[self.k.ready, self.k.leases, self.k.inbox, self.k.wake,
+                  self.k.telemetry_counts],
+            args=[self.k.p, claim.job, claim.trial, worker, claim.attempt,
+                  int(peer_timeout_s * 1000)])
+        return str(row[0]), str(row[1]) if len(row) > 1 else ""
 
     def renew(self, worker: str, members: Iterable[str], lease_s: float) -> int:
         members = list(members)
@@ -446,21 +701,25 @@ class TrialQueue:
 
     def enqueue(self, job: str, trial: str, values: Mapping[str, Any], max_retries: int,
                 oracle_state: str | None, oracle_trial: str = "{}",
-                pipe: Any = None) -> None:
+                pipe: Any = None, gang_size: int = 1) -> None:
         """Record a new trial, persist the oracle that made it, and queue it: one transaction.
 
         The oracle's state and the trial become visible together, so a chief restarted at
         any moment never holds an oracle that forgot a queued trial (or the reverse).
         With ``pipe`` (a MULTI pipeline or a ``fence.Writes``) the commands join the
-        caller's atomic step.
+        caller's atomic step. ``gang_size`` > 1: the trial is trained by that many workers
+        at once (``claim``).
         """
         now = now_ms()
         own = pipe is None
         pipe = self.r.pipeline(transaction=True) if pipe is None else pipe
-        pipe.hset(self.k.trial(job, trial), mapping={
+        record: dict[str, Any] = {
             "job": job, "trial": trial, "state": "READY", "values": codec.dumps(dict(values)),
             "attempts": 0, "max_retries": max_retries, "worker": "", "created": now,
-        })
+        }
+        if gang_size > 1:
+            record["gang_size"] = gang_size
+        pipe.hset(self.k.trial(job, trial), mapping=record)
         pipe.zadd(self.k.trials(job), {trial: now})
         if oracle_state is not None:  # None: the caller's transaction persists the oracle
             pipe.set(self.k.oracle(job), oracle_state)
@@ -486,7 +745,7 @@ class TrialQueue:
                      fence: Fence = Fence.NONE) -> bool:
         """READY -> CANCELLED (a worker popping it later skips it)."""
         answer = int(self._cancel_ready(keys=[fence.lock_key, self.k.trial(job, trial),
-                                              self.k.telemetry_counts],
+                                              self.k.telemetry_counts, self.k.forming],
                                         args=[fence.token, self.k.p, job, trial, reason]))
         if answer < 0:
             raise LostLeadership("the chief lock is held by another chief")
