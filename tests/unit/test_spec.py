@@ -511,3 +511,21 @@ def test_unknown_metric_for_custom_model_needs_a_direction() -> None:
     error = reject(job(model={"module": "m.py", "source": CUSTOM_SOURCE},
                        search={"objective": "val_my_score"}))
     assert_one_line(error, "search.objective", "cannot infer the direction", "direction: min|max")
+
+
+# --- train.jit_compile (issue 13, goal 5) ---------------------------------------------
+
+
+def test_jit_compile_defaults_to_auto_and_takes_auto_true_false() -> None:
+    base = {"name": "j", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"}}
+    assert parse_spec(base).train.jit_compile == "auto"
+    for value in ("auto", True, False):
+        assert parse_spec({**base, "train": {"jit_compile": value}}).train.jit_compile == value
+
+
+@pytest.mark.parametrize("value", ["yes", "on", 1, 0, None, "AUTO", [True]])
+def test_jit_compile_rejects_anything_else_in_one_line(value: Any) -> None:
+    base = {"name": "j", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"}}
+    with pytest.raises(SpecError) as info:
+        parse_spec({**base, "train": {"jit_compile": value}})
+    assert str(info.value) == f"train.jit_compile: {value!r} is not one of auto, true, false"

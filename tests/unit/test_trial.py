@@ -291,3 +291,24 @@ def test_custom_model_trial_succeeds(tmp_path: Path) -> None:
     result = run_trial(rt, TrialRequest("t1", {}), ListReporter())
     assert result.score == result.epochs[0]["val_loss"]
     assert np.isfinite(result.score)
+
+
+XLA_MODEL = NO_METRICS_MODEL.replace('loss="sparse_categorical_crossentropy")',
+                                     'loss="sparse_categorical_crossentropy", jit_compile=True)')
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(True, True), (False, False), ("auto", False)])
+def test_jit_compile_setting_reaches_the_trained_model(tmp_path: Path, setting: Any,
+                                                        expected: bool) -> None:
+    # auto on this CPU host: off (bench/xla.py: XLA made every trial slower on CPU)
+    rt = runtime(tmp_path, epochs=1, jit_compile=setting)
+    result = run_trial(rt, TrialRequest("t1", dict(SMALL)), ListReporter())
+    assert result.distribution["jit_compile"] is expected
+
+
+def test_auto_keeps_a_user_model_compiled_with_xla_and_false_turns_it_off(tmp_path: Path) -> None:
+    for setting, expected in (("auto", True), (False, False)):
+        rt = runtime(tmp_path / str(setting), model=custom(XLA_MODEL),
+                     search={"objective": "val_loss"}, epochs=1, jit_compile=setting)
+        result = run_trial(rt, TrialRequest("t1", {}), ListReporter())
+        assert result.distribution["jit_compile"] is expected

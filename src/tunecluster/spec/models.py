@@ -273,12 +273,20 @@ class Train(_Strict):
     batch_size: int = Field(defaults.BATCH_SIZE, ge=1, le=1_000_000)
     early_stopping: EarlyStopping | None = None
     steps_per_execution: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
-    jit_compile: bool = False
+    # XLA: auto = where bench/xla.py measured it faster, per device kind (worker/xla.py)
+    jit_compile: Literal["auto"] | bool = "auto"
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     shuffle: bool = True
     # Seconds one attempt of a trial may run, from its claim, before the worker kills it
     # and records it FAILED (not retried: a trial that hangs once hangs again).
     trial_timeout: float | None = None
+
+    @field_validator("jit_compile", mode="before")
+    @classmethod
+    def _jit_compile(cls, value: object) -> object:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"{value!r} is not one of auto, true, false")
 
     @field_validator("trial_timeout", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ from tunecluster.artifact_store import ArtifactStore, LocalStore, open_store
 from tunecluster.artifacts import CHECKPOINT, MODEL_FILE, attempt_dir, resume_dirs
 from tunecluster.errors import TrialFailed
 from tunecluster.store import codec
-from tunecluster.worker import precision
+from tunecluster.worker import precision, xla
 from tunecluster.worker.runtime import JobRuntime
 from tunecluster.worker.strategy import describe, pick_strategy
 
@@ -170,7 +170,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         resumed_from_epoch=resumed_from,
         model_path=str(model_path),
         distribution={**describe(strategy, spec.train.batch_size), "dtype_policy": policy,
-                      "steps_per_execution": int(getattr(model, "steps_per_execution", 1) or 1)},
+                      "steps_per_execution": int(getattr(model, "steps_per_execution", 1) or 1),
+                      "jit_compile": bool(getattr(model, "jit_compile", False))},
         timings={
             "setup_s": t_build - t0,
             "build_s": t_fit - t_build,
@@ -196,7 +197,9 @@ def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any, strategy: Any) -
     author already chose ``steps_per_execution`` keeps it under ``auto``. Under several
     replicas ``auto`` stays at 1: Keras 3 fails multi-step execution under
     MirroredStrategy ("You must feed a value for placeholder tensor", keras#19246).
+    XLA follows ``train.jit_compile`` (``worker/xla.py``).
     """
+    xla.apply(model, train.jit_compile, strategy, keep_model_choice=rt.build_fn is not None)
     steps = train.steps_per_execution
     if steps == "auto":
         if int(getattr(model, "steps_per_execution", 1) or 1) != 1:
@@ -207,8 +210,6 @@ def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any, strategy: Any) -
             steps_per_epoch = max(1, math.ceil(len(rt.splits.x_train) / train.batch_size))
             steps = min(steps_per_epoch, AUTO_STEPS_PER_EXECUTION)
     model.steps_per_execution = int(steps)
-    if train.jit_compile:
-        model.jit_compile = True
 
 
 class _EpochCallback:
