@@ -377,6 +377,9 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
             _print_json(data)
             return
         console.print(render.jobs_table(rows))
+        for row in rows:
+            if row.get("waiting"):
+                console.print(f"[yellow]waiting:[/yellow] {row['job']}: {row['waiting']}")
         console.print(f"{len(workers)} live worker(s), "
                       f"{sum(int(i.get('slots', 1)) for i in workers.values())} slot(s);"
                       f" chief: {data['chief'] or 'none'}")
@@ -395,6 +398,8 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
         _print_json(summary)
         return
     console.print(render.jobs_table([summary]))
+    if summary.get("waiting"):
+        console.print(f"[yellow]waiting:[/yellow] {summary['waiting']}")
     if summary.get("error"):
         console.print(f"[red]error:[/red] {summary['error']}")
 
@@ -682,17 +687,28 @@ def chief(redis_url: str, artifacts: str, lease_s: float, ray_address: str | Non
               envvar="TUNECLUSTER_TRIALS_PER_GPU",
               help="Trials sharing each GPU, each capped at its share of the GPU's memory"
                    " (or $TUNECLUSTER_TRIALS_PER_GPU).")
+@click.option("--advertise-host", default=None, envvar="TUNECLUSTER_ADVERTISE_HOST",
+              help="Address other workers reach this one at, for trials trained by"
+                   " several workers (default: this host's address on its route to Redis;"
+                   " or $TUNECLUSTER_ADVERTISE_HOST).")
+@click.option("--gang-ports", default="29500-29599", show_default=True,
+              envvar="TUNECLUSTER_GANG_PORTS",
+              help="TCP ports this worker's gang trial processes listen on, LOW-HIGH"
+                   " (or $TUNECLUSTER_GANG_PORTS).")
 @click.option("--lease", "lease_s", type=float, default=defaults.LEASE_S, show_default=True)
 @click.option("--heartbeat", "heartbeat_s", type=float, default=defaults.HEARTBEAT_S,
               show_default=True)
 @handle_errors
 def worker(redis_url: str, artifacts: str, slots: int | None, gpus_per_trial: int | None,
-           trials_per_gpu: int, lease_s: float, heartbeat_s: float) -> None:
+           trials_per_gpu: int, advertise_host: str | None, gang_ports: str, lease_s: float,
+           heartbeat_s: float) -> None:
     """Run a worker: claims trials and trains them."""
     from tunecluster.security import check_redis_url
+    from tunecluster.worker.gang import parse_ports
     from tunecluster.worker.loop import Worker
 
     check_redis_url(redis_url, "worker")
+    ports = parse_ports(gang_ports)
     from tunecluster.worker.slots import gpu_memory_mb, plan_slots, visible_gpus
 
     logging.getLogger().setLevel(logging.INFO)
@@ -700,7 +716,8 @@ def worker(redis_url: str, artifacts: str, slots: int | None, gpus_per_trial: in
     memory = gpu_memory_mb() if gpus and trials_per_gpu > 1 else {}
     plan = plan_slots(gpus, gpus_per_trial, slots, trials_per_gpu, memory)
     Worker(_store(redis_url, patient=True), redis_url, artifacts, slots=len(plan), slot_env=plan,
-           lease_s=lease_s, heartbeat_s=heartbeat_s).run()
+           lease_s=lease_s, heartbeat_s=heartbeat_s, advertise_host=advertise_host,
+           gang_ports=ports).run()
 
 
 @cli.command()

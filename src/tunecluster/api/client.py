@@ -41,8 +41,8 @@ def _local_cluster() -> tuple[str | None, str | None]:
     return state.url, (None if is_url(state.artifacts) else state.artifacts)
 
 
-SUMMARY_FIELDS = ("job", "name", "state", "objective", "best", "counts", "error", "created",
-                  "finished")
+SUMMARY_FIELDS = ("job", "name", "state", "objective", "best", "counts", "error", "waiting",
+                  "created", "finished")
 
 
 class Client:

@@ -89,6 +89,7 @@ class HostedJob:
     dirty: bool = False
     touched: set[str] = field(default_factory=set)
     next_trials_read: float = 0.0  # monotonic time of _finish_jobs' next read of trials
+    waiting: str = ""  # why its trials cannot start, as last written to the job record
 
 
 class _Resync(Exception):
@@ -125,6 +126,7 @@ class Chief:
         self._next_consumer_prune = 0.0
         self._active: list[str] = []
         self._slots = 0
+        self._workers = 0  # live workers at the last census
         self._more = False  # the last top-up stopped at TOP_UP_CHUNK: more to create
         self._next_census = 0.0
         # The reaper waits a full lease (plus a reconnect back-off) after any stall
@@ -202,7 +204,8 @@ class Chief:
             # The census reads every worker's record: with many workers, less often
             # (1,000 slots: every 5 s), as it would otherwise take a good part of the
             # chief's time; a worker that joins waits that long to be counted.
-            self._slots = self.store.workers.total_slots(self.lease_s)
+            self._workers, self._slots = self.store.workers.census(self.lease_s)
+            self._say_who_waits()
             self._next_census = time.monotonic() + max(self._housekeeping_s,
                                                        self._slots * CENSUS_S_PER_SLOT)
         self._active = self.store.jobs.active()
@@ -212,6 +215,22 @@ class Chief:
                      px=int(self.lock_s * 3000)).apply(self.store.client, self.fence)
         if self._take_over_inbox(min_idle_ms=max(2000, int(self.lock_s * 1000))):
             self._reclaim = True
+
+    def _say_who_waits(self) -> None:
+        """Write on each job whose trials need more workers than are alive (a gang
+        trial, ``resources.workers_per_trial``) why it waits, for ``status``; and clear
+        it once enough workers are there."""
+        for job_id in self._active:
+            hosted = self.jobs.get(job_id)
+            if hosted is None:
+                continue
+            need = hosted.spec.resources.workers_per_trial
+            why = (f"each trial needs {need} workers (resources.workers_per_trial);"
+                   f" {self._workers} alive" if need > self._workers else "")
+            if why != hosted.waiting:
+                writes = Writes().hset(self.store.keys.job(job_id), "waiting", why)
+                writes.apply(self.store.client, self.fence)
+                hosted.waiting = why
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -494,6 +513,7 @@ class Chief:
                     or hosted.cancel):
                 continue
             extra = ahead if hosted.spec.search.algorithm in ("random", "grid") else 0
+            need = hosted.spec.resources.workers_per_trial  # slots one trial takes
             budget = free + extra if hosted.host.ongoing() > 0 else max(free + extra, 1)
             while budget > 0:
                 if created >= TOP_UP_CHUNK:
@@ -508,11 +528,11 @@ class Chief:
                     # later in this same step, not once per trial here.
                     self.store.queue.enqueue(job_id, trial, values,
                                              hosted.spec.search.max_retries_per_trial,
-                                             None, pipe=writes)
+                                             None, pipe=writes, gang_size=need)
                     hosted.dirty = True
                     hosted.touched.add(trial)
-                    budget -= 1
-                    free -= 1
+                    budget -= need
+                    free -= need
                     created += 1
                 elif status == "IDLE":
                     break
@@ -541,12 +561,12 @@ class Chief:
             trials = self.store.jobs.trials(job_id)
             if cancel or hosted.failure:
                 for row in trials:
-                    if row.get("state") == "READY":
+                    if row.get("state") in ("READY", "FORMING"):
                         self.store.queue.cancel_ready(job_id, row["trial"], "job ended",
                                                       self.fence)
                     elif row.get("state") == "RUNNING" and row.get("stop") != "1":
                         self.store.queue.request_stop(job_id, row["trial"], self.fence)
-            if any(row.get("state") in ("READY", "RUNNING") for row in trials):
+            if any(row.get("state") in ("READY", "FORMING", "RUNNING") for row in trials):
                 continue
             self._finalize(hosted, "cancelled" if cancel else
                            "failed" if hosted.failure else "completed")

@@ -346,6 +346,7 @@ if fields['overhead'] then
   if ok_o and type(o) == 'table' then overhead = o end
 end
 local now = now_ms()
+gang_clear(t)  -- the members' marks go; the 'gang' list stays as the trial's record
 for k, v in pairs(fields) do redis.call('HSET', t, k, v) end
 redis.call('HSET', t, 'state', ARGV[6], 'finished', now)
 redis.call('ZREM', KEYS[2], ARGV[2] .. '/' .. ARGV[3])
@@ -696,6 +697,26 @@ class TrialQueue:
     def wait_for_work(self, timeout_s: float) -> None:
         """Block until the chief queues a trial (or the timeout passes)."""
         self.r.blpop([self.k.wake], timeout=max(timeout_s, 0.01))
+
+    def gang_publish(self, claim: Claim, epoch: int, stop: bool) -> None:
+        """Rank 0's decision after ``epoch``: do the members stop (``GangFollower``)?"""
+        key = self.k.trial_sync(claim.job, claim.trial)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, f"{claim.attempt}:{epoch}", "1" if stop else "0")
+        pipe.pexpire(key, REQUEST_TTL_MS)
+        pipe.execute()
+
+    def gang_decision(self, claim: Claim, epoch: int) -> bool | None:
+        """Rank 0's decision after ``epoch`` of this attempt; None until it published."""
+        value = self.r.hget(self.k.trial_sync(claim.job, claim.trial),
+                            f"{claim.attempt}:{epoch}")
+        return None if value is None else value == "1"
+
+    def attempt_running(self, claim: Claim) -> bool:
+        """Whether ``claim``'s attempt still runs (not finished, released or reaped)."""
+        state, attempts = self.r.hmget(self.k.trial(claim.job, claim.trial),
+                                       ["state", "attempts"])
+        return state == "RUNNING" and attempts == str(claim.attempt)
 
     # --- chief side ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from tunecluster.store import codec
 from tunecluster.store.jobs import JobStore
+from tunecluster.store.queue import gang_members
 
 FIELDS = ("job", "name", "state", "objective", "best", "test", "trials", "artifacts")
 
@@ -42,6 +43,9 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
         "counts": _counts(trials),
         "artifacts": final.get("artifacts", {}),
         "error": record.fields.get("error") or None,
+        # why the job's trials cannot start now (the chief's word: too few workers alive
+        # for its gang trials), None when nothing holds it back
+        "waiting": record.fields.get("waiting") or None,
         "created": record.created,
         "finished": int(record.fields["finished"]) if record.fields.get("finished") else None,
     }
@@ -66,6 +70,8 @@ def _trial_row(row: dict[str, str]) -> dict[str, Any]:
         "epochs": int(row["last_epoch"]) if row.get("last_epoch", "").isdigit() else 0,
         "attempts": int(row.get("attempts") or 0),
         "worker": row.get("worker") or None,
+        # who trained it (the last attempt): a gang's members in rank order, else its worker
+        "workers": _workers(row),
         "error": row.get("error") or None,
         "resumed_from_epoch": int(row.get("resumed_from_epoch") or 0),
         "tuner": {k: v for k, v in values.items() if k.startswith("tuner/")} or None,
@@ -74,6 +80,14 @@ def _trial_row(row: dict[str, str]) -> dict[str, Any]:
         # older records keep it at <trial>/model.keras)
         "model": row.get("model") or None,
     }
+
+
+def _workers(row: dict[str, str]) -> list[dict[str, Any]]:
+    members = gang_members(row.get("gang"))
+    if members:
+        return [{"worker": m["worker"], "rank": rank, "address": m["address"]}
+                for rank, m in enumerate(members)]
+    return [{"worker": row["worker"], "rank": 0}] if row.get("worker") else []
 
 
 def _json_field(row: dict[str, str], name: str) -> dict[str, Any]:

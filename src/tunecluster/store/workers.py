@@ -56,13 +56,18 @@ class WorkerRegistry:
         return {w: info for w, info in zip(ids, pipe.execute(), strict=True) if info}
 
     def total_slots(self, lease_s: float) -> int:
+        return self.census(lease_s)[1]
+
+    def census(self, lease_s: float) -> tuple[int, int]:
+        """Live workers and the trial slots they offer together."""
+        live = self.live(lease_s)
         total = 0
-        for info in self.live(lease_s).values():
+        for info in live.values():
             try:
                 total += max(0, int(info.get("slots", "1")))
             except ValueError:
                 total += 1
-        return total
+        return len(live), total
 
     def prune(self, lease_s: float) -> list[str]:
         """Forget workers silent for ten leases (their trials were reaped long ago)."""

@@ -85,6 +85,12 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
     import_tensorflow()  # warm: paid once when the process starts, not per trial
     import tensorflow
 
+    from tunecluster.worker.strategy import multi_worker_strategy
+
+    # A gang trial's process: TensorFlow takes its collective configuration only before
+    # anything else runs (a warm process could never join a second gang).
+    multi_worker_strategy()
+
     # Each trial builds new tf.functions; TensorFlow warns about "retracing" for every
     # one of them, which is expected here and would flood the worker's log.
     tensorflow.get_logger().setLevel("ERROR")
@@ -122,24 +128,39 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     from tunecluster.worker.trial import TrialRequest, run_trial
 
     claim = Claim(message["job"], message["trial"], int(message["attempt"]),
-                  dict(message.get("values") or {}))
-    reporter = RedisReporter(store, claim, worker)
+                  dict(message.get("values") or {}), gang=message.get("gang"),
+                  rank=int(message.get("rank") or 0))
+    reporter: Any = RedisReporter(store, claim, worker)
+    if claim.gang:
+        from tunecluster.worker.gang import GangFollower, GangLeader
+
+        reporter = (GangLeader(reporter, store, claim) if claim.rank == 0
+                    else GangFollower(store, claim))
     try:
         rt = _runtime(store, runtimes, artifacts, claim.job)
         request = TrialRequest(claim.trial, claim.values, claim.attempt,
                                resume=bool(message.get("resume", claim.attempt > 1)),
                                isolated=True,
-                               parent_model=_parent_model(store, artifacts, claim))
+                               parent_model=_parent_model(store, artifacts, claim),
+                               rank=claim.rank)
         result = run_trial(rt, request, reporter)
     except LostLease as exc:
         return {"outcome": "lost", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of the trial is the trial's
         kind = "" if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: "
         message_text = kind + (str(exc).strip().splitlines() or [""])[0][:500]
+        if claim.rank > 0:
+            # Only rank 0 records the trial; a member that failed ends the attempt for
+            # every member (rank 0 would wait on it in its next collective).
+            store.queue.release(claim.job, claim.trial, f"rank {claim.rank}: {message_text}",
+                                worker=worker, attempt=claim.attempt)
+            return {"outcome": "failed", "error": message_text}
         if not store.queue.finish(claim, worker, "FAILED", {
                 "error": message_text, "traceback": traceback.format_exc()[-4000:]}):
             return refused(claim, "failed")
         return {"outcome": "failed", "error": message_text}
+    if claim.rank > 0:  # rank 0 records the trial
+        return {"outcome": "member", "timings": result.timings}
     state = "CANCELLED" if reporter.cancelled else "COMPLETED"
     claimed_at = float(message.get("claimed_at") or result.timings["build_at"])
     overhead = {

@@ -33,6 +33,7 @@ from tunecluster.artifact_store import is_url
 from tunecluster.store import Claim, Store, codec, now_ms
 from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.workers import default_worker_id
+from tunecluster.worker import gang
 from tunecluster.worker.child import child_main, die_with_parent
 from tunecluster.worker.slots import GPU_MEMORY_ENV
 
@@ -43,6 +44,7 @@ log = logging.getLogger("tunecluster.worker")
 # worker saw the cancel is killed.
 CANCEL_GRACE_S = 2.0
 KEEP_TIMEOUTS = 64  # jobs whose train.trial_timeout a worker remembers
+GANG_POLL_S = 0.1  # how often a place in a forming gang looks whether it runs
 
 
 class TrialAborted(RuntimeError):
@@ -51,6 +53,15 @@ class TrialAborted(RuntimeError):
     def __init__(self, state: str, reason: str) -> None:
         super().__init__(reason)
         self.state, self.reason = state, reason
+
+
+class GangEnded(TrialAborted):
+    """A gang trial's attempt ended elsewhere (recorded by rank 0, released by a member
+    whose process failed, or by this worker's check on a lost member): this member's
+    process is killed and nothing is recorded from here."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("", reason)
 
 
 class ChildDied(RuntimeError):
@@ -120,7 +131,8 @@ class Child:
                                          "attempt": claim.attempt,
                                          "values": claim.values,
                                          "resume": claim.resume,
-                                         "claimed_at": claim.claimed_at}).encode())
+                                         "claimed_at": claim.claimed_at,
+                                         "gang": claim.gang, "rank": claim.rank}).encode())
         self.trials += 1
         while True:
             if self.conn.poll(0.2):
@@ -169,6 +181,11 @@ class Worker:
     trials_per_child: int = defaults.TRIALS_PER_CHILD
     max_rss_mb: int = defaults.CHILD_MAX_RSS_MB
     slot_env: list[dict[str, str]] | None = None
+    # Gang trials: where this worker's gang trial processes listen (worker/gang.py).
+    advertise_host: str | None = None
+    gang_ports: tuple[int, int] = field(
+        default_factory=lambda: gang.parse_ports(gang.DEFAULT_PORTS))
+    gang_peer_timeout_s: float = gang.PEER_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not is_url(self.artifacts):  # a URL is mounted by each trial process
@@ -183,6 +200,8 @@ class Worker:
         # slot -> (the claim whose job was cancelled, when the worker saw it)
         self.cancelled: dict[int, tuple[Claim, float]] = {}
         self._timeouts: dict[str, float | None] = {}
+        host = gang.advertise_host(self.redis_url, self.advertise_host)
+        self.ports = [gang.PortReservation(host, self.gang_ports) for _ in range(self.slots)]
 
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -287,8 +306,15 @@ class Worker:
         """What ``Child.run`` asks while ``claim`` runs: kill it now, and why?"""
         limit = self._trial_timeout(claim.job)
         deadline = None if limit is None else time.monotonic() + limit
+        gang_checked = time.monotonic()
 
         def check() -> TrialAborted | None:
+            nonlocal gang_checked
+            if claim.gang and time.monotonic() - gang_checked >= gang.CHECK_S:
+                gang_checked = time.monotonic()
+                ended = self._gang_check(claim)
+                if ended is not None:
+                    return ended
             seen = self.cancelled.get(slot)
             if (seen is not None and seen[0] is claim
                     and time.monotonic() - seen[1] >= CANCEL_GRACE_S):
@@ -299,18 +325,59 @@ class Worker:
 
         return check
 
+    def _gang_check(self, claim: Claim) -> GangEnded | None:
+        """A running gang member's check on the others (``TrialQueue.gang_check``)."""
+        try:
+            state, why = self.store.queue.gang_check(claim, self.worker_id,
+                                                     self.gang_peer_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - Redis away: the lease logic decides
+            if not retryable(exc):
+                raise
+            return None
+        if state == "GONE":
+            return GangEnded("the gang's attempt ended")
+        if state == "RELEASED":
+            return GangEnded(why)
+        return None
+
+    def _address(self, slot: int) -> str:
+        """Where this slot's gang trial process would listen ('' if no port is free:
+        the slot then takes only trials of one worker)."""
+        try:
+            return self.ports[slot].address
+        except RuntimeError as exc:
+            log.warning("slot %d: %s; this slot joins no gang", slot, exc)
+            return ""
+
+    def _await_gang(self, place: Claim) -> Claim | None:
+        """Hold a place in a forming gang until it runs (its ``Claim``) or is gone."""
+        while True:
+            if self.stopping.is_set():
+                self.store.queue.gang_wait(place, self.worker_id, leave=True)
+                return None
+            got = self.store.queue.gang_wait(place, self.worker_id)
+            if got is None or not got.forming:
+                return got
+            time.sleep(GANG_POLL_S)
+
     def _slot_loop(self, slot: int) -> None:
         backoff = Backoff()
         child = self.children[slot]
         while not self.stopping.is_set():
             try:
-                claim = self.store.queue.claim(self.worker_id, self.lease_s)
+                claim = self.store.queue.claim(self.worker_id, self.lease_s,
+                                               address=self._address(slot))
+                if claim is not None and claim.forming:
+                    claim = self._await_gang(claim)
                 if claim is None:
                     self.store.queue.wait_for_work(1.0)
                     backoff.ok()
                     continue
                 self.current[slot] = claim
-                self._run(slot, child, claim)
+                if claim.gang:
+                    self._run_gang(slot, child, claim)
+                else:
+                    self._run(slot, child, claim)
                 backoff.ok()
             except Exception as exc:  # noqa: BLE001 - a slot must survive Redis outages
                 if retryable(exc):
@@ -322,9 +389,32 @@ class Worker:
                 self.current[slot] = None
                 self.cancelled.pop(slot, None)
 
+    def _run_gang(self, slot: int, child: Child, claim: Claim) -> None:
+        """One member's part of a gang trial, in a fresh trial process that listens on
+        the slot's advertised port (TensorFlow configures its collectives once per
+        process); a slot on a GPU first stops its warm process, whose memory the gang's
+        process needs."""
+        assert claim.gang is not None
+        self.ports[slot].release()
+        gpus = child.env.get("CUDA_VISIBLE_DEVICES")
+        if gpus not in (None, "", "-1"):
+            child.close()
+        member = Child(self.redis_url, self.artifacts, self.worker_id,
+                       {**child.env, "TF_CONFIG": gang.tf_config(claim.gang, claim.rank)})
+        log.info("slot %d: %s as rank %d of %d (%s)", slot, claim.member, claim.rank,
+                 len(claim.gang), ", ".join(m["worker"] for m in claim.gang))
+        try:
+            self._run(slot, member, claim)
+        finally:
+            member.kill()
+
     def _run(self, slot: int, child: Child, claim: Claim) -> None:
         try:
             outcome = child.run(claim, self.stopping, self._abort_check(slot, claim))
+        except GangEnded as exc:
+            self.stats["killed"] += 1
+            log.info("slot %d: stopped its member of %s: %s", slot, claim.member, exc.reason)
+            return
         except TrialAborted as exc:
             # Final, not released: a timeout is deterministic and a cancelled job wants
             # nothing retried. Refused if the attempt lost its lease meanwhile.

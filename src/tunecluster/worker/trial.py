@@ -33,7 +33,7 @@ from tunecluster.errors import TrialFailed
 from tunecluster.store import codec
 from tunecluster.worker import precision, xla
 from tunecluster.worker.runtime import JobRuntime
-from tunecluster.worker.strategy import describe, pick_strategy
+from tunecluster.worker.strategy import describe, pick_strategy, shard_by_data
 
 AUTO_STEPS_PER_EXECUTION = 32
 VALIDATION_BATCH = 1024
@@ -43,6 +43,14 @@ class Reporter(Protocol):
     def epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         """Record one finished epoch; return True when the trial must stop."""
         ...
+
+
+def agreed_stop(reporter: Reporter, epoch: int, stop: bool) -> bool:
+    """The stop decision after ``epoch`` that every member of a gang trial follows:
+    rank 0's (``worker/gang.py``: its reporter publishes it, the others' read it); a
+    trial of one worker keeps its own."""
+    decide = getattr(reporter, "decide", None)
+    return stop if decide is None else bool(decide(epoch, stop))
 
 
 @dataclass
@@ -59,6 +67,8 @@ class TrialRequest:
     # Hyperband: the model file of the trial this one continues (tuner/trial_id), as the
     # parent's record names it; None: <parent trial>/model.keras.
     parent_model: str | None = None
+    # A gang trial's member: only rank 0 writes the checkpoints and the model.
+    rank: int = 0
 
     @property
     def resumes(self) -> bool:
@@ -132,15 +142,15 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
             reporter.epoch(int(row["epoch"]), _metrics_only(row))
 
     tracker = _EpochCallback(reporter, objective, direction, trial_dir, history,
-                             spec.train.early_stopping, store)
+                             spec.train.early_stopping, store, request.rank == 0)
     stopped_early = False
     if initial_epoch < epochs:
         t_fit = time.perf_counter()
         model.fit(
-            rt.dataset("train", spec.train.batch_size, spec.train.shuffle,
-                       spec.data.split.seed),
-            validation_data=rt.dataset("valid", validation_batch_size(spec.train.batch_size),
-                                       False, 0),
+            shard_by_data(strategy, rt.dataset("train", spec.train.batch_size,
+                                               spec.train.shuffle, spec.data.split.seed)),
+            validation_data=shard_by_data(strategy, rt.dataset(
+                "valid", validation_batch_size(spec.train.batch_size), False, 0)),
             epochs=epochs,
             initial_epoch=initial_epoch,
             callbacks=[tracker],
@@ -157,9 +167,10 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         model.set_weights(tracker.best_weights)
     t_save = time.perf_counter()
     model_path = trial_dir / MODEL_FILE
-    tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
-    model.save(tmp)
-    store.move_in(tmp, store.key(model_path))
+    if request.rank == 0:  # a gang's other members hold the same weights
+        tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
+        model.save(tmp)
+        store.move_in(tmp, store.key(model_path))
     return TrialResult(
         trial_id=request.trial_id,
         epochs=history,
@@ -221,8 +232,10 @@ class _EpochCallback:
         class Callback(keras.callbacks.Callback):
             def __init__(self, reporter: Reporter, objective: str, direction: str,
                          trial_dir: Path, history: list[dict[str, float]],
-                         early_stopping: Any, store: ArtifactStore) -> None:
+                         early_stopping: Any, store: ArtifactStore,
+                         writes_files: bool = True) -> None:
                 super().__init__()
+                self.writes_files = writes_files
                 self.reporter = reporter
                 self.objective = objective
                 self.sign = 1.0 if direction == "max" else -1.0
@@ -264,15 +277,18 @@ class _EpochCallback:
                     self.since_best += 1
                 row = {"epoch": number, **logs}
                 self.history.append(row)
-                write_checkpoint(self.trial_dir, weights,
-                                 {"epoch": number, "history": self.history}, self.store)
+                if self.writes_files:
+                    write_checkpoint(self.trial_dir, weights,
+                                     {"epoch": number, "history": self.history}, self.store)
                 stop = self.reporter.epoch(number, logs)
                 self.last_epoch_at = time.time()
+                reason = None
                 if stop:
-                    self.stop_reason = "stopped by the chief"
-                    self.model.stop_training = True
+                    reason = "stopped by the chief"
                 elif self.patience is not None and self.since_best > self.patience:
-                    self.stop_reason = f"no improvement in {self.patience} epochs"
+                    reason = f"no improvement in {self.patience} epochs"
+                if agreed_stop(self.reporter, number, reason is not None):
+                    self.stop_reason = reason or "stopped by the gang's rank 0"
                     self.model.stop_training = True
 
         return Callback(*args, **kwargs)
