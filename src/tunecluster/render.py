@@ -32,14 +32,23 @@ def leaderboard_table(results: dict[str, Any], limit: int | None = None) -> Tabl
             if name not in hp_names:
                 hp_names.append(name)
     hp_names = hp_names[:MAX_HP_COLUMNS]
+    # A job whose trials span several workers (gangs) shows who trained each one.
+    gangs = any(len(t.get("workers") or []) > 1 for t in trials)
     table = Table(title=f"{results['name']} ({results['job']}) — {results['state']}, "
                         f"{objective['name']} ({objective['direction']})")
-    for col in ("#", "trial", "state", objective["name"], "epochs", "attempts", *hp_names):
+    for col in ("#", "trial", "state", objective["name"], "epochs", "attempts",
+                *(["workers"] if gangs else []), *hp_names):
         table.add_column(col, overflow="fold")
     for rank, t in enumerate(trials[:limit] if limit else trials, start=1):
         table.add_row(str(rank), t["trial"], t["state"], fmt(t["score"]), fmt(t["epochs"]),
-                      fmt(t["attempts"]), *(fmt(t["hyperparameters"].get(n)) for n in hp_names))
+                      fmt(t["attempts"]), *([gang_text(t)] if gangs else []),
+                      *(fmt(t["hyperparameters"].get(n)) for n in hp_names))
     return table
+
+
+def gang_text(trial: dict[str, Any]) -> str:
+    """Who trained a trial: its workers in rank order (``-`` before it started)."""
+    return " + ".join(m["worker"] for m in trial.get("workers") or []) or "-"
 
 
 def print_results(results: dict[str, Any], console: Console | None = None) -> None:

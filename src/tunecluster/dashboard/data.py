@@ -261,6 +261,8 @@ def attempts(events: list[Any]) -> list[dict[str, Any]]:
         at = int(e.id.split("-")[0])
         if e.type == "trial_started":
             out.append({"attempt": e.data.get("attempt"), "worker": e.data.get("worker"),
+                        # a gang's members in rank order (None: one worker)
+                        "workers": e.data.get("workers"),
                         "start": at, "end": None, "ended": "running", "reason": None})
             continue
         if not out or out[-1]["end"] is not None:

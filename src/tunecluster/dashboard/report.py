@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster.dashboard.app import plotly_js
-from tunecluster.render import fmt
+from tunecluster.render import fmt, gang_text
 
 CHARTS = (("history", "Optimization history"), ("curves", "Learning curves"),
           ("parallel", "Parallel coordinates"), ("slices", "Slice plots"),
@@ -56,7 +56,8 @@ def render_report(doc: dict[str, Any], generated: str | None = None) -> str:
         "<td>{attempts}</td><td>{worker}</td>{hps}<td class=err>{error}</td></tr>".format(
             cls=' class="best"' if t["trial"] == best.get("trial") else "",
             trial=esc(t["trial"]), state=esc(t["state"]), score=_fmt(t["score"]),
-            epochs=t["epochs"], attempts=t["attempts"], worker=esc(t["worker"] or "–"),
+            epochs=t["epochs"], attempts=t["attempts"],
+            worker=esc(gang_text(t) if len(t.get("workers") or []) > 1 else t["worker"] or "–"),
             hps="".join(f"<td>{esc(_fmt(t['hyperparameters'].get(n)))}</td>" for n in names),
             error=esc((t["error"] or "")[:200]))
         for t in trials)

@@ -36,6 +36,12 @@ function fmt(v) {
   return String(v);
 }
 
+// Who trained a trial: a gang's workers in rank order, else its one worker.
+function who(t) {
+  const members = (t.workers || []).map((m) => m.worker);
+  return members.length > 1 ? members.join(" + ") : t.worker;
+}
+
 function dur(s) {
   if (s === null || s === undefined) return "–";
   s = Math.round(s);
@@ -234,7 +240,7 @@ async function viewJob() {
       [doc.objective.name, (t) => t.score],
       ["epochs", (t) => t.epochs, (t) => el("span", {class: "epochs"}, t.epochs)],
       ["attempts", (t) => t.attempts],
-      ["worker", (t) => t.worker],
+      ["worker", (t) => who(t)],
       ...names.map((n) => [n, (t) => t.hyperparameters[n]]),
       ["error", (t) => t.error, (t) => el("span", {class: "error small"}, t.error || "")],
     ], rows, tableState));
@@ -343,7 +349,8 @@ async function viewTrial() {
       el("table", {id: "attempts"}, el("thead", {}, el("tr", {},
           ["attempt", "worker", "start", "end", "ended", "reason"].map((h) => el("th", {}, h)))),
         el("tbody", {}, doc.attempts.map((a) => el("tr", {}, el("td", {}, fmt(a.attempt)),
-          el("td", {}, fmt(a.worker)), el("td", {}, when(a.start)), el("td", {}, when(a.end)),
+          el("td", {}, a.workers ? a.workers.join(" + ") : fmt(a.worker)),
+          el("td", {}, when(a.start)), el("td", {}, when(a.end)),
           el("td", {}, a.ended), el("td", {class: "error small"}, a.reason || ""))))),
       doc.ended_attempts.length ? el("p", {class: "muted"},
         `Earlier attempts ended: ${doc.ended_attempts.join("; ")}`) : null,
