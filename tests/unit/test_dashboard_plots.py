@@ -167,12 +167,14 @@ def test_attempts_from_a_trials_events() -> None:
               Event("2000-0", "epoch", {"trial": "01", "epoch": 1}),
               Event("3000-0", "trial_retry", {"trial": "01", "worker": "a", "attempt": 1,
                                               "reason": "lease expired"}),
-              Event("4000-0", "trial_started", {"trial": "01", "worker": "b", "attempt": 2}),
+              Event("4000-0", "trial_started", {"trial": "01", "worker": "b", "attempt": 2,
+                                                "workers": ["b", "c"]}),
               Event("5000-0", "trial_completed", {"trial": "01", "worker": "b", "attempt": 2})]
     first, second = attempts(events)
-    assert first == {"attempt": 1, "worker": "a", "start": 1000, "end": 3000,
-                     "ended": "retried", "reason": "lease expired"}
+    assert first == {"attempt": 1, "worker": "a", "workers": None, "start": 1000,
+                     "end": 3000, "ended": "retried", "reason": "lease expired"}
     assert (second["worker"], second["ended"], second["end"]) == ("b", "completed", 5000)
+    assert second["workers"] == ["b", "c"]  # a gang's members, rank 0 first
 
 
 def test_check_bind_needs_a_real_token_off_loopback() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunecluster.store import codec
-from tunecluster.store.jobs import JobStore
+from tunecluster.store.jobs import ACTIVE_STATES, JobStore
 from tunecluster.store.queue import gang_members
 
 FIELDS = ("job", "name", "state", "objective", "best", "test", "trials", "artifacts")
@@ -45,7 +45,8 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
         "error": record.fields.get("error") or None,
         # why the job's trials cannot start now (the chief's word: too few workers alive
         # for its gang trials), None when nothing holds it back
-        "waiting": record.fields.get("waiting") or None,
+        "waiting": (record.fields.get("waiting") or None) if record.state in ACTIVE_STATES
+        else None,
         "created": record.created,
         "finished": int(record.fields["finished"]) if record.fields.get("finished") else None,
     }

@@ -423,7 +423,8 @@ class Worker:
                                                {"error": exc.reason})
             log.warning("slot %d: killed the trial process of %s: %s%s", slot, claim.member,
                         exc.reason, "" if recorded else " (no longer ours: not recorded)")
-            child.ensure()  # a warm process for the next claim
+            if not claim.gang:  # a gang member's process is not reused
+                child.ensure()  # a warm process for the next claim
             return
         except ChildDied as exc:
             self.stats["crashes"] += 1
