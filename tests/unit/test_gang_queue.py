@@ -167,3 +167,16 @@ def test_a_cancelled_job_takes_its_forming_gang_away(store: Store) -> None:
     assert store.jobs.trial(job, "00")["state"] == "CANCELLED"
     assert store.queue.gang_wait(a, "w1") is None
     assert store.queue.claim("w2", 10, address="h:2") is None
+
+
+def test_the_reaper_dissolves_a_formation_whose_members_are_all_gone(store: Store) -> None:
+    job = _job(store, 1, gang=2)
+    _alive(store, "w1", "w2")
+    place = store.queue.claim("w1", 10, address="h:1", gang_wait_s=0.1)
+    assert place is not None and place.forming
+    time.sleep(0.2)  # w1 died while waiting: nobody calls gang_wait or claim again
+    store.queue.reap(Fence.NONE, stall_ms=60_000, grace_ms=0)
+    record = store.jobs.trial(job, "00")
+    assert record["state"] == "READY" and "member:w1" not in record
+    assert store.client.zcard(store.keys.forming) == 0
+    assert store.queue.ready_count() == 1

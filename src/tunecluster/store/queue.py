@@ -385,12 +385,24 @@ return release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[
 # A reaper that has not run for stall_ms (Redis was down or restarted, or the chief was
 # stalled or replaced) cannot tell dead workers from workers that could not reach Redis:
 # it then reaps nothing for grace_ms, a full lease for every worker to renew.
-# KEYS: leases, ready, inbox, wake, lock, reaper_last, reaper_grace, totals
+# It also dissolves gangs whose formation outlived its wait (their members may all be
+# gone, so no member's own wait would ever see it run out).
+# KEYS: leases, ready, inbox, wake, lock, reaper_last, reaper_grace, totals, forming
 # ARGV: prefix, token, stall_ms, grace_ms, reason, limit
 # Returns -1 when the caller no longer holds the chief lock, else {retried, failed, stale}.
-_REAP = _LUA_COMMON + """
+_REAP = _LUA_COMMON + _LUA_GANG + """
 if fenced_out(KEYS[5], ARGV[2]) then return -1 end
 local now = now_ms()
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 100)) do
+  local sep = string.find(m, '/', 1, true)
+  if sep and redis.call('HGET', tkey(ARGV[1], string.sub(m, 1, sep - 1),
+                                    string.sub(m, sep + 1)), 'state') == 'FORMING' then
+    gang_dissolve(ARGV[1], KEYS[2], KEYS[9], string.sub(m, 1, sep - 1), string.sub(m, sep + 1),
+                  'too few free workers joined in time')
+  else
+    redis.call('ZREM', KEYS[9], m)
+  end
+end
 local last = tonumber(redis.call('GET', KEYS[6]) or '')
 redis.call('SET', KEYS[6], now)
 -- No mark at all: a new Redis (nothing to spare) or one that lost its data (spare all).
@@ -782,7 +794,7 @@ class TrialQueue:
         k = self.k
         answer = self._reap(
             keys=[k.leases, k.ready, k.inbox, k.wake, fence.lock_key, k.reaper_last,
-                  k.reaper_grace, k.telemetry_counts],
+                  k.reaper_grace, k.telemetry_counts, k.forming],
             args=[k.p, fence.token, int(stall_ms), int(grace_ms), reason, limit])
         if not isinstance(answer, list):
             raise LostLeadership("the chief lock is held by another chief")
