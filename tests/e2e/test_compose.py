@@ -252,6 +252,20 @@ def test_digits_job_from_the_host_cli_completes_and_exports_the_best_model(
     assert again["best"] == results["best"]
 
 
+def test_a_trial_trained_by_two_worker_containers(stack: Stack) -> None:
+    """A gang: the two worker containers find each other on the project network (each
+    advertises its own address there) and train one trial together."""
+    results = stack.cli("submit", "examples/digits.yaml", "--set", "search.max_trials=1",
+                        "--set", "train.epochs=2", "--set", "resources.workers_per_trial=2",
+                        "--wait")
+    assert results["state"] == "completed", results
+    (trial,) = results["trials"]
+    assert trial["state"] == "COMPLETED", trial
+    hosts = [m["address"].rsplit(":", 1)[0] for m in trial["workers"]]
+    assert len(set(hosts)) == 2 and not any(h.startswith("127.") for h in hosts), hosts
+    assert len({m["worker"] for m in trial["workers"]}) == 2
+
+
 def test_a_worker_killed_mid_trial_loses_no_trial(stack: Stack) -> None:
     from tunecluster.store import Store
 
@@ -312,7 +326,7 @@ def test_a_worker_killed_mid_trial_loses_no_trial(stack: Stack) -> None:
 
 def test_redis_keeps_the_jobs_across_a_restart(stack: Stack) -> None:
     jobs = stack.cli("list")
-    assert len(jobs) == 3
+    assert len(jobs) == 4  # submitted by the tests above (the gang's job included)
     # AOF persistence (appendonly yes on the redis-data volume).
     stack.compose("restart", "redis", timeout=120)
     deadline = time.monotonic() + 60
