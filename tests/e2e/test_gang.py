@@ -98,6 +98,18 @@ def test_a_gang_larger_than_the_cluster_waits_and_other_jobs_run(cluster, store:
     assert wait(store, big, timeout_s=60)["state"] == "cancelled"
 
 
+def test_cancel_stops_every_member(cluster, store: Store, tmp_path: Path) -> None:
+    job = submit(store, prepare_job(_spec(tmp_path, "cancelled", workers=2, epochs=500), []))
+    _, members = _members_at_epoch(store, job, 1)
+    processes = [_gang_process(_worker_pid(store, m["worker"])) for m in members]
+    store.jobs.request_cancel(job)
+    results = wait(store, job, timeout_s=60)
+    assert results["state"] == "cancelled"
+    (trial,) = results["trials"]
+    assert trial["state"] == "CANCELLED" and trial["epochs"] < 500
+    _until(lambda: all(_gone(p) for p in processes), timeout=30)
+
+
 def _gang_process(worker_pid: int) -> psutil.Process:
     """The worker's gang trial process: its newest trial process (on CPU the slot keeps
     its warm one for trials of one worker beside it)."""
