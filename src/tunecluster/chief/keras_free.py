@@ -22,9 +22,9 @@ side by side with and without it and compares every suggestion and state.
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
-import functools
 import inspect
 import os
 import sys
