@@ -13,6 +13,12 @@ Contract:
   budget ``max_retries`` is spent). The chief releases expired leases (it is the only
   reaper, ``reap``, fenced by its lock); a worker releases the trial of a crashed child
   or on shutdown.
+- A gang trial (``gang_size`` N > 1, ``resources.workers_per_trial``) goes READY ->
+  FORMING (places held by workers: no attempt, no lease) -> RUNNING for its N members at
+  once (one attempt, one lease any member renews; rank 0 is its ``worker`` and alone
+  reports and finishes). A formation not full within ``GANG_WAIT_S`` goes back to READY
+  at the tail; a member's release (its process crashed, a member fell silent:
+  ``gang_check``, shutdown) ends the attempt for every member.
 - Lease expiry is Redis server time; no host's clock is compared with another's.
 - ``claim`` and ``finish`` are safe to retry after a dropped connection (a request key
   replays the first reply); the other calls are idempotent by their checks.
@@ -87,9 +93,10 @@ end
 local function fenced_out(lock, token)
   return lock ~= '' and redis.call('GET', lock) ~= token
 end
--- Gangs (a trial trained by N workers at once, store/gang.py): the members, in rank
--- order, are the trial's 'gang' (JSON list of {worker, address}); each member also has
--- 'member:<worker>' (its rank) and, while RUNNING, 'beat:<worker>' (Redis time, ms).
+-- Gangs (a trial trained by N workers at once; the worker side: worker/gang.py): the
+-- members, in rank order, are the trial's 'gang' (JSON list of {worker, address});
+-- each member also has 'member:<worker>' (its rank) and, while RUNNING,
+-- 'beat:<worker>' (Redis time, ms).
 local function gang_members(t)
   local raw = redis.call('HGET', t, 'gang')
   if not raw or raw == '' then return {} end
@@ -146,7 +153,7 @@ local function release_trial(p, ready, leases, inbox, wake, totals, job, tid, re
 end
 """.replace("TTL_MS", str(REQUEST_TTL_MS)) + telemetry.lua_observe()
 
-# Gang formation, used by the claim and by a forming member's wait (store/gang.py).
+# Gang formation, used by the claim and by a forming member's wait.
 _LUA_GANG = """
 -- FORMING -> READY at the tail of the ready list, so the trials queued behind it go first.
 local function gang_dissolve(p, ready, forming, job, tid, reason)
@@ -461,7 +468,7 @@ return 1
 
 # A member of a forming gang waits: KEYS: ready, forming
 # ARGV: prefix, job, trial, worker, leave ('1': this worker gives up its place)
-# Replies the gang reply (store/gang.py) once RUNNING, {'FORMING'} while it forms, and
+# Replies the gang reply (gang_reply) once RUNNING, {'FORMING'} while it forms, and
 # {'GONE'} when it was dissolved (its wait ran out, a member left), cancelled or started
 # without this worker. A member leaving, or the first to see the wait run out, dissolves it.
 _GANG_WAIT = _LUA_COMMON + _LUA_GANG + """
