@@ -13,9 +13,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from starlette.testclient import TestClient
 
 from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
+from tunecluster.dashboard.app import create_app
 from tunecluster.store import Store
 from tunecluster.worker.gang import CHECK_S
 
@@ -89,6 +91,11 @@ def test_a_gang_larger_than_the_cluster_waits_and_other_jobs_run(cluster, store:
     assert shown.returncode == 0, shown.stderr
     assert "waiting: each trial needs 3 workers" in shown.stdout
     assert "2 alive" in shown.stdout
+    # the dashboard says it too, in the Jobs view's row and the Job view's document
+    with TestClient(create_app(cluster.url), base_url="http://127.0.0.1") as web:
+        row = next(r for r in web.get("/api/jobs").json() if r["job"] == big)
+        assert "needs 3 workers" in row["waiting"]
+        assert "2 alive" in web.get(f"/api/jobs/{big}").json()["waiting"]
     small = run_job(store, _spec(tmp_path, "small", workers=1, epochs=1))
     assert small["state"] == "completed"
     (waiting,) = store.jobs.trials(big)

@@ -52,6 +52,7 @@ def summary(results: dict[str, Any], record: Any, now_ms: int) -> dict[str, Any]
         "priority": int(record.fields.get("priority") or 0),
         "scheduler": results.get("scheduler", "native"), "created": results["created"],
         "finished": results.get("finished"), "error": results.get("error"),
+        "waiting": results.get("waiting"),  # why its trials cannot start (gangs)
     }
 
 

@@ -161,7 +161,9 @@ async function viewJobs() {
           onchange: (e) => e.target.checked ? picked.add(r.job) : picked.delete(r.job)})],
         ["job", (r) => r.job, (r) => el("a", {href: `/jobs/${r.job}`}, r.job)],
         ["name", (r) => r.name],
-        ["state", (r) => r.state, (r) => badge(r.state)],
+        ["state", (r) => r.state, (r) => r.waiting
+          ? el("span", {title: r.waiting}, badge(r.state), " ", el("small", {class: "muted"}, "waiting"))
+          : badge(r.state)],
         ["trials", (r) => r.done, (r) => progress(r.done, r.total)],
         ["best", (r) => r.best],
         ["objective", (r) => `${r.objective.name} (${r.objective.direction})`],
@@ -209,8 +211,11 @@ async function viewJob() {
           e.target.textContent = "Cancelling…";
         } catch (err) { e.target.textContent = err.message; }
       }}, "Cancel job") : null;
+    const waiting = doc.waiting  // its trials need more workers than are alive (gangs)
+      ? [el("p", {class: "muted", id: "waiting"}, `waiting: ${doc.waiting}`)] : [];
     parts.head.replaceChildren(el("h1", {}, `${doc.name} `, el("small", {}, doc.job), " ",
-                                  el("span", {id: "state"}, badge(doc.state)), " ", cancel));
+                                  el("span", {id: "state"}, badge(doc.state)), " ", cancel),
+                               ...waiting);
     const downloads = el("ul", {class: "downloads"}, doc.downloads.map((d) => el("li", {},
       d.available ? el("a", {href: `/api/jobs/${job}/download/${d.name}`, download: true},
                        d.name)
