@@ -180,3 +180,18 @@ def test_the_reaper_dissolves_a_formation_whose_members_are_all_gone(store: Stor
     assert record["state"] == "READY" and "member:w1" not in record
     assert store.client.zcard(store.keys.forming) == 0
     assert store.queue.ready_count() == 1
+
+
+def test_a_member_that_died_while_forming_loses_its_place(store: Store) -> None:
+    job = _job(store, 1, gang=2)
+    _alive(store, "w1", "w2", "w3")
+    place = store.queue.claim("w1", 10, address="h:1")
+    assert place is not None and place.forming
+    store.client.zadd(store.keys.workers, {"w1": server_ms(store.client) - 60_000})  # silent
+    joined = store.queue.claim("w2", 10, address="h:2")
+    assert joined is not None and joined.forming  # w1's place went: w2 is rank 0 now
+    assert store.queue.gang_wait(place, "w1") is None
+    third = store.queue.claim("w3", 10, address="h:3")
+    assert third is not None and not third.forming and third.rank == 1
+    assert [m["worker"] for m in third.gang or []] == ["w2", "w3"]
+    assert store.jobs.trial(job, "00")["attempts"] == "1"

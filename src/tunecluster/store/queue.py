@@ -190,7 +190,10 @@ local function gang_reply(p, job, tid, worker)
           redis.call('HGET', t, 'gang'), tostring(redis.call('HGET', t, 'member:' .. worker))}
 end
 -- Join the oldest forming gang this worker is not in yet; dissolve those past their wait.
-local function gang_join(p, ready, leases, forming, totals, worker, address, lease_ms, now)
+-- Members whose worker stopped beating (it died while waiting) lose their place first, so
+-- a gang never starts with a member that cannot train (and spends a retry on it).
+local function gang_join(p, ready, leases, forming, totals, workers, live_since, worker,
+                         address, lease_ms, now)
   for _, m in ipairs(redis.call('ZRANGE', forming, 0, 99)) do
     local sep = string.find(m, '/', 1, true)
     if sep then
@@ -202,7 +205,15 @@ local function gang_join(p, ready, leases, forming, totals, worker, address, lea
       elseif deadline < now then
         gang_dissolve(p, ready, forming, job, tid, 'too few free workers joined in time')
       elseif not redis.call('HGET', t, 'member:' .. worker) then
-        local members = gang_members(t)
+        local members = {}
+        for _, member in ipairs(gang_members(t)) do
+          if tonumber(redis.call('ZSCORE', workers, member.worker) or '0') >= live_since then
+            redis.call('HSET', t, 'member:' .. member.worker, #members)  -- its rank now
+            table.insert(members, member)
+          else
+            redis.call('HDEL', t, 'member:' .. member.worker)
+          end
+        end
         table.insert(members, {worker = worker, address = address})
         if #members >= (tonumber(redis.call('HGET', t, 'gang_size')) or 1) then
           gang_start(p, leases, forming, totals, job, tid, members, lease_ms, now)
@@ -229,8 +240,8 @@ if done then return done end
 local now = now_ms()
 local p, worker, lease_ms, address = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 if address ~= '' then
-  local joined = gang_join(p, KEYS[1], KEYS[2], KEYS[5], KEYS[4], worker, address,
-                           lease_ms, now)
+  local joined = gang_join(p, KEYS[1], KEYS[2], KEYS[5], KEYS[4], KEYS[6],
+                           now - tonumber(ARGV[6]), worker, address, lease_ms, now)
   if joined then return remember(KEYS[3], joined) end
 end
 local reply = nil
