@@ -71,7 +71,9 @@ if tomllib is not None:
 else:
     def array(name, table):
         body = text.split(table, 1)[1]
-        found = re.search(r"(?ms)^" + re.escape(name) + r"\s*=\s*(\[.*?\])", body)
+        # one line, or up to the "]" that starts a line ("redis[hiredis]" has its own)
+        found = re.search(r"(?ms)^" + re.escape(name) + r"\s*=\s*(\[[^\n]*\]$|\[.*?^\])",
+                          body)
         lines = [ln.split("#", 1)[0] for ln in found.group(1).splitlines()]
         return ast.literal_eval("\n".join(lines))
     deps = array("dependencies", "[project]")

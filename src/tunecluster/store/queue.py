@@ -238,10 +238,13 @@ _CLAIM = _LUA_COMMON + _LUA_GANG + """
 local done = replay(KEYS[3])
 if done then return done end
 local now = now_ms()
-local p, worker, lease_ms, address = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local p, worker, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- a caller of the single-worker contract (3 arguments) takes part in no gang
+local address, gang_wait_ms = ARGV[4] or '', tonumber(ARGV[5] or '0')
+local live_since = now - tonumber(ARGV[6] or ARGV[3])
 if address ~= '' then
   local joined = gang_join(p, KEYS[1], KEYS[2], KEYS[5], KEYS[4], KEYS[6],
-                           now - tonumber(ARGV[6]), worker, address, lease_ms, now)
+                           live_since, worker, address, lease_ms, now)
   if joined then return remember(KEYS[3], joined) end
 end
 local reply = nil
@@ -258,13 +261,13 @@ for _ = 1, 1000 do
       if size > 1 then
         -- Opened only when enough workers are alive: a gang that cannot form must not
         -- hold slots that trials of other jobs could use (the chief says why it waits).
-        local alive = redis.call('ZCOUNT', KEYS[6], now - tonumber(ARGV[6]), '+inf')
+        local alive = redis.call('ZCOUNT', KEYS[6], live_since, '+inf')
         if address == '' or alive < size then
           table.insert(skipped, m)
         else
           redis.call('HSET', t, 'state', 'FORMING', 'member:' .. worker, 0,
                      'gang', cjson.encode({{worker = worker, address = address}}))
-          redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), m)
+          redis.call('ZADD', KEYS[5], now + gang_wait_ms, m)
           reply = {job, tid, 'FORMING'}
           break
         end
