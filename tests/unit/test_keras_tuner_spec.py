@@ -100,6 +100,24 @@ def test_the_job_carries_npz_files_and_the_search_settings() -> None:
     assert len(train["x"]) == 30 and np.array_equal(valid["x"], x[30:])  # Keras: last rows
 
 
+def test_a_trial_can_span_several_workers() -> None:
+    x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
+    y = np.arange(40) % 3
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy", max_trials=2,
+                            cluster="redis://127.0.0.1:1/0", workers_per_trial=2)
+    spec, _ = tuner._job_spec(x, y, None, 0.25, 1, 8, None, True, {})
+    assert parse_spec(spec).resources.workers_per_trial == 2
+    plain = kt.RandomSearch(build_model, objective="val_accuracy",
+                            cluster="redis://127.0.0.1:1/0")
+    assert parse_spec(plain._job_spec(x, y, None, 0.25, 1, 8, None, True, {})[0]
+                      ).resources.workers_per_trial == 1
+    zero = kt.RandomSearch(build_model, objective="val_accuracy",
+                           cluster="redis://127.0.0.1:1/0", workers_per_trial=0)
+    with pytest.raises(SpecError, match="workers_per_trial") as err:
+        parse_spec(zero._job_spec(x, y, None, 0.25, 1, 8, None, True, {})[0])
+    assert "\n" not in str(err.value)
+
+
 def test_refusals_are_one_line() -> None:
     tuner = kt.RandomSearch(build_model, objective="val_accuracy", cluster="redis://h:1/0")
     x, y = np.zeros((10, 2)), np.arange(10) % 2

@@ -53,7 +53,8 @@ class Tuner:
                  allow_new_entries: bool = True, max_retries_per_trial: int = 0,
                  max_consecutive_failed_trials: int = 3, directory: str | None = None,
                  project_name: str | None = None, overwrite: bool = False,
-                 cluster: str | None = None, workers: int = 2, **unsupported: Any) -> None:
+                 cluster: str | None = None, workers: int = 2, workers_per_trial: int = 1,
+                 **unsupported: Any) -> None:
         if unsupported:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
                             f" {', '.join(sorted(unsupported))}")
@@ -74,6 +75,8 @@ class Tuner:
         self.cluster_url = (cluster or os.environ.get(defaults.REDIS_URL_ENV)
                             or _up_cluster_url())
         self.workers = workers
+        # each trial trained by this many workers at once (resources.workers_per_trial)
+        self.workers_per_trial = workers_per_trial
         self.job: Job | None = None
         self.oracle = _Oracle(self)
         self._space: dict[str, Any] | None = None
@@ -243,6 +246,8 @@ class Tuner:
                 "data": {"files": {"train": "train.npz", "valid": "valid.npz",
                                    "test": "valid.npz"}},
                 "model": model, "search": search, "train": train}
+        if self.workers_per_trial != 1:
+            spec["resources"] = {"workers_per_trial": self.workers_per_trial}
         return spec, files
 
     def _search_extra(self) -> dict[str, Any]:
