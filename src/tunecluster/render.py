@@ -101,6 +101,9 @@ def event_line(job: str, kind: str, data: dict[str, Any]) -> str:
                             if k.startswith("val_"))
         return f"trial {trial} epoch {data.get('epoch')}: {metrics}"
     if kind == "job_state":
-        return f"job {job} -> {data.get('state')}" + (f" ({data['error']})" if data.get("error") else "")
-    details = ", ".join(f"{k}={fmt(v)}" for k, v in data.items() if k not in ("trial",) and v is not None)
+        error = f" ({data['error']})" if data.get("error") else ""
+        return f"job {job} -> {data.get('state')}{error}"
+    # a gang's members (trial_started's "workers") read as "w1 + w2", rank 0 first
+    details = ", ".join(f"{k}={' + '.join(map(str, v)) if isinstance(v, list) else fmt(v)}"
+                        for k, v in data.items() if k not in ("trial",) and v is not None)
     return f"{kind.replace('_', ' ')} {trial} {details}".strip()
