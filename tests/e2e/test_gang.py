@@ -187,3 +187,18 @@ def _lose_members(store: Store, tmp_path: Path) -> None:
     assert f"gang member {lost} lost" in store.client.lrange(
         store.keys.trial_errors(job, trial["trial"]), 0, -1)[0]
     assert lost not in {m["worker"] for m in trial["workers"]}  # re-formed without it
+
+
+def test_a_tf_config_in_the_workers_environment_reaches_no_single_trial(
+        tmp_path: Path) -> None:
+    """Only a gang's own processes get a TF_CONFIG: a worker started where one is set
+    (a TFJob's pod, a shell) still trains trials of one worker on its own."""
+    stray = json.dumps({"cluster": {"worker": ["10.255.0.1:2222", "10.255.0.2:2222"]},
+                        "task": {"type": "worker", "index": 0}})
+    with LocalCluster(workers=1, artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs",
+                      env={**FAST_LIVENESS, "TF_CONFIG": stray}) as c:
+        store = Store.from_url(c.url)
+        results = run_job(store, _spec(tmp_path, "alone", workers=1, epochs=1),
+                          timeout_s=120)
+        assert results["state"] == "completed", results
+        assert _trial_result(store, results["job"], "0")["distribution"]["replicas"] == 1

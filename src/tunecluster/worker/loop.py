@@ -193,8 +193,10 @@ class Worker:
         self.stopping = threading.Event()
         self.current: dict[int, Claim | None] = {i: None for i in range(self.slots)}
         envs = self.slot_env or [{} for _ in range(self.slots)]
+        # TF_CONFIG is the gang's alone (_run_gang): one inherited from the worker's own
+        # environment would make every warm trial process wait for a cluster.
         self.children = [Child(self.redis_url, self.artifacts, self.worker_id,
-                               {"TF_CPP_MIN_LOG_LEVEL": "2", **envs[i]})
+                               {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": "", **envs[i]})
                          for i in range(self.slots)]
         self.stats = {"trials": 0, "crashes": 0, "recycled": 0, "killed": 0}
         # slot -> (the claim whose job was cancelled, when the worker saw it)
