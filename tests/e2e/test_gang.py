@@ -202,3 +202,23 @@ def test_a_tf_config_in_the_workers_environment_reaches_no_single_trial(
                           timeout_s=120)
         assert results["state"] == "completed", results
         assert _trial_result(store, results["job"], "0")["distribution"]["replicas"] == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_member_lost_to_tensorflow_first_is_retried_not_failed(tmp_path: Path) -> None:
+    """TensorFlow's coordination service may see a dead member before the workers' own
+    check (here: never within the test, 120 s): the collective error it raises in the
+    survivor still ends the attempt for a retry, not as a FAILED trial."""
+    env = {**FAST_LIVENESS, "TUNECLUSTER_GANG_PEER_TIMEOUT_S": "120"}
+    with LocalCluster(workers=3, artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs",
+                      env=env) as c:
+        store = Store.from_url(c.url)
+        job = submit(store, prepare_job(_spec(tmp_path, "tf-sees", workers=2, epochs=12), []))
+        _, members = _members_at_epoch(store, job, 2)
+        os.kill(_worker_pid(store, members[1]["worker"]), signal.SIGKILL)
+        results = wait(store, job, timeout_s=200)
+        (trial,) = results["trials"]
+        assert trial["state"] == "COMPLETED" and trial["attempts"] == 2, trial
+        assert trial["resumed_from_epoch"] >= 2
+        errors = store.client.lrange(store.keys.trial_errors(job, trial["trial"]), 0, -1)
+        assert "a gang member was lost" in errors[0], errors

@@ -111,3 +111,22 @@ def test_a_follower_stops_waiting_once_the_attempt_ends(store: Store) -> None:
     store.queue.release(job, "0", "rank 0 crashed", worker="w1", attempt=leader_claim.attempt)
     with pytest.raises(LostLease):
         GangFollower(store, follower_claim).decide(1, False)
+
+
+def test_collective_failures_are_told_from_the_trials_own_errors() -> None:
+    import tensorflow as tf
+
+    from tunecluster.worker.strategy import lost_a_peer
+
+    gone = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: ...")
+    assert lost_a_peer(gone)
+    assert lost_a_peer(tf.errors.DeadlineExceededError(None, None, "collective timed out"))
+    try:
+        try:
+            raise gone
+        except tf.errors.UnavailableError as inner:
+            raise RuntimeError("fit failed") from inner
+    except RuntimeError as outer:
+        assert lost_a_peer(outer)  # wrapped (Keras re-raises with context)
+    assert not lost_a_peer(ValueError("Input 0 of layer dense is incompatible"))
+    assert not lost_a_peer(tf.errors.InvalidArgumentError(None, None, "a bad shape"))

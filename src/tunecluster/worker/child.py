@@ -125,6 +125,7 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     from tunecluster.artifacts import relative_to_root
     from tunecluster.errors import TrialFailed
     from tunecluster.store import Claim, LostLease
+    from tunecluster.worker.strategy import lost_a_peer
     from tunecluster.worker.trial import TrialRequest, run_trial
 
     claim = Claim(message["job"], message["trial"], int(message["attempt"]),
@@ -149,6 +150,14 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     except Exception as exc:  # noqa: BLE001 - any failure of the trial is the trial's
         kind = "" if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: "
         message_text = kind + (str(exc).strip().splitlines() or [""])[0][:500]
+        if claim.gang and lost_a_peer(exc):
+            # TensorFlow saw a member go before the worker's own check did: the attempt
+            # is retried from its checkpoint, as for a lost worker (refused, and harmless,
+            # when the check already released it).
+            store.queue.release(claim.job, claim.trial,
+                                f"rank {claim.rank}: a gang member was lost: {message_text}",
+                                worker=worker, attempt=claim.attempt)
+            return {"outcome": "lost", "error": message_text}
         if claim.rank > 0:
             # Only rank 0 records the trial; a member that failed ends the attempt for
             # every member (rank 0 would wait on it in its next collective).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -183,6 +184,27 @@ def limit_gpu_memory(environ: Mapping[str, str] = os.environ, tf: Any = None) ->
         tf.config.set_logical_device_configuration(
             gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
     return limit
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` is how TensorFlow ends a gang trial whose peer is gone (its
+    coordination service saw a member stop beating, or a collective could not reach it:
+    UNAVAILABLE, ABORTED, CANCELLED, DEADLINE_EXCEEDED), anywhere in its chain. Such an
+    attempt is retried like one whose worker was lost, never recorded FAILED."""
+    if "tensorflow" not in sys.modules:
+        return False
+    import tensorflow as tf
+
+    kinds = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+             tf.errors.DeadlineExceededError)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def shard_by_data(strategy: Any, dataset: Any) -> Any:
