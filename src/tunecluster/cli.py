@@ -196,7 +196,8 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
                       f" local cluster has {len(warm.worker_pids)} worker(s) and its"
                       f" artifacts at {warm.artifacts}")
         with _dashboard(warm.url, dashboard, dashboard_port):
-            _run_on(warm.url, spec, overrides, timeout_s, as_json, "the local cluster")
+            _run_on(warm.url, spec, overrides, timeout_s, as_json, "the local cluster",
+                    workers=len(warm.worker_pids), fixed=False)
         return
     from tunecluster.cluster import LocalCluster
 
@@ -206,7 +207,7 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
     try:
         with _dashboard(cluster.url, dashboard, dashboard_port):
             _run_on(cluster.url, spec, overrides, timeout_s, as_json,
-                    f"{workers} workers, redis at {cluster.url}")
+                    f"{workers} workers, redis at {cluster.url}", workers=workers)
     finally:
         # The results are out (or the command gives up), and this cluster's Redis goes
         # with it: nothing is left for the roles to do or to hand over. Killed, not
@@ -237,12 +238,23 @@ def _dashboard(url: str, wanted: bool, port: int) -> Iterator[None]:
 
 
 def _run_on(url: str, spec: str, overrides: tuple[str, ...], timeout_s: float | None,
-            as_json: bool, where: str) -> None:
-    """Prepare, submit, follow and print a job on the cluster at ``url``."""
+            as_json: bool, where: str, *, workers: int, fixed: bool = True) -> None:
+    """Prepare, submit, follow and print a job on the cluster at ``url``, which has
+    ``workers`` workers (``fixed``: and never more, an embedded cluster)."""
     from tunecluster.client import prepare_job, submit, wait
     from tunecluster.store import Store
 
     job = prepare_job(spec, overrides)
+    need = job.spec.resources.workers_per_trial
+    if need > workers and fixed:  # its trials could never start
+        raise ValueError(f"resources.workers_per_trial: each trial needs {need} workers;"
+                         f" this run starts {workers} (--workers {need} or more)")
+    if need > workers:
+        from tunecluster.store.connection import redact
+
+        err.print(f"note: each trial needs {need} workers and the local cluster has"
+                  f" {workers}: the job waits until more join (tunecluster worker --redis"
+                  f" {redact(url)})")
     store = Store.from_url(url)
     job_id = submit(store, job)
     if not as_json:

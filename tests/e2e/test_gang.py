@@ -222,3 +222,12 @@ def test_a_member_lost_to_tensorflow_first_is_retried_not_failed(tmp_path: Path)
         assert trial["resumed_from_epoch"] >= 2
         errors = store.client.lrange(store.keys.trial_errors(job, trial["trial"]), 0, -1)
         assert "a gang member was lost" in errors[0], errors
+
+
+def test_run_refuses_a_gang_larger_than_its_embedded_cluster(tmp_path: Path) -> None:
+    done = cli("run", str(_spec(tmp_path, "too-big", workers=3, epochs=1)), "--workers", "2",
+               "--artifacts", str(tmp_path / "artifacts"), timeout=120)
+    assert done.returncode == 1
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert lines[-1] == ("error: resources.workers_per_trial: each trial needs 3 workers;"
+                         " this run starts 2 (--workers 3 or more)"), done.stderr
