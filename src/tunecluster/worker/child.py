@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 KEEP_JOBS = 2  # job runtimes (data + adapt statistics) kept warm per child
+# Set in a gang member's process: its first message names the gang (``tf_config``).
+GANG_MEMBER_ENV = "TUNECLUSTER_GANG_MEMBER"
 WATCHDOG_S = 0.5  # how often the trial process checks that its worker still lives
 PR_SET_PDEATHSIG = 1
 
@@ -87,8 +89,18 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
 
     from tunecluster.worker.strategy import multi_worker_strategy
 
-    # A gang trial's process: TensorFlow takes its collective configuration only before
-    # anything else runs (a warm process could never join a second gang).
+    # A gang member's process is started ahead, with TensorFlow imported, and learns its
+    # gang (TF_CONFIG) from its first message: TensorFlow takes its collective
+    # configuration only before anything else runs, so it trains that one trial.
+    first = None
+    if os.environ.get(GANG_MEMBER_ENV):
+        # Ready: the worker frees the port it advertised for this process only now, so
+        # that no other worker on the host takes it before TensorFlow listens there.
+        conn.send_bytes(b'{"ready": true}')
+        first = _receive(conn)
+        if first is None or first.get("exit"):
+            return
+        os.environ["TF_CONFIG"] = str(first.get("tf_config") or "")
     multi_worker_strategy()
 
     # Each trial builds new tf.functions; TensorFlow warns about "retracing" for every
@@ -109,15 +121,20 @@ def child_main(conn: Connection, redis_url: str, artifacts: str, worker: str,
     store = Store.from_url(redis_url)
     runtimes: OrderedDict[str, Any] = OrderedDict()
     while True:
-        try:
-            message = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        if message.get("exit"):
+        message, first = first or _receive(conn), None
+        if message is None or message.get("exit"):
             return
         outcome = run_one(store, runtimes, artifacts, worker, message)
         outcome["rss_mb"] = rss_mb()
         conn.send_bytes(json.dumps(outcome).encode())
+
+
+def _receive(conn: Connection) -> dict[str, Any] | None:
+    """The worker's next message (None: the pipe is closed, the worker is gone)."""
+    try:
+        return json.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return None
 
 
 def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker: str,

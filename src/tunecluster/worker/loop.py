@@ -34,7 +34,7 @@ from tunecluster.store import Claim, Store, codec, now_ms
 from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.workers import default_worker_id
 from tunecluster.worker import gang
-from tunecluster.worker.child import child_main, die_with_parent
+from tunecluster.worker.child import GANG_MEMBER_ENV, child_main, die_with_parent
 from tunecluster.worker.slots import GPU_MEMORY_ENV
 
 log = logging.getLogger("tunecluster.worker")
@@ -132,7 +132,9 @@ class Child:
                                          "values": claim.values,
                                          "resume": claim.resume,
                                          "claimed_at": claim.claimed_at,
-                                         "gang": claim.gang, "rank": claim.rank}).encode())
+                                         "gang": claim.gang, "rank": claim.rank,
+                                         "tf_config": gang.tf_config(claim.gang, claim.rank)
+                                         if claim.gang else None}).encode())
         self.trials += 1
         while True:
             if self.conn.poll(0.2):
@@ -152,6 +154,20 @@ class Child:
             if aborted is not None:
                 self.kill()
                 raise aborted
+
+    def await_ready(self, stopping: threading.Event) -> None:
+        """Start the process if needed and wait for its ready message (a gang member's,
+        once TensorFlow is imported); ``ChildDied`` if it dies first."""
+        self.ensure()
+        while not self.conn.poll(0.2):
+            if not self.process.is_alive():
+                self.process.join(1)
+                code, self.process = self.process.exitcode, None
+                raise ChildDied(code)
+            if stopping.is_set():
+                self.kill()
+                raise InterruptedError("worker shutting down")
+        self.conn.recv_bytes()
 
     def kill(self) -> None:
         if self.process is not None and self.process.is_alive():
@@ -204,6 +220,10 @@ class Worker:
         self._timeouts: dict[str, float | None] = {}
         host = gang.advertise_host(self.redis_url, self.advertise_host)
         self.ports = [gang.PortReservation(host, self.gang_ports) for _ in range(self.slots)]
+        # slot -> a gang member's process started ahead (TensorFlow imported), for the
+        # slot's next gang trial: started while a gang forms and after each gang trial,
+        # stopped when the slot runs a trial of one worker again.
+        self.spares: dict[int, Child] = {}
 
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -228,7 +248,7 @@ class Worker:
                 backoff.failed(exc)
         for t in threads:
             t.join(30)
-        for child in self.children:
+        for child in [*self.children, *self.spares.values()]:
             child.close()
         try:
             self.store.workers.remove(self.worker_id)
@@ -260,7 +280,7 @@ class Worker:
         import psutil
 
         total = 0
-        for child in self.children:
+        for child in [*self.children, *self.spares.values()]:
             pid = getattr(child.process, "pid", None)
             if pid is None:
                 continue
@@ -370,6 +390,7 @@ class Worker:
                 claim = self.store.queue.claim(self.worker_id, self.lease_s,
                                                address=self._address(slot))
                 if claim is not None and claim.forming:
+                    self._prewarm(slot, child)  # its import overlaps the wait
                     claim = self._await_gang(claim)
                 if claim is None:
                     self.store.queue.wait_for_work(1.0)
@@ -379,6 +400,9 @@ class Worker:
                 if claim.gang:
                     self._run_gang(slot, child, claim)
                 else:
+                    spare = self.spares.pop(slot, None)
+                    if spare is not None:
+                        spare.kill()  # its memory is the trials' again
                     self._run(slot, child, claim)
                 backoff.ok()
             except Exception as exc:  # noqa: BLE001 - a slot must survive Redis outages
@@ -397,18 +421,42 @@ class Worker:
         process); a slot on a GPU first stops its warm process, whose memory the gang's
         process needs."""
         assert claim.gang is not None
-        self.ports[slot].release()
         gpus = child.env.get("CUDA_VISIBLE_DEVICES")
         if gpus not in (None, "", "-1"):
             child.close()
-        member = Child(self.redis_url, self.artifacts, self.worker_id,
-                       {**child.env, "TF_CONFIG": gang.tf_config(claim.gang, claim.rank)})
+        member = self.spares.pop(slot, None) or self._gang_member(child)
         log.info("slot %d: %s as rank %d of %d (%s)", slot, claim.member, claim.rank,
                  len(claim.gang), ", ".join(m["worker"] for m in claim.gang))
         try:
+            try:
+                member.await_ready(self.stopping)
+            except (ChildDied, InterruptedError) as exc:
+                self.store.queue.release(
+                    claim.job, claim.trial, str(exc), worker=self.worker_id,
+                    attempt=claim.attempt, count_attempt=isinstance(exc, ChildDied))
+                return
+            # The port goes to the member only now that it listens within milliseconds:
+            # freed earlier, another worker on this host could reserve it meanwhile.
+            self.ports[slot].release()
             self._run(slot, member, claim)
         finally:
             member.kill()
+            if not self.stopping.is_set():
+                self._prewarm(slot, child)
+
+    def _gang_member(self, child: Child) -> Child:
+        """A gang member's process for the slot of ``child``: its environment, and the
+        gang named by its first message (``child.GANG_MEMBER_ENV``)."""
+        return Child(self.redis_url, self.artifacts, self.worker_id,
+                     {**child.env, GANG_MEMBER_ENV: "1"})
+
+    def _prewarm(self, slot: int, child: Child) -> None:
+        """Start the slot's next gang member's process now, so that its TensorFlow
+        import is not paid when the gang starts."""
+        spare = self.spares.get(slot)
+        if spare is None:
+            spare = self.spares[slot] = self._gang_member(child)
+        spare.ensure()
 
     def _run(self, slot: int, child: Child, claim: Claim) -> None:
         try:
