@@ -10,6 +10,11 @@ Per run it takes from Redis:
 - ``epoch_s``: the median time between epoch reports after the first (steady training);
 - the best validation accuracy.
 
+Then one gang job of ``--consecutive`` trials runs, and each trial's time is printed in
+order: the first pays its members' TensorFlow import, the next ones find their members'
+processes started ahead (prewarmed after each gang trial), unlike the single gang trials
+above, whose prewarmed processes each single-worker job in between stops.
+
 It prints one JSON line per run and a summary with the gang / single ratios. On one
 machine both gang members share its cores and talk over loopback, so the ratio shows the
 cost of the collectives and the set-up, not a speed-up: the gain needs members on
@@ -56,6 +61,22 @@ def spec(directory: Path, workers: int, epochs: int, neurons: int,
     return path
 
 
+def consecutive(store: Store, directory: Path, trials: int, epochs: int,
+                neurons: int) -> list[float]:
+    """Claim-to-record seconds of each trial of one gang job of ``trials`` trials, in
+    order: from the second on, each member's process was started ahead (prewarmed)."""
+    path = spec(directory, 2, epochs, neurons)
+    text = path.read_text().replace(
+        f"n_neurons: {{choice: [{neurons}]}}",
+        f"n_neurons: {{choice: {[neurons - 8 * i for i in range(trials)]}}}").replace(
+        "max_trials: 1", f"max_trials: {trials}")
+    path.write_text(text)
+    job = submit(store, prepare_job(path, []))
+    wait(store, job, timeout_s=900)
+    rows = sorted(store.jobs.trials(job), key=lambda r: int(r["started"]))
+    return [round((int(r["finished"]) - int(r["started"])) / 1000, 2) for r in rows]
+
+
 def one_run(store: Store, path: Path, workers: int) -> dict:
     job = submit(store, prepare_job(path, []))
     results = wait(store, job, timeout_s=600)
@@ -81,6 +102,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--neurons", type=int, default=256)
+    parser.add_argument("--consecutive", type=int, default=4,
+                        help="then one gang job of this many trials: each trial's time")
     parser.add_argument("--steps-per-execution", default="auto",
                         help="train.steps_per_execution of both (auto: 1 under replicas)")
     args = parser.parse_args()
@@ -98,6 +121,8 @@ def main() -> None:
                     row = one_run(store, paths[n], n)
                     runs[n].append(row)
                     print(json.dumps(row), flush=True)
+            in_a_row = (consecutive(store, directory, args.consecutive, args.epochs,
+                                    args.neurons) if args.consecutive > 1 else [])
 
     def median(n: int, key: str) -> float:
         return statistics.median(r[key] for r in runs[n])
@@ -109,6 +134,7 @@ def main() -> None:
         summary[f"{key}_gang2"] = median(2, key)
     summary["trial_ratio_gang_vs_single"] = round(median(2, "trial_s") / median(1, "trial_s"), 2)
     summary["epoch_ratio_gang_vs_single"] = round(median(2, "epoch_s") / median(1, "epoch_s"), 2)
+    summary["gang_job_trial_s_in_order"] = in_a_row
     print(json.dumps(summary), flush=True)
 
 

@@ -231,3 +231,24 @@ def test_run_refuses_a_gang_larger_than_its_embedded_cluster(tmp_path: Path) -> 
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert lines[-1] == ("error: resources.workers_per_trial: each trial needs 3 workers;"
                          " this run starts 2 (--workers 3 or more)"), done.stderr
+
+
+def test_consecutive_gang_trials_run_on_members_started_ahead(tmp_path: Path) -> None:
+    """Each gang trial starts its slot's next member while it trains (forced on here:
+    this machine has fewer cores than the default asks for): consecutive gang trials
+    complete, each in a member process of its own (TensorFlow's collectives are
+    configured once per process)."""
+    env = {**FAST_LIVENESS, "TUNECLUSTER_GANG_PREWARM_MIN_CPUS": "1"}
+    with LocalCluster(workers=2, artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs",
+                      env=env) as c:
+        store = Store.from_url(c.url)
+        path = _spec(tmp_path, "in-a-row", workers=2, epochs=2)
+        path.write_text(path.read_text().replace("n_neurons: {choice: [64]}",
+                                                 "n_neurons: {choice: [64, 48, 32]}")
+                        .replace("max_trials: 1", "max_trials: 3"))
+        results = run_job(store, path, timeout_s=240)
+        assert results["state"] == "completed"
+        assert [t["state"] for t in results["trials"]] == ["COMPLETED"] * 3
+        processes = [_trial_result(store, results["job"], t["trial"])["process"]
+                     for t in results["trials"]]
+        assert len(set(processes)) == 3  # a fresh member process for every gang trial

@@ -45,6 +45,8 @@ log = logging.getLogger("tunecluster.worker")
 CANCEL_GRACE_S = 2.0
 KEEP_TIMEOUTS = 64  # jobs whose train.trial_timeout a worker remembers
 GANG_POLL_S = 0.1  # how often a place in a forming gang looks whether it runs
+# A gang trial starts its slot's next member only on this many cores (or more).
+PREWARM_MIN_CPUS = int(os.environ.get("TUNECLUSTER_GANG_PREWARM_MIN_CPUS", "4"))
 
 
 class TrialAborted(RuntimeError):
@@ -221,8 +223,8 @@ class Worker:
         host = gang.advertise_host(self.redis_url, self.advertise_host)
         self.ports = [gang.PortReservation(host, self.gang_ports) for _ in range(self.slots)]
         # slot -> a gang member's process started ahead (TensorFlow imported), for the
-        # slot's next gang trial: started while a gang forms and after each gang trial,
-        # stopped when the slot runs a trial of one worker again.
+        # slot's next gang trial: started while a gang forms and (PREWARM_MIN_CPUS) while
+        # a gang trial trains; stopped when the slot runs a trial of one worker again.
         self.spares: dict[int, Child] = {}
 
     def run(self) -> None:
@@ -438,11 +440,14 @@ class Worker:
             # The port goes to the member only now that it listens within milliseconds:
             # freed earlier, another worker on this host could reserve it meanwhile.
             self.ports[slot].release()
+            # The next gang trial's member imports TensorFlow while this one trains, where
+            # the host has cores to spare for it (on 2 cores it slowed the trial as much
+            # as it saved the next one: bench/gang.py).
+            if (os.cpu_count() or 1) >= PREWARM_MIN_CPUS:
+                self._prewarm(slot, child)
             self._run(slot, member, claim)
         finally:
             member.kill()
-            if not self.stopping.is_set():
-                self._prewarm(slot, child)
 
     def _gang_member(self, child: Child) -> Child:
         """A gang member's process for the slot of ``child``: its environment, and the
