@@ -87,7 +87,7 @@ def one_run(store: Store, path: Path, workers: int) -> dict:
     record = store.jobs.trial(job, trial["trial"])
     epochs = [int(e.id.split("-")[0]) for e in store.events.read(job, count=10_000)
               if e.type == "epoch"]
-    gaps = [(b - a) / 1000 for a, b in zip(epochs[1:], epochs[2:])]
+    gaps = [(b - a) / 1000 for a, b in zip(epochs[1:], epochs[2:], strict=False)]
     distribution = json.loads(record["result"])["distribution"]
     return {"workers_per_trial": workers, "state": results["state"],
             "trial_s": round((int(record["finished"]) - int(record["started"])) / 1000, 2),
