@@ -108,6 +108,11 @@ class Child:
     conn: Any = None
     trials: int = 0
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether this slot's process sees a GPU (``CUDA_VISIBLE_DEVICES`` names one)."""
+        return self.env.get("CUDA_VISIBLE_DEVICES") not in (None, "", "-1")
+
     def ensure(self) -> None:
         if self.process is not None and self.process.is_alive():
             return
@@ -138,10 +143,23 @@ class Child:
                                          "tf_config": gang.tf_config(claim.gang, claim.rank)
                                          if claim.gang else None}).encode())
         self.trials += 1
+        return json.loads(self._next_message(stopping, abort))
+
+    def await_ready(self, stopping: threading.Event) -> None:
+        """Start the process if needed and wait for its ready message (a gang member's,
+        once TensorFlow is imported); ``ChildDied`` if it dies first."""
+        self.ensure()
+        self._next_message(stopping)
+
+    def _next_message(self, stopping: threading.Event,
+                      abort: Callable[[], TrialAborted | None] = lambda: None) -> bytes:
+        """The process's next message; ``ChildDied`` when it dies first,
+        ``InterruptedError`` (killed) when the worker stops, ``abort``'s answer (killed)
+        when it has one."""
         while True:
             if self.conn.poll(0.2):
                 try:
-                    return json.loads(self.conn.recv_bytes())
+                    return self.conn.recv_bytes()
                 except (EOFError, OSError):
                     pass
             if not self.process.is_alive():
@@ -156,20 +174,6 @@ class Child:
             if aborted is not None:
                 self.kill()
                 raise aborted
-
-    def await_ready(self, stopping: threading.Event) -> None:
-        """Start the process if needed and wait for its ready message (a gang member's,
-        once TensorFlow is imported); ``ChildDied`` if it dies first."""
-        self.ensure()
-        while not self.conn.poll(0.2):
-            if not self.process.is_alive():
-                self.process.join(1)
-                code, self.process = self.process.exitcode, None
-                raise ChildDied(code)
-            if stopping.is_set():
-                self.kill()
-                raise InterruptedError("worker shutting down")
-        self.conn.recv_bytes()
 
     def kill(self) -> None:
         if self.process is not None and self.process.is_alive():
@@ -272,8 +276,7 @@ class Worker:
         """What each slot trains on, as the dashboard's Workers view shows it:
         ``cpu`` or ``gpu:<ids>`` per slot (a GPU shared by several slots repeats)."""
         def one(child: Child) -> str:
-            gpus = child.env.get("CUDA_VISIBLE_DEVICES")
-            return "cpu" if gpus in (None, "", "-1") else f"gpu:{gpus}"
+            return f"gpu:{child.env['CUDA_VISIBLE_DEVICES']}" if child.on_gpu else "cpu"
 
         return " ".join(one(c) for c in self.children)
 
@@ -423,8 +426,7 @@ class Worker:
         process); a slot on a GPU first stops its warm process, whose memory the gang's
         process needs."""
         assert claim.gang is not None
-        gpus = child.env.get("CUDA_VISIBLE_DEVICES")
-        if gpus not in (None, "", "-1"):
+        if child.on_gpu:
             child.close()
         member = self.spares.pop(slot, None) or self._gang_member(child)
         log.info("slot %d: %s as rank %d of %d (%s)", slot, claim.member, claim.rank,
