@@ -39,22 +39,26 @@ from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 
 
-def spec(directory: Path, workers: int, epochs: int, neurons: int,
+def spec(directory: Path, workers: int, epochs: int, neurons: list[int], *,
+         name: str | None = None, n_hidden: int = 2, learning_rate: float = 0.002,
          steps: str = "auto") -> Path:
-    path = directory / f"gang-{workers}.yaml"
+    """The course's MLP on digits, a grid over ``neurons`` (one trial per value), each
+    trial trained by ``workers`` workers (also used by ``gang_failures.py``)."""
+    name = name or f"bench-gang-{workers}"
+    path = directory / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""\
-        name: bench-gang-{workers}
+        name: {name}
         data: {{dataset: digits, split: {{valid: 0.2, test: 0.2, seed: 42}}}}
         model:
           builtin: mlp
           task: classification
           input: flatten
           hyperparameters:
-            n_hidden: {{choice: [2]}}
-            n_neurons: {{choice: [{neurons}]}}
-            learning_rate: {{choice: [0.002]}}
+            n_hidden: {{choice: [{n_hidden}]}}
+            n_neurons: {{choice: {neurons}}}
+            learning_rate: {{choice: [{learning_rate}]}}
             optimizer: {{choice: [adam]}}
-        search: {{algorithm: grid, objective: val_accuracy, max_trials: 1}}
+        search: {{algorithm: grid, objective: val_accuracy, max_trials: {len(neurons)}}}
         train: {{epochs: {epochs}, batch_size: 32, steps_per_execution: {steps}}}
         resources: {{workers_per_trial: {workers}}}
     """))
@@ -65,12 +69,8 @@ def consecutive(store: Store, directory: Path, trials: int, epochs: int,
                 neurons: int) -> list[float]:
     """Claim-to-record seconds of each trial of one gang job of ``trials`` trials, in
     order: from the second on, each member's process was started ahead (prewarmed)."""
-    path = spec(directory, 2, epochs, neurons)
-    text = path.read_text().replace(
-        f"n_neurons: {{choice: [{neurons}]}}",
-        f"n_neurons: {{choice: {[neurons - 8 * i for i in range(trials)]}}}").replace(
-        "max_trials: 1", f"max_trials: {trials}")
-    path.write_text(text)
+    path = spec(directory, 2, epochs, [neurons - 8 * i for i in range(trials)],
+                name="bench-gang-in-a-row")
     job = submit(store, prepare_job(path, []))
     wait(store, job, timeout_s=900)
     rows = sorted(store.jobs.trials(job), key=lambda r: int(r["started"]))
@@ -109,8 +109,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        paths = {n: spec(directory, n, args.epochs, args.neurons, args.steps_per_execution)
-                 for n in (1, 2)}
+        paths = {n: spec(directory, n, args.epochs, [args.neurons],
+                         steps=args.steps_per_execution) for n in (1, 2)}
         runs: dict[int, list[dict]] = {1: [], 2: []}
         with LocalCluster(workers=2, artifacts=directory / "artifacts",
                           log_dir=directory / "logs") as cluster:

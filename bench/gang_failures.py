@@ -19,40 +19,19 @@ import json
 import os
 import signal
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+from gang import spec  # bench/: the same job file
 
 from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 
 LIVENESS = {"TUNECLUSTER_LEASE_S": "4", "TUNECLUSTER_HEARTBEAT_S": "0.5"}
-
-
-def spec(directory: Path, name: str) -> Path:
-    path = directory / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: {name}
-        data: {{dataset: digits, split: {{valid: 0.2, test: 0.2, seed: 42}}}}
-        model:
-          builtin: mlp
-          task: classification
-          input: flatten
-          hyperparameters:
-            n_hidden: {{choice: [1]}}
-            n_neurons: {{choice: [64]}}
-            learning_rate: {{choice: [0.005]}}
-            optimizer: {{choice: [adam]}}
-        search: {{algorithm: grid, objective: val_accuracy, max_trials: 1}}
-        train: {{epochs: 12, batch_size: 32}}
-        resources: {{workers_per_trial: 2}}
-    """))
-    return path
 
 
 def until(predicate: Callable[[], Any], timeout: float = 120) -> Any:
@@ -81,7 +60,8 @@ def gone(proc: psutil.Process) -> bool:
 
 
 def one_run(cluster: LocalCluster, store: Store, directory: Path, kill: str) -> dict:
-    job = submit(store, prepare_job(spec(directory, f"lost-{kill}"), []))
+    path = spec(directory, 2, 12, [64], name=f"lost-{kill}", n_hidden=1, learning_rate=0.005)
+    job = submit(store, prepare_job(path, []))
 
     def at_epoch_2() -> list[dict] | None:
         for row in store.jobs.trials(job):

@@ -32,9 +32,9 @@ PEER_TIMEOUT_S = 2.0
 MARGIN_S = 4.0
 
 
-def _spec(tmp_path: Path, name: str, *, workers: int, epochs: int, trials: int = 1,
-          algorithm: str = "grid") -> Path:
-    """The course's MLP on digits, one fixed point (grid) unless asked otherwise."""
+def _spec(tmp_path: Path, name: str, *, workers: int, epochs: int,
+          neurons: tuple[int, ...] = (64,)) -> Path:
+    """The course's MLP on digits, a grid over ``neurons`` (one trial per value)."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""\
         name: {name}
@@ -45,10 +45,10 @@ def _spec(tmp_path: Path, name: str, *, workers: int, epochs: int, trials: int =
           input: flatten
           hyperparameters:
             n_hidden: {{choice: [1]}}
-            n_neurons: {{choice: [64]}}
+            n_neurons: {{choice: {list(neurons)}}}
             learning_rate: {{choice: [0.005]}}
             optimizer: {{choice: [adam]}}
-        search: {{algorithm: {algorithm}, objective: val_accuracy, max_trials: {trials}}}
+        search: {{algorithm: grid, objective: val_accuracy, max_trials: {len(neurons)}}}
         train: {{epochs: {epochs}, batch_size: 32}}
         resources: {{workers_per_trial: {workers}}}
     """))
@@ -242,10 +242,7 @@ def test_consecutive_gang_trials_run_on_members_started_ahead(tmp_path: Path) ->
     with LocalCluster(workers=2, artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs",
                       env=env) as c:
         store = Store.from_url(c.url)
-        path = _spec(tmp_path, "in-a-row", workers=2, epochs=2)
-        path.write_text(path.read_text().replace("n_neurons: {choice: [64]}",
-                                                 "n_neurons: {choice: [64, 48, 32]}")
-                        .replace("max_trials: 1", "max_trials: 3"))
+        path = _spec(tmp_path, "in-a-row", workers=2, epochs=2, neurons=(64, 48, 32))
         results = run_job(store, path, timeout_s=240)
         assert results["state"] == "completed"
         assert [t["state"] for t in results["trials"]] == ["COMPLETED"] * 3
