@@ -68,6 +68,7 @@ class SleepTrial:
     def __init__(self, store: Any, worker: str, seconds: float) -> None:
         self.store, self.worker, self.seconds, self.trials = store, worker, seconds, 0
         self.env: dict[str, str] = {}  # what the Worker's heartbeat reads of a Child
+        self.on_gpu = False
         self.process = None  # no process: its memory is the worker's own
 
     def run(self, claim: Any, stopping: threading.Event, abort: Any = None) -> dict[str, Any]:
