@@ -124,13 +124,13 @@ def chief_main(url: str, artifacts: str, stats_path: str) -> None:
     chief = Chief(store, artifacts)
     rounds: list[tuple[float, int, int, int]] = []  # ms, entries, bytes, oracle bytes
     mark = {"t": time.perf_counter(), "entries": 0}
-    read = store.client.xreadgroup
+    read = Chief._read_inbox
 
-    def timed_read(*args: Any, **kwargs: Any) -> Any:
-        rows = read(*args, **kwargs)
+    def timed_read(self: Chief, pending: bool, block_ms: int | None) -> list[Any]:
+        entries = read(self, pending, block_ms)
         mark["t"] = time.perf_counter()
-        mark["entries"] = sum(len(items) for _s, items in rows or [])
-        return rows
+        mark["entries"] = len(entries)
+        return entries
 
     apply = Writes.apply
 
@@ -147,7 +147,7 @@ def chief_main(url: str, artifacts: str, stats_path: str) -> None:
                            size, oracle))
         return answer
 
-    store.client.xreadgroup = timed_read  # type: ignore[method-assign]
+    Chief._read_inbox = timed_read  # type: ignore[method-assign]
     Writes.apply = timed_apply  # type: ignore[method-assign]
     signal.signal(signal.SIGTERM, lambda *_: chief.stop())
     profile = os.environ.get("SCALE_CHIEF_PROFILE")  # a path: where the chief's cProfile goes

@@ -20,7 +20,7 @@ KEY_PREFIX = "tc"  # every Redis key starts with this (store/keys.py builds them
 HEARTBEAT_S = float(os.environ.get("TUNECLUSTER_HEARTBEAT_S", "2.0"))
 LEASE_S = float(os.environ.get("TUNECLUSTER_LEASE_S", "10.0"))
 CHIEF_TICK_S = float(os.environ.get("TUNECLUSTER_CHIEF_TICK_S", "0.5"))
-# The chief holds a leader lock for CHIEF_LOCK_S, renewed every tick: a standby
+# The chief holds a leader lock for CHIEF_LOCK_S, renewed every third of it: a standby
 # chief takes over at most CHIEF_LOCK_S after the active one died.
 CHIEF_LOCK_S = float(os.environ.get("TUNECLUSTER_CHIEF_LOCK_S", "10.0"))
 # Reconnect back-off when Redis drops: doubles from the first value up to the cap.

@@ -324,6 +324,25 @@ def test_a_search_that_is_over_is_finalized_while_other_jobs_hold_every_slot(
     assert results["state"] == "failed"
 
 
+def test_trials_kept_ready_ahead_for_a_job_never_delay_a_higher_priority_one(
+        control_plane) -> None:
+    """A random search keeps a trial ready beyond its free slot (READY_AHEAD); a
+    higher-priority job submitted meanwhile must get the slot that frees up next, not
+    wait behind the trial queued before it."""
+    cluster = control_plane(workers=0)
+    store = Store.from_url(cluster.url)
+    low = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=5",)))
+    worker = _scripted(control_plane, store, slots=1)
+    first = worker.claim()
+    _until(lambda: store.queue.ready_count() >= 1)  # the low job's trial kept ready ahead
+    high = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
+        "search.max_trials=1", "priority=3")))
+    _until(lambda: _events(store, high, "trial_created"))
+    assert store.queue.ready_count() == 2
+    worker.end(first)
+    assert (first.job, worker.claim().job) == (low, high)
+
+
 # --- point 12: clocks ------------------------------------------------------------------------
 
 SKEWED_CLOCK = textwrap.dedent("""

@@ -130,7 +130,10 @@ class Chief:
         self._slots = 0
         self._workers = 0  # live workers at the last census
         self._more = False  # the last top-up stopped at TOP_UP_CHUNK: more to create
+        self._busy: int | None = None  # busy slots, counted in this round's inbox read
         self._next_census = 0.0
+        self._lock_check_s = min(self._housekeeping_s, lock_s / 4)
+        self._next_lock_check = 0.0
         # The reaper waits a full lease (plus a reconnect back-off) after any stall
         # longer than this: see TrialQueue.reap.
         self._stall_ms = int(max(self.lease_s * 250, 3000 * self._housekeeping_s))
@@ -154,7 +157,7 @@ class Chief:
         keeper.start()
         while not self.stop_event.is_set():
             try:
-                if not self._hold_lock():
+                if not self._lock_checked():
                     if self.leader:
                         log.warning("lost the chief lock; standing by")
                         self._step_down()
@@ -243,6 +246,18 @@ class Chief:
         return bool(self._renew_lock(keys=[self.store.keys.chief_lock],
                                      args=[self.id, int(self.lock_s * 1000)]))
 
+    def _lock_checked(self) -> bool:
+        """Whether this chief holds the lock: asked of Redis before every tick while
+        standing by, and every ``_lock_check_s`` once active. Every write of an active
+        chief is fenced (checked inside the script that writes), so a lock lost between
+        checks costs nothing but that round; asking on every tick cost a round trip per
+        round."""
+        now = time.monotonic()
+        if self.leader and now < self._next_lock_check:
+            return True
+        self._next_lock_check = now + self._lock_check_s
+        return self._hold_lock()
+
     def _keep_lock(self) -> None:
         """Extend the lock between ticks, so a long step (finalize evaluating the test
         split, a Bayesian oracle fitting its Gaussian process on a busy machine) does not
@@ -254,7 +269,8 @@ class Chief:
             if time.monotonic() - self._progress > STUCK_AFTER_S:
                 continue
             try:
-                self.fence.extend(self.store.client, int(self.lock_s * 1000))
+                if not self.fence.extend(self.store.client, int(self.lock_s * 1000)):
+                    self._next_lock_check = 0.0  # lost: the main loop asks on its next tick
             except Exception:  # noqa: BLE001 - the main loop sees the loss itself
                 pass
 
@@ -322,23 +338,21 @@ class Chief:
         Everything this round decided (oracle states, new trials, the inbox
         acknowledgements) is applied in one fenced Lua step, so a chief killed at any
         point did all of it or none, a deposed chief does none of it, and a retry of the
-        step after a dropped connection does not apply it twice. A round costs three
-        round trips to Redis: the read, the free-slot count, the commit. ``pending``
+        step after a dropped connection does not apply it twice. A round costs two
+        round trips to Redis (the read with the busy-slot count, and the commit; one more
+        while a job of a priority other than 0 has trials ready). ``pending``
         re-reads what this chief (or one it took over from) received but never
         acknowledged, until nothing is left.
         """
         keys = self.store.keys
         while True:
             try:
-                rows = self.store.client.xreadgroup(
-                    CHIEF_GROUP, self.id, {keys.inbox: "0" if pending else ">"}, count=500,
-                    block=None if pending or self._more else block_ms)
+                entries = self._read_inbox(pending, block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._ensure_group()
                 continue
-            entries = [e for _stream, items in rows or [] for e in items]
             round_started = time.monotonic()  # telemetry: the round's work, not its wait
             for _entry_id, fields in entries:
                 self._handle(fields or {})
@@ -362,6 +376,20 @@ class Chief:
                 self._seq += 1
             if not (pending and entries):
                 return
+
+    def _read_inbox(self, pending: bool, block_ms: int | None) -> list[Any]:
+        """The inbox's next entries (``pending``: those read before but never
+        acknowledged) and, for a round that tops up, the busy slots counted as the read
+        returns (``_busy``), in one round trip: Redis answers a pipeline's later commands
+        only once the blocking read ahead of them has."""
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.xreadgroup(CHIEF_GROUP, self.id, {self.store.keys.inbox: "0" if pending else ">"},
+                        count=500, block=None if pending or self._more else block_ms)
+        if not pending:
+            self.store.queue.busy_count(pipe)
+        answers = pipe.execute()
+        self._busy = None if pending else self.store.queue.busy_from(answers)
+        return [entry for _stream, items in answers[0] or [] for entry in items]
 
     def _handle(self, msg: dict[str, str]) -> None:
         kind, job_id = msg.get("type"), msg.get("job", "")
@@ -506,7 +534,8 @@ class Chief:
         self._more = False
         if not self._active:
             return
-        free = self._slots - self.store.queue.busy_count() if self._slots > 0 else 0
+        busy = self._busy if self._busy is not None else self.store.queue.busy_count()
+        free = self._slots - busy if self._slots > 0 else 0
         ahead = max(1, int(self._slots * READY_AHEAD)) if READY_AHEAD > 0 else 0
         created = 0
         for job_id in self._active:
@@ -530,7 +559,8 @@ class Chief:
                     # later in this same step, not once per trial here.
                     self.store.queue.enqueue(job_id, trial, values,
                                              hosted.spec.search.max_retries_per_trial,
-                                             None, pipe=writes, gang_size=need)
+                                             None, pipe=writes, gang_size=need,
+                                             priority=hosted.spec.priority)
                     hosted.dirty = True
                     hosted.touched.add(trial)
                     budget -= need

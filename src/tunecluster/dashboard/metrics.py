@@ -86,12 +86,12 @@ class ClusterCollector:
     def _cluster(self) -> Iterator[Metric]:
         r, k = self.store.client, self.store.keys
         snap = telemetry.read(r, k)
+        ready = self.store.queue.ready_count()
         pipe = r.pipeline(transaction=False)
-        pipe.llen(k.ready)
         pipe.zcard(k.leases)
         pipe.exists(k.chief_lock)
         pipe.zrange(k.jobs_all, 0, -1)
-        ready, running, chief, jobs = pipe.execute()
+        running, chief, jobs = pipe.execute()
         yield from self._jobs(jobs)
         yield _gauge("ready_queue_depth", "Trials waiting in the ready queue.", ready)
         yield _gauge("trials_running", "Trials holding a lease (running now).", running)

@@ -17,6 +17,9 @@
     {p}:job:{job}:download:{sha256} LIST  an artifact's bytes for download (~1 MiB chunks)
     {p}:job:{job}:download:{sha256}:part LIST the same while the chief pushes its chunks
     {p}:ready                       LIST  "{job}/{trial}" ready to claim, claimed from the left
+                                          (jobs of priority 0; the queue: store/queue.py)
+    {p}:ready:{priority}            LIST  the same for the jobs of another priority
+    {p}:ready:bands                 ZSET  those lists' keys, scored by -priority
     {p}:leases                      ZSET  "{job}/{trial}" of running trials, scored by expiry (ms)
     {p}:forming                     ZSET  "{job}/{trial}" of gangs still forming, scored by deadline
     {p}:inbox                       STREAM reports for the chief (epochs, ends, submits, cancels)
@@ -100,6 +103,14 @@ class Keys:
     @property
     def ready(self) -> str:
         return f"{self.p}:ready"
+
+    def ready_list(self, priority: int) -> str:
+        """The ready list of a job priority's trials (0: ``ready`` itself)."""
+        return self.ready if priority == 0 else f"{self.p}:ready:{int(priority)}"
+
+    @property
+    def ready_bands(self) -> str:
+        return f"{self.p}:ready:bands"
 
     @property
     def leases(self) -> str:

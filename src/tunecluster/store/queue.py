@@ -1,7 +1,8 @@
 """The trial queue with leases: the contract between the chief and the workers.
 
 Contract:
-- A trial is READY (in ``ready``), RUNNING (owned by one worker *attempt*, with a lease in
+- A trial is READY (in the ready queue: a list per job priority, the highest claimed
+  first, each first in, first out), RUNNING (owned by one worker *attempt*, with a lease in
   ``leases``), or final: COMPLETED, FAILED, CANCELLED.
 - ``claim`` is atomic: one READY trial becomes RUNNING for exactly one worker and its
   ``attempts`` counter grows by one. Claiming is at-least-once: a trial whose lease
@@ -90,6 +91,34 @@ local function remember(req, reply)
   if req ~= '' then redis.call('SET', req, cjson.encode(reply), 'PX', TTL_MS) end
   return reply
 end
+-- The ready queue: one list per job priority, claimed highest priority first and each
+-- first in, first out, so trials queued ahead for a low-priority job (the chief keeps
+-- some ready beyond the free slots) never delay a higher-priority job's. Priority 0 is
+-- the list KEYS' ready itself; another priority's list is ready .. ':' .. priority, and
+-- ready .. ':bands' (ZSET, scored by -priority) names those that may hold trials.
+-- A trial's priority is its record's 'priority' (absent: 0).
+local function ready_push(ready, t, m, head)
+  local prio = tonumber(redis.call('HGET', t, 'priority') or '0') or 0
+  local list = ready
+  if prio ~= 0 then
+    list = ready .. ':' .. prio
+    redis.call('ZADD', ready .. ':bands', -prio, list)
+  end
+  if head then redis.call('LPUSH', list, m) else redis.call('RPUSH', list, m) end
+end
+local function pop_bands(bands, min, max)
+  for _, list in ipairs(redis.call('ZRANGEBYSCORE', bands, min, max)) do
+    local m = redis.call('LPOP', list)
+    if m then return m end
+    redis.call('ZREM', bands, list)  -- empty: listed again by its next push
+  end
+  return nil
+end
+local function ready_pop(ready)
+  local bands = ready .. ':bands'
+  return pop_bands(bands, '-inf', '(0') or redis.call('LPOP', ready)
+      or pop_bands(bands, '(0', '+inf')
+end
 local function fenced_out(lock, token)
   return lock ~= '' and redis.call('GET', lock) ~= token
 end
@@ -140,7 +169,7 @@ local function release_trial(p, ready, leases, inbox, wake, totals, job, tid, re
   emit(p, job, ev)
   if retry then
     redis.call('HSET', t, 'state', 'READY', 'worker', '', 'gang', '', 'last_error', reason)
-    redis.call('LPUSH', ready, m)
+    ready_push(ready, t, m, true)
     redis.call('LPUSH', wake, '1')
     redis.call('HINCRBY', totals, 'retried', 1)
     return 1
@@ -155,13 +184,14 @@ end
 
 # Gang formation, used by the claim and by a forming member's wait.
 _LUA_GANG = """
--- FORMING -> READY at the tail of the ready list, so the trials queued behind it go first.
+-- FORMING -> READY at the tail of its priority's ready list: the trials queued behind it
+-- go first.
 local function gang_dissolve(p, ready, forming, job, tid, reason)
   local t = tkey(p, job, tid)
   gang_clear(t)
   redis.call('HSET', t, 'state', 'READY', 'gang', '')
   redis.call('ZREM', forming, job .. '/' .. tid)
-  redis.call('RPUSH', ready, job .. '/' .. tid)
+  ready_push(ready, t, job .. '/' .. tid, false)
   emit(p, job, {'trial_gang_dissolved', cjson.encode({trial = tid, reason = reason})})
 end
 -- The last member joined: FORMING -> RUNNING for every member at once, one attempt, one
@@ -250,7 +280,7 @@ end
 local reply = nil
 local skipped = {}  -- gang trials this worker cannot open now: back to the tail
 for _ = 1, 1000 do
-  local m = redis.call('LPOP', KEYS[1])  -- entries that are not READY are dropped
+  local m = ready_pop(KEYS[1])  -- entries that are not READY are dropped
   if not m then break end
   local sep = string.find(m, '/', 1, true)
   if sep then
@@ -263,7 +293,7 @@ for _ = 1, 1000 do
         -- hold slots that trials of other jobs could use (the chief says why it waits).
         local alive = redis.call('ZCOUNT', KEYS[6], live_since, '+inf')
         if address == '' or alive < size then
-          table.insert(skipped, m)
+          table.insert(skipped, {t, m})
         else
           redis.call('HSET', t, 'state', 'FORMING', 'member:' .. worker, 0,
                      'gang', cjson.encode({{worker = worker, address = address}}))
@@ -288,7 +318,7 @@ for _ = 1, 1000 do
     end
   end
 end
-for _, m in ipairs(skipped) do redis.call('RPUSH', KEYS[1], m) end
+for _, s in ipairs(skipped) do ready_push(KEYS[1], s[1], s[2], false) end
 if reply then return remember(KEYS[3], reply) end
 return false
 """
@@ -755,14 +785,15 @@ class TrialQueue:
 
     def enqueue(self, job: str, trial: str, values: Mapping[str, Any], max_retries: int,
                 oracle_state: str | None, oracle_trial: str = "{}",
-                pipe: Any = None, gang_size: int = 1) -> None:
+                pipe: Any = None, gang_size: int = 1, priority: int = 0) -> None:
         """Record a new trial, persist the oracle that made it, and queue it: one transaction.
 
         The oracle's state and the trial become visible together, so a chief restarted at
         any moment never holds an oracle that forgot a queued trial (or the reverse).
         With ``pipe`` (a MULTI pipeline or a ``fence.Writes``) the commands join the
         caller's atomic step. ``gang_size`` > 1: the trial is trained by that many workers
-        at once (``claim``).
+        at once (``claim``). ``priority``: the job's; the trial is queued behind the
+        ready trials of its priority and higher, ahead of any of lower priority.
         """
         now = now_ms()
         own = pipe is None
@@ -773,12 +804,17 @@ class TrialQueue:
         }
         if gang_size > 1:
             record["gang_size"] = gang_size
+        if priority:
+            record["priority"] = priority  # where a release or a dissolve re-queues it
         pipe.hset(self.k.trial(job, trial), mapping=record)
         pipe.zadd(self.k.trials(job), {trial: now})
         if oracle_state is not None:  # None: the caller's transaction persists the oracle
             pipe.set(self.k.oracle(job), oracle_state)
             pipe.hset(self.k.oracle_trials(job), trial, oracle_trial)
-        pipe.rpush(self.k.ready, member(job, trial))
+        ready = self.k.ready_list(priority)
+        if priority:
+            pipe.zadd(self.k.ready_bands, {ready: -priority})
+        pipe.rpush(ready, member(job, trial))
         pipe.lpush(self.k.wake, "1")
         pipe.ltrim(self.k.wake, 0, 999)
         created = codec.dumps({"trial": trial, "values": dict(values)})
@@ -821,16 +857,51 @@ class TrialQueue:
             raise LostLeadership("the chief lock is held by another chief")
         return Reaped(*(int(x) for x in answer))
 
-    def busy_count(self) -> int:
-        """Trials holding or waiting for a slot: running plus ready."""
-        pipe = self.r.pipeline(transaction=False)
+    def busy_count(self, pipe: Any = None) -> int | None:
+        """Trials holding or waiting for a slot: running plus ready. Given a pipeline,
+        queues the reads in it instead and returns None; ``busy_from`` takes the
+        pipeline's last three results (the chief asks in its inbox read's round trip).
+        No script: a pipeline retried on a new connection after Redis restarted would
+        run it unloaded (NoScriptError)."""
+        own = pipe is None
+        pipe = self.r.pipeline(transaction=False) if own else pipe
         pipe.zcard(self.k.leases)
-        pipe.llen(self.k.ready)
-        running, ready = pipe.execute()
-        return int(running) + int(ready)
+        self._ready_reads(pipe)
+        return self.busy_from(pipe.execute()) if own else None
+
+    def busy_from(self, results: list[Any]) -> int:
+        running, ready, bands = results[-3:]
+        return int(running) + self._ready_total(ready, bands)
 
     def running_count(self) -> int:
         return int(self.r.zcard(self.k.leases))
 
     def ready_count(self) -> int:
-        return int(self.r.llen(self.k.ready))
+        """Trials in the ready queue, of every priority."""
+        pipe = self.r.pipeline(transaction=False)
+        self._ready_reads(pipe)
+        return self._ready_total(*pipe.execute())
+
+    def _ready_reads(self, pipe: Any) -> None:
+        pipe.llen(self.k.ready)
+        pipe.zrange(self.k.ready_bands, 0, -1)
+
+    def _ready_total(self, ready: int, bands: list[str]) -> int:
+        """The priority-0 list's length plus the other priorities' (one more round trip,
+        only when a job of another priority has trials queued)."""
+        if not bands:
+            return int(ready)
+        pipe = self.r.pipeline(transaction=False)
+        for band in bands:
+            pipe.llen(band)
+        return int(ready) + sum(int(n) for n in pipe.execute())
+
+    def ready_lists(self) -> list[str]:
+        return ready_lists(self.r, self.k)
+
+
+def ready_lists(client: redis.Redis, keys: Keys) -> list[str]:
+    """The ready queue's lists, highest priority first."""
+    above = client.zrangebyscore(keys.ready_bands, "-inf", "(0")
+    below = client.zrangebyscore(keys.ready_bands, "(0", "+inf")
+    return [*above, keys.ready, *below]
