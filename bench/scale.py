@@ -247,6 +247,7 @@ def _run(url: str, workers: int, trial_s: float, trials: int, procs: int | None,
             job_id = submit(store, job)
             seen = _follow(store, job_id, trials, timeout_s)
             wall_end_ms = _verify(store, job_id, trials, seen)
+            idle = where_slots_idle(store, job_id, t_submit, trial_s)
             aof_after = _aof_bytes(store) if aof else 0
             cpu_after = [_cpu_s(p.pid) for p in children]
             info = store.client.info("cpu")
@@ -279,7 +280,7 @@ def _run(url: str, workers: int, trial_s: float, trials: int, procs: int | None,
               "commit_bytes_p50": _percentile([float(r[2]) for r in busy], 0.5),
               "oracle_bytes_total": sum(r[3] for r in rounds),
               "oracle_bytes_per_trial": round(sum(r[3] for r in rounds) / trials),
-              "last_rounds_oracle_bytes": [r[3] for r in busy[-3:]], **cpu}
+              "last_rounds_oracle_bytes": [r[3] for r in busy[-3:]], **cpu, **idle}
     if aof:
         detail["aof_growth_bytes"] = aof_after - aof_before
     return out, detail
@@ -344,6 +345,34 @@ def _verify(store: Any, job_id: str, trials: int, completed: dict[str, int]) -> 
     if retried:  # a lease lost (the worker starved past it): retried, still counted once
         print(f"scale: {retried} trials needed a second attempt", file=sys.stderr)
     return max(int(r["finished"]) for r in rows)
+
+
+def where_slots_idle(store: Any, job_id: str, t_submit: float, trial_s: float) -> dict:
+    """Where the wall time beyond the ideal went, from the trial records (Redis time,
+    ms): the first trial's start after the submit, a trial's time beyond its sleep
+    (claim to finish: the trial process's hops, the epoch report, the finish), and the
+    gap between a worker's trial end and its next claim."""
+    rows = store.jobs.trials(job_id)
+    starts = [int(r["started"]) / 1000 for r in rows]
+    beyond = [(int(r["finished"]) - int(r["started"])) / 1000 - trial_s for r in rows]
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        by_worker.setdefault(r["worker"], []).append(
+            (int(r["started"]) / 1000, int(r["finished"]) / 1000))
+    gaps = [nxt[0] - prev[1] for spans in map(sorted, by_worker.values())
+            for prev, nxt in zip(spans, spans[1:], strict=False)]
+
+    def ms(xs: list[float], q: float) -> float:
+        return round(_percentile(xs, q) * 1000, 1)
+
+    firsts = [min(spans)[0] - t_submit for spans in by_worker.values()]
+    return {"first_start_s": round(min(starts) - t_submit, 3),
+            "workers_first_start_s_p50": round(_percentile(firsts, 0.5), 3),
+            "workers_first_start_s_max": round(max(firsts), 3),
+            "trial_beyond_sleep_ms_p50": ms(beyond, 0.5),
+            "trial_beyond_sleep_ms_p99": ms(beyond, 0.99),
+            "worker_gap_ms_p50": ms(gaps, 0.5), "worker_gap_ms_p90": ms(gaps, 0.9),
+            "worker_gap_ms_p99": ms(gaps, 0.99)}
 
 
 # --- Bayesian suggestion latency -----------------------------------------------------------
