@@ -343,6 +343,27 @@ def test_trials_kept_ready_ahead_for_a_job_never_delay_a_higher_priority_one(
     assert (first.job, worker.claim().job) == (low, high)
 
 
+def test_a_running_gang_holds_all_its_slots_when_the_chief_tops_up(control_plane) -> None:
+    """Two one-slot workers run one trial of a job with two workers per trial: every
+    slot is busy, so the chief keeps only its one trial ready ahead (counting the running
+    trial as one slot, it kept a second: two trials of two slots each waiting for two)."""
+    cluster = control_plane(workers=0)
+    store = Store.from_url(cluster.url)
+    pair = [ScriptedWorker(store, 1, "w1"), ScriptedWorker(store, 1, "w2")]
+    control_plane.scripted.extend(pair)  # type: ignore[attr-defined]
+    time.sleep(2.5)  # the chief's worker census counts both slots
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
+        "search.max_trials=10", "resources.workers_per_trial=2")))
+    place = _until(lambda: store.queue.claim("w1", LEASE_S, address="127.0.0.1:29500"))
+    assert isinstance(place, Claim) and place.forming
+    started = store.queue.claim("w2", LEASE_S, address="127.0.0.1:29501")
+    assert started is not None and started.gang and started.trial == place.trial
+    time.sleep(3)  # several chief rounds (one per tick at least)
+    trials = store.jobs.trials(job)
+    assert sorted(t["state"] for t in trials) == ["READY", "RUNNING"], trials
+    assert store.queue.ready_count() == 1
+
+
 # --- point 12: clocks ------------------------------------------------------------------------
 
 SKEWED_CLOCK = textwrap.dedent("""

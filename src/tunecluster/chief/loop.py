@@ -134,7 +134,6 @@ class Chief:
         self._slots = 0
         self._workers = 0  # live workers at the last census
         self._more = False  # the last top-up stopped at TOP_UP_CHUNK: more to create
-        self._busy: int | None = None  # busy slots, counted in this round's inbox read
         self._next_census = 0.0
         self._lock_check_s = min(self._housekeeping_s, lock_s / 4)
         self._next_lock_check = 0.0
@@ -343,8 +342,7 @@ class Chief:
         acknowledgements) is applied in one fenced Lua step, so a chief killed at any
         point did all of it or none, a deposed chief does none of it, and a retry of the
         step after a dropped connection does not apply it twice. A round costs two
-        round trips to Redis (the read with the busy-slot count, and the commit; one more
-        while a job of a priority other than 0 has trials ready). ``pending``
+        round trips to Redis: the read and the commit. ``pending``
         re-reads what this chief (or one it took over from) received but never
         acknowledged, until nothing is left.
         """
@@ -383,17 +381,11 @@ class Chief:
 
     def _read_inbox(self, pending: bool, block_ms: int | None) -> list[Any]:
         """The inbox's next entries (``pending``: those read before but never
-        acknowledged) and, for a round that tops up, the busy slots counted as the read
-        returns (``_busy``), in one round trip: Redis answers a pipeline's later commands
-        only once the blocking read ahead of them has."""
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.xreadgroup(CHIEF_GROUP, self.id, {self.store.keys.inbox: "0" if pending else ">"},
-                        count=500, block=None if pending or self._more else block_ms)
-        if not pending:
-            self.store.queue.busy_count(pipe)
-        answers = pipe.execute()
-        self._busy = None if pending else self.store.queue.busy_from(answers)
-        return [entry for _stream, items in answers[0] or [] for entry in items]
+        acknowledged)."""
+        rows = self.store.client.xreadgroup(
+            CHIEF_GROUP, self.id, {self.store.keys.inbox: "0" if pending else ">"},
+            count=500, block=None if pending or self._more else block_ms)
+        return [entry for _stream, items in rows or [] for entry in items]
 
     def _handle(self, msg: dict[str, str]) -> None:
         kind, job_id = msg.get("type"), msg.get("job", "")
@@ -534,18 +526,27 @@ class Chief:
         Random and grid searches, whose suggestions do not depend on results, keep a
         few more trials ready than slots are free (``READY_AHEAD``): a worker that ends
         a trial claims its next one at once instead of waiting for this round.
+
+        The busy slots are counted from the oracles, not from Redis: every trial an
+        oracle has not seen end (ready, forming or running) holds or waits for as many
+        slots as its job's ``resources.workers_per_trial`` (a running gang of N holds N).
+        Ends still in the inbox count until this chief reads them, which only errs
+        towards creating fewer trials for a round.
         """
         self._more = False
         if not self._active:
             return
-        busy = self._busy if self._busy is not None else self.store.queue.busy_count()
+        jobs = [hosted for hosted in map(self._job, list(self._active))
+                if hosted is not None and hosted.host is not None]
+        busy = sum(h.host.ongoing() * h.spec.resources.workers_per_trial
+                   for h in jobs if h.host is not None)
         free = self._slots - busy if self._slots > 0 else 0
         ahead = max(1, int(self._slots * READY_AHEAD)) if READY_AHEAD > 0 else 0
         created = 0
-        for job_id in self._active:
-            hosted = self._job(job_id)
-            if (hosted is None or hosted.host is None or hosted.exhausted or hosted.failure
-                    or hosted.cancel):
+        for hosted in jobs:
+            assert hosted.host is not None
+            job_id = hosted.id
+            if hosted.exhausted or hosted.failure or hosted.cancel:
                 continue
             extra = ahead if hosted.spec.search.algorithm in ("random", "grid") else 0
             need = hosted.spec.resources.workers_per_trial  # slots one trial takes

@@ -857,21 +857,9 @@ class TrialQueue:
             raise LostLeadership("the chief lock is held by another chief")
         return Reaped(*(int(x) for x in answer))
 
-    def busy_count(self, pipe: Any = None) -> int | None:
-        """Trials holding or waiting for a slot: running plus ready. Given a pipeline,
-        queues the reads in it instead and returns None; ``busy_from`` takes the
-        pipeline's last three results (the chief asks in its inbox read's round trip).
-        No script: a pipeline retried on a new connection after Redis restarted would
-        run it unloaded (NoScriptError)."""
-        own = pipe is None
-        pipe = self.r.pipeline(transaction=False) if own else pipe
-        pipe.zcard(self.k.leases)
-        self._ready_reads(pipe)
-        return self.busy_from(pipe.execute()) if own else None
-
-    def busy_from(self, results: list[Any]) -> int:
-        running, ready, bands = results[-3:]
-        return int(running) + self._ready_total(ready, bands)
+    def busy_count(self) -> int:
+        """Trials holding or waiting for a slot: running plus ready."""
+        return self.running_count() + self.ready_count()
 
     def running_count(self) -> int:
         return int(self.r.zcard(self.k.leases))
@@ -879,22 +867,9 @@ class TrialQueue:
     def ready_count(self) -> int:
         """Trials in the ready queue, of every priority."""
         pipe = self.r.pipeline(transaction=False)
-        self._ready_reads(pipe)
-        return self._ready_total(*pipe.execute())
-
-    def _ready_reads(self, pipe: Any) -> None:
-        pipe.llen(self.k.ready)
-        pipe.zrange(self.k.ready_bands, 0, -1)
-
-    def _ready_total(self, ready: int, bands: list[str]) -> int:
-        """The priority-0 list's length plus the other priorities' (one more round trip,
-        only when a job of another priority has trials queued)."""
-        if not bands:
-            return int(ready)
-        pipe = self.r.pipeline(transaction=False)
-        for band in bands:
-            pipe.llen(band)
-        return int(ready) + sum(int(n) for n in pipe.execute())
+        for ready in self.ready_lists():
+            pipe.llen(ready)
+        return sum(int(n) for n in pipe.execute())
 
     def ready_lists(self) -> list[str]:
         return ready_lists(self.r, self.k)
