@@ -73,7 +73,8 @@ def run_tunecluster(overrides: list[str]) -> dict:
         t0 = time.time()
         out = subprocess.run([sys.executable, "-m", "tunecluster", "run",
                               str(ROOT / "examples" / "digits.yaml"), "--workers", "2",
-                              "--artifacts", art, "--json", *sum((["--set", o] for o in overrides), [])],
+                              "--artifacts", art, "--json",
+                              *sum((["--set", o] for o in overrides), [])],
                              capture_output=True, text=True, timeout=1800)
         wall = time.time() - t0
     results = json.loads(out.stdout)
@@ -151,7 +152,8 @@ def run_ray(overrides: list[str]) -> dict:
                 "test_accuracy": model.evaluate(s.x_test, s.y_test, verbose=0)[1]}
 
     space = {"n_hidden": tune.randint(1, 4), "n_neurons": tune.lograndint(16, 257),
-             "learning_rate": tune.loguniform(1e-4, 1e-2), "optimizer": tune.choice(["sgd", "adam"])}
+             "learning_rate": tune.loguniform(1e-4, 1e-2),
+             "optimizer": tune.choice(["sgd", "adam"])}
     t0 = time.time()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:

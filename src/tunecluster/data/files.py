@@ -34,7 +34,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         # allow_pickle=False: a data file must never run code.
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive or "y" not in archive:
-                raise DataError(f"{path.name}: an npz file needs arrays 'x' and 'y', has {sorted(archive.files)}")
+                raise DataError(f"{path.name}: an npz file needs arrays 'x' and 'y',"
+                                f" has {sorted(archive.files)}")
             x, y = archive["x"], archive["y"]
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
@@ -54,14 +55,16 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(f"{path.name}: the file is empty") from None
         header = [h.strip() for h in header]
         if target not in header:
-            raise DataError(f"{path.name}: no target column {target!r}; columns: {', '.join(header)}")
+            raise DataError(f"{path.name}: no target column {target!r};"
+                            f" columns: {', '.join(header)}")
         t = header.index(target)
         features, labels = [], []
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != len(header):
-                raise DataError(f"{path.name}:{line_no}: {len(row)} fields, header has {len(header)}")
+                raise DataError(f"{path.name}:{line_no}: {len(row)} fields,"
+                                f" header has {len(header)}")
             labels.append(row[t].strip())
             try:
                 features.append([float(v) for i, v in enumerate(row) if i != t])
@@ -80,12 +83,15 @@ def _read_parquet(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path.name}: reading parquet needs pyarrow (pip install pyarrow)") from None
+        raise DataError(f"{path.name}: reading parquet needs pyarrow"
+                        " (pip install pyarrow)") from None
     table = pq.read_table(path)
     if target not in table.column_names:
-        raise DataError(f"{path.name}: no target column {target!r}; columns: {', '.join(table.column_names)}")
+        raise DataError(f"{path.name}: no target column {target!r};"
+                        f" columns: {', '.join(table.column_names)}")
     y = np.asarray(table.column(target).to_pylist())
-    cols = [np.asarray(table.column(c).to_pylist(), dtype="float32") for c in table.column_names if c != target]
+    cols = [np.asarray(table.column(c).to_pylist(), dtype="float32")
+            for c in table.column_names if c != target]
     return np.stack(cols, axis=1), y
 
 

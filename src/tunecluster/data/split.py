@@ -86,7 +86,8 @@ def encode_labels(ys: list[np.ndarray], task: str) -> tuple[list[np.ndarray], st
         return [y.astype("float32") for y in ys], "onehot", [str(i) for i in range(k)]
     flat = [np.asarray(y).reshape(-1) for y in ys]
     if flat[0].dtype.kind == "f" and not all(np.all(f == np.round(f)) for f in flat):
-        raise DataError("classification labels are real numbers; did you mean model.task: regression?")
+        raise DataError("classification labels are real numbers;"
+                        " did you mean model.task: regression?")
     classes = np.unique(np.concatenate(flat))
     if len(classes) < 2:
         raise DataError(f"classification needs at least 2 classes, found {len(classes)}")

@@ -66,7 +66,8 @@ def build_mlp(
         model.add(keras.layers.Flatten())
     if input_mode == "normalize":
         if normalization is None:
-            raise ValueError("input: normalize needs the Normalization statistics of the training split")
+            raise ValueError("input: normalize needs the Normalization statistics"
+                             " of the training split")
         model.add(keras.layers.Normalization(
             mean=normalization.mean, variance=normalization.variance, name="normalization"))
     for i in range(int(hp["n_hidden"])):
