@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster, RedisServer
@@ -149,6 +150,30 @@ def test_redis_outage_longer_than_a_lease_spends_no_retry(control_plane) -> None
     results = wait(store, job, 240)
     assert results["state"] == "completed", results.get("error")
     assert [(t["state"], t["attempts"]) for t in results["trials"]] == [("COMPLETED", 1)] * 2
+
+
+def test_a_full_redis_pauses_the_cluster_and_spends_no_retry(control_plane) -> None:
+    """Redis reaches maxmemory (noeviction: every write refused, a script before it runs)
+    while two trials train, for three leases: the chief, the workers and the trial
+    processes wait for room instead of dying or failing trials, and the job completes
+    with every trial in its first attempt once room is made."""
+    cluster = control_plane(workers=2)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
+        "search.max_trials=3", "train.epochs=8", "search.max_retries_per_trial=0", *SLOW)))
+    _until(lambda: sum(int(r.get("last_epoch") or 0) >= 1 and r.get("state") == "RUNNING"
+                       for r in store.jobs.trials(job)) == 2)
+    used = int(store.client.info("memory")["used_memory"])
+    store.client.config_set("maxmemory", str(used - 100_000))
+    try:
+        time.sleep(3 * LEASE_S)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            Store(redis.Redis.from_url(cluster.url)).client.set("probe", "1")  # still full
+    finally:
+        store.client.config_set("maxmemory", "0")
+    results = wait(store, job, 240)
+    assert results["state"] == "completed", results.get("error")
+    assert [(t["state"], t["attempts"]) for t in results["trials"]] == [("COMPLETED", 1)] * 3
 
 
 # --- point 5: a restarted chief never reuses a tuner id -----------------------------------

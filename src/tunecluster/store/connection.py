@@ -37,10 +37,13 @@ def connect(url: str | None = None, *, check: bool = True, decode: bool = True,
             socket_keepalive=True,
             health_check_interval=15,
             # Ride out a Redis restart (about a minute) inside each command, so a trial
-            # in the middle of an epoch report does not fail because Redis blinked.
+            # in the middle of an epoch report does not fail because Redis blinked; and
+            # a full Redis (maxmemory, noeviction: it refuses every write, a script
+            # before it runs, so nothing is half-written) until room is made.
             retry=Retry(ExponentialBackoff(cap=defaults.RECONNECT_BACKOFF_S[1],
                                            base=defaults.RECONNECT_BACKOFF_S[0]), retries),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                            redis.exceptions.OutOfMemoryError],
         )
     except ValueError as exc:
         raise ValueError(f"--redis: {url!r} is not a Redis URL ({exc})") from None
@@ -131,7 +134,12 @@ class Backoff:
         self.failures += 1
         self.delay = min(self.cap, max(self.first, self.delay * 2))
         if self.failures == 1 or self.failures % 10 == 0:
-            log.warning("redis unavailable (%s); retrying in %.1fs", exc, self.delay)
+            if isinstance(exc, redis.exceptions.OutOfMemoryError):
+                log.warning("redis is full (maxmemory): writes refused, nothing written;"
+                            " retrying in %.1fs (delete finished jobs or raise maxmemory)",
+                            self.delay)
+            else:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, self.delay)
         time.sleep(self.delay)
 
 
@@ -147,6 +155,8 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 def retryable(exc: BaseException) -> bool:
     if is_auth_error(exc):
         return False
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True  # a full Redis refused a write whole: it succeeds once room is made
     if isinstance(exc, redis.ResponseError):
         # A restarted Redis answers LOADING while it replays its AOF.
         return "LOADING" in str(exc).upper()
