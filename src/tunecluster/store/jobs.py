@@ -20,7 +20,7 @@ from tunecluster.store import codec
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.ids import check_job_id, is_job_id, new_job_id
 from tunecluster.store.keys import Keys, split_member
-from tunecluster.store.queue import EVENTS_MAXLEN, now_ms, ready_lists
+from tunecluster.store.queue import EVENTS_MAXLEN, now_ms, ready_entries
 
 ACTIVE_STATES = ("queued", "running", "finalizing")
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -294,10 +294,9 @@ class JobStore:
                      self.k.trial_errors(job, trial), self.k.trial_sync(job, trial)]
         for start in range(0, len(keys), 500):
             self.r.unlink(*keys[start:start + 500])
-        for ready in ready_lists(self.r, self.k):
-            for m in self.r.lrange(ready, 0, -1):
-                if split_member(m)[0] == job:
-                    self.r.lrem(ready, 0, m)
+        for ready, m in ready_entries(self.r, self.k):
+            if split_member(m)[0] == job:
+                self.r.lrem(ready, 0, m)
         for zset in (self.k.leases, self.k.forming):
             ours = [m for m in self.r.zrange(zset, 0, -1) if split_member(m)[0] == job]
             if ours:
@@ -317,7 +316,7 @@ class JobStore:
             return True
         return any(split_member(m)[0] == job for m in [
             *self.r.zrange(self.k.leases, 0, -1), *self.r.zrange(self.k.forming, 0, -1),
-            *(m for ready in ready_lists(self.r, self.k) for m in self.r.lrange(ready, 0, -1))])
+            *(m for _ready, m in ready_entries(self.r, self.k))])
 
     def _pattern(self, job: str) -> str:
         """SCAN pattern of every key under the job's prefix (glob characters escaped)."""

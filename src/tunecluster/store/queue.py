@@ -867,12 +867,9 @@ class TrialQueue:
     def ready_count(self) -> int:
         """Trials in the ready queue, of every priority."""
         pipe = self.r.pipeline(transaction=False)
-        for ready in self.ready_lists():
+        for ready in ready_lists(self.r, self.k):
             pipe.llen(ready)
         return sum(int(n) for n in pipe.execute())
-
-    def ready_lists(self) -> list[str]:
-        return ready_lists(self.r, self.k)
 
 
 def ready_lists(client: redis.Redis, keys: Keys) -> list[str]:
@@ -880,3 +877,9 @@ def ready_lists(client: redis.Redis, keys: Keys) -> list[str]:
     above = client.zrangebyscore(keys.ready_bands, "-inf", "(0")
     below = client.zrangebyscore(keys.ready_bands, "(0", "+inf")
     return [*above, keys.ready, *below]
+
+
+def ready_entries(client: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
+    """(list, entry) for every entry of the ready queue, highest priority first."""
+    return [(ready, m) for ready in ready_lists(client, keys)
+            for m in client.lrange(ready, 0, -1)]
