@@ -49,6 +49,25 @@ def test_state_size_does_not_grow_with_the_trials() -> None:
     assert state[BOOK] == 1 and "start_order" not in state and "tried_so_far" not in state
 
 
+class _NotToBeWalked(set):
+    """A set that fails when a state is built by walking it (an O(trials) copy)."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the round's state walked every trial's values")
+
+
+def test_state_json_costs_no_walk_over_the_trials() -> None:
+    """What a round writes does not grow with the trials, and neither does the work of
+    building it: KerasTuner's get_state() copies every trial's values hash (O(trials)
+    per round), which state_json() leaves to the trials' own records."""
+    host = _host()
+    _run(host, 20)
+    before = json.loads(host.state_json())
+    host.oracle._tried_so_far = _NotToBeWalked(host.oracle._tried_so_far)
+    assert json.loads(host.state_json()) == before
+    assert len(host.oracle._tried_so_far) == 20  # left as it was
+
+
 def test_restored_oracle_is_keras_tuners_own_state() -> None:
     host = _host()
     done = _run(host, 5)

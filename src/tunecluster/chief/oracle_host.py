@@ -171,8 +171,15 @@ class OracleHost:
 
     def state_json(self) -> str:
         """The oracle's own state without what it keeps per trial (that is in each
-        trial's record, ``trials_json``): its size does not grow with the trials."""
-        state = self.oracle.get_state()
+        trial's record, ``trials_json``): its size does not grow with the trials, and
+        neither does building it (KerasTuner's ``get_state`` copies its set of value
+        hashes, O(trials) on every round: an empty one stands in while it runs)."""
+        oracle = self.oracle
+        hashes, oracle._tried_so_far = oracle._tried_so_far, set()
+        try:
+            state = oracle.get_state()
+        finally:
+            oracle._tried_so_far = hashes
         for name in _PER_TRIAL:
             state.pop(name, None)
         state[BOOK] = 1
