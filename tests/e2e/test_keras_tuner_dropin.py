@@ -60,17 +60,32 @@ def test_ctrl_c_during_search_cancels_the_job(cluster, tmp_path: Path, monkeypat
 
     import tunecluster.keras_tuner as kt
 
+    from tunecluster.store import Store
+
     monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
     tuner = kt.RandomSearch(example.build_model, objective="val_accuracy", max_trials=20,
                             directory=tmp_path, project_name="interrupted",
                             cluster=cluster.url)
-    timer = threading.Timer(6.0, _thread.interrupt_main)  # the user's Ctrl-C
-    timer.start()
+    store, searching = Store.from_url(cluster.url), threading.Event()
+
+    def ctrl_c_once_a_trial_reported() -> None:
+        # The user's Ctrl-C, while the search waits on the cluster: at a fixed time it
+        # could land in the space discovery's TensorFlow clean-up, where Python ignores
+        # an exception raised inside a finalizer (__del__), and the search went on.
+        while not searching.wait(0.2):
+            job = tuner.job
+            if job is not None and any(t.get("state") == "RUNNING" and t.get("last_epoch")
+                                       for t in store.jobs.trials(job.id)):
+                _thread.interrupt_main()
+                return
+
+    watcher = threading.Thread(target=ctrl_c_once_a_trial_reported, daemon=True)
+    watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             tuner.search(example.X_train, example.y_train, epochs=200, verbose=0,
                          validation_data=(example.X_valid, example.y_valid))
     finally:
-        timer.cancel()
+        searching.set()
     assert tuner.job is not None and tuner.job.state == "cancelled"
     assert not any(t["state"] == "RUNNING" for t in tuner.job.results()["trials"])
