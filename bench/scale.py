@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py --workers 1000 --trial-seconds 1 --trials 10000 --json
     .venv/bin/python bench/scale.py --bayesian-latency 100 1000 5000
+    .venv/bin/python bench/scale.py --round-cost 100 1000 10000
 
 Each simulated worker is the real ``tunecluster.worker.loop.Worker`` (its claim loop,
 heartbeat and lease renewal, cancel reads, through the real Lua scripts of
@@ -26,6 +27,9 @@ on stderr.
 
 ``--bayesian-latency N...`` instead times the Bayesian oracle's ``create_trial`` after
 N completed trials, with and without ``search.bayesian_max_fit_trials``.
+``--round-cost N...`` times the oracle's part of a chief round (one trial's epoch and
+end, the next suggestion, the state and the records the round commits) after N
+completed trials of a random search.
 """
 
 from __future__ import annotations
@@ -409,6 +413,43 @@ def bayesian_latency(counts: list[int], bound: int | None, repeats: int = 3) -> 
     return out
 
 
+def round_cost(counts: list[int], repeats: int = 200) -> list[dict]:
+    """The oracle's part of a chief round that ends one random-search trial and creates
+    the next (its epoch, its end, a suggestion, the state and the two trials' records the
+    round commits), after n completed trials: it should not grow with n."""
+    import random
+
+    from tunecluster.chief.oracle_host import OracleHost
+    from tunecluster.client import search_space
+    from tunecluster.spec import parse_spec
+
+    out = []
+    for n in counts:
+        spec = parse_spec({"name": "round", "data": {"dataset": "digits"},
+                           "model": {"builtin": "mlp", "hyperparameters": SPACE},
+                           "search": {"algorithm": "random", "objective": "val_loss",
+                                      "max_trials": n + repeats + 2, "seed": 1}})
+        host = OracleHost.create(spec, search_space(spec))
+        _seed_completed(host, n, random.Random(0))
+        running = host.create_trial()[1]
+        rounds, states = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            host.update(running, 1, {"val_loss": 0.5})
+            host.end(running, completed=True)
+            _status, new, _values = host.create_trial()
+            t1 = time.perf_counter()
+            host.state_json()
+            t2 = time.perf_counter()
+            host.trials_json([running, new])
+            rounds.append((time.perf_counter() - t0) * 1000)
+            states.append((t2 - t1) * 1e6)
+            running = new
+        out.append({"completed_trials": n, "round_oracle_ms": round(statistics.median(rounds), 3),
+                    "state_json_us": round(statistics.median(states), 1)})
+    return out
+
+
 def _seed_completed(host: Any, n: int, rng: Any) -> None:
     """n completed trials with random values and scores, without asking the oracle
     (which would fit its model n times): what a long search leaves behind."""
@@ -466,7 +507,13 @@ def main() -> None:
                              " (default: 0, every trial, KerasTuner's own way)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="with --bayesian-latency: suggestions timed per size (median)")
+    parser.add_argument("--round-cost", type=int, nargs="*", default=None, metavar="N",
+                        help="time the oracle's part of a chief round after N trials instead")
     args = parser.parse_args()
+    if args.round_cost is not None:
+        for row in round_cost(args.round_cost or [100, 1000, 10000]):
+            print(json.dumps(row), flush=True)
+        return
     if args.bayesian_latency is not None:
         counts = args.bayesian_latency or [100, 1000, 5000]
         for row in bayesian_latency(counts, args.bound, repeats=args.repeats):
