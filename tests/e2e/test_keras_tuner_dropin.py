@@ -59,7 +59,6 @@ def test_ctrl_c_during_search_cancels_the_job(cluster, tmp_path: Path, monkeypat
     import dropin_notebook_style as example
 
     import tunecluster.keras_tuner as kt
-
     from tunecluster.store import Store
 
     monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))

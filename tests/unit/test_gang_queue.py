@@ -81,6 +81,36 @@ def test_a_gang_needing_more_workers_than_alive_leaves_single_trials_running(
     assert store.queue.claim("w3", 10) is None
 
 
+def test_a_free_worker_takes_a_higher_priority_trial_before_joining_a_gang(
+        store: Store) -> None:
+    """Job priority holds for gangs too: a worker that frees up while a low-priority gang
+    forms takes the higher-priority job's trial first; a gang of equal or higher priority
+    is still joined first (its formation holds workers already)."""
+    gang_job = _job(store, 1, gang=2)  # priority 0
+    _alive(store, "w1", "w2", "w3")
+    place = store.queue.claim("w1", 10, address="h:1")
+    assert place is not None and place.forming and place.job == gang_job
+    urgent = store.jobs.submit("urgent", json.dumps(SPEC), {}, 3, "native")
+    store.queue.enqueue(urgent, "00", {"x": 0}, 0, "{}", priority=3)
+    got = store.queue.claim("w2", 10, address="h:2")
+    assert got is not None and (got.job, got.trial) == (urgent, "00") and not got.forming
+    assert store.jobs.trial(gang_job, "00")["state"] == "FORMING"
+    # nothing of a higher priority waits now: the next free worker completes the gang
+    joined = store.queue.claim("w3", 10, address="h:3")
+    assert joined is not None and joined.job == gang_job and joined.rank == 1
+    assert store.jobs.trial(gang_job, "00")["state"] == "RUNNING"
+
+    # equal priority: the forming gang goes first, as before
+    later = _job(store, 1, gang=2)
+    same = store.jobs.submit("same", json.dumps(SPEC), {}, 0, "native")
+    _alive(store, "w4", "w5")
+    place = store.queue.claim("w4", 10, address="h:4")
+    assert place is not None and place.forming and place.job == later
+    store.queue.enqueue(same, "00", {"x": 0}, 0, "{}")
+    joined = store.queue.claim("w5", 10, address="h:5")
+    assert joined is not None and joined.job == later and not joined.forming
+
+
 def test_a_member_leaving_a_forming_gang_dissolves_it(store: Store) -> None:
     job = _job(store, 1, gang=3)
     _alive(store, "w1", "w2", "w3")

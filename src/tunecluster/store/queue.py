@@ -219,11 +219,44 @@ local function gang_reply(p, job, tid, worker)
           redis.call('HGET', t, 'values') or '{}', tostring(redis.call('LLEN', t .. ':errors')),
           redis.call('HGET', t, 'gang'), tostring(redis.call('HGET', t, 'member:' .. worker))}
 end
+-- The priority of the best trial a free worker could start from the ready queue (nil:
+-- none): the first READY entry among the first few of each list, lists in priority
+-- order; a gang trial counts only when enough workers are alive to open it.
+local function best_ready_priority(p, ready, alive)
+  local bands = ready .. ':bands'
+  local lists = redis.call('ZRANGEBYSCORE', bands, '-inf', '(0')
+  table.insert(lists, ready)
+  for _, l in ipairs(redis.call('ZRANGEBYSCORE', bands, '(0', '+inf')) do
+    table.insert(lists, l)
+  end
+  for _, list in ipairs(lists) do
+    for _, m in ipairs(redis.call('LRANGE', list, 0, 15)) do
+      local sep = string.find(m, '/', 1, true)
+      if sep then
+        local t = tkey(p, string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
+        if redis.call('HGET', t, 'state') == 'READY'
+            and (tonumber(redis.call('HGET', t, 'gang_size') or '1') or 1) <= alive then
+          return tonumber(redis.call('HGET', t, 'priority') or '0') or 0
+        end
+      end
+    end
+  end
+  return nil
+end
 -- Join the oldest forming gang this worker is not in yet; dissolve those past their wait.
 -- Members whose worker stopped beating (it died while waiting) lose their place first, so
 -- a gang never starts with a member that cannot train (and spends a retry on it).
+-- A gang of a lower priority than a trial waiting in the ready queue is not joined: the
+-- worker takes that trial (job priority holds for gangs as for single trials).
 local function gang_join(p, ready, leases, forming, totals, workers, live_since, worker,
                          address, lease_ms, now)
+  local best = false  -- best_ready_priority, asked once there is a gang to join
+  local function outranked(t)
+    if best == false then
+      best = best_ready_priority(p, ready, redis.call('ZCOUNT', workers, live_since, '+inf'))
+    end
+    return best ~= nil and best > (tonumber(redis.call('HGET', t, 'priority') or '0') or 0)
+  end
   for _, m in ipairs(redis.call('ZRANGE', forming, 0, 99)) do
     local sep = string.find(m, '/', 1, true)
     if sep then
@@ -234,7 +267,7 @@ local function gang_join(p, ready, leases, forming, totals, workers, live_since,
         redis.call('ZREM', forming, m)
       elseif deadline < now then
         gang_dissolve(p, ready, forming, job, tid, 'too few free workers joined in time')
-      elseif not redis.call('HGET', t, 'member:' .. worker) then
+      elseif not redis.call('HGET', t, 'member:' .. worker) and not outranked(t) then
         local members = {}
         for _, member in ipairs(gang_members(t)) do
           if tonumber(redis.call('ZSCORE', workers, member.worker) or '0') >= live_since then
