@@ -202,6 +202,27 @@ def test_chief_killed_and_restarted_resumes_without_rerunning(make_cluster) -> N
     assert all(t["attempts"] == 1 for t in results["trials"]), "a trial was re-run"
 
 
+def test_chief_killed_while_finalizing_and_restarted_finalizes_the_job(make_cluster) -> None:
+    """SIGKILL the chief (and its evaluation process) the moment the job turns to
+    ``finalizing``: a restarted chief finalizes it (test split scored, best model written)
+    and no trial runs again."""
+    cluster = make_cluster(workers=2)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=2",
+                                                               "train.epochs=2")))
+    _until(lambda: store.jobs.get(job).state == "finalizing", every=0.005)
+    os.killpg(cluster.chiefs[0].pid, signal.SIGKILL)
+    time.sleep(1)
+    assert store.jobs.get(job).state == "finalizing"  # killed mid-way, not after
+    cluster.start_chief()
+    results = wait(store, job, 300)
+    assert results["state"] == "completed", results.get("error")
+    _assert_nothing_lost(results, 2)
+    assert all(t["attempts"] == 1 for t in results["trials"])
+    assert results["test"] and "accuracy" in results["test"], results["test"]
+    assert (Path(cluster.artifacts) / job / "best_model.keras").is_file()
+
+
 def test_two_chiefs_one_active_and_the_standby_takes_over(make_cluster) -> None:
     cluster = make_cluster(workers=2)
     cluster.start_chief()
