@@ -156,6 +156,31 @@ def test_worker_killed_mid_trial_is_retried_and_resumes_from_checkpoint(make_clu
           f" {trial['resumed_from_epoch']}")
 
 
+def test_worker_killed_after_its_last_epoch_report_is_retried_without_training_again(
+        make_cluster) -> None:
+    """SIGKILL the worker between the trial's last epoch report and its finish (the best
+    epoch restored, the model written): the retry resumes after that last epoch, trains
+    none, and records the trial with its model; each epoch is recorded once."""
+    cluster = make_cluster(workers=1)
+    store = Store.from_url(cluster.url)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
+        "search.max_trials=1", "train.epochs=3", "train.batch_size=8",
+        "train.steps_per_execution=1", "train.early_stopping=null",
+        "search.max_retries_per_trial=1")))
+    victim = _until(lambda: _running_trial(store, job, 3), every=0.002)
+    os.killpg(_worker_pid(store, victim["worker"]), signal.SIGKILL)
+    assert store.jobs.trial(job, victim["trial"]).get("state") == "RUNNING"  # not recorded
+    cluster.start_worker()
+    results = wait(store, job, 300)
+    assert results["state"] == "completed", results.get("error")
+    trial = results["trials"][0]
+    assert trial["state"] == "COMPLETED" and trial["attempts"] == 2, trial
+    assert trial["resumed_from_epoch"] == 3 and trial["epochs"] == 3
+    assert trial["model"].endswith("attempt-2/model.keras")
+    assert sorted(store.jobs.epochs(job, victim["trial"])) == [1, 2, 3]
+    assert (Path(cluster.artifacts) / job / "best_model.keras").is_file()
+
+
 def test_worker_lost_without_retries_fails_the_trial_and_the_job_completes(make_cluster):
     cluster = make_cluster(workers=2)
     store = Store.from_url(cluster.url)
