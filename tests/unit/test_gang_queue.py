@@ -111,6 +111,28 @@ def test_a_free_worker_takes_a_higher_priority_trial_before_joining_a_gang(
     assert joined is not None and joined.job == later and not joined.forming
 
 
+def test_a_higher_priority_gang_keeps_its_place_ahead_of_single_trials(store: Store) -> None:
+    """README: a gang job of a higher priority is not starved by another job's single
+    trials: a formation that times out goes back to the tail of its priority's list, still
+    ahead of every lower-priority trial, so the slot it gave back opens it again instead
+    of taking a single trial."""
+    singles = store.jobs.submit("singles", json.dumps(SPEC), {}, 0, "native")
+    for i in range(3):
+        store.queue.enqueue(singles, f"{i:02d}", {"x": i}, 0, "{}")
+    gang_job = store.jobs.submit("gang", json.dumps(SPEC), {}, 5, "native")
+    store.queue.enqueue(gang_job, "00", {"x": 0}, 0, "{}", gang_size=2, priority=5)
+    _alive(store, "w1", "w2")
+    place = store.queue.claim("w1", 10, address="h:1", gang_wait_s=0.2)
+    assert place is not None and place.forming and place.job == gang_job
+    time.sleep(0.3)
+    assert store.queue.gang_wait(place, "w1") is None  # timed out: dissolved
+    again = store.queue.claim("w1", 10, address="h:1", gang_wait_s=0.2)
+    assert again is not None and again.forming and again.job == gang_job
+    joined = store.queue.claim("w2", 10, address="h:2")
+    assert joined is not None and joined.job == gang_job and not joined.forming
+    assert all(r["state"] == "READY" for r in store.jobs.trials(singles))
+
+
 def test_a_member_leaving_a_forming_gang_dissolves_it(store: Store) -> None:
     job = _job(store, 1, gang=3)
     _alive(store, "w1", "w2", "w3")
