@@ -39,11 +39,11 @@ def test_a_higher_priority_jobs_trials_are_claimed_before_those_queued_earlier(
     low = _job(store, priority=0, trials=3)
     lower = _job(store, priority=-5, trials=2)
     high = _job(store, priority=7, trials=2)
-    assert store.queue.ready_count() == 7 and store.queue.busy_count() == 7
+    assert store.queue.ready_count() == 7 and store.queue.running_count() == 0
     assert _claims(store, 7) == [(high, "00"), (high, "01"), (low, "00"), (low, "01"),
                                  (low, "02"), (lower, "00"), (lower, "01")]
     assert store.queue.claim("w1", 10) is None and store.queue.ready_count() == 0
-    assert store.queue.busy_count() == 7  # the seven leases
+    assert store.queue.running_count() == 7  # the seven leases
 
 
 def test_the_chiefs_staged_writes_queue_by_priority_too(store: Store) -> None:

@@ -536,21 +536,20 @@ class Chief:
         self._more = False
         if not self._active:
             return
-        jobs = [hosted for hosted in map(self._job, list(self._active))
+        jobs = [(hosted, hosted.host) for hosted in map(self._job, list(self._active))
                 if hosted is not None and hosted.host is not None]
-        busy = sum(h.host.ongoing() * h.spec.resources.workers_per_trial
-                   for h in jobs if h.host is not None)
+        busy = sum(host.ongoing() * hosted.spec.resources.workers_per_trial
+                   for hosted, host in jobs)
         free = self._slots - busy if self._slots > 0 else 0
         ahead = max(1, int(self._slots * READY_AHEAD)) if READY_AHEAD > 0 else 0
         created = 0
-        for hosted in jobs:
-            assert hosted.host is not None
+        for hosted, host in jobs:
             job_id = hosted.id
             if hosted.exhausted or hosted.failure or hosted.cancel:
                 continue
             extra = ahead if hosted.spec.search.algorithm in ("random", "grid") else 0
             need = hosted.spec.resources.workers_per_trial  # slots one trial takes
-            budget = free + extra if hosted.host.ongoing() > 0 else max(free + extra, 1)
+            budget = free + extra if host.ongoing() > 0 else max(free + extra, 1)
             while budget > 0:
                 if created >= TOP_UP_CHUNK:
                     # Commit these now and make the rest on the next round at once
@@ -558,7 +557,7 @@ class Chief:
                     # for a thousand suggestions.
                     self._more = True
                     return
-                status, trial, values = hosted.host.create_trial()
+                status, trial, values = host.create_trial()
                 if status == "RUNNING" and trial is not None:
                     # The oracle that made it is written once per round by _stage_oracles,
                     # later in this same step, not once per trial here.

@@ -119,6 +119,15 @@ local function ready_pop(ready)
   return pop_bands(bands, '-inf', '(0') or redis.call('LPOP', ready)
       or pop_bands(bands, '(0', '+inf')
 end
+local function ready_lists(ready)  -- every ready list, in the order ready_pop takes them
+  local bands = ready .. ':bands'
+  local lists = redis.call('ZRANGEBYSCORE', bands, '-inf', '(0')
+  table.insert(lists, ready)
+  for _, l in ipairs(redis.call('ZRANGEBYSCORE', bands, '(0', '+inf')) do
+    table.insert(lists, l)
+  end
+  return lists
+end
 local function fenced_out(lock, token)
   return lock ~= '' and redis.call('GET', lock) ~= token
 end
@@ -223,13 +232,7 @@ end
 -- none): the first READY entry among the first few of each list, lists in priority
 -- order; a gang trial counts only when enough workers are alive to open it.
 local function best_ready_priority(p, ready, alive)
-  local bands = ready .. ':bands'
-  local lists = redis.call('ZRANGEBYSCORE', bands, '-inf', '(0')
-  table.insert(lists, ready)
-  for _, l in ipairs(redis.call('ZRANGEBYSCORE', bands, '(0', '+inf')) do
-    table.insert(lists, l)
-  end
-  for _, list in ipairs(lists) do
+  for _, list in ipairs(ready_lists(ready)) do
     for _, m in ipairs(redis.call('LRANGE', list, 0, 15)) do
       local sep = string.find(m, '/', 1, true)
       if sep then
@@ -889,10 +892,6 @@ class TrialQueue:
         if not isinstance(answer, list):
             raise LostLeadership("the chief lock is held by another chief")
         return Reaped(*(int(x) for x in answer))
-
-    def busy_count(self) -> int:
-        """Trials holding or waiting for a slot: running plus ready."""
-        return self.running_count() + self.ready_count()
 
     def running_count(self) -> int:
         return int(self.r.zcard(self.k.leases))
