@@ -384,22 +384,11 @@ def where_slots_idle(store: Any, job_id: str, t_submit: float, trial_s: float) -
 
 def bayesian_latency(counts: list[int], bound: int | None, repeats: int = 3) -> list[dict]:
     """Time ``create_trial`` of the hosted Bayesian oracle after n completed trials."""
-    import random
-
-    from tunecluster.chief.oracle_host import OracleHost
-    from tunecluster.client import search_space
-    from tunecluster.spec import parse_spec
-
     out = []
     for n in counts:
-        search: dict[str, Any] = {"algorithm": "bayesian", "objective": "val_loss",
-                                  "max_trials": n + repeats + 1, "seed": 1}
-        search["bayesian_max_fit_trials"] = bound or 0  # 0: every trial (KerasTuner's way)
-        spec = parse_spec({"name": "bo", "data": {"dataset": "digits"},
-                           "model": {"builtin": "mlp", "hyperparameters": SPACE},
-                           "search": search})
-        host = OracleHost.create(spec, search_space(spec))
-        _seed_completed(host, n, random.Random(0))
+        host = _seeded_host(n, {"algorithm": "bayesian", "max_trials": n + repeats + 1,
+                                # 0: every trial (KerasTuner's way)
+                                "bayesian_max_fit_trials": bound or 0})
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -417,20 +406,9 @@ def round_cost(counts: list[int], repeats: int = 200) -> list[dict]:
     """The oracle's part of a chief round that ends one random-search trial and creates
     the next (its epoch, its end, a suggestion, the state and the two trials' records the
     round commits), after n completed trials: it should not grow with n."""
-    import random
-
-    from tunecluster.chief.oracle_host import OracleHost
-    from tunecluster.client import search_space
-    from tunecluster.spec import parse_spec
-
     out = []
     for n in counts:
-        spec = parse_spec({"name": "round", "data": {"dataset": "digits"},
-                           "model": {"builtin": "mlp", "hyperparameters": SPACE},
-                           "search": {"algorithm": "random", "objective": "val_loss",
-                                      "max_trials": n + repeats + 2, "seed": 1}})
-        host = OracleHost.create(spec, search_space(spec))
-        _seed_completed(host, n, random.Random(0))
+        host = _seeded_host(n, {"algorithm": "random", "max_trials": n + repeats + 2})
         running = host.create_trial()[1]
         rounds, states = [], []
         for _ in range(repeats):
@@ -448,6 +426,23 @@ def round_cost(counts: list[int], repeats: int = 200) -> list[dict]:
         out.append({"completed_trials": n, "round_oracle_ms": round(statistics.median(rounds), 3),
                     "state_json_us": round(statistics.median(states), 1)})
     return out
+
+
+def _seeded_host(n: int, search: dict[str, Any]) -> Any:
+    """A hosted oracle over ``SPACE`` (``search`` on top of val_loss and seed 1) with n
+    completed trials (``_seed_completed``)."""
+    import random
+
+    from tunecluster.chief.oracle_host import OracleHost
+    from tunecluster.client import search_space
+    from tunecluster.spec import parse_spec
+
+    spec = parse_spec({"name": "oracle", "data": {"dataset": "digits"},
+                       "model": {"builtin": "mlp", "hyperparameters": SPACE},
+                       "search": {"objective": "val_loss", "seed": 1, **search}})
+    host = OracleHost.create(spec, search_space(spec))
+    _seed_completed(host, n, random.Random(0))
+    return host
 
 
 def _seed_completed(host: Any, n: int, rng: Any) -> None:
