@@ -42,8 +42,7 @@ def connect(url: str | None = None, *, check: bool = True, decode: bool = True,
             # before it runs, so nothing is half-written) until room is made.
             retry=Retry(ExponentialBackoff(cap=defaults.RECONNECT_BACKOFF_S[1],
                                            base=defaults.RECONNECT_BACKOFF_S[0]), retries),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
-                            redis.exceptions.OutOfMemoryError],
+            retry_on_error=list(RETRIED_BY_CLIENT),
         )
     except ValueError as exc:
         raise ValueError(f"--redis: {url!r} is not a Redis URL ({exc})") from None
@@ -143,24 +142,27 @@ class Backoff:
         time.sleep(self.delay)
 
 
-RETRYABLE: tuple[type[BaseException], ...] = (
+# What every client of ``connect`` retries inside each command, with back-off: a dropped
+# connection, a Redis still loading, and a full Redis (a write refused whole succeeds
+# once room is made).
+RETRIED_BY_CLIENT: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.BusyLoadingError,
-    ConnectionError,
-    OSError,
+    redis.exceptions.OutOfMemoryError,
 )
+RETRYABLE: tuple[type[BaseException], ...] = (*RETRIED_BY_CLIENT, ConnectionError, OSError)
 
 
 def retryable(exc: BaseException) -> bool:
     if is_auth_error(exc):
         return False
-    if isinstance(exc, redis.exceptions.OutOfMemoryError):
-        return True  # a full Redis refused a write whole: it succeeds once room is made
+    if isinstance(exc, RETRYABLE):
+        return True
     if isinstance(exc, redis.ResponseError):
         # A restarted Redis answers LOADING while it replays its AOF.
         return "LOADING" in str(exc).upper()
-    return isinstance(exc, RETRYABLE)
+    return False
 
 
 def wait_for(client: Any, attempts: int = 100, delay: float = 0.1) -> None:
