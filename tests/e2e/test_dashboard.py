@@ -270,6 +270,7 @@ def test_live_epochs_reach_every_page_through_one_reader(cluster: LocalCluster,
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml", LONG))
     url, stop = start_in_background(cluster.url)
     got: dict[int, list[dict]] = {}
+    counted = threading.Event()  # the readers were counted: the pages may close
 
     def page(n: int) -> None:
         got[n] = []
@@ -278,6 +279,10 @@ def test_live_epochs_reach_every_page_through_one_reader(cluster: LocalCluster,
                 if line.startswith("data: "):
                     got[n].append(json.loads(line[6:]))
                     if sum(e["type"] == "epoch" for e in got[n]) >= 2:
+                        # Stay open until counted: a page that connected late gets the
+                        # job's past epochs at once and would otherwise close (and its
+                        # reader with it) before the count.
+                        counted.wait(60)
                         return
 
     try:
@@ -289,6 +294,7 @@ def test_live_epochs_reach_every_page_through_one_reader(cluster: LocalCluster,
             assert time.monotonic() < deadline, got
             time.sleep(0.2)
         assert hub_readers(store) == 1, "three open pages, one reader of the job's stream"
+        counted.set()
         for p in pages:
             p.join(60)
         for events in got.values():
@@ -301,6 +307,7 @@ def test_live_epochs_reach_every_page_through_one_reader(cluster: LocalCluster,
             held = store.jobs.epochs(job, epoch["trial"])[epoch["epoch"]]
             assert epoch["metrics"] == pytest.approx(held, rel=1e-12)
     finally:
+        counted.set()
         stop()
         cancel_and_wait(store, job)
 
