@@ -17,6 +17,7 @@ from tunecluster.worker.gang import (
     PortReservation,
     advertise_host,
     parse_ports,
+    release_lost_peer,
     tf_config,
 )
 from tunecluster.worker.trial import agreed_stop
@@ -111,6 +112,39 @@ def test_a_follower_stops_waiting_once_the_attempt_ends(store: Store) -> None:
     store.queue.release(job, "0", "rank 0 crashed", worker="w1", attempt=leader_claim.attempt)
     with pytest.raises(LostLease):
         GangFollower(store, follower_claim).decide(1, False)
+
+
+def test_a_member_that_saw_a_peer_go_leaves_the_cause_to_the_member_that_knows_it(
+        store: Store) -> None:
+    """A survivor's collective error is a consequence: when the member whose process
+    crashed records why within the grace, that cause is the attempt's reason."""
+    job, leader_claim, follower_claim = _running_gang(store)
+
+    def crash_recorded_late() -> None:
+        time.sleep(0.3)  # the crashed member's worker notices its process a bit later
+        store.queue.release(job, "0", "rank 1: trial process crashed: killed by SIGKILL",
+                            worker="w2", attempt=follower_claim.attempt)
+
+    thread = threading.Thread(target=crash_recorded_late)
+    thread.start()
+    recorded = release_lost_peer(store, leader_claim, "w1", "rank 0: a gang member was lost",
+                                 grace_s=5.0)
+    thread.join(5)
+    assert recorded is False
+    assert store.client.lrange(store.keys.trial_errors(job, "0"), 0, -1) == [
+        "rank 1: trial process crashed: killed by SIGKILL"]
+
+
+def test_a_member_that_saw_a_peer_go_ends_the_attempt_when_nobody_else_does(
+        store: Store) -> None:
+    job, leader_claim, _ = _running_gang(store)
+    started = time.monotonic()
+    assert release_lost_peer(store, leader_claim, "w1", "rank 0: a gang member was lost",
+                             grace_s=0.3) is True
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert store.jobs.trial(job, "0")["state"] == "READY"  # retried
+    assert store.client.lrange(store.keys.trial_errors(job, "0"), 0, -1) == [
+        "rank 0: a gang member was lost"]
 
 
 def test_collective_failures_are_told_from_the_trials_own_errors() -> None:

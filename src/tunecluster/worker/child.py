@@ -170,10 +170,11 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
         if claim.gang and lost_a_peer(exc):
             # TensorFlow saw a member go before the worker's own check did: the attempt
             # is retried from its checkpoint, as for a lost worker (refused, and harmless,
-            # when the check already released it).
-            store.queue.release(claim.job, claim.trial,
-                                f"rank {claim.rank}: a gang member was lost: {message_text}",
-                                worker=worker, attempt=claim.attempt)
+            # when the check or the crashed member's worker already released it).
+            from tunecluster.worker.gang import release_lost_peer
+
+            release_lost_peer(store, claim, worker,
+                              f"rank {claim.rank}: a gang member was lost: {message_text}")
             return {"outcome": "lost", "error": message_text}
         if claim.rank > 0:
             # Only rank 0 records the trial; a member that failed ends the attempt for

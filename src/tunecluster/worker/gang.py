@@ -33,6 +33,10 @@ ADVERTISE_ENV = "TUNECLUSTER_ADVERTISE_HOST"
 PEER_TIMEOUT_S = float(os.environ.get("TUNECLUSTER_GANG_PEER_TIMEOUT_S", "6"))
 CHECK_S = 1.0  # how often a running member's worker checks on the others
 DECISION_POLL_S = 0.02  # how often a follower looks for rank 0's decision
+# A member whose collectives failed because a peer went waits this long for the member
+# that knows why (its process crashed: its worker sees that within a poll) to end the
+# attempt, so the trial's errors name the cause rather than its echo in the survivors.
+CAUSE_GRACE_S = 1.0
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -157,3 +161,17 @@ class GangFollower:
                     raise LostLease(f"trial {self.claim.member} attempt {self.claim.attempt}"
                                     f" ended before its rank 0 decided on epoch {epoch}")
             time.sleep(DECISION_POLL_S)
+
+
+def release_lost_peer(store: Any, claim: Any, worker: str, reason: str, *,
+                      grace_s: float = CAUSE_GRACE_S) -> bool:
+    """End ``claim``'s attempt for a retry, with ``reason``, after TensorFlow's
+    collectives in this member saw a peer go; unless another member (or a worker's peer
+    check) ends it within ``grace_s``. True when this call recorded the reason."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not store.queue.attempt_running(claim):
+            return False
+        time.sleep(DECISION_POLL_S)
+    return bool(store.queue.release(claim.job, claim.trial, reason, worker=worker,
+                                    attempt=claim.attempt))
