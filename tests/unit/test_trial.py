@@ -163,13 +163,31 @@ def test_retry_without_checkpoint_starts_over(tmp_path: Path) -> None:
     assert reporter.epochs == [1]
 
 
+def _epochs_under_keras_early_stopping(patience: int, min_delta: float) -> int:
+    """How many of 8 epochs Keras's own EarlyStopping lets a tiny model train."""
+    import keras
+    import numpy as np
+
+    x, y = np.random.default_rng(0).normal(size=(32, 4)), np.arange(32) % 2
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping("val_accuracy", patience=patience,
+                                         min_delta=min_delta, mode="max")
+    history = model.fit(x, y, validation_data=(x, y), epochs=8, verbose=0, callbacks=[stop])
+    return len(history.history["loss"])
+
+
 def test_early_stopping_with_patience(tmp_path: Path) -> None:
     # A min_delta no accuracy can beat: no epoch after the first counts as an improvement,
-    # so patience 1 stops after epoch 3 of 8.
-    rt = runtime(tmp_path, epochs=8, early_stopping={"patience": 1, "min_delta": 10.0})
-    reporter = ListReporter()
-    result = run_trial(rt, TrialRequest("t1", dict(SMALL)), reporter)
-    assert reporter.epochs == [1, 2, 3]
+    # so patience 1 stops after epoch 2 of 8, as Keras's EarlyStopping(patience=1) does
+    # (the drop-in maps that callback onto this setting); patience 2 after epoch 3.
+    for patience, epochs in ((1, [1, 2]), (2, [1, 2, 3])):
+        rt = runtime(tmp_path / str(patience), epochs=8,
+                     early_stopping={"patience": patience, "min_delta": 10.0})
+        reporter = ListReporter()
+        result = run_trial(rt, TrialRequest("t1", dict(SMALL)), reporter)
+        assert reporter.epochs == epochs
+        assert len(reporter.epochs) == _epochs_under_keras_early_stopping(patience, 10.0)
     assert result.stopped_early
     # the saved model is still the best epoch's, as reported
     best = max(result.epochs, key=lambda r: r["val_accuracy"])

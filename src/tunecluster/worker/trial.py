@@ -285,7 +285,8 @@ class _EpochCallback:
                 reason = None
                 if stop:
                     reason = "stopped by the chief"
-                elif self.patience is not None and self.since_best > self.patience:
+                elif (self.patience is not None
+                      and self.since_best >= max(self.patience, 1)):  # as Keras counts
                     reason = f"no improvement in {self.patience} epochs"
                 if agreed_stop(self.reporter, number, reason is not None):
                     self.stop_reason = reason or "stopped by the gang's rank 0"
