@@ -88,3 +88,51 @@ def test_regression_adapts_on_a_notebook_global(cluster, tmp_path: Path,
     assert loss == pytest.approx(results["best"]["score"], rel=1e-4)
     assert math.isfinite(results["best"]["score"]) and results["best"]["score"] > 0
     print(f"regression: {time.monotonic() - start:.1f}s")
+
+
+def build_per_layer(hp):
+    """KerasTuner's conditional pattern: the units of layer i exist only in trials with
+    more than i layers, so the space found at submit (the defaults: 1 layer) lacks them."""
+    model = keras.Sequential([keras.Input(shape=(64,))])
+    for i in range(hp.Int("num_layers", 1, 3)):
+        model.add(keras.layers.Dense(hp.Int(f"units_{i}", 8, 64, step=8), activation="relu",
+                                     name=f"hidden_{i}"))
+    model.add(keras.layers.Dense(10, activation="softmax"))
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam",
+                  metrics=["accuracy"])
+    return model
+
+
+def test_hyperparameters_declared_in_some_trials_are_searched(cluster, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    from tunecluster.store import Store
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = kt.RandomSearch(build_per_layer, objective="val_accuracy", max_trials=8, seed=2,
+                            directory=tmp_path, project_name="per-layer", overwrite=True,
+                            cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=1, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    results = tuner.job.results()
+    assert results["state"] == "completed"
+    trials = [t for t in results["trials"] if t["state"] == "COMPLETED"]
+    assert len(trials) == 8
+    # The space grew as a trial with more layers ended: the oracle drew units_1 itself
+    # for the trials it made afterwards (before the fix: never; each took its minimum).
+    created = [e.data["values"] for e in Store.from_url(cluster.url).events.read(tuner.job.id)
+               if e.type == "trial_created"]
+    assert any("units_1" in values for values in created), created
+    assert len({t["hyperparameters"].get("units_1") for t in trials} - {None}) > 1
+    # Each trial records every value its model was built with.
+    for t in trials:
+        hps = t["hyperparameters"]
+        model = keras.models.load_model(cluster.artifacts / t["model"])
+        for i in range(hps["num_layers"]):
+            assert model.get_layer(f"hidden_{i}").units == hps[f"units_{i}"], (t, i)
+    # The best hyperparameters rebuild the best model, conditional entries included.
+    best_hp = tuner.get_best_hyperparameters(1)[0]
+    rebuilt, best = build_per_layer(best_hp), tuner.get_best_models(1)[0]
+    assert ([layer.units for layer in rebuilt.layers]
+            == [layer.units for layer in best.layers])

@@ -225,7 +225,8 @@ class Tuner:
                                       " objective is scored on validation data")
         files = {"train.npz": _npz(*train_xy), "valid.npz": _npz(*valid_xy)}
         model: dict[str, Any] = {"module": "hypermodel.py", "source": self._source,
-                                 "function": self._function}
+                                 "function": self._function,
+                                 "tune_new_entries": self.tune_new_entries}
         task = _task(train_xy[1], valid_xy[1])
         if task:
             model["task"] = task
@@ -373,9 +374,9 @@ class _Oracle:
         if self.tuner._space is None and self.tuner.job is not None:  # reattached
             self.tuner._space = self.tuner.job.record().space
         hp = HyperParameters.from_config(self.tuner._space or {"space": []})
-        values = {**row["hyperparameters"], **(row.get("tuner") or {})}
-        hp.values.update({k: v for k, v in values.items() if k in hp.values or
-                          k.startswith("tuner/")})
+        # every value the trial used: those of hyperparameters its build declared beyond
+        # the space found at submit (conditional ones) too, so build_model(hp) rebuilds it
+        hp.values.update({**row["hyperparameters"], **(row.get("tuner") or {})})
         trial = Trial(hp, trial_id=row["trial"], status=TrialStatus.COMPLETED)
         trial.score = row["score"]
         trial.best_step = (row.get("best_epoch") or 1) - 1

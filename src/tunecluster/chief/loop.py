@@ -426,7 +426,8 @@ class Chief:
             return
         # Its epochs came through this same stream, before its end: the oracle has them.
         try:
-            hosted.host.end(trial, completed=state == "COMPLETED", message=error or None)
+            hosted.host.end(trial, completed=state == "COMPLETED", message=error or None,
+                            grown_space=msg.get("hyperparameters") or None)
         except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
             hosted.failure = (f"{hosted.spec.search.max_consecutive_failed_trials} consecutive"
                               f" trials failed: {str(exc).splitlines()[-1][:300]}")

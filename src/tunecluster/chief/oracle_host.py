@@ -16,13 +16,16 @@ rebuilds the whole KerasTuner state from both (and still reads the older, whole 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tunecluster.spec.models import JobSpec
+from tunecluster.store import codec
 
+log = logging.getLogger("tunecluster.chief")
 # The key, in a trial's persisted record, of the oracle's bookkeeping about that trial;
 # and the mark of a state_json() that leaves that bookkeeping to the trials.
 BOOK = "tunecluster"
@@ -138,6 +141,7 @@ class OracleHost:
             # Retries are the queue's business (leases); the oracle sees final outcomes.
             "max_retries_per_trial": 0,
             "max_consecutive_failed_trials": search.max_consecutive_failed_trials,
+            "tune_new_entries": spec.model.tune_new_entries,
         }
         cls_ = _oracle_class(search.algorithm)
         if search.algorithm == "hyperband":
@@ -263,17 +267,48 @@ class OracleHost:
         result = self.oracle.update_trial(trial_id, clean, step=epoch)
         return getattr(result, "status", "RUNNING") == "STOPPED"
 
-    def end(self, trial_id: str, completed: bool, message: str | None = None) -> None:
-        """Tell the oracle a trial ended. Raises RuntimeError past the failure budget."""
+    def end(self, trial_id: str, completed: bool, message: str | None = None,
+            grown_space: str | None = None) -> None:
+        """Tell the oracle a trial ended. Raises RuntimeError past the failure budget.
+
+        ``grown_space``: the trial's HyperParameters config (JSON, from its worker) when
+        ``build_model`` declared hyperparameters the space lacked: they are added to the
+        trial, and KerasTuner's ``end_trial`` adds them to the search space (unless the
+        job says ``tune_new_entries: false``), as its own tuner does."""
         trial = self.oracle.trials.get(trial_id)
         if trial is None or trial.status != "RUNNING":
             return
+        if grown_space:
+            _add_new_entries(trial, grown_space)
         trial.status = "COMPLETED" if completed else "FAILED"
         trial.message = message
         self.oracle.end_trial(trial)
 
     def ongoing(self) -> int:
         return len(self.oracle.ongoing_trials)
+
+
+def _add_new_entries(trial: Any, grown_space: str) -> None:
+    """Add to ``trial``'s hyperparameters the entries of ``grown_space`` (a worker's
+    JSON, parsed as data: KerasTuner's own config of its hyperparameter classes) that it
+    lacks, with the values the trial used. Its own entries and values are kept: the
+    worker only adds. A config that does not parse is logged and ignored."""
+    import keras_tuner as kt
+
+    try:
+        grown = kt.HyperParameters.from_config(codec.loads_object(grown_space, "space"))
+        new = [p for p in grown.space
+               if not trial.hyperparameters._exists(p.name, p.conditions)]
+        hp = trial.hyperparameters.copy()
+        hp.merge(new)
+        for p in new:
+            if p.name in grown.values:
+                hp.values[p.name] = grown.values[p.name]
+    except Exception as exc:  # noqa: BLE001 - foreign data never stops the chief
+        log.warning("trial %s: ignoring the hyperparameters its worker reported: %s",
+                    trial.trial_id, str(exc).splitlines()[0][:200] if str(exc) else exc)
+        return
+    trial.hyperparameters = hp
 
 
 def _whole_state(state: dict[str, Any], records: Mapping[str, dict[str, Any]]) -> dict[str, Any]:

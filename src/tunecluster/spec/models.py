@@ -170,6 +170,10 @@ class Model(_Strict):
     # The module's text, filled in by the loader so the job carries its own code.
     source: str | None = None
     hyperparameters: dict[str, HyperParameter] = Field(default_factory=dict)
+    # KerasTuner's Tuner(tune_new_entries=...): hyperparameters that build_model declares
+    # only in some trials (conditional ones) join the search space when a trial that
+    # declared them ends (True), or always keep their default (False).
+    tune_new_entries: bool = True
 
     @field_validator("hyperparameters")
     @classmethod
@@ -192,6 +196,8 @@ class Model(_Strict):
                 self.input = "flatten" if self.task == "classification" else "normalize"
         elif self.input is not None:
             raise ValueError("input applies to builtin models only")
+        if self.builtin is not None and "tune_new_entries" in self.model_fields_set:
+            raise ValueError("tune_new_entries applies to module models only")
         if not self.function.isidentifier():
             raise ValueError(f"function {self.function!r} is not a Python identifier")
         return self

@@ -201,9 +201,16 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
         "metrics": result.metrics,
         "best_epoch": str(result.best_epoch),
         "resumed_from_epoch": str(result.resumed_from_epoch),
-        "result": {**{k: v for k, v in result.to_json().items() if k != "epochs"},
+        "result": {**{k: v for k, v in result.to_json().items()
+                      if k not in ("epochs", "hyperparameters")},
                    "process": os.getpid()},
     }
+    if result.hyperparameters is not None:
+        # build_model declared hyperparameters the space lacked: the values it used are
+        # the trial's, and the chief adds the new ones to the search space (the inbox
+        # message carries this field).
+        fields["values"] = result.hyperparameters["values"]
+        fields["hyperparameters"] = result.hyperparameters
     # from the last epoch's report to the trial recorded finished (model save included)
     overhead["last_epoch_to_finished_ms"] = 1000 * (time.time() - result.timings["last_epoch_at"])
     fields["overhead"] = overhead

@@ -70,9 +70,20 @@ class JobRuntime:
 
     def build_model(self, values: Mapping[str, Any]) -> Any:
         """Build and compile the model for one trial (call inside the strategy scope)."""
+        return self.build_trial_model(values)[0]
+
+    def build_trial_model(self, values: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+        """The trial's model, and its ``HyperParameters`` config when ``build_model``
+        declared hyperparameters the job's space does not hold yet (conditional ones,
+        such as ``units_{i}`` for each of ``num_layers``): they took their defaults, and
+        the chief adds them to the search space, as KerasTuner's tuner does when a trial
+        ends. None otherwise (a builtin model has no such code)."""
         if self.build_fn is not None:
             hp = hyperparameters_with_values(self.space, values)
-            return build_checked(self.build_fn, hp, self.spec.model.function)
+            model = build_checked(self.build_fn, hp, self.spec.model.function)
+            known = {p["config"]["name"] for p in self.space.get("space", [])}
+            grown = any(p.name not in known for p in hp.space)
+            return model, hp.get_config() if grown else None
         assert self.spec.model.task is not None and self.spec.model.input is not None
         return build_mlp(
             {k: v for k, v in values.items() if not k.startswith("tuner/")},
@@ -82,7 +93,7 @@ class JobRuntime:
             label_kind=self.splits.label_kind,
             num_classes=self.splits.num_classes,
             normalization=self.normalization,
-        )
+        ), None
 
     def dataset(self, split: str, batch_size: int, shuffle: bool, seed: int) -> Any:
         """A batched, prefetched ``tf.data`` pipeline over a cached split."""

@@ -87,6 +87,9 @@ class TrialResult:
     model_path: str
     distribution: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # The trial's HyperParameters config when build_model declared ones the job's space
+    # lacked (JobRuntime.build_trial_model); None otherwise.
+    hyperparameters: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +119,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     t_build = time.perf_counter()
     build_at = time.time()
     with strategy.scope():
-        model = rt.build_model(values)
+        model, grown_space = rt.build_trial_model(values)
         _tune_step_overhead(model, rt, spec.train, strategy)
     history: list[dict[str, float]] = []
     resumed_from = 0
@@ -192,6 +195,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
             "build_at": build_at,
             "last_epoch_at": tracker.last_epoch_at or time.time(),
         },
+        hyperparameters=grown_space,
     )
 
 
