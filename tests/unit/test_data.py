@@ -339,3 +339,24 @@ def test_task_given_overrides_inference(tmp_path: Path) -> None:
     assert load_splits(data(path=str(tmp_path / "d.npz"))).task == "classification"
     s = load_splits(data(path=str(tmp_path / "d.npz")), task="regression")
     assert s.task == "regression" and s.label_kind == "regression"
+
+
+def test_whole_number_targets_that_are_no_class_indices_reach_the_model_unchanged(
+        tmp_path: Path) -> None:
+    """A custom model that did not say its task: prices in whole numbers (or labels 1..k)
+    are not taken for classes and re-encoded; only text labels and indices 0..k-1 are
+    classes (for which the encoding changes nothing)."""
+    x = np.arange(48, dtype="float32").reshape(-1, 1)
+    prices = (np.arange(48) % 12 * 10_000).astype("int64")
+    np.savez(tmp_path / "prices.npz", x=x, y=prices)
+    s = load_splits(data(path=str(tmp_path / "prices.npz")))
+    assert s.task == "regression" and s.label_kind == "regression"
+    assert set(np.concatenate([s.y_train, s.y_valid, s.y_test]).tolist()) == set(
+        prices.astype("float32").tolist())
+    write_csv(tmp_path / "p.csv", ["x", "price"], [[i, 1000 + i % 7 * 500] for i in range(40)])
+    assert load_splits(data(path=str(tmp_path / "p.csv"), target="price")).task == "regression"
+    # labels 1..3 are numbers as given, unless the job says classification
+    np.savez(tmp_path / "one_based.npz", x=x, y=(np.arange(48) % 3 + 1))
+    assert load_splits(data(path=str(tmp_path / "one_based.npz"))).task == "regression"
+    s = load_splits(data(path=str(tmp_path / "one_based.npz")), task="classification")
+    assert s.class_names == ["1", "2", "3"] and set(s.y_train.tolist()) == {0, 1, 2}

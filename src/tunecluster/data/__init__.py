@@ -24,7 +24,7 @@ def load_splits(
     """Load the job's data and split it; deterministic for a given ``data.split.seed``.
 
     ``task`` None (a custom model that did not say) means: the named dataset's task,
-    else regression for real-valued labels and classification for the rest.
+    else what the labels are (``_infer_task``: class indices or text, or numbers).
     """
     if data.files is not None:
         parts = [read_file(resolve(p), data.target)
@@ -41,6 +41,18 @@ def load_splits(
 
 
 def _infer_task(y: np.ndarray) -> str:
-    if y.dtype.kind == "f" and y.ndim == 1 and not np.all(y == np.round(y)):
+    """The task of a custom model that did not say: classes where encoding them leaves
+    the model's labels as they are (one-hot rows, indices 0..k-1) or where they cannot
+    reach a model unencoded (text); regression, labels as given, for other numbers
+    (real values, and whole numbers such as prices, years or labels 1..k: a model
+    that classifies those says ``model.task: classification``)."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        return "classification"
+    if y.dtype.kind not in "iufb":
+        return "classification"
+    flat = y.reshape(-1)
+    if not np.all(np.isfinite(flat)) or not np.all(flat == np.round(flat)):
         return "regression"
-    return "classification"
+    classes = np.unique(flat)
+    indices = len(classes) > 1 and np.array_equal(classes, np.arange(len(classes)))
+    return "classification" if indices else "regression"
