@@ -51,6 +51,14 @@ def split_arrays(
     n_test, n_valid = round(n * test), round(n * valid)
     if n - n_test - n_valid < 2 or n_test < 1 or n_valid < 1:
         raise DataError(f"{n} rows are too few to split into train/valid/test ({valid=}, {test=})")
+    if stratify is not None:
+        classes, counts = np.unique(stratify, return_counts=True)
+        if counts.min() < 2:  # scikit-learn's own minimum for the first cut
+            rare = names[int(classes[counts.argmin()])] if names else str(classes[0])
+            raise DataError(
+                f"class {rare!r} has {counts.min()} row(s); a split stratified by class needs"
+                " 2 or more of each (more data; or, for numbers that are not classes,"
+                " model.task: regression)")
     try:
         x_rest, x_test, y_rest, y_test = train_test_split(
             x, y, test_size=n_test, random_state=seed, stratify=stratify
