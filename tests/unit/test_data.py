@@ -362,3 +362,71 @@ def test_whole_number_targets_that_are_no_class_indices_reach_the_model_unchange
     s = load_splits(data(path=str(tmp_path / "one_based.npz")), task="classification")
     assert s.class_names == ["1", "2", "3"] and set(s.y_train.tolist()) == {0, 1, 2}
 
+
+
+def _iris_like(path: Path, header: list[str], n: int = 12) -> Path:
+    """Rows whose feature values tell their column: a=i, b=100+i, c=200+i, d=300+i."""
+    rows = [{"a": i, "b": 100 + i, "c": 200 + i, "d": 300 + i, "kind": ["x", "y"][i % 2]}
+            for i in range(n)]
+    return write_csv(path, header, [[r[h] for h in header] for r in rows])
+
+
+def test_explicit_split_files_are_matched_by_column_name(tmp_path: Path) -> None:
+    _iris_like(tmp_path / "train.csv", ["a", "b", "c", "kind"])
+    _iris_like(tmp_path / "valid.csv", ["c", "kind", "a", "b"])  # same columns, reordered
+    _iris_like(tmp_path / "test.csv", ["a", "b", "c", "kind"])
+    files = {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"}
+    s = load_splits(data(files=files, target="kind"), resolve=lambda p: str(tmp_path / p))
+    np.testing.assert_array_equal(s.x_valid, s.x_train)  # reordered to train's a, b, c
+    _iris_like(tmp_path / "test.csv", ["a", "c", "kind", "d"])
+    with pytest.raises(DataError) as e:
+        load_splits(data(files=files, target="kind"), resolve=lambda p: str(tmp_path / p))
+    assert str(e.value) == ("data.files: test.csv has other columns than train: missing 'b';"
+                            " not in train 'd'")
+
+
+@pytest.mark.parametrize("cell, error", [
+    ("", r"d\.csv:3: column 'b' has a missing value"),
+    ("nan", r"d\.csv:3: column 'b' is not a finite number"),
+    ("-inf", r"d\.csv:3: column 'b' is not a finite number"),
+    ("red", r"d\.csv:3: column 'b' is not numeric \('red'"),
+])
+def test_a_missing_or_non_finite_feature_is_named(tmp_path: Path, cell: str,
+                                                  error: str) -> None:
+    write_csv(tmp_path / "d.csv", ["a", "b", "y"], [[1, 2, 0], [3, cell, 1]] + [[i, i, i % 2]
+                                                                            for i in range(20)])
+    with pytest.raises(DataError, match=f"^{error}"):
+        load_splits(data(path=str(tmp_path / "d.csv"), target="y"))
+
+
+def test_a_missing_label_and_a_bom_header(tmp_path: Path) -> None:
+    write_csv(tmp_path / "d.csv", ["a", "y"], [[1, "cat"], [2, ""], [3, "dog"]])
+    with pytest.raises(DataError, match=r"^d\.csv:3: the target 'y' is missing$"):
+        load_splits(data(path=str(tmp_path / "d.csv"), target="y"))
+    rows = "\n".join(f"{i % 2},{i}" for i in range(30))
+    (tmp_path / "bom.csv").write_text("\ufeffy,a\n" + rows + "\n", encoding="utf-8")
+    assert load_splits(data(path=str(tmp_path / "bom.csv"), target="y")).num_classes == 2
+
+
+def test_parquet_nulls_and_text_features_are_named(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    def write(name: str, **columns: list) -> str:
+        pq.write_table(pa.table(columns), tmp_path / name)
+        return str(tmp_path / name)
+
+    n = list(range(20))
+    cases = {
+        write("null.parquet", a=[None if i == 6 else float(i) for i in n], y=[i % 2 for i in n]):
+            r"^null\.parquet: row 7: column 'a' has a missing value$",
+        write("text.parquet", a=[str(i) + "x" for i in n], y=[i % 2 for i in n]):
+            r"^text\.parquet: column 'a' is not numeric",
+        write("label.parquet", a=[float(i) for i in n], y=[None] + [i % 2 for i in n[1:]]):
+            r"^label\.parquet: row 1: the target 'y' is missing$",
+        write("alone.parquet", y=[i % 2 for i in n]):
+            r"^alone\.parquet: no feature column besides the target 'y'$",
+    }
+    for path, error in cases.items():
+        with pytest.raises(DataError, match=error):
+            load_splits(data(path=path, target="y"))

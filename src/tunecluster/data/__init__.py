@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tunecluster.data.files import read_file
+from tunecluster.data.files import read_columns, read_file
 from tunecluster.data.registry import DATASETS, DataError, Dataset
 from tunecluster.data.split import Splits, from_parts, split_arrays
 from tunecluster.spec.models import Data
@@ -27,8 +27,8 @@ def load_splits(
     else what the labels are (``_infer_task``: class indices or text, or numbers).
     """
     if data.files is not None:
-        parts = [read_file(resolve(p), data.target)
-                 for p in (data.files.train, data.files.valid, data.files.test)]
+        paths = (data.files.train, data.files.valid, data.files.test)
+        parts = _same_columns([(p, *read_columns(resolve(p), data.target)) for p in paths])
         return from_parts(parts, task or _infer_task(parts[0][1]))
     if data.dataset is not None:
         x, y = DATASETS[data.dataset].load()
@@ -38,6 +38,33 @@ def load_splits(
         x, y = read_file(resolve(data.path), data.target)
     s = data.split
     return split_arrays(x, y, task or _infer_task(y), s.valid, s.test, s.seed)
+
+
+def _same_columns(
+    parts: list[tuple[str, np.ndarray, np.ndarray, list[str] | None]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The explicit splits' ``(x, y)``, each with train's feature columns in train's
+    order: columns are matched by name (a split whose columns come in another order is
+    reordered), and a split that lacks one of train's columns or has another is an
+    error naming both. Files without names (npz) must have train's width."""
+    (_, x_train, y_train, names), rest = parts[0], parts[1:]
+    out = [(x_train, y_train)]
+    for path, x, y, theirs in rest:
+        if names is not None and theirs is not None and theirs != names:
+            missing = [c for c in names if c not in theirs]
+            extra = [c for c in theirs if c not in names]
+            if missing or extra:
+                raise DataError(
+                    f"data.files: {path} has other columns than train:"
+                    + (f" missing {', '.join(map(repr, missing))}" if missing else "")
+                    + (";" if missing and extra else "")
+                    + (f" not in train {', '.join(map(repr, extra))}" if extra else ""))
+            x = x[:, [theirs.index(c) for c in names]]
+        if x.shape[1:] != x_train.shape[1:]:
+            raise DataError(f"data.files: {path} has features of shape {x.shape[1:]},"
+                            f" train {x_train.shape[1:]}")
+        out.append((x, y))
+    return out
 
 
 def _infer_task(y: np.ndarray) -> str:

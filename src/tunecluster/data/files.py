@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,25 @@ SUFFIXES = (".csv", ".npz", ".parquet")
 
 def read_file(path: str | Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` from one file; string labels stay strings (encoded later)."""
+    x, y, _ = read_columns(path, target)
+    return x, y
+
+
+def read_columns(path: str | Path,
+                 target: str | None) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """``(x, y, feature column names)`` from one file (names None for npz, which has
+    none). Every feature value is a finite number and every label is present: a missing
+    or non-finite value is an error naming the file, the row and the column."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path.name}: unsupported file type {suffix!r}; use {', '.join(SUFFIXES)}")
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a directory; name a file in it")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     if suffix == ".npz":
-        return _read_npz(path)
+        return (*_read_npz(path), None)
     if target is None:
         raise DataError(f"{path.name}: data.target must name the label column")
     if suffix == ".csv":
@@ -46,8 +58,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.astype("float32"), y
 
 
-def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
-    with path.open(newline="") as handle:
+def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first name
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)
@@ -58,6 +71,9 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(f"{path.name}: no target column {target!r};"
                             f" columns: {', '.join(header)}")
         t = header.index(target)
+        names = [h for i, h in enumerate(header) if i != t]
+        if not names:
+            raise DataError(f"{path.name}: no feature column besides the target {target!r}")
         features, labels = [], []
         for line_no, row in enumerate(reader, start=2):
             if not row:
@@ -65,21 +81,35 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
             if len(row) != len(header):
                 raise DataError(f"{path.name}:{line_no}: {len(row)} fields,"
                                 f" header has {len(header)}")
-            labels.append(row[t].strip())
+            label = row[t].strip()
+            if not label:
+                raise DataError(f"{path.name}:{line_no}: the target {target!r} is missing")
+            if _is_float(label) and not math.isfinite(float(label)):
+                raise DataError(f"{path.name}:{line_no}: the target {target!r} is not a finite"
+                                f" number ({label!r})")
+            labels.append(label)
+            cells = [v.strip() for i, v in enumerate(row) if i != t]
             try:
-                features.append([float(v) for i, v in enumerate(row) if i != t])
+                values = [float(v) for v in cells]
             except ValueError:
-                bad = next(header[i] for i, v in enumerate(row) if i != t and not _is_float(v))
+                column, cell = next((names[i], v) for i, v in enumerate(cells)
+                                    if not _is_float(v))
                 raise DataError(
-                    f"{path.name}:{line_no}: column {bad!r} is not numeric"
-                    " (encode categorical features before tuning)"
-                ) from None
+                    f"{path.name}:{line_no}: column {column!r} "
+                    + ("has a missing value" if not cell else
+                       f"is not numeric ({cell[:20]!r}; encode categorical features"
+                       " before tuning)")) from None
+            if not all(math.isfinite(v) for v in values):
+                column = names[next(i for i, v in enumerate(values) if not math.isfinite(v))]
+                raise DataError(f"{path.name}:{line_no}: column {column!r} is not a finite"
+                                " number (a missing value?)")
+            features.append(values)
     if not labels:
         raise DataError(f"{path.name}: no data rows")
-    return np.asarray(features, dtype="float32"), _labels(labels)
+    return np.asarray(features, dtype="float32"), _labels(labels), names
 
 
-def _read_parquet(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_parquet(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -89,10 +119,31 @@ def _read_parquet(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
     if target not in table.column_names:
         raise DataError(f"{path.name}: no target column {target!r};"
                         f" columns: {', '.join(table.column_names)}")
-    y = np.asarray(table.column(target).to_pylist())
-    cols = [np.asarray(table.column(c).to_pylist(), dtype="float32")
-            for c in table.column_names if c != target]
-    return np.stack(cols, axis=1), y
+    names = [c for c in table.column_names if c != target]
+    if not names:
+        raise DataError(f"{path.name}: no feature column besides the target {target!r}")
+    if table.num_rows == 0:
+        raise DataError(f"{path.name}: no data rows")
+    labels = table.column(target).to_pylist()
+    if None in labels:
+        raise DataError(f"{path.name}: row {labels.index(None) + 1}: the target {target!r}"
+                        " is missing")
+    cols = []
+    for name in names:
+        values = table.column(name).to_pylist()
+        if None in values:
+            raise DataError(f"{path.name}: row {values.index(None) + 1}: column {name!r}"
+                            " has a missing value")
+        try:
+            col = np.asarray(values, dtype="float32")
+        except (TypeError, ValueError):
+            raise DataError(f"{path.name}: column {name!r} is not numeric"
+                            " (encode categorical features before tuning)") from None
+        if not np.all(np.isfinite(col)):
+            row = int(np.argmax(~np.isfinite(col))) + 1
+            raise DataError(f"{path.name}: row {row}: column {name!r} is not a finite number")
+        cols.append(col)
+    return np.stack(cols, axis=1), np.asarray(labels), names
 
 
 def _is_float(value: str) -> bool:
