@@ -141,7 +141,7 @@ class OracleHost:
             # Retries are the queue's business (leases); the oracle sees final outcomes.
             "max_retries_per_trial": 0,
             "max_consecutive_failed_trials": search.max_consecutive_failed_trials,
-            "tune_new_entries": spec.model.tune_new_entries,
+            "tune_new_entries": spec.model.tune_new_entries is not False,
         }
         cls_ = _oracle_class(search.algorithm)
         if search.algorithm == "hyperband":

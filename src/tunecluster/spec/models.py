@@ -172,8 +172,8 @@ class Model(_Strict):
     hyperparameters: dict[str, HyperParameter] = Field(default_factory=dict)
     # KerasTuner's Tuner(tune_new_entries=...): hyperparameters that build_model declares
     # only in some trials (conditional ones) join the search space when a trial that
-    # declared them ends (True), or always keep their default (False).
-    tune_new_entries: bool = True
+    # declared them ends (True; None, unsaid, means True), or always keep their default.
+    tune_new_entries: bool | None = None
 
     @field_validator("hyperparameters")
     @classmethod
@@ -196,7 +196,7 @@ class Model(_Strict):
                 self.input = "flatten" if self.task == "classification" else "normalize"
         elif self.input is not None:
             raise ValueError("input applies to builtin models only")
-        if self.builtin is not None and "tune_new_entries" in self.model_fields_set:
+        if self.builtin is not None and self.tune_new_entries is not None:
             raise ValueError("tune_new_entries applies to module models only")
         if not self.function.isidentifier():
             raise ValueError(f"function {self.function!r} is not a Python identifier")
