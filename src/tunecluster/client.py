@@ -29,7 +29,28 @@ class PreparedJob:
 def prepare_job(path: str | Path, overrides: Iterable[str] = (), *,
                 discover: bool = True) -> PreparedJob:
     spec = load_spec_file(path, overrides)
-    return PreparedJob(spec, search_space(spec, discover=discover), gather_files(spec))
+    files = gather_files(spec)
+    check_data(spec, files)
+    return PreparedJob(spec, search_space(spec, discover=discover), files)
+
+
+def check_data(spec: JobSpec, files: dict[str, bytes]) -> None:
+    """Read the job's data files once here, as every worker will, so that data no worker
+    could use (a missing column, a missing value, too few rows to split) is refused at
+    submit in one line, before anything is queued. Files too large to travel are left to
+    the workers (they are read there, under the data root); named datasets too."""
+    data = spec.data
+    named = [data.path] if data.path else []
+    if data.files is not None:
+        named += [data.files.train, data.files.valid, data.files.test]
+    if not named or any(p not in files for p in named):
+        return
+    from tunecluster.data import DataError, load_splits
+
+    try:
+        load_splits(data, spec.model.task)
+    except DataError as exc:
+        raise SpecError("data", str(exc)) from None
 
 
 def search_space(spec: JobSpec, *, discover: bool = True) -> dict[str, Any]:

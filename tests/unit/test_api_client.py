@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,21 @@ def test_an_invalid_spec_queues_nothing(client: Client) -> None:
         client.submit({**SPEC, "colour": "red"})
     with pytest.raises(TypeError, match="got int"):
         client.submit(3)
+    assert client.jobs() == []
+
+
+def test_data_no_worker_could_use_is_refused_at_submit(client: Client, tmp_path) -> None:
+    """The data files are read once at submit, as every worker would read them: a job
+    whose every trial would fail on its data is refused in one line, nothing queued."""
+    (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(
+        f"{i},{'' if i == 5 else i},{i % 2}\n" for i in range(30)))
+    job = {**SPEC, "data": {"path": str(tmp_path / "d.csv"), "target": "label"}}
+    with pytest.raises(SpecError, match=r"^data: d\.csv:7: column 'b' has a missing value$"):
+        client.submit(job)
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps({**job, "data": {"path": "d.csv", "target": "labels"}}))
+    with pytest.raises(SpecError, match=r"^data: d\.csv: no target column 'labels'"):
+        client.submit(path)
     assert client.jobs() == []
 
 

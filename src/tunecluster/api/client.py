@@ -125,6 +125,7 @@ class Client:
         named = _data_paths(spec)
         missing = [p for p in named if p not in given]
         gathered = prep.gather_files(spec) if missing else {}
+        prep.check_data(spec, gathered)  # the files read here, from this machine's disk
         return prep.PreparedJob(
             spec, dict(space) if space is not None else prep.search_space(spec),
             {**gathered, **given})
