@@ -287,6 +287,15 @@ BAD_SPECS = [
                  ["'bad name' must be an identifier"], id="bad-hyperparameter-name"),
     pytest.param(job(search="fast"), "search", ["'fast'", "valid dictionary"],
                  id="section-not-a-mapping"),
+    pytest.param(job(model=mlp_with(n_hidden={"int": [1, 2], "default": 7})),
+                 "model.hyperparameters.n_hidden", ["default 7 must be an int within [1, 2]"],
+                 id="default-out-of-range"),
+    pytest.param(job(model=mlp_with(n_hidden={"int": [1, 2], "default": "abc"})),
+                 "model.hyperparameters.n_hidden", ["default 'abc' must be an int"],
+                 id="default-not-a-number"),
+    pytest.param(job(model=mlp_with(dropout={"float": [0.0, 0.5], "default": 0.9})),
+                 "model.hyperparameters.dropout", ["default 0.9 must be a float within"],
+                 id="float-default-out-of-range"),
 ]
 
 
@@ -529,3 +538,22 @@ def test_jit_compile_rejects_anything_else_in_one_line(value: Any) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec({**base, "train": {"jit_compile": value}})
     assert str(info.value) == f"train.jit_compile: {value!r} is not one of auto, true, false"
+
+
+def test_yaml_exponents_are_numbers_and_mixed_numeric_choices_are_floats() -> None:
+    """YAML 1.1 reads 1e-3 (no dot) as text; users write learning rates that way."""
+    raw = parse_yaml("""
+name: lr
+data: {dataset: digits}
+model:
+  builtin: mlp
+  hyperparameters:
+    learning_rate: {choice: [1e-3, 1e-2]}
+    dropout: {choice: [0, 0.2, 0.5], default: 0}
+    n_hidden: {fixed: 2}
+""")
+    spec = parse_spec(apply_overrides(raw, ["train.epochs=2", "search.seed=1E1"]))
+    hps = spec.model.hyperparameters
+    assert hps["learning_rate"].choice == [0.001, 0.01]
+    assert hps["dropout"].choice == [0.0, 0.2, 0.5] and hps["dropout"].default == 0.0
+    assert spec.search.seed == 10

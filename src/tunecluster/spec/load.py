@@ -26,6 +26,21 @@ from tunecluster.spec.rules import check_job
 MAX_SOURCE_BYTES = 1024 * 1024
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: ``1e-3`` (no dot) is a number, as
+    users write learning rates and JSON reads it, not the string YAML 1.1 makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_spec_file(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
     """Read a job file, apply overrides, attach the model module's source, validate."""
     path = Path(path)
@@ -42,7 +57,7 @@ def load_spec_file(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
 
 def parse_yaml(text: str, origin: str = "<spec>") -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(text)
+        raw = _load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -90,7 +105,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             raise SpecError("--set", f"{item!r} is not of the form dotted.path=value")
         parts = key.split(".")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = _load(text) if text.strip() else ""
         except yaml.YAMLError:
             raise SpecError(_join(parts), f"cannot parse override value {text!r}") from None
         node: Any = result

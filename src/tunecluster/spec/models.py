@@ -139,6 +139,12 @@ class HyperParameter(_Strict):
                 raise ValueError(f"{self.sampling} sampling needs min > 0, got min={lo}")
             if kind == "int" and self.step is not None and self.step != int(self.step):
                 raise ValueError(f"step of an int range must be a whole number, got {self.step}")
+            if self.default is not None:
+                number = (int, float) if kind == "float" else (int,)
+                if (isinstance(self.default, bool) or not isinstance(self.default, number)
+                        or not lo <= self.default <= hi):
+                    raise ValueError(f"default {self.default!r} must be a{'n' * (kind == 'int')}"
+                                     f" {kind} within [{lo}, {hi}]")
         else:
             if self.sampling is not None or self.step is not None:
                 raise ValueError(f"sampling and step apply to int/float ranges, not to {kind}")
@@ -146,12 +152,20 @@ class HyperParameter(_Strict):
             assert self.choice is not None
             if not self.choice:
                 raise ValueError("choice needs at least one value")
+            if {type(v) for v in self.choice} == {int, float}:  # [0, 0.2, 0.5]: numbers
+                self.choice = [float(v) for v in self.choice]
+                if isinstance(self.default, int) and not isinstance(self.default, bool):
+                    self.default = float(self.default)
             if len({type(v) for v in self.choice}) > 1:
                 raise ValueError(f"choice values must share one type, got {self.choice}")
             if len(set(self.choice)) != len(self.choice):
                 raise ValueError(f"choice values must be distinct, got {self.choice}")
             if self.default is not None and self.default not in self.choice:
                 raise ValueError(f"default {self.default!r} is not one of the choices")
+        if kind == "boolean" and self.default is not None and not isinstance(self.default, bool):
+            raise ValueError(f"default {self.default!r} of a boolean must be true or false")
+        if kind == "fixed" and self.default is not None:
+            raise ValueError("default does not apply to fixed (its value is the default)")
         return self
 
 
