@@ -359,13 +359,12 @@ def submit(spec: str, overrides: tuple[str, ...], redis_url: str, wait_: bool,
     _print_json(results) if as_json else render.print_results(results, console)
 
 
-def _stdin_spec() -> str:
-    import tempfile
+def _stdin_spec() -> dict[str, Any]:
+    """The job file read from stdin, as a mapping: the Client resolves its relative paths
+    (data, module) against the working directory, where a file's are against its folder."""
+    from tunecluster.spec import parse_yaml
 
-    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    handle.write(sys.stdin.read())
-    handle.close()
-    return handle.name
+    return parse_yaml(sys.stdin.read(), "<stdin>")
 
 
 @cli.command()
@@ -528,6 +527,11 @@ def best(job: str, redis_url: str, export: str | None, local_root: str, as_json:
     from tunecluster.store import downloads
     from tunecluster.store.results import build_results
 
+    if export and Path(export).suffix and Path(export).suffix.lower() != ".keras" \
+            and not Path(export).is_dir():
+        # the file is a .keras archive whatever its name: model.h5 would not load as HDF5
+        raise SpecError("--export", f"{export!r}: the best model is a .keras file; name a"
+                                    " .keras file or a directory")
     store = _store(redis_url)
     data = build_results(store.jobs, job)
     if not data["best"]:

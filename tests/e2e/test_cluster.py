@@ -87,6 +87,11 @@ def test_results_json_fields_and_best_model_scores_reported_test_metric(store, c
     # and its validation score is the leaderboard's best score
     val = model.evaluate(splits.x_valid, splits.y_valid, verbose=0, return_dict=True)
     assert val["accuracy"] == pytest.approx(results["best"]["score"], abs=1e-6)
+    # a name whose suffix promises another format is refused, nothing written
+    h5 = cli("best", job, "--export", str(tmp_path / "best.h5"), "--redis", cluster.url)
+    assert h5.returncode == 2 and not (tmp_path / "best.h5").exists()
+    assert h5.stderr.strip() == (f"spec error: --export: '{tmp_path / 'best.h5'}': the best model"
+                                 " is a .keras file; name a .keras file or a directory")
 
 
 def test_regression_job_with_normalization(store) -> None:
@@ -361,3 +366,28 @@ def test_the_cli_shows_no_tensorflow_start_up_noise() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip() == "", out.stderr
     assert out.stdout.startswith("ok: digits-mlp")
+
+
+def test_a_job_file_on_stdin_resolves_its_paths_against_the_working_directory(
+        store, cluster, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    rows = "".join(f"{i % 7 * 0.5},{i % 3},{['a', 'b'][i % 2]}\n" for i in range(60))
+    (tmp_path / "d.csv").write_text("f1,f2,label\n" + rows)
+    job_file = textwrap.dedent("""\
+        name: from-stdin
+        data: {path: d.csv, target: label}
+        model: {builtin: mlp, input: normalize, hyperparameters: {n_hidden: {fixed: 1}}}
+        search: {max_trials: 1}
+        train: {epochs: 1}
+    """)
+    out = subprocess.run([sys.executable, "-m", "tunecluster", "submit", "-", "--redis",
+                          cluster.url, "--json"], input=job_file, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)["job"]
+    results = wait(store, job, 120)
+    assert results["state"] == "completed", results.get("error")
+    assert store.jobs.get(job).spec["data"]["path"] == str(tmp_path / "d.csv")
