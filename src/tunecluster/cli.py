@@ -24,8 +24,11 @@ from tunecluster.errors import SpecError, StoreError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+# soft_wrap: a line of text (an error, an event) is never broken up by the terminal's
+# width or the 140 columns given to pipes and logs, which are grepped line by line;
+# tables still fit the width.
+console = Console(width=None if sys.stdout.isatty() else 140, soft_wrap=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140, soft_wrap=True)
 
 
 def _fail(message: str, code: int) -> None:

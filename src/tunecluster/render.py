@@ -52,7 +52,7 @@ def gang_text(trial: dict[str, Any]) -> str:
 
 
 def print_results(results: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     console.print(leaderboard_table(results))
     best = results.get("best")
     if best:

@@ -381,6 +381,11 @@ def test_job_whose_trials_all_fail_ends_failed_with_a_summary(make_cluster, tmp_
     assert results["state"] == "failed"
     assert "broken model" in results["error"]
     assert len(results["trials"]) < 20
+    # the CLI prints the job's error on one line, however long (logs are grepped)
+    shown = cli("status", job, "--redis", cluster.url)
+    assert shown.returncode == 0, shown.stderr
+    assert len(results["error"]) > 140
+    assert f"error: {results['error']}" in shown.stdout.splitlines()
 
 
 def test_sigterm_releases_the_running_trial_without_spending_an_attempt(make_cluster) -> None:
