@@ -557,3 +557,15 @@ model:
     assert hps["learning_rate"].choice == [0.001, 0.01]
     assert hps["dropout"].choice == [0.0, 0.2, 0.5] and hps["dropout"].default == 0.0
     assert spec.search.seed == 10
+
+
+@pytest.mark.parametrize(("section", "value", "path", "allowed"), [
+    ("data", {"files": {"train": "a.csv", "valid": "b.csv", "tset": "c.csv"}, "target": "y"},
+     "data.files.tset", "train, valid, test"),
+    ("search", {"objective": {"nmae": "val_loss"}}, "search.objective.nmae", "name, direction"),
+    ("warm_start", {"form": "x"}, "warm_start.form", "from"),
+])
+def test_a_misspelt_required_key_is_named_not_reported_missing(
+        section: str, value: dict[str, Any], path: str, allowed: str) -> None:
+    assert_one_line(reject(job(**{section: value})), path,
+                    f"unknown key {path.rsplit('.', 1)[1]!r}; allowed: {allowed}")

@@ -208,8 +208,10 @@ def _pick_error(errors: list[Any]) -> tuple[Any, list[Any]]:
 
     A value that fits no member of a union (``Objective | str``) fails once per member;
     those failures are one problem. Report the branch that got furthest into the value,
-    preferring a broken constraint over a mere type mismatch.
+    preferring a broken constraint over a mere type mismatch. An unknown key goes first:
+    it is usually the cause of a required key's absence (``tset:`` for ``test:``).
     """
+    errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")  # stable
     first = errors[0]
     tags = _field_path(first["loc"])[1]
     loc = first["loc"]
