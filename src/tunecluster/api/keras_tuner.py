@@ -515,16 +515,13 @@ def _task(y_train: np.ndarray, y_valid: np.ndarray) -> str | None:
     """Labels reach the model unchanged: integer classes 0..k-1 and one-hot columns as
     classification (the cluster's encoding is then the identity), anything numeric else as
     regression (passed through as float32)."""
+    from tunecluster.data import infer_task
+
     if y_train.dtype.kind not in "iufb":
         raise SpecError("y", "labels must be numeric (encode string classes as 0..k-1)")
     if y_train.ndim == 2 and y_train.shape[1] > 1:
         return "classification"
-    flat = np.concatenate([y_train.reshape(-1), y_valid.reshape(-1)])
-    if y_train.dtype.kind in "iub" or np.all(flat == np.round(flat)):
-        classes = np.unique(flat)
-        if len(classes) >= 2 and np.array_equal(classes, np.arange(len(classes))):
-            return "classification"
-    return "regression"
+    return infer_task(np.concatenate([y_train.reshape(-1), y_valid.reshape(-1)]))
 
 
 def _up_cluster_url() -> str | None:

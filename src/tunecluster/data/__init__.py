@@ -15,7 +15,7 @@ from tunecluster.data.registry import DATASETS, DataError, Dataset
 from tunecluster.data.split import Splits, from_parts, split_arrays
 from tunecluster.spec.models import Data
 
-__all__ = ["DATASETS", "DataError", "Dataset", "Splits", "load_splits"]
+__all__ = ["DATASETS", "DataError", "Dataset", "Splits", "infer_task", "load_splits"]
 
 
 def load_splits(
@@ -24,12 +24,12 @@ def load_splits(
     """Load the job's data and split it; deterministic for a given ``data.split.seed``.
 
     ``task`` None (a custom model that did not say) means: the named dataset's task,
-    else what the labels are (``_infer_task``: class indices or text, or numbers).
+    else what the labels are (``infer_task``: class indices or text, or numbers).
     """
     if data.files is not None:
         paths = (data.files.train, data.files.valid, data.files.test)
         parts = _same_columns([(p, *read_columns(resolve(p), data.target)) for p in paths])
-        return from_parts(parts, task or _infer_task(parts[0][1]))
+        return from_parts(parts, task or infer_task(parts[0][1]))
     if data.dataset is not None:
         x, y = DATASETS[data.dataset].load()
         task = task or DATASETS[data.dataset].task
@@ -37,7 +37,7 @@ def load_splits(
         assert data.path is not None
         x, y = read_file(resolve(data.path), data.target)
     s = data.split
-    return split_arrays(x, y, task or _infer_task(y), s.valid, s.test, s.seed)
+    return split_arrays(x, y, task or infer_task(y), s.valid, s.test, s.seed)
 
 
 def _same_columns(
@@ -67,7 +67,7 @@ def _same_columns(
     return out
 
 
-def _infer_task(y: np.ndarray) -> str:
+def infer_task(y: np.ndarray) -> str:
     """The task of a custom model that did not say: classes where encoding them leaves
     the model's labels as they are (one-hot rows, indices 0..k-1) or where they cannot
     reach a model unencoded (text); regression, labels as given, for other numbers
