@@ -499,6 +499,8 @@ def results(job: str, redis_url: str, as_json: bool, as_csv: bool) -> None:
     """The leaderboard, best hyperparameters and the test-set score."""
     from tunecluster.api import Client
 
+    if as_json and as_csv:
+        raise SpecError("--json/--csv", "give one format, not both")
     data = Client(redis_url).job(job).results()
     if as_json:
         _print_json(data)

@@ -59,6 +59,9 @@ def test_results_json_fields_and_best_model_scores_reported_test_metric(store, c
     out = cli("results", job, "--json", "--redis", cluster.url)
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)
+    both = cli("results", job, "--json", "--csv", "--redis", cluster.url)
+    assert (both.returncode, both.stderr.strip()) == (
+        2, "spec error: --json/--csv: give one format, not both")
     for field in FIELDS:
         assert field in results
     assert results["state"] == "completed"
