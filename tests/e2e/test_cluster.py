@@ -66,6 +66,7 @@ def test_results_json_fields_and_best_model_scores_reported_test_metric(store, c
         assert field in results
     assert results["state"] == "completed"
     assert set(results["objective"]) == {"name", "direction"}
+    assert results["classes"] == [str(i) for i in range(10)]  # output i is digit i
     assert set(results["best"]) == {"trial", "hyperparameters", "score", "metrics"}
     for t in results["trials"]:
         assert {"trial", "state", "hyperparameters", "score", "metrics", "attempts", "worker",
@@ -394,3 +395,4 @@ def test_a_job_file_on_stdin_resolves_its_paths_against_the_working_directory(
     results = wait(store, job, 120)
     assert results["state"] == "completed", results.get("error")
     assert store.jobs.get(job).spec["data"]["path"] == str(tmp_path / "d.csv")
+    assert results["classes"] == ["a", "b"]  # the labels behind the model's outputs

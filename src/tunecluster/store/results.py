@@ -22,9 +22,13 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
     if isinstance(objective, str):
         objective = {"name": objective}
     name, direction = objective.get("name", "val_loss"), objective.get("direction", "min")
-    trials = [_trial_row(row) for row in jobs.trials(job)]
+    rows = jobs.trials(job)
+    trials = [_trial_row(row) for row in rows]
     ranked = leaderboard(trials, direction)
     best = ranked[0] if ranked else None
+    # what each output of the best model stands for (the labels before their encoding)
+    best_row = next((r for r in rows if best and r.get("trial") == best["trial"]), {})
+    classes = _json_field(best_row, "result").get("classes")
     final = _json_field(record.fields, "final")
     return {
         "job": job,
@@ -39,6 +43,7 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
             "metrics": best["metrics"],
         },
         "test": codec.finite(final.get("test")),  # a side metric may be inf: null
+        "classes": classes if isinstance(classes, list) and classes else None,
         "trials": trials,
         "counts": _counts(trials),
         "artifacts": final.get("artifacts", {}),

@@ -90,6 +90,9 @@ class TrialResult:
     # The trial's HyperParameters config when build_model declared ones the job's space
     # lacked (JobRuntime.build_trial_model); None otherwise.
     hyperparameters: dict[str, Any] | None = None
+    # The class of each of the model's outputs, in order (the labels as the data gave
+    # them, before they were encoded onto 0..k-1); empty for regression.
+    classes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +199,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
             "last_epoch_at": tracker.last_epoch_at or time.time(),
         },
         hyperparameters=grown_space,
+        classes=list(rt.splits.class_names),
     )
 
 
