@@ -182,3 +182,23 @@ def test_bayesian_max_fit_trials_in_the_spec() -> None:
         message = str(caught.value)
         assert message.startswith("search.bayesian_max_fit_trials: ") and "\n" not in message
         assert ">= 10, or 0" in message
+
+
+def test_a_grid_over_a_log_stepped_int_hands_out_ints() -> None:
+    """KerasTuner's grid yields 4.0, 16.0, 64.0 for Int(4, 64, step=4, sampling=log)."""
+    spec = parse_spec({"name": "g", "data": {"dataset": "digits"},
+                       "model": {"builtin": "mlp", "hyperparameters": {
+                           "n_neurons": {"int": [4, 64], "sampling": "log", "step": 4},
+                           "n_hidden": {"fixed": 1}}},
+                       "search": {"algorithm": "grid", "objective": "val_accuracy",
+                                  "max_trials": 10}})
+    host = OracleHost.create(spec, space_to_json(build_space(spec.model.hyperparameters)))
+    handed = []
+    while True:
+        status, trial, values = host.create_trial()
+        if status != "RUNNING":
+            break
+        handed.append(values["n_neurons"])
+        host.update(trial, 1, {"val_accuracy": 0.5})
+        host.end(trial, completed=True)
+    assert handed == [4, 16, 64] and all(type(v) is int for v in handed)

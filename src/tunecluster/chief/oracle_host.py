@@ -235,7 +235,7 @@ class OracleHost:
         if trial.status != "RUNNING":
             self.oracle.tuner_ids.discard(tuner_id)  # IDLE leaves it behind: keep it bounded
             return trial.status, None, {}
-        return "RUNNING", trial.trial_id, dict(trial.hyperparameters.values)
+        return "RUNNING", trial.trial_id, _whole_ints(trial.hyperparameters)
 
     @property
     def trial_count(self) -> int:
@@ -286,6 +286,15 @@ class OracleHost:
 
     def ongoing(self) -> int:
         return len(self.oracle.ongoing_trials)
+
+
+def _whole_ints(hp: Any) -> dict[str, Any]:
+    """The trial's values, an ``Int``'s as an int: KerasTuner's grid over a log-stepped
+    Int range yields floats (16.0), which a model's ``Dense(units)`` refuses and results
+    would show as such. The oracle's own copy is left as KerasTuner made it."""
+    ints = {p.name for p in hp.space if type(p).__name__ == "Int"}
+    return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v
+            for k, v in hp.values.items()}
 
 
 def _add_new_entries(trial: Any, grown_space: str) -> None:
