@@ -39,16 +39,13 @@ def check_data(spec: JobSpec, files: dict[str, bytes]) -> None:
     could use (a missing column, a missing value, too few rows to split) is refused at
     submit in one line, before anything is queued. Files too large to travel are left to
     the workers (they are read there, under the data root); named datasets too."""
-    data = spec.data
-    named = [data.path] if data.path else []
-    if data.files is not None:
-        named += [data.files.train, data.files.valid, data.files.test]
+    named = spec.data.file_paths
     if not named or any(p not in files for p in named):
         return
     from tunecluster.data import DataError, load_splits
 
     try:
-        load_splits(data, spec.model.task)
+        load_splits(spec.data, spec.model.task)
     except DataError as exc:
         raise SpecError("data", str(exc)) from None
 
@@ -72,16 +69,11 @@ def search_space(spec: JobSpec, *, discover: bool = True) -> dict[str, Any]:
 
 def gather_files(spec: JobSpec) -> dict[str, bytes]:
     """Data files small enough to travel with the job (see defaults.MAX_UPLOAD_BYTES)."""
-    data = spec.data
-    paths = [data.path] if data.path else []
-    if data.files is not None:
-        paths += [data.files.train, data.files.valid, data.files.test]
     files = {}
-    for p in paths:
-        assert p is not None
+    for p in spec.data.file_paths:
         path = Path(p)
         if not path.is_file():
-            raise SpecError("data.path" if data.path else "data.files",
+            raise SpecError("data.path" if spec.data.path else "data.files",
                             f"{p!r} does not exist")
         if path.stat().st_size <= defaults.MAX_UPLOAD_BYTES:
             files[p] = path.read_bytes()

@@ -122,7 +122,7 @@ class Client:
         from tunecluster import client as prep
 
         given = dict(files or {})
-        named = _data_paths(spec)
+        named = spec.data.file_paths
         missing = [p for p in named if p not in given]
         gathered = prep.gather_files(spec) if missing else {}
         prep.check_data(spec, gathered)  # the files read here, from this machine's disk
@@ -286,12 +286,3 @@ def _file_names(raw: str | None) -> list[str]:
 
     names = codec.loads(raw or "[]", "uploaded files")
     return [str(n) for n in names] if isinstance(names, list) else []
-
-
-def _data_paths(spec: JobSpec) -> list[str]:
-    data = spec.data
-    paths = [data.path] if data.path else []
-    if data.files is not None:
-        paths += [data.files.train, data.files.valid, data.files.test]
-    return paths
-

@@ -122,11 +122,7 @@ def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dic
     from tunecluster.chief.evaluator import evaluator
     from tunecluster.spec import spec_to_json
 
-    data = spec.data
-    named = [data.path] if data.path else []
-    if data.files is not None:
-        named += [data.files.train, data.files.valid, data.files.test]
-    files = {p: resolve(p) for p in named if p}
+    files = {p: resolve(p) for p in spec.data.file_paths if p}
     return evaluator().evaluate(spec_to_json(spec), model_path, files)
 
 

@@ -292,7 +292,9 @@ def _whole_ints(hp: Any) -> dict[str, Any]:
     """The trial's values, an ``Int``'s as an int: KerasTuner's grid over a log-stepped
     Int range yields floats (16.0), which a model's ``Dense(units)`` refuses and results
     would show as such. The oracle's own copy is left as KerasTuner made it."""
-    ints = {p.name for p in hp.space if type(p).__name__ == "Int"}
+    from keras_tuner.engine.hyperparameters import Int
+
+    ints = {p.name for p in hp.space if isinstance(p, Int)}
     return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v
             for k, v in hp.values.items()}
 

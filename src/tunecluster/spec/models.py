@@ -75,14 +75,20 @@ class Data(_Strict):
                 )
             if self.target is not None:
                 raise ValueError("target applies to path/files, not to a named dataset")
-        named = [self.path] if self.path else []
-        if self.files is not None:
-            named += [self.files.train, self.files.valid, self.files.test]
+        named = self.file_paths
         if self.target is not None and named and all(
                 p.lower().endswith(".npz") for p in named):
             raise ValueError("target applies to csv/parquet files; an npz file holds its"
                              " labels in its array 'y'")
         return self
+
+    @property
+    def file_paths(self) -> list[str]:
+        """The data files the job names (``path``, or the three ``files``); none for a
+        named dataset."""
+        if self.files is not None:
+            return [self.files.train, self.files.valid, self.files.test]
+        return [self.path] if self.path else []
 
 
 # --- hyperparameters --------------------------------------------------------------
