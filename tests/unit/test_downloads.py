@@ -3,9 +3,11 @@ bounded, deduplicated, and gone with ``delete``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -272,3 +274,90 @@ def test_a_client_with_an_s3_root_reads_the_bucket_else_redis(
     text = str(err.value)
     assert "cannot be read by this client" in text and f"aws s3 cp {url}/{job}" in text
     assert not (tmp_path / "b.keras").exists()
+
+
+SECRET = b"root:x:0:0:a file outside the artifacts root\n"
+
+
+@pytest.mark.parametrize("forged", [
+    lambda job, rel_secret, secret: {"rel": rel_secret},  # ../ out of the root
+    lambda job, rel_secret, secret: {"rel": str(secret)},  # an absolute path
+    lambda job, rel_secret, secret: {"rel": f"{job}/../{rel_secret}"},  # in, then out
+    lambda job, rel_secret, secret: {"rel": f"{job}/best_model.keras", "sha256": None},
+    lambda job, rel_secret, secret: {"rel": f"{job}/best_model.keras", "sha256": "zz"},
+    lambda job, rel_secret, secret: {"rel": f"{job}/best_model.keras", "size": "abc"},
+    lambda job, rel_secret, secret: {"rel": "otherjob-abcdef/best_model.keras"},
+], ids=["dotdot", "absolute", "in-then-out", "no-sha", "bad-sha", "bad-size", "other-job"])
+def test_a_forged_index_entry_reads_no_file_outside_the_job(store: Store, chief: Path,
+                                                            tmp_path: Path,
+                                                            forged: Any) -> None:
+    """A downloads entry written by whoever can write Redis must not make ``best
+    --export`` / ``artifacts -o`` copy a file of the client's choosing: the path is
+    confined to the job's directory under the client's artifacts root and the copy is
+    verified against a well-formed sha256, else the entry is refused in one line."""
+    job = _job(store)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    fields = forged(job, os.path.relpath(secret, chief), secret)
+    _file(chief, job, "best_model.keras", BINARY)
+    other = _file(chief, "otherjob-abcdef", "best_model.keras", SECRET)
+    assert other.is_file()
+    meta = {"path": str(secret), "rel": None, "size": len(SECRET),
+            "sha256": hashlib.sha256(SECRET).hexdigest(), "published": False,
+            "reason": "forged", **fields}
+    store.client.hset(store.keys.downloads(job), "best_model.keras", json.dumps(meta))
+    store.jobs.set_state(job, "completed")
+    dest = tmp_path / "out" / "m.keras"
+    dest.parent.mkdir()
+    with pytest.raises(DownloadError) as info:
+        downloads.retrieve(store, job, "best_model.keras", dest, chief)
+    text = str(info.value)
+    assert "\n" not in text and "best_model.keras" in text and "malformed" in text, text
+    assert not dest.exists() and os.listdir(dest.parent) == []
+
+
+def test_a_symlink_out_of_the_root_is_not_followed(store: Store, chief: Path,
+                                                   tmp_path: Path) -> None:
+    """Even a well-formed entry is read only from inside the client's root: a link
+    planted in the job's directory to a file elsewhere (with that file's checksum)
+    is not followed."""
+    job = _job(store)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    (chief / job).mkdir(parents=True)
+    (chief / job / "best_model.keras").symlink_to(secret)
+    meta = {"path": "x", "rel": f"{job}/best_model.keras", "size": len(SECRET),
+            "sha256": hashlib.sha256(SECRET).hexdigest(), "published": False,
+            "reason": "forged"}
+    store.client.hset(store.keys.downloads(job), "best_model.keras", json.dumps(meta))
+    store.jobs.set_state(job, "completed")
+    dest = tmp_path / "m.keras"
+    with pytest.raises(DownloadError, match="outside"):
+        downloads.retrieve(store, job, "best_model.keras", dest, chief)
+    assert not dest.exists()
+
+
+def test_the_cli_exports_no_file_a_forged_entry_points_at(store: Store, server: RedisServer,
+                                                          chief: Path, tmp_path: Path) -> None:
+    """The red team's reproduction, through the real CLI: ``artifacts -o`` and ``best
+    --export`` with an entry whose rel climbs out of the artifacts root."""
+    import subprocess
+    import sys
+
+    job = _job(store)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    meta = {"path": "x", "rel": os.path.relpath(secret, chief), "size": len(SECRET),
+            "sha256": hashlib.sha256(SECRET).hexdigest(), "published": False, "reason": "x"}
+    store.client.hset(store.keys.downloads(job), "results.json", json.dumps(meta))
+    store.client.hset(store.keys.downloads(job), "best_model.keras", json.dumps(meta))
+    store.jobs.set_state(job, "completed")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "tunecluster", "artifacts", job, "-o",
+                           str(out), "--redis", server.url, "--artifacts", str(chief)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 2 and all("malformed" in ln for ln in errors), done.stderr
+    assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
+    assert "Traceback" not in done.stderr

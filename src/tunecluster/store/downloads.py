@@ -47,8 +47,8 @@ from tunecluster.artifacts import BEST_MODEL, RESULTS, relative_to_root, trial_m
 from tunecluster.errors import StoreError
 from tunecluster.store import codec
 from tunecluster.store.connection import raw_client
+from tunecluster.store.download_index import SHA256_RE, index, is_name, trial_name
 from tunecluster.store.fence import Fence, LostLeadership, Writes
-from tunecluster.store.ids import TRIAL_ID_RE, check_trial_id
 
 # A blob is a LIST of chunks: each is one allocation of its own size (an APPENDed string
 # would grow by doubling: 64 MiB cost 81 MiB), a little under 1 MiB so that with its
@@ -101,11 +101,6 @@ def _env_int(name: str, default: int) -> int:
     if value < 0:
         raise ValueError(f"${name}={text!r} must be 0 or more")
     return value
-
-
-def trial_name(trial: str) -> str:
-    """The download name of a trial's model."""
-    return f"trials/{check_trial_id(trial)}/model.keras"
 
 
 # --- publishing (the chief) ------------------------------------------------------------
@@ -177,7 +172,8 @@ def _meta_sha(value: bytes) -> str | None:
         meta = codec.loads_object(value.decode(), "download entry")
     except (ValueError, StoreError, UnicodeDecodeError):
         return None
-    return meta.get("sha256") if meta.get("published") else None
+    sha = meta.get("sha256") if meta.get("published") else None
+    return sha if isinstance(sha, str) and SHA256_RE.fullmatch(sha) else None
 
 
 def _describe(root: str | Path, path: Path, limit: int) -> dict[str, Any]:
@@ -186,8 +182,8 @@ def _describe(root: str | Path, path: Path, limit: int) -> dict[str, Any]:
         meta["rel"] = relative_to_root(root, path)
     except ValueError:
         pass
-    if not Path(path).is_file():
-        return {**meta, "size": None, "sha256": None, "published": False,
+    if not Path(path).is_file():  # nothing to verify, so nothing for a client to read
+        return {**meta, "rel": None, "size": None, "sha256": None, "published": False,
                 "reason": "the chief found no such file"}
     size, sha = _digest(Path(path))
     meta.update(size=size, sha256=sha, published=True, reason=None)
@@ -248,18 +244,6 @@ class Fetched:
     sha256: str | None
 
 
-def index(store: Any, job: str) -> dict[str, dict[str, Any]]:
-    """The job's published artifacts: name -> size, sha256, path on the chief, rel
-    (relative to the artifacts root), published, reason (why not), trial, rank."""
-    out = {}
-    for name, value in store.client.hgetall(store.keys.downloads(job)).items():
-        try:
-            out[name] = codec.loads_object(value, f"download entry {name}")
-        except (ValueError, StoreError):
-            continue
-    return out
-
-
 def names(store: Any, job: str) -> list[str]:
     """What ``artifacts`` fetches: the indexed names (results.json, the best model, then
     the trials by rank); results.json and the best model when nothing is indexed, so that
@@ -272,15 +256,6 @@ def names(store: Any, job: str) -> list[str]:
     trials = sorted((n for n in found if n not in fixed),
                     key=lambda n: (found[n].get("rank") or 1e9, n))
     return fixed + trials
-
-
-def is_name(name: str) -> bool:
-    """Whether ``name`` is an artifact name (it becomes a path under the client's -o)."""
-    if name in (RESULTS, BEST_MODEL):
-        return True
-    parts = name.split("/")
-    return (len(parts) == 3 and parts[0] == "trials" and parts[2] == "model.keras"
-            and TRIAL_ID_RE.fullmatch(parts[1]) is not None)
 
 
 def fetch(store: Any, job: str, name: str, dest: str | Path,
@@ -304,6 +279,10 @@ def retrieve(store: Any, job: str, name: str, dest: str | Path,
     meta = index(store, job).get(name)
     if meta is None:
         return _unindexed(store, job, name, dest, local_root)
+    if "malformed" in meta:
+        raise DownloadError(f"job {job}'s download entry for {name} is malformed"
+                            f" ({meta['malformed']}); refused: the chief writes no such"
+                            " entry, so someone else wrote to Redis")
     why_not_local: str | None = None
     if local_root and is_url(str(local_root)) and meta.get("rel"):
         url = open_store(str(local_root)).url(meta["rel"])
@@ -312,7 +291,8 @@ def retrieve(store: Any, job: str, name: str, dest: str | Path,
             return Fetched(dest, "local", f"{name}: read from the artifacts store at {url}"
                            " (sha256 verified)", meta["size"], meta["sha256"])
         local_root = None
-    local = Path(local_root) / meta["rel"] if local_root and meta.get("rel") else None
+    local = _inside(Path(local_root), job, meta["rel"]) if local_root and meta.get("rel") \
+        else None
     if why_not_local is None:
         why_not_local = "this client has no artifacts root" if local is None else \
             f"{local} does not exist here"
@@ -324,7 +304,7 @@ def retrieve(store: Any, job: str, name: str, dest: str | Path,
         except ChecksumMismatch:
             why_not_local = f"{local} is not the job's file (sha256 differs)"
     if meta.get("published"):
-        _download(store, job, meta, dest)
+        _download(store, job, name, meta, dest)
         return Fetched(dest, "redis", f"{name}: downloaded through Redis"
                        f" ({_human(meta['size'])}, sha256 verified; {why_not_local})",
                        meta["size"], meta["sha256"])
@@ -333,6 +313,16 @@ def retrieve(store: Any, job: str, name: str, dest: str | Path,
         f"job {job}'s {name}{size} is not published for download: {meta.get('reason')};"
         f" it is at {meta.get('path')} on the chief's artifacts store and {why_not_local}:"
         f" {_how_to_reach(meta.get('path'))}")
+
+
+def _inside(root: Path, job: str, rel: str) -> Path:
+    """``root/rel``, which must really be inside ``root/job`` (a link planted there that
+    leads elsewhere is not followed)."""
+    path = root / rel
+    if path.exists() and not path.resolve().is_relative_to((root / job).resolve()):
+        raise DownloadError(f"{path} leads outside job {job}'s directory"
+                            f" ({path.resolve()}); refusing to read it")
+    return path
 
 
 def _from_object_store(root: str, meta: dict[str, Any], dest: Path) -> str | None:
@@ -428,12 +418,12 @@ def _chief_path(chief_dir: str | None, job: str, trial: str | None,
     return str(Path(chief_dir) / name)
 
 
-def _download(store: Any, job: str, meta: dict[str, Any], dest: Path) -> None:
+def _download(store: Any, job: str, name: str, meta: dict[str, Any], dest: Path) -> None:
     blob = store.keys.download_blob(job, meta["sha256"])
     raw = raw_client(store.client)
     try:
         if not raw.exists(blob):
-            raise DownloadError(f"job {job}'s {meta['name']} is indexed but its published"
+            raise DownloadError(f"job {job}'s {name} is indexed but its published"
                                 " copy is gone from Redis (the job is being deleted?)")
 
         def chunks() -> Iterable[bytes]:
@@ -441,7 +431,7 @@ def _download(store: Any, job: str, meta: dict[str, Any], dest: Path) -> None:
                 yield bytes(raw.lindex(blob, i) or b"")
 
         _write_verified(chunks(), dest, meta["size"], meta["sha256"],
-                        f"the copy of job {job}'s {meta['name']} in Redis ({blob})")
+                        f"the copy of job {job}'s {name} in Redis ({blob})")
     finally:
         raw.close()
 
