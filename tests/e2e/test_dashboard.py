@@ -190,6 +190,7 @@ def test_submit_validates_exactly_as_the_cli(cluster: LocalCluster, store: Store
     bad_yaml = good.replace("  builtin: mlp", "  builtin: [mlp")
     unknown = good + "surprise: 1\n"
     env = {"TUNECLUSTER_REDIS_URL": cluster.url}
+    before = set(store.jobs.all())
     with client(cluster) as tc:
         for text in (bad_field, bad_yaml, unknown):
             r = no_secret(tc.post("/api/jobs", content=text, headers=ACTION))
@@ -208,7 +209,10 @@ def test_submit_validates_exactly_as_the_cli(cluster: LocalCluster, store: Store
         files = good.replace("dataset: digits", "path: /etc/passwd\n  target: x")
         r = tc.post("/api/jobs", content=files, headers=ACTION)
         assert r.status_code == 400 and "data.path" in r.json()["error"]
-        before = set(store.jobs.all())
+        code = good.replace("  builtin: mlp\n", "  source: 'def build_model(hp): pass'\n")
+        r = tc.post("/api/jobs", content=code, headers=ACTION)
+        assert r.status_code == 400 and "model.source" in r.json()["error"]
+        # after every refusal above (the page's and the CLI's alike)
         assert set(store.jobs.all()) == before, "nothing queued by the refusals"
         small = good.replace("max_trials: 8", "max_trials: 1").replace("name: digits-mlp",
                                                                         "name: dash-submitted")
