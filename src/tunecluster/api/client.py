@@ -234,41 +234,72 @@ class Job:
         ``force`` (cancelled first). Returns the state it had."""
         return self.client.store.jobs.delete(self.id, force=force, wait_s=timeout)
 
-    def best_model(self, compile: bool = True) -> Any:
+    def best_model(self, compile: bool = True, *,
+                   custom_objects: Mapping[str, Any] | None = None,
+                   module: str | os.PathLike[str] | None = None,
+                   trust_job_code: bool = False) -> Any:
         """The job's exported best model, loaded (``keras.Model``): read from this
         machine's view of the artifacts root (``Client(artifacts=...)``) when it holds
         the job's file, else downloaded through Redis (checksum verified);
-        ``last_fetch`` says which."""
+        ``last_fetch`` says which.
+
+        A model with classes or functions of its own (a custom model's layers, losses,
+        metrics) needs them to load: ``custom_objects`` (name -> object), or ``module``,
+        the path of your own copy of the model's module (its classes and functions are
+        used), or ``trust_job_code=True`` to run the module's source stored with the
+        job in Redis. That source is never run otherwise: whoever can write Redis could
+        have written it."""
         from tunecluster.artifacts import BEST_MODEL
 
         data = self.results()
         if data["state"] != "completed":
             raise StoreError(f"job {self.id} has no exported best model (state"
                              f" {data['state']}); wait() for it to complete")
-        return self._load(BEST_MODEL, compile)
+        return self._load(BEST_MODEL, compile, custom_objects, module, trust_job_code)
 
-    def trial_model(self, trial: str, compile: bool = True) -> Any:
+    def trial_model(self, trial: str, compile: bool = True, *,
+                    custom_objects: Mapping[str, Any] | None = None,
+                    module: str | os.PathLike[str] | None = None,
+                    trust_job_code: bool = False) -> Any:
         """One finished trial's model (its best epoch), loaded; from the artifacts root
-        or, for the job's best few trials, through Redis."""
+        or, for the job's best few trials, through Redis. The code it needs: as for
+        ``best_model``."""
         from tunecluster.store.downloads import trial_name
 
         row = self.client.store.jobs.trial(self.id, trial)
         if row.get("state") != "COMPLETED":
             raise StoreError(f"trial {trial} of job {self.id} is not completed"
                              f" ({row.get('state', 'no such trial')})")
-        return self._load(trial_name(trial), compile)
+        return self._load(trial_name(trial), compile, custom_objects, module, trust_job_code)
 
-    def _load(self, name: str, compile: bool) -> Any:
+    def _objects(self, custom_objects: Mapping[str, Any] | None,
+                 module: str | os.PathLike[str] | None,
+                 trust_job_code: bool) -> tuple[dict[str, Any] | None, str | None]:
+        """The custom objects to load with, and, when the job's model has code of its own
+        that none was given for, its module's name (to say what is missing)."""
+        from tunecluster.models.custom import job_objects, module_objects
+        from tunecluster.spec import parse_spec
+
+        objects = dict(custom_objects or {})
+        if module is not None:
+            objects = {**module_objects(module), **objects}
+        spec = parse_spec(self.record().spec)
+        if trust_job_code:  # the user's explicit choice: run the code stored in Redis
+            objects = {**(job_objects(spec) or {}), **objects}
+        own_code = not spec.model.is_builtin and spec.model.source is not None
+        unmet = spec.model.module or "model.py" if own_code and not objects else None
+        return objects or None, unmet
+
+    def _load(self, name: str, compile: bool, custom_objects: Mapping[str, Any] | None,
+              module: str | os.PathLike[str] | None, trust_job_code: bool) -> Any:
         import logging
         import tempfile
 
         import keras
 
-        from tunecluster.models import user_objects
-        from tunecluster.spec import parse_spec
         from tunecluster.store.downloads import DownloadError, retrieve
 
-        objects = user_objects(parse_spec(self.record().spec))
+        objects, unmet = self._objects(custom_objects, module, trust_job_code)
         with tempfile.TemporaryDirectory(prefix="tunecluster-model-") as tmp:
             try:
                 got = retrieve(self.client.store, self.id, name,
@@ -277,7 +308,18 @@ class Job:
                 raise StoreError(f"job {self.id}: cannot read its model here: {exc}") from None
             self.last_fetch = got.message
             logging.getLogger("tunecluster").info("%s", got.message)
-            return keras.models.load_model(got.path, compile=compile, custom_objects=objects)
+            try:
+                return keras.models.load_model(got.path, compile=compile,
+                                               custom_objects=objects)
+            except (TypeError, ValueError) as exc:
+                if unmet is None:
+                    raise
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise StoreError(
+                    f"job {self.id}'s model needs the code of its module {unmet} to load"
+                    f" ({first}); pass custom_objects=..., module='path/to/{unmet}' (your"
+                    " copy) or trust_job_code=True (runs the source stored in Redis)"
+                ) from None
 
 
 def _file_names(raw: str | None) -> list[str]:

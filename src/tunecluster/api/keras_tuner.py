@@ -81,7 +81,6 @@ class Tuner:
         self.oracle = _Oracle(self)
         self._space: dict[str, Any] | None = None
         self._results: dict[str, Any] | None = None
-        self._spec: dict[str, Any] | None = None
         self._artifacts: Path | None = None
         self._source, self._function = ship(hypermodel)  # fails early, in the constructor
         if overwrite:
@@ -137,7 +136,6 @@ class Tuner:
              space: dict[str, Any], verbose: int) -> None:
         from tunecluster.spec import parse_spec
 
-        self._spec = spec
         self.job = client.submit(parse_spec(spec), files=files, space=space)
         if self._artifacts is None:
             self._artifacts = client.artifacts
@@ -149,7 +147,7 @@ class Tuner:
         ``max_trials`` (with the data given again); one that ran as many trials already
         is only reloaded, as KerasTuner does."""
         record = job.record()  # read now: an embedded cluster is gone after the search
-        self.job, self._spec, self._results = job, record.spec, None
+        self.job, self._results = job, None
         self._space = record.space  # the job's, as KerasTuner's reloaded oracle
         if self._artifacts is None:
             self._artifacts = job.client.artifacts
@@ -301,15 +299,14 @@ class Tuner:
         import keras
 
         from tunecluster.artifacts import trial_model
-        from tunecluster.models import user_objects
-        from tunecluster.spec import parse_spec
+        from tunecluster.models.custom import objects_of
 
         data = self.results()
         assert self.job is not None and self._artifacts is not None
         rows = {t["trial"]: t for t in data["trials"]}
-        if self._spec is None:
-            self._spec = self.job.record().spec
-        objects = user_objects(parse_spec(self._spec))
+        # the classes and functions of the hypermodel this process holds: never the
+        # source stored with the job, which whoever can write Redis could have written
+        objects = objects_of(self.hypermodel)
         models = []
         for trial in self.oracle.get_best_trials(num_models):
             path = trial_model(self._artifacts, self.job.id, trial.trial_id,
@@ -318,7 +315,8 @@ class Tuner:
                 models.append(keras.models.load_model(path, custom_objects=objects))
                 continue
             try:  # a cluster whose artifacts this machine cannot see: through Redis
-                models.append(self.job.trial_model(trial.trial_id))
+                models.append(self.job.trial_model(trial.trial_id,
+                                                   custom_objects=objects))
             except TuneclusterError as exc:
                 raise TuneclusterError(
                     f"cannot read trial {trial.trial_id}'s model here ({path}): {exc}; pass"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tunecluster.errors import TrialFailed
@@ -56,19 +57,62 @@ def user_objects(spec: Any) -> dict[str, Any] | None:
     ``JobSpec``), so that a model using its own layers, losses or metrics (not
     registered with Keras) loads outside the worker as it did in it. The module is the
     job's code: it runs only where code upload is allowed, as on the workers (where it
-    is not, the job's trials were refused). None for a builtin model."""
-    import inspect
-
+    is not, the job's trials were refused), so only roles of the cluster call this; a
+    client never runs code it read from Redis unless its user asks (``Job.best_model``'s
+    ``trust_job_code``). None for a builtin model."""
     from tunecluster import defaults
 
-    if spec.model.is_builtin or spec.model.source is None:
-        return None
     if os.environ.get(defaults.ALLOW_CODE_UPLOAD_ENV, "1") == "0":
+        return None
+    return job_objects(spec)
+
+
+def job_objects(spec: Any) -> dict[str, Any] | None:
+    """``user_objects`` whatever the code-upload switch: for a caller whose user chose
+    to run the job's code. None for a builtin model."""
+    if spec.model.is_builtin or spec.model.source is None:
         return None
     build = load_build_function(spec.model.source, spec.model.function,
                                 spec.model.module or "model.py")
-    return {name: value for name, value in getattr(build, "__globals__", {}).items()
+    return objects_in(getattr(build, "__globals__", {}))
+
+
+def objects_in(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The classes and functions of a module's namespace: Keras's ``custom_objects``."""
+    return {name: value for name, value in namespace.items()
             if inspect.isclass(value) or inspect.isfunction(value)}
+
+
+def objects_of(hypermodel: Any) -> dict[str, Any]:
+    """``objects_in`` the module that defines ``hypermodel`` (a ``build_model(hp)``
+    function or a ``HyperModel``), as it is in this process: the user's own code,
+    already imported, so nothing is executed."""
+    if inspect.isfunction(hypermodel):
+        return objects_in(hypermodel.__globals__)
+    module = sys.modules.get(type(hypermodel).__module__)
+    return objects_in(vars(module)) if module is not None else {}
+
+
+def module_objects(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``objects_in`` the user's own module file ``path`` (imported here, from this
+    machine's disk); ``ModelCodeError`` when it does not import."""
+    from pathlib import Path
+
+    file = Path(path)
+    try:
+        source = file.read_text()
+    except OSError as exc:
+        raise ModelCodeError(f"{file}: cannot read it ({exc.strerror or exc})") from None
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    module = types.ModuleType(f"tunecluster_local_{digest}")
+    module.__file__ = str(file)
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(source, str(file), "exec"), module.__dict__)
+    except BaseException as exc:
+        sys.modules.pop(module.__name__, None)
+        raise ModelCodeError(f"{file} failed to import: {_last_line(exc)}") from exc
+    return objects_in(vars(module))
 
 
 def build_checked(build: Callable[[Any], Any], hp: Any, function: str = "build_model") -> Any:
