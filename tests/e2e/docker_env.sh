@@ -6,6 +6,7 @@
 #   tests/e2e/docker_env.sh prepare       the same without the image build
 #   tests/e2e/docker_env.sh down          stop the dockerd that `up` started (by its PID), if any
 #   tests/e2e/docker_env.sh requirements  the wheelhouse's requirements (Python 3.10+, no tomllib needed)
+#   tests/e2e/docker_env.sh mirror        the Debian mirror debootstrap uses (apt's own sources)
 #
 # `up` prints KEY=VALUE lines on stdout (the test reads them); progress goes to stderr.
 # Exit 3 means "no Docker engine can be had here" (the test skips): no engine and not root,
@@ -24,7 +25,9 @@
 #      from a build context made of the project's files plus the cached wheelhouse.
 #
 # Environment: TUNECLUSTER_CI_CACHE (default /var/cache/tunecluster-ci),
-#              TUNECLUSTER_E2E_IMAGE (default tunecluster:e2e).
+#              TUNECLUSTER_E2E_IMAGE (default tunecluster:e2e),
+#              DEBIAN_MIRROR (default: the first $SUITE main archive of apt's sources),
+#              TUNECLUSTER_APT_DIR (where apt's sources are read, default /etc/apt).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -35,7 +38,9 @@ IMAGE="${TUNECLUSTER_E2E_IMAGE:-tunecluster:e2e}"
 BASE_IMAGE="$(sed -n 's/^ARG BASE_IMAGE=//p' "$ROOT/Dockerfile" | head -n1)"
 REDIS_IMAGE="local/redis:bookworm"
 SUITE="bookworm"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The Debian mirror debootstrap fetches from: DEBIAN_MIRROR, else the one apt on this
+# machine already uses (its sources list). The project names no mirror of its own.
+APT_DIR="${TUNECLUSTER_APT_DIR:-/etc/apt}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
 
@@ -82,6 +87,63 @@ print("\n".join(deps + cpu))
 EOF
 }
 
+# The first Debian archive in apt's sources that serves $SUITE's main component:
+# one-line entries (sources.list, sources.list.d/*.list: "deb [opts] URI SUITE COMP...")
+# and deb822 stanzas (sources.list.d/*.sources: Types/URIs/Suites/Components), in
+# apt's order. Exit 1 with one line when there is none (DEBIAN_MIRROR then names it).
+debian_mirror() {
+    if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+    "$PYTHON" - "$APT_DIR" "$SUITE" <<'PY'
+import glob
+import os
+import re
+import sys
+
+apt, suite = sys.argv[1], sys.argv[2]
+
+
+def entries(path):
+    """(types, uris, suites, components) of each source in one file."""
+    text = open(path, encoding="utf-8", errors="replace").read()
+    if path.endswith(".sources"):
+        for stanza in re.split(r"\n\s*\n", text):
+            fields, key = {}, None
+            for line in stanza.splitlines():
+                if line.startswith("#") or not line.strip():
+                    continue
+                if line[0] in " \t" and key:
+                    fields[key] += " " + line.strip()
+                    continue
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                fields[key] = value.strip()
+            if fields.get("enabled", "yes").lower() == "no":
+                continue
+            yield (fields.get("types", "").split(), fields.get("uris", "").split(),
+                   fields.get("suites", "").split(), fields.get("components", "").split())
+        return
+    for line in text.splitlines():
+        words = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
+        if len(words) >= 4:
+            yield [words[0]], [words[1]], [words[2]], words[3:]
+
+
+files = [os.path.join(apt, "sources.list")] + sorted(
+    glob.glob(os.path.join(apt, "sources.list.d", "*.list"))
+    + glob.glob(os.path.join(apt, "sources.list.d", "*.sources")))
+for path in files:
+    if not os.path.isfile(path):
+        continue
+    for types, uris, suites, components in entries(path):
+        if "deb" in types and suite in suites and "main" in components and uris:
+            print(uris[0].rstrip("/"))
+            sys.exit(0)
+print(f"no Debian mirror for {suite} main in apt's sources ({apt}/sources.list,"
+      f" {apt}/sources.list.d/*.list, *.sources): set DEBIAN_MIRROR", file=sys.stderr)
+sys.exit(1)
+PY
+}
+
 engine_ok() { timeout 10 docker info >/dev/null 2>&1; }
 
 ensure_engine() {
@@ -122,11 +184,12 @@ ensure_rootfs_tarballs() {
     local py_tar="$CACHE/rootfs-python.tar" redis_tar="$CACHE/rootfs-redis.tar"
     [ -s "$py_tar" ] && [ -s "$redis_tar" ] && return
     command -v debootstrap >/dev/null 2>&1 || unavailable "debootstrap is missing"
-    local rootfs="$CACHE/rootfs.tmp"
+    local rootfs="$CACHE/rootfs.tmp" mirror
+    mirror="$(debian_mirror)" || exit 1
     rm -rf "$rootfs"
-    log "debootstrap $SUITE (minbase + python3, python3-venv)"
+    log "debootstrap $SUITE from $mirror (minbase + python3, python3-venv)"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-        "$SUITE" "$rootfs" "$MIRROR" >"$STATE/debootstrap.log" 2>&1 \
+        "$SUITE" "$rootfs" "$mirror" >"$STATE/debootstrap.log" 2>&1 \
         || { tail -n 20 "$STATE/debootstrap.log" >&2; exit 1; }
     chroot "$rootfs" apt-get clean
     tar -C "$rootfs" -cf "$py_tar.tmp" . && mv "$py_tar.tmp" "$py_tar"
@@ -248,5 +311,6 @@ case "${1:-up}" in
     prepare) cmd_prepare ;;
     down) cmd_down ;;
     requirements) requirements ;;
-    *) echo "usage: $0 up|prepare|down|requirements" >&2; exit 2 ;;
+    mirror) debian_mirror ;;
+    *) echo "usage: $0 up|prepare|down|requirements|mirror" >&2; exit 2 ;;
 esac

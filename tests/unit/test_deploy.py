@@ -1077,3 +1077,76 @@ def test_deploy_docs_match_the_files() -> None:
     # A GPU Ray worker group needs a GPU Ray image; compose GPU workers have shm.
     assert "TF_EXTRA=gpu --build-arg EXTRAS=ray" in text
     assert "shm_size" in text
+
+
+def test_docker_env_takes_the_debian_mirror_from_apts_sources(tmp_path: Path) -> None:
+    """debootstrap uses the mirror apt already uses: the first bookworm main archive of
+    sources.list, sources.list.d/*.list and deb822 *.sources (security and other suites,
+    disabled stanzas and other files skipped); none: one line, exit 1."""
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list.d" / "a-vendor.sources").write_text(
+        "Types: deb\nURIs: https://vendor.invalid/apt\nSuites: nodistro\nComponents: main\n")
+    (apt / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://security.mirror.invalid/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n\n"
+        "Enabled: no\nTypes: deb\nURIs: http://disabled.mirror.invalid/debian\n"
+        "Suites: bookworm\nComponents: main\n\n"
+        "# the archive\nTypes: deb deb-src\nURIs: http://main.mirror.invalid/debian/\n"
+        "  http://second.mirror.invalid/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main contrib\n")
+    env = clean_env(TUNECLUSTER_APT_DIR=str(apt))
+    env.pop("DEBIAN_MIRROR", None)
+    result = run("bash", str(DOCKER_ENV), "mirror", env=env)
+    assert (result.returncode, result.stdout) == (0, "http://main.mirror.invalid/debian\n"), \
+        result.stderr
+    # sources.list comes first, one-line format with options
+    (apt / "sources.list").write_text(
+        "# deb http://commented.invalid/debian bookworm main\n"
+        "deb-src http://src.invalid/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://one.invalid/debian"
+        " bookworm main\n")
+    result = run("bash", str(DOCKER_ENV), "mirror", env=env)
+    assert result.stdout == "http://one.invalid/debian\n", result.stderr
+    # the operator's choice wins
+    result = run("bash", str(DOCKER_ENV), "mirror",
+                 env={**env, "DEBIAN_MIRROR": "http://mine.invalid/debian"})
+    assert result.stdout == "http://mine.invalid/debian\n"
+    # nothing usable: one line that says what to set
+    result = run("bash", str(DOCKER_ENV), "mirror",
+                 env={**env, "TUNECLUSTER_APT_DIR": str(tmp_path / "none")})
+    assert result.returncode == 1 and not result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert "no Debian mirror" in line and "DEBIAN_MIRROR" in line, line
+
+
+# Hosts of package registries and mirrors, never named by the project (split here so
+# that this file does not name them either).
+REGISTRY_HOSTS = ["pypi" + ".org", "files." + "pythonhosted.org", "deb." + "debian.org",
+                  "security." + "debian.org", "archive." + "ubuntu.com",
+                  "registry." + "npmjs.org", "registry." + "yarnpkg.com",
+                  "download." + "docker.com", "registry-1." + "docker.io",
+                  "index." + "docker.io", "conda." + "anaconda.org", "repo." + "anaconda.com",
+                  "kuberay" + "-helm", "charts." + "helm.sh", "proxy." + "golang.org",
+                  "crates" + ".io"]
+SCANNED = ["src", "tests", "docs", "bench", "k8s", "examples", "README.md", "Dockerfile",
+           "Makefile", "docker-compose.yml", ".env.example", "pyproject.toml",
+           ".dockerignore"]
+
+
+def test_the_project_names_no_package_registry_or_mirror_host() -> None:
+    """Tools are pointed at registries and mirrors by their own configuration (pip's,
+    apt's sources, Helm's repositories); a public base image name is fine."""
+    found = []
+    for name in SCANNED:
+        top = ROOT / name
+        files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()
+                                             and "__pycache__" not in p.parts]
+        for path in files:
+            try:
+                text = path.read_text().lower()
+            except (UnicodeDecodeError, OSError):
+                continue
+            found += [f"{path.relative_to(ROOT)}: {host}" for host in REGISTRY_HOSTS
+                      if host in text]
+    assert not found, found
