@@ -382,7 +382,9 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
     client = Client(redis_url)
     store = client.store
     if job is None:
-        rows = [j.status() for j in client.jobs()]
+        from tunecluster.store.results import job_summaries
+
+        rows = job_summaries(store.jobs)  # a malformed job is a flagged row
         workers = store.workers.live(defaults.LEASE_S)
         data = {"jobs": rows, "workers": [{"id": w, **info} for w, info in workers.items()],
                 "chief": store.client.get(store.keys.chief_lock),
@@ -395,7 +397,7 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
             if row.get("waiting"):
                 console.print(f"[yellow]waiting:[/yellow] {row['job']}: {row['waiting']}")
         console.print(f"{len(workers)} live worker(s), "
-                      f"{sum(int(i.get('slots', 1)) for i in workers.values())} slot(s);"
+                      f"{sum(i['slots'] for i in workers.values())} slot(s);"
                       f" chief: {data['chief'] or 'none'}")
         local = data["local_cluster"]
         if local is not None:
@@ -428,21 +430,15 @@ def _local_cluster(redis_url: str) -> dict[str, Any] | None:
     return {**state.to_json(), "running": persistent.process_states(state)}
 
 
-def _summary(results: dict[str, Any]) -> dict[str, Any]:
-    return {k: results[k] for k in ("job", "name", "state", "objective", "best", "counts",
-                                     "error", "created", "finished")}
-
-
 @cli.command(name="list")
 @redis_option
 @json_option
 @handle_errors
 def list_jobs(redis_url: str, as_json: bool) -> None:
     """List jobs, newest first."""
-    from tunecluster.store.results import build_results
+    from tunecluster.store.results import job_summaries
 
-    store = _store(redis_url)
-    rows = [_summary(build_results(store.jobs, j)) for j in store.jobs.all()]
+    rows = job_summaries(_store(redis_url).jobs)  # a malformed job is a flagged row
     _print_json(rows) if as_json else console.print(render.jobs_table(rows))
 
 

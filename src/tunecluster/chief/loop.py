@@ -462,10 +462,11 @@ class Chief:
         try:
             record = self.store.jobs.get(job_id)
         except StoreError as exc:
-            if self.store.jobs.exists(job_id):  # foreign or corrupt: end it, do not retry
-                log.error("job %s cannot be read: %s", job_id, exc)
-                self.store.jobs.set_state(job_id, "failed", fence=self.fence,
-                                          error=f"job cannot be read: {exc}")
+            if self.store.jobs.exists(job_id):  # foreign or corrupt: one job's error
+                # Logged once: quarantine takes it out of the active set for good
+                # (failed with the reason where its keys can take that write).
+                log.error("job %s cannot be read, skipped: %s", job_id, exc)
+                self.store.jobs.quarantine(job_id, f"job cannot be read: {exc}", self.fence)
             else:
                 Writes().zrem(self.store.keys.jobs_active, job_id).apply(
                     self.store.client, self.fence)
@@ -474,17 +475,15 @@ class Chief:
             return None
         try:
             spec = parse_spec(record.spec)
-            uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
             host, seeded = None, []
             if spec.scheduler == "native":
                 host, seeded = self._oracle(job_id, spec, record.space)
         except (SpecError, StoreError, ValueError, KeyError) as exc:
             log.error("job %s cannot be loaded: %s", job_id, exc)
-            self.store.jobs.set_state(job_id, "failed", fence=self.fence,
-                                      error=f"job cannot be loaded: {exc}")
+            self.store.jobs.quarantine(job_id, f"job cannot be loaded: {exc}", self.fence)
             return None
         failure = record.fields.get("failure") or None
-        hosted = HostedJob(job_id, spec, host, list(uploaded or []),
+        hosted = HostedJob(job_id, spec, host, list(record.files),
                            cancel=record.cancel_requested, failure=failure,
                            failure_saved=failure is not None)
         if seeded:  # a warm start: written with the round that creates the first trial

@@ -22,8 +22,11 @@ from typing import Any
 from tunecluster import defaults
 from tunecluster.dashboard import plots
 from tunecluster.dashboard.importance import hyperparameter_importance
+from tunecluster.errors import StoreError
 from tunecluster.store import FINAL_STATES, Store
+from tunecluster.store.records import MalformedRecord
 from tunecluster.store.results import build_results
+from tunecluster.store.results import malformed_summary as malformed_row
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "STOPPED")
 DOWNLOADS = ("best_model.keras", "results.json", "results.csv")
@@ -33,10 +36,9 @@ MAX_CACHED_JOBS = 64
 def summary(results: dict[str, Any], record: Any, now_ms: int) -> dict[str, Any]:
     """A row of the Jobs view: state, progress, best score, elapsed time and the
     estimate of the time left (mean time per ended trial times the trials left)."""
-    spec = record.spec
-    total = int((spec.get("search") or {}).get("max_trials") or 0)
+    total = record.max_trials
     done = sum(n for s, n in results["counts"].items() if s in ENDED)
-    start = int(record.fields.get("started") or record.created or now_ms)
+    start = record.started or record.created or now_ms
     end = results.get("finished") or now_ms
     elapsed = max(0.0, (end - start) / 1000)
     active = results["state"] not in FINAL_STATES
@@ -49,16 +51,25 @@ def summary(results: dict[str, Any], record: Any, now_ms: int) -> dict[str, Any]
         "done": done, "total": total, "trials": sum(results["counts"].values()),
         "counts": results["counts"], "elapsed_s": round(elapsed, 1),
         "eta_s": round(eta, 1) if eta is not None else None,
-        "priority": int(record.fields.get("priority") or 0),
+        "priority": record.priority,
         "scheduler": results.get("scheduler", "native"), "created": results["created"],
         "finished": results.get("finished"), "error": results.get("error"),
         "waiting": results.get("waiting"),  # why its trials cannot start (gangs)
     }
 
 
+def malformed_summary(job: str, reason: str) -> dict[str, Any]:
+    """The Jobs view's row of a job whose record cannot be read: state ``malformed``,
+    the reason as its error (``delete`` removes it)."""
+    return {**malformed_row(job, reason), "best_trial": None, "done": 0, "total": 0,
+            "trials": 0, "elapsed_s": 0.0, "eta_s": None, "priority": 0,
+            "scheduler": None}
+
+
 def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The job spec as shown: without the model module's source text."""
-    model = {k: v for k, v in (spec.get("model") or {}).items() if k != "source"}
+    model = spec.get("model")
+    model = {k: v for k, v in model.items() if k != "source"} if isinstance(model, dict) else {}
     return {**spec, "model": model}
 
 
@@ -93,7 +104,9 @@ class Reader:
                     try:
                         record = self.store.jobs.get(job)
                         rows.append(summary(build_results(self.store.jobs, job), record, now))
-                    except Exception:  # noqa: BLE001 - a job deleted meanwhile, foreign data
+                    except MalformedRecord as exc:  # one job's error: shown, flagged
+                        rows.append(malformed_summary(job, str(exc)))
+                    except StoreError:  # deleted meanwhile
                         continue
                 cached = self._list = (time.monotonic(), rows)
         return [r for r in cached[1] if state in (None, "", r["state"])]
@@ -111,8 +124,7 @@ class Reader:
         seen = self.hub.version(job) if self.hub is not None else None
         if seen is not None:
             return seen
-        last = self.store.client.xrevrange(self.store.keys.events(job), count=1)
-        return last[0][0] if last else "0-0"
+        return self.store.events.last_id(job)
 
     def _cached(self, key: str, job: str, build: Any) -> dict[str, Any]:
         """``build()``'s document for ``key``, rebuilt only when the job has a new event
@@ -130,7 +142,7 @@ class Reader:
 
     def _build(self, job: str) -> dict[str, Any]:
         self.builds += 1
-        last = self.store.client.xrevrange(self.store.keys.events(job), count=1)
+        last = self.store.events.last_id(job)
         record = self.store.jobs.get(job)
         results = build_results(self.store.jobs, job)
         histories = {t["trial"]: self.store.jobs.epochs(job, t["trial"])
@@ -146,7 +158,7 @@ class Reader:
             "importance": importance,
             "figures": plots.job_figures(results, histories, space, importance),
             "downloads": self.downloads(job, results["state"]),
-            "last_event": last[0][0] if last else "0-0",
+            "last_event": last,
         }
 
     def _importance_of(self, job: str, results: dict[str, Any],
@@ -189,14 +201,12 @@ class Reader:
         return self._cached(f"{job}/{trial}", job, lambda: self._build_trial(job, trial))
 
     def _build_trial(self, job: str, trial: str) -> dict[str, Any]:
-        from tunecluster.errors import StoreError
-
         results = build_results(self.store.jobs, job)
         row = next((t for t in results["trials"] if t["trial"] == trial), None)
         if row is None:
             raise StoreError(f"job {job!r} has no trial {trial!r}")
         history = self.store.jobs.epochs(job, trial)
-        reasons = self.store.client.lrange(self.store.keys.trial_errors(job, trial), 0, -1)
+        reasons = self.store.jobs.trial_errors(job, trial)
         return {
             "job": job, "name": results["name"], "objective": results["objective"],
             "trial": row, "epochs": {str(e): m for e, m in history.items()},
@@ -219,30 +229,21 @@ class Reader:
     def workers(self) -> list[dict[str, Any]]:
         """Live workers: host, slots, busy slots, current trials (from the leases),
         heartbeat age, and devices / trial-process memory where the worker reports them."""
-        from tunecluster.store.keys import split_member
         from tunecluster.store.queue import server_ms
 
-        live = self.store.workers.live(defaults.LEASE_S)
+        live = self.store.workers.live(defaults.LEASE_S)  # decoded: numbers are ints
         now = server_ms(self.store.client)
-        members = self.store.client.zrange(self.store.keys.leases, 0, -1)
-        pipe = self.store.client.pipeline(transaction=False)
-        for m in members:
-            job, trial = split_member(m)
-            pipe.hget(self.store.keys.trial(job, trial), "worker")
-        current: dict[str, list[str]] = {}
-        for m, worker in zip(members, pipe.execute() if members else [], strict=True):
-            if worker:
-                current.setdefault(worker, []).append(m)
+        current = self.store.workers.current_trials()
         rows = []
         for worker, info in sorted(live.items()):
-            beat = int(info.get("beat") or 0)
+            beat = info["beat"]
             rows.append({
                 "worker": worker, "host": info.get("host"), "pid": info.get("pid"),
-                "slots": int(info.get("slots") or 1), "busy": int(info.get("busy") or 0),
-                "trials_run": int(info.get("trials") or 0),
+                "slots": info["slots"], "busy": info["busy"], "trials_run": info["trials"],
                 "current": current.get(worker, []),
                 "heartbeat_age_s": round(max(0, now - beat) / 1000, 1) if beat else None,
                 "devices": info.get("devices"), "rss_mb": info.get("rss_mb"),
+                "malformed": info.get("malformed"),  # why its record does not decode
             })
         return rows
 

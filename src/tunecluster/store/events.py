@@ -9,6 +9,7 @@ import redis
 
 from tunecluster.store import codec
 from tunecluster.store.keys import Keys
+from tunecluster.store.records import read_or
 
 
 @dataclass
@@ -25,7 +26,8 @@ class EventLog:
 
     def read(self, job: str, after: str = "0-0", block_ms: int | None = None,
              count: int = 500) -> list[Event]:
-        rows = self.r.xread({self.k.events(job): after}, count=count, block=block_ms)
+        # a key of the wrong type (foreign data) reads as no events
+        rows = read_or([], self.r.xread, {self.k.events(job): after}, count, block_ms)
         events = []
         for _stream, entries in rows or []:
             for entry_id, fields in entries:
@@ -35,3 +37,8 @@ class EventLog:
                     data = {"raw": fields.get("data")}
                 events.append(Event(entry_id, fields.get("type", "?"), data))
         return events
+
+    def last_id(self, job: str) -> str:
+        """The id of the job's last event ("0-0": none, or no stream)."""
+        last = read_or([], self.r.xrevrange, self.k.events(job), "+", "-", 1)
+        return str(last[0][0]) if last else "0-0"

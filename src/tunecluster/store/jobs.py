@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -21,25 +20,21 @@ from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.ids import check_job_id, is_job_id, new_job_id
 from tunecluster.store.keys import Keys, split_member
 from tunecluster.store.queue import EVENTS_MAXLEN, now_ms, ready_entries
+from tunecluster.store.records import (
+    ACTIVE_STATES,
+    DELETING,
+    FINAL_STATES,
+    JobRecord,
+    MalformedRecord,
+    hashes,
+    is_wrongtype,
+    read_hash,
+    read_or,
+    trial_rows,
+)
 
-ACTIVE_STATES = ("queued", "running", "finalizing")
-FINAL_STATES = ("completed", "failed", "cancelled")
-DELETING = "deleting"  # a final job being deleted (the hash is removed last)
-
-
-@dataclass
-class JobRecord:
-    id: str
-    name: str
-    state: str
-    spec: dict[str, Any]
-    space: dict[str, Any]
-    created: int
-    fields: dict[str, str]
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self.fields.get("cancel") == "1"
+__all__ = ["ACTIVE_STATES", "DELETING", "FINAL_STATES", "JobRecord", "JobStore",
+           "MalformedRecord"]
 
 
 class JobStore:
@@ -69,24 +64,26 @@ class JobStore:
         return job
 
     def get(self, job: str) -> JobRecord:
-        """The job's record; ``StoreError`` if there is none, or its id is not one
-        (``InvalidId``: whoever reads a record goes on to build paths from its id)."""
+        """The job's record, validated (``records.JobRecord.parse``); ``StoreError`` if
+        there is none, ``MalformedRecord`` if it does not decode, ``InvalidId`` if its id
+        is not one (whoever reads a record goes on to build paths from its id)."""
         check_job_id(job)
-        fields = self.r.hgetall(self.k.job(job))
+        fields = read_hash(self.r, self.k.job(job), f"the record of job {job!r}")
         if not fields:
             raise StoreError(f"no job {job!r}")
-        try:
-            return JobRecord(
-                id=job,
-                name=fields.get("name", job),
-                state=fields.get("state", "unknown"),
-                spec=codec.loads_object(fields.get("spec"), f"spec of job {job}"),
-                space=codec.loads_object(fields.get("space", "{}"), f"space of job {job}"),
-                created=int(fields.get("created", 0)),
-                fields=fields,
-            )
-        except ValueError as exc:
-            raise StoreError(f"job {job!r} has a malformed record: {exc}") from None
+        return JobRecord.parse(job, fields)
+
+    def quarantine(self, job: str, reason: str, fence: Fence = Fence.NONE) -> bool:
+        """Take a job whose record cannot be read out of the active set, for good: marked
+        ``failed`` with ``reason`` (its error) when its hash and event stream can take the write
+        (True), else only dropped from the active set (a key of the wrong type is left
+        for ``delete``). Either way the chief stops reading it on every round."""
+        if (self.r.type(self.k.job(job)) == "hash"
+                and self.r.type(self.k.events(job)) in ("stream", "none")):
+            self.set_state(job, "failed", fence=fence, error=reason[:2000])
+            return True
+        Writes().zrem(self.k.jobs_active, job).apply(self.r, fence)
+        return False
 
     def exists(self, job: str) -> bool:
         return bool(self.r.exists(self.k.job(job)))
@@ -188,7 +185,7 @@ class JobStore:
                                          " was freed when it ended; give the files again")
                     search["max_trials"] = target
                     spec = {**record.spec, "search": search}
-                    priority = int(record.fields.get("priority") or 0)
+                    priority = record.priority
                     pipe.multi()
                     pipe.hdel(key, "finished", "failure", "error", "cancel", "final")
                     pipe.hset(key, mapping={"state": "queued", "spec": codec.dumps(spec)})
@@ -210,8 +207,9 @@ class JobStore:
     def _file_keys(self, job: str) -> list[str]:
         """Keys of the job's uploaded files, as its record lists them."""
         try:
-            names = codec.loads(self.r.hget(self.k.job(job), "files") or "[]", "files")
-        except (StoreError, ValueError):
+            names = codec.loads(read_or(None, self.r.hget, self.k.job(job), "files")
+                                or "[]", "files")
+        except StoreError:
             names = []
         if not isinstance(names, list):
             return []
@@ -233,16 +231,19 @@ class JobStore:
         record is gone, no late report or finish can recreate it.
         """
         check_job_id(job)
-        fields = self.r.hgetall(self.k.job(job))
-        state = fields.get("state") if fields else None
-        if not fields and not self._leftovers(job):
+        kind = self.r.type(self.k.job(job))
+        if kind == "none" and not self._leftovers(job):
             raise StoreError(f"no job {job!r}")
+        try:  # a record that cannot be read is no job the chief runs: it goes at once
+            state: str | None = self.get(job).state if kind != "none" else None
+        except MalformedRecord:
+            state = "malformed"
         if state in ACTIVE_STATES:
             if not force:
                 raise StoreError(f"job {job!r} is {state}: cancel it first, or delete it"
                                  " with --force (cancels it, then deletes)")
             state = self._cancel_and_wait(job, wait_s, poll_s)
-        self._mark_deleting(job)
+        self._mark_deleting(job, malformed=state == "malformed")
         for _ in range(3):  # a racing writer could add a key: sweep again
             self._purge(job)
             if not self._leftovers(job) and not self.r.exists(self.k.job(job)):
@@ -263,18 +264,20 @@ class JobStore:
                     " cancel; the chief ends it (is a chief running?); nothing was deleted")
             time.sleep(poll_s)
 
-    def _mark_deleting(self, job: str) -> None:
-        """Hide the job (lists, active set) and mark it, unless it became active again."""
+    def _mark_deleting(self, job: str, malformed: bool = False) -> None:
+        """Hide the job (lists, active set) and mark it, unless it became active again
+        (``malformed``: its record could not be read, so no chief runs it)."""
         key = self.k.job(job)
         while True:
             with self.r.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(key)
-                    state = pipe.hget(key, "state")
-                    if state in ACTIVE_STATES:
+                    is_hash = pipe.type(key) == "hash"
+                    state = pipe.hget(key, "state") if is_hash else None
+                    if state in ACTIVE_STATES and not malformed:
                         raise StoreError(f"job {job!r} became {state} again; not deleted")
                     pipe.multi()
-                    if state is not None:  # no hash: leftovers of an interrupted delete
+                    if is_hash:  # no hash: leftovers, or a key of the wrong type
                         pipe.hset(key, "state", DELETING)
                     pipe.zrem(self.k.jobs_all, job)
                     pipe.zrem(self.k.jobs_active, job)
@@ -286,7 +289,8 @@ class JobStore:
     def _purge(self, job: str) -> None:
         """Delete the job's keys: the known ones, queue entries, then a SCAN sweep, and
         the job hash last."""
-        trials = set(self.trial_ids(job)) | set(self.r.hkeys(self.k.oracle_trials(job)))
+        trials = set(self.trial_ids(job)) | set(read_or([], self.r.hkeys,
+                                                        self.k.oracle_trials(job)))
         keys = [*self._file_keys(job), self.k.oracle(job), self.k.oracle_trials(job),
                 self.k.trials(job), self.k.events(job)]
         for trial in trials:
@@ -329,20 +333,23 @@ class JobStore:
         return bytes(data)
 
     def trial_ids(self, job: str) -> list[str]:
-        return list(self.r.zrange(self.k.trials(job), 0, -1))
+        """The job's trial ids (none when its index is not a sorted set)."""
+        return list(read_or([], self.r.zrange, self.k.trials(job), 0, -1))
 
     def trials(self, job: str) -> list[dict[str, str]]:
+        """The job's trial records (``records.trial_rows``: wrong-typed ones skipped)."""
         ids = self.trial_ids(job)
-        pipe = self.r.pipeline(transaction=False)
-        for trial in ids:
-            pipe.hgetall(self.k.trial(job, trial))
-        return [row for row in pipe.execute() if row]
+        return trial_rows(ids, hashes(self.r, [self.k.trial(job, t) for t in ids]))
 
     def trial(self, job: str, trial: str) -> dict[str, str]:
-        return self.r.hgetall(self.k.trial(job, trial))
+        return read_or({}, self.r.hgetall, self.k.trial(job, trial))
+
+    def trial_errors(self, job: str, trial: str) -> list[str]:
+        """Why each earlier attempt of the trial ended (none when the list is no list)."""
+        return list(read_or([], self.r.lrange, self.k.trial_errors(job, trial), 0, -1))
 
     def epochs(self, job: str, trial: str) -> dict[int, dict[str, float]]:
-        raw = self.r.hgetall(self.k.epochs(job, trial))
+        raw = read_or({}, self.r.hgetall, self.k.epochs(job, trial))
         out = {}
         for epoch, metrics in raw.items():
             try:
@@ -353,4 +360,10 @@ class JobStore:
 
     def oracle_state(self, job: str) -> tuple[str | None, dict[str, str]]:
         """The chief's persisted oracle: its own state and each trial's."""
-        return self.r.get(self.k.oracle(job)), self.r.hgetall(self.k.oracle_trials(job))
+        try:
+            return self.r.get(self.k.oracle(job)), self.r.hgetall(self.k.oracle_trials(job))
+        except redis.ResponseError as exc:
+            if not is_wrongtype(exc):
+                raise
+            raise MalformedRecord(f"job {job!r}'s oracle state has the wrong Redis type"
+                                  " (expected a string and a hash)") from None

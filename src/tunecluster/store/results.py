@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunecluster.errors import StoreError
 from tunecluster.store import codec
 from tunecluster.store.jobs import ACTIVE_STATES, JobStore
 from tunecluster.store.queue import gang_members
+from tunecluster.store.records import MALFORMED, MalformedRecord, int_or
 
 FIELDS = ("job", "name", "state", "objective", "best", "test", "trials", "artifacts")
+# a job's row in ``list`` and ``status`` (the Client's ``Job.status()``)
+SUMMARY_FIELDS = ("job", "name", "state", "objective", "best", "counts", "error", "waiting",
+                  "created", "finished")
 
 
 def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
     record = jobs.get(job)
-    search = record.spec.get("search", {})
-    objective = search.get("objective", {})
-    if isinstance(objective, str):
-        objective = {"name": objective}
-    name, direction = objective.get("name", "val_loss"), objective.get("direction", "min")
+    name, direction = record.objective
     rows = jobs.trials(job)
     trials = [_trial_row(row) for row in rows]
     ranked = leaderboard(trials, direction)
@@ -53,8 +54,34 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
         "waiting": (record.fields.get("waiting") or None) if record.state in ACTIVE_STATES
         else None,
         "created": record.created,
-        "finished": int(record.fields["finished"]) if record.fields.get("finished") else None,
+        "finished": record.finished,
     }
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """A job's summary row, from its results document."""
+    return {k: results.get(k) for k in SUMMARY_FIELDS}
+
+
+def job_summaries(jobs: JobStore, limit: int = 100) -> list[dict[str, Any]]:
+    """The rows of ``list`` and ``status``, newest first. A job whose record cannot be
+    read (or that the index lists without a record) is one row in state ``malformed``
+    with the reason as its error; the others are listed as usual."""
+    rows = []
+    for job in jobs.all(limit):
+        try:
+            rows.append(summarize(build_results(jobs, job)))
+        except MalformedRecord as exc:
+            rows.append(malformed_summary(job, str(exc)))
+        except StoreError as exc:
+            rows.append(malformed_summary(job, f"job {job!r} is listed but {exc}"))
+    return rows
+
+
+def malformed_summary(job: str, reason: str) -> dict[str, Any]:
+    """The summary row of a job that cannot be read: its id and why."""
+    return {**dict.fromkeys(SUMMARY_FIELDS), "job": job, "name": job, "state": MALFORMED,
+            "objective": {"name": "?", "direction": "min"}, "counts": {}, "error": reason}
 
 
 def leaderboard(trials: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
@@ -72,20 +99,27 @@ def _trial_row(row: dict[str, str]) -> dict[str, Any]:
         "hyperparameters": {k: v for k, v in values.items() if not k.startswith("tuner/")},
         "score": codec.finite_or_none(row.get("score")),
         "metrics": _json_field(row, "metrics"),
-        "best_epoch": int(row["best_epoch"]) if row.get("best_epoch", "").isdigit() else None,
-        "epochs": int(row["last_epoch"]) if row.get("last_epoch", "").isdigit() else 0,
-        "attempts": int(row.get("attempts") or 0),
+        # numbers decoded leniently: a garbled one reads as absent, not as an error
+        "best_epoch": _count(row.get("best_epoch")),
+        "epochs": _count(row.get("last_epoch")) or 0,
+        "attempts": _count(row.get("attempts")) or 0,
         "worker": row.get("worker") or None,
         # who trained it (the last attempt): a gang's members in rank order, else its worker
         "workers": _workers(row),
         "error": row.get("error") or None,
-        "resumed_from_epoch": int(row.get("resumed_from_epoch") or 0),
+        "resumed_from_epoch": _count(row.get("resumed_from_epoch")) or 0,
         "tuner": {k: v for k, v in values.items() if k.startswith("tuner/")} or None,
         "overhead": _json_field(row, "overhead") or None,
         # the attempt's model file, relative to the artifacts root (None: Ray trials and
         # older records keep it at <trial>/model.keras)
         "model": row.get("model") or None,
     }
+
+
+def _count(value: str | None) -> int | None:
+    """A count field of a trial's record; None when absent, garbled or negative."""
+    number = int_or(value, -1)
+    return number if number >= 0 else None
 
 
 def _workers(row: dict[str, str]) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ from typing import Any
 
 import redis
 
-from tunecluster.store.keys import Keys
+from tunecluster.store.keys import Keys, split_member
 from tunecluster.store.queue import server_ms
+from tunecluster.store.records import hashes, worker_info
 
 # Heartbeats are scored with Redis server time, which is what the chief compares them
 # with: a worker whose clock is skewed is still seen alive exactly as long as it beats.
@@ -46,14 +47,14 @@ class WorkerRegistry:
         pipe.delete(self.k.worker(worker))
         pipe.execute()
 
-    def live(self, lease_s: float) -> dict[str, dict[str, str]]:
-        """Workers whose heartbeat is younger than a lease, with their info."""
+    def live(self, lease_s: float) -> dict[str, dict[str, Any]]:
+        """Workers whose heartbeat is younger than a lease, with their info decoded
+        (``records.worker_info``: numbers are ints; a garbled one is flagged in
+        ``malformed`` and offers no slot). A record that is no hash is left out."""
         ids = self.r.zrangebyscore(self.k.workers, server_ms(self.r) - int(lease_s * 1000),
                                    "+inf")
-        pipe = self.r.pipeline(transaction=False)
-        for worker in ids:
-            pipe.hgetall(self.k.worker(worker))
-        return {w: info for w, info in zip(ids, pipe.execute(), strict=True) if info}
+        rows = hashes(self.r, [self.k.worker(w) for w in ids])
+        return {w: worker_info(info) for w, info in zip(ids, rows, strict=True) if info}
 
     def total_slots(self, lease_s: float) -> int:
         return self.census(lease_s)[1]
@@ -61,13 +62,18 @@ class WorkerRegistry:
     def census(self, lease_s: float) -> tuple[int, int]:
         """Live workers and the trial slots they offer together."""
         live = self.live(lease_s)
-        total = 0
-        for info in live.values():
-            try:
-                total += max(0, int(info.get("slots", "1")))
-            except ValueError:
-                total += 1
-        return len(live), total
+        return len(live), sum(info["slots"] for info in live.values())
+
+    def current_trials(self) -> dict[str, list[str]]:
+        """Worker id -> the "{job}/{trial}" members of the running trials it holds (from
+        the lease set and each trial's ``worker``; forged members are left out)."""
+        members = [m for m in self.r.zrange(self.k.leases, 0, -1) if all(split_member(m))]
+        rows = hashes(self.r, [self.k.trial(*split_member(m)) for m in members])
+        current: dict[str, list[str]] = {}
+        for m, row in zip(members, rows, strict=True):
+            if row and row.get("worker"):
+                current.setdefault(row["worker"], []).append(m)
+        return current
 
     def prune(self, lease_s: float) -> list[str]:
         """Forget workers silent for ten leases (their trials were reaped long ago)."""
