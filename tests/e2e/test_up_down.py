@@ -185,3 +185,138 @@ def test_validate_and_embedded_run_never_import_tensorflow(home: dict[str, str],
     cli_side = [p for p in probes if " validate " in f" {p['argv']} "
                 or " run " in f" {p['argv']} "]
     assert len(cli_side) == 2 and not any(p["tensorflow"] for p in cli_side), probes
+
+
+# --- the local cluster's Redis takes no command without its password ---------------------
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _unauthenticated(port: int) -> bytes:
+    """What the server at ``port`` answers a client that sends no password: the job a
+    local user would write with redis-cli (an XADD) and a plain PING."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"*5\r\n$4\r\nXADD\r\n$8\r\ntc:inbox\r\n$1\r\n*\r\n$4\r\ntype\r\n$6\r\nsubmit\r\n"
+                  b"*1\r\n$4\r\nPING\r\n")
+        reply = b""
+        while reply.count(b"\r\n") < 2:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+def _recording_redis(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A redis-server that first writes the arguments it was started with (what `ps`
+    shows until Redis retitles itself) to a file."""
+    from tunecluster.cluster import find_redis_server
+
+    argv = tmp_path / "redis-argv"
+    wrapper = tmp_path / "redis-server-recording"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {argv}\n'
+                       f'exec {find_redis_server()} "$@"\n')
+    wrapper.chmod(0o755)
+    return {"TUNECLUSTER_REDIS_SERVER": str(wrapper)}, argv
+
+
+def _assert_guarded(redis_pid: int, role_pids: list[int], port: int, password: str,
+                    argv: Path) -> None:
+    assert len(password) >= 16
+    assert argv.read_text().strip() and password not in argv.read_text()
+    reply = _unauthenticated(port)
+    assert reply.startswith(b"-NOAUTH") and reply.count(b"-NOAUTH") == 2, reply
+    # No process's command line (what `ps` shows every user) holds the password.
+    for pid in [redis_pid, *role_pids]:
+        assert _cmdline(pid), pid
+        assert password.encode() not in _cmdline(pid), (pid, _cmdline(pid))
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30)
+    assert ps.returncode == 0 and password not in ps.stdout
+    # Redis listens on loopback only.
+    assert b"127.0.0.1:" in _cmdline(redis_pid), _cmdline(redis_pid)
+
+
+def test_up_redis_requires_its_password(home: dict[str, str], tmp_path: Path) -> None:
+    """Another local user reaching the port of `up`'s Redis can run no command (its code
+    upload would run as this user); the password is in a 0600 record only, on no
+    command line; every command finds it through the record."""
+    from urllib.parse import urlsplit
+
+    extra, argv = _recording_redis(tmp_path)
+    home = {**home, **extra}
+    up = cli("up", "--workers", "1", "--artifacts", str(tmp_path / "art"), "--json", env=home)
+    assert up.returncode == 0, up.stderr
+    record = Path(home["TUNECLUSTER_CLUSTER_FILE"])
+    assert (record.stat().st_mode & 0o777) == 0o600
+    assert (record.parent.stat().st_mode & 0o077) == 0
+    state = json.loads(record.read_text())
+    url = urlsplit(state["url"])
+    assert url.hostname == "127.0.0.1" and url.password
+    _assert_guarded(state["redis_pid"], [state["chief_pid"], *state["worker_pids"]],
+                    int(url.port or 0), url.password, argv)
+
+    # The CLI and the Python API find the cluster (and its password) through the record.
+    sub = cli("submit", str(EXAMPLES / "digits.yaml"), *SMALL, env=home)
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.split()[-1]
+    shown = cli("status", job, "--json", env=home)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["job"] == job
+    status = cli("status", "--json", env=home)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["local_cluster"]["running"]["redis"] is True
+    listing = subprocess.run(
+        [sys.executable, "-c", "from tunecluster.api import Client;"
+         " print(' '.join(j.id for j in Client().jobs()))"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **home})
+    assert listing.returncode == 0, listing.stderr
+    assert job in listing.stdout.split()
+    down = cli("down", env=home, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not _alive(state["redis_pid"]) and not record.exists()
+
+
+def test_embedded_run_redis_requires_its_password(home: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    """The embedded cluster of `run` (no `up`): its Redis refuses a client without the
+    password while the job runs, and no command line shows the password."""
+    extra, recorded = _recording_redis(tmp_path)
+    home = {**home, **extra}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunecluster", "run", str(EXAMPLES / "digits.yaml"),
+         "--set", "search.max_trials=2", "--set", "train.epochs=1", "--workers", "1",
+         "--artifacts", str(tmp_path / "art"), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **home})
+    try:
+        redis_pid, deadline = None, time.monotonic() + 60
+        while redis_pid is None and time.monotonic() < deadline and proc.poll() is None:
+            redis_pid = next((p for p in _descendants(proc.pid)
+                              if b"redis-server" in _cmdline(p)), None)
+            time.sleep(0.1)
+        assert redis_pid is not None, proc.communicate(timeout=60)
+        argv = recorded.read_text().splitlines()
+        port = int(argv[argv.index("--port") + 1])
+        conf = Path(next(a for a in argv if a.endswith(".conf")))
+        assert (conf.stat().st_mode & 0o777) == 0o600
+        assert (conf.parent.stat().st_mode & 0o077) == 0
+        password = next(line.split()[1] for line in conf.read_text().splitlines()
+                        if line.startswith("requirepass "))
+        roles = [p for p in _descendants(proc.pid) if b"tunecluster" in _cmdline(p)]
+        assert roles
+        _assert_guarded(redis_pid, roles + [proc.pid], port, password, recorded)
+        out, errors = proc.communicate(timeout=240)
+        assert proc.returncode == 0, errors
+        assert json.loads(out)["state"] == "completed"
+        assert password not in errors
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

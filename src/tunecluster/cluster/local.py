@@ -1,7 +1,9 @@
 """The embedded default: a real Redis, a chief and N workers, all local processes.
 
 ``LocalCluster`` is what ``tunecluster run`` uses and what the end-to-end tests drive:
-every role is a separate OS process started with the same CLI a deployment uses.
+every role is a separate OS process started with the same CLI a deployment uses. Its
+Redis has a random password; the roles get the URL in their environment
+(``$TUNECLUSTER_REDIS_URL``), which only this user can read, not on their command lines.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from tunecluster import defaults
 from tunecluster.artifact_store import is_url
-from tunecluster.cluster.redis_server import RedisServer
+from tunecluster.cluster.redis_server import RedisServer, new_password
 
 
 class LocalCluster:
@@ -50,7 +53,8 @@ class LocalCluster:
         if self.redis_dir is not None:
             self.redis_dir.mkdir(parents=True, exist_ok=True)
         if not self._external_url:
-            self.redis = RedisServer(appendonly=self.appendonly, data_dir=self.redis_dir).start()
+            self.redis = RedisServer(appendonly=self.appendonly, data_dir=self.redis_dir,
+                                     password=new_password()).start()
         self.start_chief()
         for _ in range(self.n_workers):
             self.start_worker()
@@ -61,9 +65,10 @@ class LocalCluster:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{role}-{len(self.chiefs) + len(self.workers)}.log", "ab")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "tunecluster", role, "--redis", self.url,
-               "--artifacts", str(self.artifacts), *args]
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+        cmd = [sys.executable, "-m", "tunecluster", role, "--artifacts", str(self.artifacts),
+               *args]
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**self.env, defaults.REDIS_URL_ENV: self.url},
                                 start_new_session=True)
 
     def start_chief(self) -> subprocess.Popen[bytes]:

@@ -9,6 +9,11 @@ use its Redis when no URL is given (an explicit ``--redis`` or
 stops every process ``up`` started (their trial and evaluation processes go with them)
 and removes Redis's directory and the state file.
 
+The cluster's Redis listens on loopback with a random password (anyone who can write a
+job to it runs code as this user): the URL with the password is in the state file
+(mode 0600, in a directory made 0700) and in the roles' environment, never on a command
+line, which ``ps`` shows every local user.
+
 A state file whose processes are gone (a reboot, a kill) is stale: the first reader
 removes it and says so in one line on stderr.
 """
@@ -27,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunecluster.cluster.redis_server import RedisServer
+from tunecluster import defaults
+from tunecluster.cluster.redis_server import RedisServer, new_password, write_private
 
 STATE_ENV = "TUNECLUSTER_CLUSTER_FILE"
 STOP_GRACE_S = 10.0  # a worker releases its running trials on SIGTERM; then SIGKILL
@@ -122,20 +128,21 @@ def up(workers: int = 2, artifacts: str | Path = "artifacts", *, slots: int = 1,
         raise ClusterError(f"a local cluster is already up at {running.url} (pids"
                            f" {', '.join(map(str, running.pids))}); `tunecluster down` first")
     path = state_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = str(artifacts) if is_url(artifacts) else str(Path(artifacts).resolve())
     if not is_url(root):
         Path(root).mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="logs-", dir=path.parent))
-    redis = RedisServer(data_dir=tempfile.mkdtemp(prefix="redis-", dir=path.parent)).start()
+    redis = RedisServer(data_dir=tempfile.mkdtemp(prefix="redis-", dir=path.parent),
+                        password=new_password()).start()
     assert redis.process is not None
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {}),
+                defaults.REDIS_URL_ENV: redis.url}
 
     def spawn(log: str, role: str, *args: str) -> int:
         with open(log_dir / f"{log}.log", "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tunecluster", role, "--redis", redis.url,
-                 "--artifacts", root, *args],
+                [sys.executable, "-m", "tunecluster", role, "--artifacts", root, *args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env,
                 start_new_session=True)
         return proc.pid
@@ -145,9 +152,7 @@ def up(workers: int = 2, artifacts: str | Path = "artifacts", *, slots: int = 1,
     state = ClusterState(url=redis.url, artifacts=root, redis_pid=redis.process.pid,
                          redis_dir=str(redis.data_dir), chief_pid=chief, worker_pids=pids,
                          log_dir=str(log_dir))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(state.to_json(), indent=2))
-    os.replace(tmp, path)
+    write_private(path, json.dumps(state.to_json(), indent=2))
     return state
 
 
@@ -176,14 +181,18 @@ def process_states(state: ClusterState) -> dict[str, Any]:
 
 
 def _running(pid: int, name: str) -> bool:
-    """``pid`` runs and is what we started (its command line names ``name``), not a
-    process that reused the number; a zombie does not count."""
+    """``pid`` runs and is what we started (its command line or, for a role, which gets
+    its Redis URL there, its environment names ``name``), not a process that reused the
+    number; a zombie does not count."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
                 return False
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return name.encode() in f.read()
+            if name.encode() in f.read():
+                return True
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{defaults.REDIS_URL_ENV}={name}\0".encode() in f.read()
     except (OSError, IndexError):
         if not Path("/proc").is_dir():  # no procfs (macOS): the pid alone
             try:

@@ -1,13 +1,20 @@
 """A real Redis server started by tunecluster itself, on a free loopback port.
 
-Used by ``tunecluster run`` (the embedded default) and by the tests. The binary is
-``$TUNECLUSTER_REDIS_SERVER``, else ``redis-server`` on PATH (``make install`` puts one
-there on Debian/Ubuntu with apt).
+Used by ``tunecluster run`` (the embedded default), ``tunecluster up`` and by the tests.
+The binary is ``$TUNECLUSTER_REDIS_SERVER``, else ``redis-server`` on PATH (``make
+install`` puts one there on Debian/Ubuntu with apt).
+
+A password (``new_password()``; the local clusters always set one) reaches the server in
+a config file of mode 0600 in its data directory, never on its command line: ``ps``
+shows every local user the command lines, and anyone who can write a job to this Redis
+runs code as the cluster's user (uploaded model code). A server started again on the
+same data directory without a password given keeps the one in that file.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -16,6 +23,12 @@ import time
 from pathlib import Path
 
 CANDIDATES = ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server")
+CONF_NAME = "tunecluster-redis.conf"
+
+
+def new_password() -> str:
+    """A random password for a cluster's own Redis (URL-safe: it goes into redis:// URLs)."""
+    return secrets.token_urlsafe(24)
 
 
 def find_redis_server() -> str:
@@ -44,9 +57,9 @@ class RedisServer:
                  extra: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
-        self.password = password
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="tunecluster-redis-"))
+        self.password = password if password is not None else _stored_password(self.data_dir)
         self.extra = extra or []
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -55,13 +68,19 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    @property
+    def conf(self) -> Path:
+        return self.data_dir / CONF_NAME
+
     def start(self) -> RedisServer:
-        args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [find_redis_server()]
+        if self.password:
+            write_private(self.conf, f"requirepass {self.password}\n")
+            args.append(str(self.conf))  # redis-server takes its config file first
+        args += ["--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "everysec", "--protected-mode", "yes", *self.extra]
-        if self.password:
-            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
@@ -98,3 +117,23 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stored_password(data_dir: Path) -> str | None:
+    """The password of the server last started on ``data_dir``, if it had one."""
+    try:
+        lines = (data_dir / CONF_NAME).read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(None, 1)[1].strip() for line in lines
+                 if line.startswith("requirepass ")), None)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read, from its first byte on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
