@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import socket
 from types import SimpleNamespace
 
 import pytest
 
 from tunecluster.dashboard import importance, plots
-from tunecluster.dashboard.auth import check_bind, cookie_value
+from tunecluster.dashboard.auth import check_bind, cookie_value, is_loopback
 from tunecluster.dashboard.data import attempts, summary
 from tunecluster.store import Event
 
@@ -188,6 +189,27 @@ def test_check_bind_needs_a_real_token_off_loopback() -> None:
     with pytest.raises(ValueError, match="example"):
         check_bind("127.0.0.1", "change-me")
     assert "tok" not in cookie_value("tok" * 8) and len(cookie_value("tok" * 8)) == 64
+
+
+def test_loopback_is_decided_on_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {"localhost": ["127.0.0.1", "::1"], "evil.example": ["127.0.0.1", "203.0.113.9"]}
+
+    def resolve(host: str, *args: object, **kwargs: object) -> list[tuple]:
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "unknown")
+        return [(0, 0, 0, "", (a, 0)) for a in names[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    for host in ("127.0.0.1", "127.8.9.10", "::1", "[::1]", "::ffff:127.0.0.1", "localhost"):
+        assert is_loopback(host), host
+    for host in ("127.evil.example", "127.0.0.1.nip.io", "evil.example", "0.0.0.0", "::",
+                 "10.0.0.7", "", "[", "1.2.3.4"):
+        assert not is_loopback(host), host
+    with pytest.raises(ValueError, match="TUNECLUSTER_DASHBOARD_TOKEN"):
+        check_bind("127.evil.example", None)
+    for blank in ("", " " * 20, "\t" * 16, "x" * 15 + " " * 5):
+        with pytest.raises(ValueError, match="at least 16 characters with no spaces"):
+            check_bind("127.0.0.1", blank)
 
 
 def test_report_html_is_self_contained() -> None:

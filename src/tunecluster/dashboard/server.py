@@ -37,7 +37,8 @@ def serve(redis_url: str, host: str = "127.0.0.1", port: int = 8080, *,
     """Serve until interrupted (the token comes from ``$TUNECLUSTER_DASHBOARD_TOKEN``)."""
     import uvicorn
 
-    token = os.environ.get(TOKEN_ENV) or None
+    token = os.environ.get(TOKEN_ENV)  # set but blank is refused (check_bind), not "none"
+    check_bind(host, token)  # before the port probe below binds anything
     if port == 0:  # announce the port that will be served, not 0
         import socket
 
@@ -63,7 +64,7 @@ def start_in_background(redis_url: str, host: str = "127.0.0.1", port: int = 0, 
     ``token`` or ``$TUNECLUSTER_DASHBOARD_TOKEN`` (required off loopback)."""
     import uvicorn
 
-    token = token or os.environ.get(TOKEN_ENV) or None
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
     config = _config(redis_url, host, port, token=token, read_only=read_only,
                      open_metrics=False)
     server = uvicorn.Server(config)
