@@ -32,8 +32,11 @@ class LocalStore(ArtifactStore):
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self.path(key)
         tmp = self._temp_beside(dest)
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        finally:  # nothing half-written is left beside a write that failed
+            tmp.unlink(missing_ok=True)
 
     def get_file(self, key: str, dest: Path) -> bool:
         src = self.path(key)

@@ -8,9 +8,14 @@ store (a directory or an object store, ``artifact_store``), each write atomic.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from tunecluster.artifact_store import ArtifactStore, open_store
 from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
@@ -19,8 +24,59 @@ from tunecluster.data import load_splits
 from tunecluster.errors import ArtifactsError
 from tunecluster.spec.models import JobSpec
 from tunecluster.store import Store, codec, downloads
+from tunecluster.store.connection import retryable
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.results import build_results, leaderboard
+
+log = logging.getLogger("tunecluster.chief")
+
+# A finalize that failed on the artifacts store (or other I/O: a full disk, a bucket
+# gone) is tried this many times in all, TUNECLUSTER_FINALIZE_ATTEMPTS, 2, 4, 8, ... s
+# apart (at most a minute), then the job fails with the reason. Redis outages are not
+# counted: the chief's loop waits those out, as for every other step.
+FINALIZE_ATTEMPTS_ENV = "TUNECLUSTER_FINALIZE_ATTEMPTS"
+FINALIZE_ATTEMPTS = 5
+
+
+class FinalizeRetry:
+    """When a job's failed finalize may run again, and whether it may at all."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.not_before = 0.0
+
+    @staticmethod
+    def attempts() -> int:
+        text = os.environ.get(FINALIZE_ATTEMPTS_ENV, "").strip()
+        return max(1, int(text)) if text.isdigit() else FINALIZE_ATTEMPTS
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.not_before
+
+    def again(self, job: str, exc: BaseException) -> bool:
+        """After a failed finalize of ``job``: True (and logged) when it is retried
+        later; False when it is not (not I/O, or the attempts are spent)."""
+        if not retryable(exc):
+            return False
+        self.failed += 1
+        if self.failed >= self.attempts():
+            return False
+        delay = min(60, 2 ** self.failed)
+        self.not_before = time.monotonic() + delay
+        log.warning("finalizing job %s failed on storage or I/O, not Redis (attempt %d of"
+                    " %d; again in %ds): %s", job, self.failed, self.attempts(), delay,
+                    one_line(exc))
+        return True
+
+
+def is_redis_outage(exc: BaseException) -> bool:
+    """Redis unreachable or restarting: the chief's loop backs off and retries."""
+    return isinstance(exc, redis.RedisError) and retryable(exc)
+
+
+def one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state: str,

@@ -32,7 +32,13 @@ import redis
 
 from tunecluster import defaults
 from tunecluster.artifacts import file_resolver
-from tunecluster.chief.finalize import finalize, summarize_errors
+from tunecluster.chief.finalize import (
+    FinalizeRetry,
+    finalize,
+    is_redis_outage,
+    one_line,
+    summarize_errors,
+)
 from tunecluster.chief.oracle_host import OracleHost
 from tunecluster.errors import SpecError, StoreError
 from tunecluster.spec import parse_spec
@@ -96,6 +102,7 @@ class HostedJob:
     touched: set[str] = field(default_factory=set)
     next_trials_read: float = 0.0  # monotonic time of _finish_jobs' next read of trials
     waiting: str = ""  # why its trials cannot start, as last written to the job record
+    finalize_retry: FinalizeRetry = field(default_factory=FinalizeRetry)
 
 
 class _Resync(Exception):
@@ -604,6 +611,8 @@ class Chief:
                         self.store.queue.request_stop(job_id, row["trial"], self.fence)
             if any(row.get("state") in ("READY", "FORMING", "RUNNING") for row in trials):
                 continue
+            if not hosted.finalize_retry.due():
+                continue
             self._finalize(hosted, "cancelled" if cancel else
                            "failed" if hosted.failure else "completed")
 
@@ -621,11 +630,14 @@ class Chief:
         except LostLeadership:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
-            if retryable(exc):
+            if is_redis_outage(exc):
                 raise
+            if hosted.finalize_retry.again(hosted.id, exc):
+                return  # the job stays finalizing until then
             log.exception("finalizing %s failed", hosted.id)
-            self.store.jobs.set_state(hosted.id, "failed", fence=self.fence,
-                                      error=f"finalize failed: {exc}")
+            tries = hosted.finalize_retry.failed
+            self.store.jobs.set_state(hosted.id, "failed", fence=self.fence, error=(
+                f"finalize failed{f' {tries} times' if tries > 1 else ''}: {one_line(exc)}"))
         self.jobs.pop(hosted.id, None)
         if hosted.id in self._active:
             self._active.remove(hosted.id)
