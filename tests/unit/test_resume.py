@@ -81,3 +81,20 @@ def test_resume_on_the_cli(client: Client) -> None:
     again = runner.invoke(cli, ["resume", job.id, "--redis", client.url,
                                 "--set", "search.max_trials=4"])
     assert again.exit_code == 0 and "already queued" in again.output
+
+
+def test_resume_sends_no_file_a_forged_record_names(client: Client, tmp_path) -> None:
+    """The uploaded names a job record lists come from Redis: resume reads back only
+    data files, never a key or a password file that a forged record names."""
+    job = _finished(client)
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN PRIVATE KEY-----")
+    store = client.store
+    store.client.hset(store.keys.job(job.id), "files", f'["{secret}"]')
+    try:
+        job.resume(5)
+    except StoreError:
+        pass  # refused or not: the file must not have travelled
+    for key in store.client.scan_iter(match=f"{store.keys.p}:job:{job.id}:*"):
+        if store.client.type(key) == "string":
+            assert "PRIVATE KEY" not in (store.client.get(key) or ""), key

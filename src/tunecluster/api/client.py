@@ -221,10 +221,15 @@ class Job:
         from the same paths on this machine. Resuming an active job already at
         ``max_trials`` does nothing; ``resumed_after`` is the event id the resumed
         run's events follow (None when nothing was done)."""
+        from tunecluster.data.files import SUFFIXES
+
         record = self.record()
         given = dict(files or {})
         for name in _file_names(record.fields.get("files")):
-            if name not in given and Path(name).is_file():
+            # The names come from Redis: only data files (by their type) are read back
+            # and sent, never any file a forged record names (a key, a password file).
+            if name not in given and Path(name).suffix.lower() in SUFFIXES \
+                    and Path(name).is_file():
                 given[name] = Path(name).read_bytes()
         state, self.resumed_after = self.client.store.jobs.resume(self.id, max_trials, given)
         return state
