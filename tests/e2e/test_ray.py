@@ -48,58 +48,120 @@ NATIVE_TRIAL_KEYS = {"trial", "state", "hyperparameters", "score", "metrics", "a
                      "worker", "error"}
 
 
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """One Ray head for the module (2 CPUs), stopped by killing what we started."""
-    temp = tempfile.mkdtemp(prefix="ray-tc-", dir="/tmp")  # short: Ray's socket paths
-    port = free_port()
+# Ray 2.x on Linux replaces 127.0.0.1 with the machine's primary address (its sockets
+# then listen there) unless this is in the environment of every Ray process: the head,
+# the chief (a Ray driver) and whatever they start. Tests never talk beyond loopback.
+RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_ENV = {**RAY_AUTH, **RAY_LOOPBACK, "TF_CPP_MIN_LOG_LEVEL": "2"}
+HEAD_ATTEMPTS = 3
+HEAD_UP_S = 120.0  # each attempt: `ray start` writing its address, then a task completing
+# A trivial task on the head, from a fresh driver: the head is up when this prints ok.
+PING = "import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); " \
+       "print('ok' if ray.get(ray.remote(lambda: 1).options(num_cpus=0).remote()) == 1 " \
+       "else 'bad')"
+
+
+def _head_processes(proc: subprocess.Popen) -> list:
+    """The processes of the Ray head started as ``proc``: its session (start_new_session),
+    which every process `ray start --block` starts stays in."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == proc.pid:
+                found.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
+
+
+def _stop_head(proc: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait_s)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _start_head(temp: Path) -> tuple[subprocess.Popen, str]:
+    """`ray start --head` on loopback; returns the process and the GCS address once a
+    task has run there. Ray picks its ports (GCS, agents, metrics) itself; the two it has
+    no "any free port" for (client server, dashboard agent) are picked here, and a head
+    that exits early (one of them was taken meanwhile) is started again."""
     ray_bin = Path(sys.executable).with_name("ray")
-    cmd = [str(ray_bin), "start", "--head", "--block", "--num-cpus=2",
-           "--node-ip-address=127.0.0.1",
-           "--include-dashboard=false", "--disable-usage-stats", f"--port={port}",
-           f"--ray-client-server-port={free_port()}", f"--temp-dir={temp}",
-           f"--dashboard-agent-listen-port={free_port()}",
-           f"--dashboard-agent-grpc-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
-    log = open(Path(temp) / "ray-start.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **RAY_AUTH, "TF_CPP_MIN_LOG_LEVEL": "2",
-                                 "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
-    address = f"127.0.0.1:{port}"
+    tail = ""
+    for attempt in range(1, HEAD_ATTEMPTS + 1):
+        session = temp / f"ray{attempt}"  # short: Ray's socket paths
+        session.mkdir()
+        cmd = [str(ray_bin), "start", "--head", "--block", "--num-cpus=2",
+               "--node-ip-address=127.0.0.1", "--port=0",
+               "--include-dashboard=false", "--disable-usage-stats",
+               f"--ray-client-server-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={session}"]
+        log_path = session / "ray-start.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True,
+                                    env={**os.environ, **RAY_ENV,
+                                         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
+        address = _wait_for_head(proc, session, log_path)
+        if address:
+            return proc, address
+        _stop_head(proc)
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1] if lines else "no output"
+    pytest.fail(f"the Ray head did not start in {HEAD_ATTEMPTS} attempts; last: {tail}",
+                pytrace=False)
+
+
+def _wait_for_head(proc: subprocess.Popen, session: Path, log: Path) -> str | None:
+    """The head's GCS address once a trivial task completes there; None when `ray start`
+    exits or nothing works within HEAD_UP_S."""
+    deadline = time.monotonic() + HEAD_UP_S
+    address_file = session / "ray_current_cluster"  # written once the head has started
+    while not address_file.is_file() or not address_file.read_text().strip():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+    address = address_file.read_text().strip()
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            ping = subprocess.run([sys.executable, "-c", PING, address], capture_output=True,
+                                  text=True, timeout=max(5.0, deadline - time.monotonic()),
+                                  env={**os.environ, **RAY_ENV})
+        except subprocess.TimeoutExpired:
+            return None
+        if ping.returncode == 0 and ping.stdout.strip().endswith("ok"):
+            return address
+        time.sleep(1)
+    return None
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[tuple[subprocess.Popen, str]]:
+    """One Ray head for the module (2 CPUs, loopback only), stopped by killing what we
+    started. A head that cannot start fails every test of the module in one line."""
+    temp = Path(tempfile.mkdtemp(prefix="ray-tc-", dir="/tmp"))  # short: socket paths
     import keras_tuner  # noqa: F401 - paid while Ray starts (prepare_job needs it)
 
     try:
-        _wait_for_ray(address, proc, Path(temp) / "ray-start.log")
-        yield address
+        proc, address = _start_head(temp)
+        try:
+            yield proc, address
+        finally:
+            _stop_head(proc)
     finally:
-        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait_s)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _wait_for_ray(address: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
-    import socket
-
-    host, port = address.split(":")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection((host, int(port)), timeout=1):
-                time.sleep(2)  # the GCS listens before the raylet is up
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"Ray did not start: {log.read_text()[-2000:]}")
+@pytest.fixture(scope="module")
+def ray_address(ray_head: tuple[subprocess.Popen, str]) -> str:
+    return ray_head[1]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +170,7 @@ def ray_cluster(ray_address: str, tmp_path_factory: pytest.TempPathFactory
     """Redis + a chief that drives Ray jobs; no native worker (nothing else runs trials)."""
     base = tmp_path_factory.mktemp("ray-cluster")
     with LocalCluster(workers=0, artifacts=base / "artifacts", log_dir=base / "logs",
-                      env={**FAST_LIVENESS, **RAY_AUTH, "RAY_ADDRESS": ray_address,
-                           "TF_CPP_MIN_LOG_LEVEL": "2"}) as c:
+                      env={**FAST_LIVENESS, **RAY_ENV, "RAY_ADDRESS": ray_address}) as c:
         yield c
 
 
@@ -352,3 +413,93 @@ def test_kuberay_probe_sees_a_running_ray_head(ray_address: str) -> None:
                           "--gcs-port", str(free_port())], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1 and "GCS" in out.stderr, out.stderr
+
+
+def test_the_ray_head_listens_on_loopback_only(ray_head: tuple[subprocess.Popen, str]) -> None:
+    """Every listening socket of the head's processes (GCS, raylet, agents, client server,
+    workers) is on 127.0.0.1 or ::1: nothing of the suite's Ray is reachable from outside.
+    """
+    import ipaddress
+
+    import psutil
+
+    proc, address = ray_head
+    assert address.startswith("127.0.0.1:"), address
+    listening: dict[str, list[str]] = {}
+    for p in _head_processes(proc):
+        try:
+            conns = p.net_connections("inet")
+            name = f"{p.pid}:{p.name()}"
+        except psutil.Error:
+            continue  # gone meanwhile (a worker process)
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                listening.setdefault(name, []).append(f"{c.laddr.ip}:{c.laddr.port}")
+    assert any("gcs_server" in n for n in listening), listening
+    assert any("raylet" in n for n in listening), listening
+
+    def loopback(ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return (mapped or addr).is_loopback
+
+    outside = {n: [a for a in addrs if not loopback(a.rsplit(":", 1)[0])]
+               for n, addrs in listening.items()}
+    assert not any(outside.values()), {n: a for n, a in outside.items() if a}
+
+
+LOCAL_RAY_LISTENS = textwrap.dedent("""
+    import json, psutil
+    from tunecluster.ray.backend import connect_ray
+    assert connect_ray(None) == "local"
+    import ray
+    me = psutil.Process()
+    listening = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            for c in p.net_connections("inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    listening.setdefault(f"{p.pid}:{p.name()}", []).append(c.laddr.ip)
+        except psutil.Error:
+            pass
+    ray.shutdown()
+    print(json.dumps(listening))
+""")
+
+
+@pytest.mark.timeout(180)
+def test_a_local_ray_the_chief_starts_listens_on_loopback_only(tmp_path: Path) -> None:
+    """The on-demand Ray of a chief without RAY_ADDRESS: tunecluster itself keeps it on
+    loopback (the test's environment does not: the variable is removed here)."""
+    import ipaddress
+
+    temp = Path(tempfile.mkdtemp(prefix="ray-od-", dir="/tmp"))  # short: socket paths
+    env = {k: v for k, v in os.environ.items()
+           if k not in (*RAY_LOOPBACK, "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    try:
+        out = subprocess.run([sys.executable, "-c", LOCAL_RAY_LISTENS], capture_output=True,
+                             text=True, timeout=150,
+                             env={**env, "RAY_TMPDIR": str(temp), "TF_CPP_MIN_LOG_LEVEL": "2",
+                                  "TUNECLUSTER_RAY_NUM_CPUS": "1"})
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    listening = json.loads(out.stdout.strip().splitlines()[-1])
+    assert any("gcs_server" in n for n in listening), listening
+
+    def loopback(ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
+
+    outside = {n: [ip for ip in ips if not loopback(ip)] for n, ips in listening.items()}
+    assert not any(outside.values()), {n: ips for n, ips in outside.items() if ips}
+
+
+def test_only_a_local_ray_is_kept_on_loopback() -> None:
+    from tunecluster.ray.backend import is_local
+
+    for address in (None, "", "127.0.0.1:6379", "localhost:6379", "[::1]:6379",
+                    "ray://127.0.0.1:10001"):
+        assert is_local(address), address
+    for address in ("auto", "10.0.0.5:6379", "ray://tunecluster-ray-head-svc:10001"):
+        assert not is_local(address), address

@@ -39,6 +39,11 @@ LOCAL = "local"
 NUM_CPUS_ENV = "TUNECLUSTER_RAY_NUM_CPUS"  # CPUs of a local Ray started on demand
 MAX_CONCURRENT_ENV = "TUNECLUSTER_RAY_MAX_CONCURRENT"  # trials at once (default: fit)
 LOG_TO_DRIVER_ENV = "TUNECLUSTER_RAY_LOG_TO_DRIVER"  # 1: trial output in the chief's log
+# Ray 2.x on Linux replaces 127.0.0.1 with the machine's primary address, and its
+# sockets listen there, unless this is in the environment of every Ray process (read
+# once, when Ray is imported; the processes a local Ray starts inherit it).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 RESTART_AFTER_S = 10.0  # a chief restarts a job's Ray run at most this often
 TICK_S = 1.0  # how often the chief's hook looks for Ray jobs without a runner
 
@@ -61,9 +66,27 @@ def ray_address(spec: JobSpec) -> str | None:
     return os.environ.get("RAY_ADDRESS") or None
 
 
+def is_local(address: str | None) -> bool:
+    """Whether ``address`` is a Ray on this machine's loopback (None: one started here;
+    "auto" may be any cluster this machine belongs to)."""
+    if not address:
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host.strip("[]") in LOOPBACK_HOSTS
+
+
+def keep_ray_on_loopback(address: str | None) -> None:
+    """Before Ray is imported: a local Ray (and a driver of a loopback Ray) stays on
+    127.0.0.1. An operator's explicit setting wins; a remote cluster is left alone."""
+    if is_local(address):
+        for name, value in LOOPBACK_ENV.items():
+            os.environ.setdefault(name, value)
+
+
 def connect_ray(address: str | None) -> str:
     """Connect this process to Ray once; returns the address ("local" for on-demand)."""
     global _connected
+    keep_ray_on_loopback(address)
     try:
         import ray
     except ImportError:
