@@ -7,6 +7,7 @@ store's own worker protocol (enqueue, claim, report, finish), so nothing trains.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -22,6 +23,9 @@ import pytest
 from tunecluster.cluster import RedisServer
 from tunecluster.dashboard.server import start_in_background
 from tunecluster.store import Store
+
+from .conftest import cli
+from .test_dashboard import browser  # noqa: F401, F811 - the fixture (headless chromium)
 
 pytestmark = pytest.mark.e2e
 
@@ -202,3 +206,98 @@ def test_the_token_redirect_stays_on_this_dashboard(guarded: str, path: str,
     assert resolved.query == "state=running"
     if kept is not None:
         assert resolved.path == kept
+
+
+# Names and values a custom model may give its hyperparameters and metrics (KerasTuner
+# takes any string); plotly.js renders a subset of HTML in text, links and styles included.
+HOSTILE_NAME = '<a href="http://evil.example/">units</a><b>bold</b>'
+HOSTILE_VALUE = '<span style="font-size:61px;color:#abcdef">big</span>'
+HOSTILE_METRIC = 'val_<i>acc</i><br><a href="http://evil.example/m">m</a>'
+
+
+@pytest.fixture(scope="module")
+def hostile_job(store: Store) -> str:
+    """A job of five completed trials whose hyperparameter name, values and objective are
+    markup, recorded through the worker protocol (nothing trains)."""
+    spec = {"name": "dash-hostile", "data": {"dataset": "digits"},
+            "model": {"builtin": "mlp", "hyperparameters": {}},
+            "search": {"objective": {"name": HOSTILE_METRIC, "direction": "max"},
+                       "max_trials": 5}}
+    space = {"space": [
+        {"class_name": "Choice", "config": {"name": HOSTILE_NAME,
+                                            "values": [HOSTILE_VALUE, "plain"]}},
+        {"class_name": "Float", "config": {"name": "rate", "min_value": 0.001,
+                                           "max_value": 0.1, "sampling": "log"}}]}
+    job = store.jobs.submit("dash-hostile", json.dumps(spec), space, 0, "native")
+    for i in range(5):
+        trial = f"t{i}"
+        values = {HOSTILE_NAME: HOSTILE_VALUE if i % 2 else "plain", "rate": 0.001 * 3 ** i}
+        store.queue.enqueue(job, trial, values, 0, None)
+        claim = store.queue.claim("w-sec", 60)
+        assert claim is not None and claim.trial == trial
+        score = 0.5 + i / 10
+        for epoch in (1, 2):
+            store.queue.report_epoch(claim, "w-sec", epoch, {HOSTILE_METRIC: score,
+                                                             "loss": 1 - score})
+        assert store.queue.finish(claim, "w-sec", "COMPLETED", {
+            "score": repr(score), "metrics": {HOSTILE_METRIC: score}, "best_epoch": "2"})
+    return job
+
+
+def figure_text(fig: object) -> str:
+    return json.dumps(fig, ensure_ascii=False)
+
+
+def test_figures_carry_names_and_values_as_text(dashboard: str, hostile_job: str) -> None:
+    doc = httpx.get(f"{dashboard}/api/jobs/{hostile_job}", timeout=60).json()
+    assert set(doc["figures"]) == {"curves", "history", "parallel", "slices", "importance"}
+    trial = httpx.get(f"{dashboard}/api/jobs/{hostile_job}/trials/t1", timeout=60).json()
+    compare = httpx.get(f"{dashboard}/api/compare?jobs={hostile_job}", timeout=60).json()
+    for name, fig in [*doc["figures"].items(), ("trial", trial["figure"]),
+                      ("compare", compare["figure"])]:
+        text = figure_text(fig)
+        for markup in ("<a ", "<b>", "<i>", "<span"):
+            assert markup not in text, (name, markup)
+    assert "&lt;b&gt;bold&lt;/b&gt;" in figure_text(doc["figures"]["slices"])
+
+
+PLOTS_TEXT = ("() => [...document.querySelectorAll('.js-plotly-plot')]"
+              ".map(d => d.textContent).join(' ')")
+PLOTS_MARKUP = ("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(d =>"
+                " [...d.querySelectorAll('a, [style*=\"font-size:61\"], [style*=\"font-size: 61\"],"
+                " [style*=\"abcdef\"], [style*=\"171, 205, 239\"]')])"
+                ".map(e => e.outerHTML.slice(0, 200))")
+
+
+def check_literal(page: object, charts: int) -> None:
+    """The page's charts show the markup as text, and none of it as links or styles."""
+    page.wait_for_function(  # type: ignore[attr-defined]
+        f"() => document.querySelectorAll('.js-plotly-plot').length >= {charts}",
+        timeout=60_000)
+    assert page.evaluate(PLOTS_MARKUP) == []  # type: ignore[attr-defined]
+    text = page.evaluate(PLOTS_TEXT)  # type: ignore[attr-defined]
+    assert "<b>bold</b>" in text and "font-size:61px" in text, text[:2000]
+
+
+def test_the_browser_shows_markup_in_charts_as_text(redis_server: RedisServer, dashboard: str,
+                                                    hostile_job: str, browser: object,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 3000})  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(f"{dashboard}/jobs/{hostile_job}")
+        for chart in ("parallel", "slices", "importance"):
+            page.locator(f"#chart-{chart}").scroll_into_view_if_needed()
+            page.wait_for_selector(f"#chart-{chart}.js-plotly-plot", timeout=60_000)
+        check_literal(page, 5)
+        page.screenshot(path=str(tmp_path / "hostile-job.png"), full_page=True)
+        out = tmp_path / "report.html"
+        r = cli("report", hostile_job, "-o", str(out), "--redis", redis_server.url)
+        assert r.returncode == 0, r.stderr
+        page.goto(out.as_uri())
+        check_literal(page, 5)
+        assert errors == [], errors
+    finally:
+        context.close()

@@ -244,3 +244,25 @@ def test_reader_rebuilds_a_job_document_only_after_a_new_event(store) -> None:  
     again = reader.job(job)
     assert reader.builds == 2 and again["state"] == "running"
     assert again["summary"]["total"] == 2 and again["figures"]["curves"]["data"] == []
+
+
+def test_every_figure_escapes_the_jobs_strings() -> None:
+    """plotly.js renders links and styles from text: names and values reach it escaped."""
+    name, value, metric = '<a href="http://x/">n</a>', "<b>v</b>", "<i>m</i>"
+    rows = [trial(f"{i:02d}", "COMPLETED", 0.1 * i, **{name: value if i % 2 else "p",
+                                                       "lr": 10.0 ** -i})
+            for i in range(1, 7)]
+    doc = {**results(rows, best="06"), "objective": {"name": metric, "direction": "max"}}
+    space = plots.space_info({"space": [{"class_name": "Choice", "config": {
+        "name": name, "values": [value, "p"]}}]})
+    histories = {t["trial"]: {1: {metric: t["score"], "<s>loss</s>": 1.0}} for t in rows}
+    figures = [*plots.job_figures(doc, histories, space, {"importances": {name: 1.0},
+                                                          "n_trials": 6}).values(),
+               plots.trial_metrics("01", histories["01"]), plots.compare_histories([doc]),
+               plots.empty(metric, value)]
+    for fig in figures:
+        text = json.dumps(fig)
+        for markup in ("<a ", "<b>", "<i>", "<s>"):
+            assert markup not in text, (markup, text[:300])
+    slices = json.dumps(plots.slice_plots(doc, space))
+    assert "&lt;b&gt;v&lt;/b&gt;" in slices and "&lt;a href=" in slices

@@ -5,10 +5,16 @@ per-trial epoch histories (``{trial: {epoch: {metric: value}}}``) and the search
 (``space_info``); out, plain dicts ``{"data": [...], "layout": {...}}`` that plotly.js
 draws as they are (``Plotly.newPlot(div, fig.data, fig.layout)``). No plotly Python
 import, no I/O: the same figures go to the live page and to the offline report.
+
+Every string that comes from a job (hyperparameter names and values, metric and
+objective names, job names, trial ids) goes through ``text`` before it reaches a figure:
+plotly.js renders a subset of HTML in titles, labels, ticks, legends and hover text
+(links, styles), and a custom model may name its hyperparameters and metrics anything.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +34,12 @@ BASE_LAYOUT: dict[str, Any] = {
     "hovermode": "closest",
     "showlegend": False,
 }
+
+
+def text(value: Any) -> str:
+    """``value`` as plotly shows it literally: ``<``, ``>`` and ``&`` as entities (plotly
+    decodes those back for display; it parses no tag from them)."""
+    return html.escape(str(value), quote=False)
 
 
 def space_info(space: Mapping[str, Any] | None,
@@ -94,14 +106,15 @@ def _best_trial(results: Mapping[str, Any]) -> str | None:
 
 
 def _layout(title: str, **extra: Any) -> dict[str, Any]:
-    return {**BASE_LAYOUT, "title": {"text": title, "font": {"size": 14}}, **extra}
+    """The layout titled ``title`` (escaped here: titles hold names, never markup)."""
+    return {**BASE_LAYOUT, "title": {"text": text(title), "font": {"size": 14}}, **extra}
 
 
 def empty(title: str, reason: str, height: int = 220) -> Figure:
     """A figure with no trace that says why (no empty axes)."""
     return {"data": [], "layout": _layout(
         title, height=height, xaxis={"visible": False}, yaxis={"visible": False},
-        annotations=[{"text": reason, "showarrow": False, "xref": "paper", "yref": "paper",
+        annotations=[{"text": text(reason), "showarrow": False, "xref": "paper", "yref": "paper",
                       "x": 0.5, "y": 0.5, "font": {"color": "#777"}}])}
 
 
@@ -125,14 +138,14 @@ def learning_curves(results: Mapping[str, Any], histories: Histories,
         ended = state in ENDED_EARLY
         is_best = tid == best
         trace: dict[str, Any] = {
-            "type": "scatter", "mode": "lines+markers", "name": tid,
+            "type": "scatter", "mode": "lines+markers", "name": text(tid),
             "x": [e for e, _ in points], "y": [v for _, v in points],
             "line": {"width": 4 if is_best else 1.5,
                      "color": BEST_COLOR if is_best else FAILED_COLOR if ended else LINE_COLOR,
                      "dash": "dash" if ended else "solid"},
             "marker": {"size": 4},
-            "hovertemplate": f"trial {tid} ({state})<br>epoch %{{x}}<br>{metric} %{{y:.4g}}"
-                             "<extra></extra>",
+            "hovertemplate": f"trial {text(tid)} ({text(state)})<br>epoch %{{x}}<br>"
+                             f"{text(metric)} %{{y:.4g}}<extra></extra>",
             "meta": {"trial": tid, "state": state, "best": is_best},
         }
         if ended and points:
@@ -147,7 +160,7 @@ def learning_curves(results: Mapping[str, Any], histories: Histories,
     return {"data": data, "layout": _layout(
         f"Learning curves: {metric} per epoch",
         xaxis={"title": {"text": "epoch"}, "dtick": 1},
-        yaxis={"title": {"text": metric}})}
+        yaxis={"title": {"text": text(metric)}})}
 
 
 def optimization_history(results: Mapping[str, Any]) -> Figure:
@@ -160,7 +173,7 @@ def optimization_history(results: Mapping[str, Any]) -> Figure:
         if trial.get("state") == "COMPLETED" and score is not None:
             xs.append(index)
             ys.append(score)
-            labels.append(trial.get("trial"))
+            labels.append(text(trial.get("trial")))
     if not xs:
         return empty(f"Optimization history ({name}, {direction})", "no completed trial yet")
     running: list[float] = []
@@ -172,7 +185,7 @@ def optimization_history(results: Mapping[str, Any]) -> Figure:
     data = [
         {"type": "scatter", "mode": "markers", "name": "score", "x": xs, "y": ys,
          "text": labels, "marker": {"size": 8, "color": "#1f77b4"},
-         "hovertemplate": "trial %{text}<br>" + name + " %{y:.4g}<extra></extra>"},
+         "hovertemplate": "trial %{text}<br>" + text(name) + " %{y:.4g}<extra></extra>"},
         {"type": "scatter", "mode": "lines", "name": "best so far", "x": xs, "y": running,
          "line": {"shape": "hv", "color": BEST_COLOR, "width": 2},
          "hovertemplate": "best so far %{y:.4g}<extra></extra>"},
@@ -181,7 +194,7 @@ def optimization_history(results: Mapping[str, Any]) -> Figure:
         f"Optimization history ({name}, {direction})", showlegend=True,
         legend={"orientation": "h", "y": -0.2},
         xaxis={"title": {"text": "trial (in order of creation)"}},
-        yaxis={"title": {"text": name}})}
+        yaxis={"title": {"text": text(name)}})}
 
 
 def _completed(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -223,27 +236,27 @@ def parallel_coordinates(results: Mapping[str, Any],
         raw = [t.get("hyperparameters", {}).get(hp) for t in trials]
         if is_categorical(trials, hp, info):
             cats = _categories(trials, hp, info)
-            dims.append({"label": hp, "values": [cats.index(v) if v in cats else None
-                                                  for v in raw],
+            dims.append({"label": text(hp), "values": [cats.index(v) if v in cats else None
+                                                        for v in raw],
                          "tickvals": list(range(len(cats))),
-                         "ticktext": [str(c) for c in cats]})
+                         "ticktext": [text(c) for c in cats]})
             continue
         nums = [_number(v) for v in raw]
         if info.get("log") and all(v is None or v > 0 for v in nums):
             logs = [math.log10(v) if v else None for v in nums]
             present = [v for v in logs if v is not None]
             ticks = _log_ticks(min(present), max(present)) if present else []
-            dims.append({"label": f"{hp} (log)", "values": logs,
+            dims.append({"label": text(f"{hp} (log)"), "values": logs,
                          "tickvals": [math.log10(t) for t in ticks],
                          "ticktext": [f"{t:g}" for t in ticks]})
         else:
-            dims.append({"label": hp, "values": nums})
+            dims.append({"label": text(hp), "values": nums})
     scores = [_number(t.get("score")) for t in trials]
-    dims.append({"label": name, "values": scores})
+    dims.append({"label": text(name), "values": scores})
     data = [{"type": "parcoords", "dimensions": dims,
              "line": {"color": scores, "colorscale": "Viridis",
                       "reversescale": direction == "min", "showscale": True,
-                      "colorbar": {"title": {"text": name}}}}]
+                      "colorbar": {"title": {"text": text(name)}}}}]
     layout = _layout("Parallel coordinates (completed trials)", height=400,
                      margin={"l": 70, "r": 70, "t": 110, "b": 30})
     layout["title"]["y"] = 0.97  # above the axis labels, which plotly puts at the top
@@ -287,25 +300,25 @@ def slice_plots(results: Mapping[str, Any], space: Mapping[str, Mapping[str, Any
         info = space.get(hp, {})
         xs = [t.get("hyperparameters", {}).get(hp) for t in trials]
         axis: dict[str, Any] = {"domain": [x0, x0 + width], "anchor": f"y{suffix}",
-                                "title": {"text": hp, "standoff": 2}}
+                                "title": {"text": text(hp), "standoff": 2}}
         if is_categorical(trials, hp, info):
             axis["type"] = "category"
             axis["categoryorder"] = "array"
-            axis["categoryarray"] = [str(c) for c in _categories(trials, hp, info)]
-            xs = [str(v) for v in xs]
+            axis["categoryarray"] = [text(c) for c in _categories(trials, hp, info)]
+            xs = [text(v) for v in xs]
         elif info.get("log"):
             axis["type"] = "log"
         layout[f"xaxis{suffix}"] = axis
         layout[f"yaxis{suffix}"] = {"domain": [max(0.0, y1 - height), y1],
                                     "anchor": f"x{suffix}",
-                                    "title": {"text": name if col == 0 else ""}}
-        data.append({"type": "scatter", "mode": "markers", "name": hp, "x": xs,
+                                    "title": {"text": text(name) if col == 0 else ""}}
+        data.append({"type": "scatter", "mode": "markers", "name": text(hp), "x": xs,
                      "y": [_number(t.get("score")) for t in trials],
-                     "text": [t.get("trial") for t in trials],
+                     "text": [text(t.get("trial")) for t in trials],
                      "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
                      "marker": {"size": 7, "color": "#1f77b4", "opacity": 0.8},
-                     "hovertemplate": "trial %{text}<br>" + hp + " %{x}<br>" + name
-                                      + " %{y:.4g}<extra></extra>"})
+                     "hovertemplate": "trial %{text}<br>" + text(hp) + " %{x}<br>"
+                                      + text(name) + " %{y:.4g}<extra></extra>"})
     return {"data": data, "layout": layout}
 
 
@@ -317,7 +330,7 @@ def importance_bars(importance: Mapping[str, Any] | None) -> Figure:
                      (importance or {}).get("reason", "not computed"), height=200)
     items = sorted(importance["importances"].items(), key=lambda kv: kv[1])
     data = [{"type": "bar", "orientation": "h", "x": [v for _, v in items],
-             "y": [k for k, _ in items], "marker": {"color": "#1f77b4"},
+             "y": [text(k) for k, _ in items], "marker": {"color": "#1f77b4"},
              "hovertemplate": "%{y}: %{x:.3f}<extra></extra>"}]
     return {"data": data, "layout": _layout(
         f"Hyperparameter importance ({importance.get('method_short', 'permutation')},"
@@ -337,7 +350,7 @@ def trial_metrics(trial: str, history: Mapping[int, Mapping[str, Any]]) -> Figur
     epochs = sorted(int(e) for e in history)
     for key in names:
         lossy = "loss" in key or key.endswith(("mae", "mse", "rmse"))
-        data.append({"type": "scatter", "mode": "lines+markers", "name": key,
+        data.append({"type": "scatter", "mode": "lines+markers", "name": text(key),
                      "x": epochs,
                      "y": [_number(history[e].get(key)) for e in epochs],
                      "yaxis": "y" if lossy else "y2"})
@@ -357,7 +370,7 @@ def compare_histories(jobs: list[Mapping[str, Any]]) -> Figure:
         name, direction = _objective(results)
         best = optimization_history(results)["data"][1]
         data.append({"type": "scatter", "mode": "lines+markers",
-                     "name": f"{results.get('name')} ({results.get('job')}): {name}",
+                     "name": text(f"{results.get('name')} ({results.get('job')}): {name}"),
                      "x": best["x"], "y": best["y"], "line": {"shape": "hv"},
                      "meta": {"job": results.get("job"), "direction": direction}})
     return {"data": data, "layout": _layout(

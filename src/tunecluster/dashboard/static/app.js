@@ -277,7 +277,8 @@ async function viewJob() {
     if (!div.data || offscreen.has(div)) { soon(); return; }
     const xs = [], ys = [], indices = [];
     for (const [trial, epoch, value] of batch) {
-      const index = div.data.findIndex((t) => t.name === trial);  // the order may change
+      // by the raw id in meta (the name is escaped for display); the order may change
+      const index = div.data.findIndex((t) => (t.meta && t.meta.trial) === trial);
       if (index < 0) { soon(); continue; }
       const at = indices.indexOf(index);
       if (at < 0) { indices.push(index); xs.push([epoch]); ys.push([value]); }
