@@ -117,6 +117,14 @@ ENV VIRTUAL_ENV=/opt/venv \
 USER 10001:10001
 WORKDIR /home/tunecluster
 
+# No health check in the image, on purpose: the one image runs every role (chief, worker,
+# dashboard, Ray head and workers, one-off CLI commands), each healthy in its own way, and
+# a check built in would report one-off commands as unhealthy. The orchestrators probe
+# each role instead: docker-compose.yml's healthcheck per service (`tunecluster health
+# --role chief|worker`, the dashboard's /healthz) and the probes in k8s/ (Kubernetes
+# ignores HEALTHCHECK). `docker run` users: --health-cmd "tunecluster health --role worker".
+HEALTHCHECK NONE
+
 # docker run IMAGE chief | worker | submit - | health --role worker | ...
 # dumb-init is PID 1: SIGTERM reaches tunecluster before it has installed its handlers.
 ENTRYPOINT ["/opt/venv/bin/dumb-init", "--", "tunecluster"]

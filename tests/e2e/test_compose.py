@@ -172,6 +172,32 @@ def test_stack_is_up_with_a_chief_and_two_workers(stack: Stack) -> None:
     assert out.split() == ["10001", "10001", "dumb-init", "1", "0"], out
 
 
+def test_containers_run_hardened(stack: Stack) -> None:
+    """docker-compose.yml's hardening, as the engine applied it: no capabilities, no
+    privilege gain, a read-only root with a writable /tmp tmpfs, a memory limit; and the
+    roles still work that way (the stack is healthy, the jobs below complete)."""
+    ids = stack.compose("ps", "-q").stdout.split()
+    assert len(ids) == 4
+    inspected = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True,
+                                          text=True, check=True, timeout=60).stdout)
+    for c in inspected:
+        name, host = c["Name"], c["HostConfig"]
+        assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd"), name
+        assert "no-new-privileges:true" in host["SecurityOpt"], name
+        assert host["ReadonlyRootfs"] is True, name
+        assert "/tmp" in host["Tmpfs"], name
+        assert host["Memory"] > 0, name
+    for service in ("chief", "worker", "redis"):
+        out = stack.compose(
+            "exec", "-T", service, "sh", "-c",
+            "grep -E '^(CapEff|NoNewPrivs):' /proc/self/status | tr -s ' \t' ' ';"
+            " touch /root-is-writable 2>/dev/null && echo root-writable;"
+            " touch /tmp/ok && echo tmp-writable").stdout
+        lines = [ln.strip() for ln in out.splitlines()]
+        assert lines == ["CapEff: 0000000000000000", "NoNewPrivs: 1", "tmp-writable"], \
+            (service, out)
+
+
 def test_the_dashboard_service_serves_the_stack_behind_its_token(stack: Stack) -> None:
     """`docker compose --profile dashboard up -d dashboard`, as the README shows: the
     port is published on the host's loopback, every request needs the .env token, the

@@ -1150,3 +1150,181 @@ def test_the_project_names_no_package_registry_or_mirror_host() -> None:
             found += [f"{path.relative_to(ROOT)}: {host}" for host in REGISTRY_HOSTS
                       if host in text]
     assert not found, found
+
+
+# --- hardening (issue 10, point 10) ------------------------------------------------------
+
+# Every compose service, and what its mem_limit must equal: the k8s limit of the same role.
+COMPOSE_MEMORY = {"chief": ("overlays/cpu", "tunecluster-chief"),
+                  "worker": ("overlays/cpu", "tunecluster-worker"),
+                  "worker-gpu": ("overlays/gpu", "tunecluster-worker"),
+                  "dashboard": ("overlays/cpu", "tunecluster-dashboard"),
+                  "redis": ("overlays/cpu", "redis"), "cli": ("overlays/cpu", "tunecluster-chief")}
+
+
+def test_dockerfile_leaves_health_to_the_orchestrators_and_says_why() -> None:
+    final = stages(dockerfile())[-1]
+    (check,) = re.findall(r"(?m)^HEALTHCHECK\s+(.+)$", final)
+    assert check.strip() == "NONE"
+    comment = final[:final.index("HEALTHCHECK NONE")].rsplit("\n\n", 1)[-1]
+    assert "docker-compose.yml" in comment and "k8s/" in comment and "probe" in comment
+
+
+def test_compose_hardening_covers_every_service() -> None:
+    assert set(compose_config()["services"]) == set(COMPOSE_MEMORY)
+
+
+@pytest.mark.parametrize("service", sorted(COMPOSE_MEMORY))
+def test_compose_service_drops_capabilities_privileges_and_writes_only_where_it_must(
+        service: str) -> None:
+    svc = compose_config()["services"][service]
+    assert svc["cap_drop"] == ["ALL"] and not svc.get("cap_add"), service
+    assert "no-new-privileges:true" in svc["security_opt"], service
+    assert not svc.get("privileged") and svc.get("network_mode") != "host", service
+    assert svc["read_only"] is True, service
+    # What must be written: volumes, and a size-bounded tmpfs on /tmp (KERAS_HOME there).
+    tmpfs = {t.split(":", 1)[0]: t.split(":", 1)[1] for t in svc["tmpfs"]}
+    assert set(tmpfs) == {"/tmp"}, tmpfs
+    options = dict(o.split("=", 1) for o in tmpfs["/tmp"].split(","))
+    assert options["mode"] == "1777", options
+    if service != "redis":
+        assert svc["environment"]["KERAS_HOME"].startswith("/tmp/"), service
+        assert svc.get("user") is None, "the image's non-root user (10001)"
+    else:
+        # The image's own user from the start: its entrypoint would switch users as root,
+        # which needs the capabilities dropped here.
+        assert svc["user"] == "redis"
+        assert {v["target"] for v in svc["volumes"]} == {"/data"}
+    # tmpfs pages count against the container's memory: the limit holds the /tmp tmpfs.
+    limit = int(svc["mem_limit"])
+    assert quantity(options["size"]) < limit, (options, limit)
+
+
+@pytest.mark.parametrize("service", sorted(COMPOSE_MEMORY))
+def test_compose_memory_limits_match_the_kubernetes_limits(service: str) -> None:
+    overlay, workload = COMPOSE_MEMORY[service]
+    kinds = {"redis": "StatefulSet"}
+    doc = get(overlay, kinds.get(workload, "Deployment"), workload)
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    limit = int(compose_config()["services"][service]["mem_limit"])
+    assert limit == quantity(container["resources"]["limits"]["memory"]), service
+    if service in MIN_MEMORY_MI:
+        assert limit >= 2 * MIN_MEMORY_MI[service] * 2**20
+
+
+# Pods without a CPU limit, on purpose: the reason is in their manifest and the docs.
+NO_CPU_LIMIT = {"tunecluster-chief": "chief.yaml", "tunecluster-worker": "worker.yaml",
+                "redis": "redis.yaml"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_a_memory_limit_and_a_cpu_limit_or_a_documented_reason(
+        overlay: str) -> None:
+    docs = deploy_docs()
+    for name, c in containers(overlay).items():
+        limits = c["resources"]["limits"]
+        assert quantity(limits["memory"]) > 0, name
+        pod = name.split("/", 1)[0]
+        if "cpu" in limits:
+            assert quantity(limits["cpu"]) >= quantity(c["resources"]["requests"]["cpu"]), name
+            continue
+        assert pod in NO_CPU_LIMIT, f"{name}: no CPU limit and no documented reason"
+        text = (ROOT / "k8s" / "base" / NO_CPU_LIMIT[pod]).read_text()
+        assert "No CPU limit, on purpose" in text and 'docs/deploy.md, "CPU limits"' in text
+    assert "### CPU limits" in docs and "throttl" in docs
+    # The dashboard takes requests from outside: bounded.
+    (dash,) = get(overlay, "Deployment", "tunecluster-dashboard")["spec"]["template"][
+        "spec"]["containers"]
+    assert "cpu" in dash["resources"]["limits"]
+
+
+def _selects(policy: dict[str, Any], template: dict[str, Any]) -> bool:
+    """Whether a NetworkPolicy's podSelector selects a pod template (labels only)."""
+    selector = policy["spec"]["podSelector"]
+    labels = template["metadata"].get("labels", {})
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", expr
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def _peer(overlay: str, peer: dict[str, Any]) -> str:
+    """What an egress peer is: redis, dns, worker, ray, public (an ipBlock of public
+    addresses), else a failure."""
+    templates = pod_specs(overlay)
+    if set(peer) == {"podSelector"}:
+        sel = peer["podSelector"]["matchLabels"]
+        hits = sorted(n.split("/")[0] for n, t in templates.items()
+                      if sel.items() <= t["metadata"].get("labels", {}).items())
+        named = {"redis": "redis", "tunecluster-worker": "worker", "tunecluster-ray": "ray"}
+        kinds = {named[h] for h in hits}
+        assert len(kinds) == 1, (peer, hits)
+        return kinds.pop()
+    if set(peer) == {"namespaceSelector", "podSelector"}:
+        assert peer["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": "kube-system"}, peer
+        assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}, peer
+        return "dns"
+    if set(peer) == {"ipBlock"}:
+        block = peer["ipBlock"]
+        private = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+        assert private <= set(block.get("except", [])), block
+        return "public"
+    raise AssertionError(f"unexpected egress peer {peer}")
+
+
+# What each role may reach (peer: ports), per overlay; nothing else.
+def _expected_egress(overlay: str, role: str) -> dict[str, set[tuple[str, int, int]]]:
+    redis, dns = {("TCP", 6379, 6379)}, {("UDP", 53, 53), ("TCP", 53, 53)}
+    out = {"redis": redis, "dns": dns}
+    if role == "worker":
+        out["worker"] = {("TCP", 29500, 29599)}
+    if overlay == "overlays/s3" and role in ("chief", "worker"):
+        out["public"] = {("TCP", 443, 443)}
+    if overlay == "ray" and role == "chief":
+        out["ray"] = {("TCP", 10001, 10001)}
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("role", ["chief", "dashboard", "worker"])
+def test_networkpolicies_restrict_the_roles_to_redis_dns_and_what_the_overlay_needs(
+        overlay: str, role: str) -> None:
+    template = get(overlay, "Deployment", f"tunecluster-{role}")["spec"]["template"]
+    selecting = [d for (kind, _), d in manifests(overlay).items()
+                 if kind == "NetworkPolicy" and _selects(d, template)]
+    types = {t for d in selecting for t in d["spec"]["policyTypes"]}
+    assert types == {"Ingress", "Egress"}, (role, [d["metadata"]["name"] for d in selecting])
+    egress: dict[str, set[tuple[str, int, int]]] = {}
+    ingress = []
+    for doc in selecting:
+        for rule in doc["spec"].get("egress", []):
+            # a rule without `to` or `ports` would allow every destination or port
+            assert rule.get("to") and rule.get("ports"), (doc["metadata"]["name"], rule)
+            for peer in rule["to"]:
+                kind = _peer(overlay, peer)
+                egress.setdefault(kind, set()).update(
+                    (p["protocol"], p["port"], p.get("endPort", p["port"]))
+                    for p in rule["ports"])
+        ingress += doc["spec"].get("ingress", [])
+    assert egress == _expected_egress(overlay, role), role
+    if role == "chief":
+        assert ingress == [], "nothing connects to the chief"
+    elif role == "dashboard":
+        (rule,) = ingress
+        port = get(overlay, "Service", "tunecluster-dashboard")["spec"]["ports"][0]["port"]
+        assert rule == {"ports": [{"protocol": "TCP", "port": port}]}, rule
+    else:
+        (rule,) = ingress  # worker-gang: workers on the gang ports (test_deploy_gang.py)
+        assert rule["ports"] == [{"protocol": "TCP", "port": 29500, "endPort": 29599}]
+
+
+def test_deploy_docs_describe_the_hardening() -> None:
+    text = deploy_docs()
+    for needle in ("cap_drop", "no-new-privileges", "read_only", "tmpfs", "mem_limit",
+                   "NetworkPolic", "kube-dns", "HEALTHCHECK", "s3-egress.yaml",
+                   "### CPU limits"):
+        assert needle in text, needle

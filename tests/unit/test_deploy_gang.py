@@ -85,12 +85,17 @@ def test_worker_pods_advertise_their_pod_ip_and_declare_the_gang_ports(overlay: 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_networkpolicy_admits_workers_to_workers_on_the_gang_ports_only(overlay: str) -> None:
     found = policies(overlay)
-    expected = {"redis-clients", "worker-gang"} | ({"ray-clients"} if overlay == "ray" else set())
+    # The roles' egress policies (test_deploy.py checks them), the overlays' additions.
+    expected = ({"redis-clients", "worker-gang", "tunecluster-chief", "tunecluster-dashboard",
+                 "tunecluster-worker"}
+                | ({"ray-clients", "chief-to-ray"} if overlay == "ray" else set())
+                | ({"s3-endpoint"} if overlay == "overlays/s3" else set()))
     assert set(found) == expected, "no other NetworkPolicy appears or goes"
     templates = pod_specs(overlay)
     worker = worker_template(overlay)
-    # The policies that select the worker pods: this one alone.
-    selecting = [n for n, p in found.items() if matches(p["podSelector"]["matchLabels"], worker)]
+    # The policies that restrict what reaches the worker pods: this one alone.
+    selecting = [n for n, p in found.items() if matches(p["podSelector"]["matchLabels"], worker)
+                 and "Ingress" in p["policyTypes"]]
     assert selecting == ["worker-gang"]
     policy = found["worker-gang"]
     assert policy["policyTypes"] == ["Ingress"]
