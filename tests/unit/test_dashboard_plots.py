@@ -7,7 +7,6 @@ import json
 import math
 import random
 import socket
-from types import SimpleNamespace
 
 import pytest
 
@@ -153,8 +152,11 @@ def test_summary_progress_elapsed_and_time_left() -> None:
                       trial("3", "RUNNING", None)]),
            "counts": {"COMPLETED": 1, "FAILED": 1, "RUNNING": 1}, "created": 1_000,
            "finished": None, "scheduler": "native", "error": None}
-    record = SimpleNamespace(spec={"search": {"max_trials": 6}}, created=1_000,
-                             fields={"started": "1000", "priority": "3"})
+    from tunecluster.store.records import JobRecord
+
+    record = JobRecord.parse("j", {"state": "running", "created": "1000", "started": "1000",
+                                   "priority": "3",
+                                   "spec": '{"search": {"max_trials": 6}}'})
     row = summary(doc, record, now_ms=61_000)
     assert (row["done"], row["total"], row["elapsed_s"]) == (2, 6, 60.0)
     assert row["eta_s"] == 120.0, "30 s per ended trial, 4 left"

@@ -41,10 +41,11 @@ from tunecluster.chief.finalize import (
 )
 from tunecluster.chief.oracle_host import OracleHost
 from tunecluster.errors import SpecError, StoreError
+from tunecluster.shutdown import kill_children, on_stop_signal
 from tunecluster.spec import parse_spec
 from tunecluster.spec.models import JobSpec
 from tunecluster.store import Store, codec, telemetry
-from tunecluster.store.connection import Backoff, retryable
+from tunecluster.store.connection import Backoff, for_role, retryable, stop_retrying
 from tunecluster.store.fence import Fence, LostLeadership, StaleState, Writes
 from tunecluster.store.keys import CHIEF_GROUP
 from tunecluster.store.queue import server_ms
@@ -154,6 +155,10 @@ class Chief:
     def run(self) -> None:
         from tunecluster.chief.keras_free import import_keras_tuner
 
+        if threading.current_thread() is threading.main_thread():
+            on_stop_signal("chief", self._stop_now, before_exit=kill_children)
+        for_role(self.store.client, longest_block_s=self.tick_s)
+
         # Once at start, not on the first submit: KerasTuner's own oracles, with Keras
         # (and so TensorFlow) stood in for, as they never call it (keras_free.py).
         import_keras_tuner()
@@ -161,7 +166,7 @@ class Chief:
 
         evaluator().start()  # the test-split scoring, warming up in a child process
 
-        backoff = Backoff()
+        backoff = Backoff(stop=self.stop_event)
         log.info("chief %s starting", self.id)
         keeper = threading.Thread(target=self._keep_lock, daemon=True, name="chief-lock")
         keeper.start()
@@ -249,6 +254,12 @@ class Chief:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _stop_now(self) -> None:
+        """SIGTERM/SIGINT: stop, and retry no Redis call that fails from now on (an
+        outage is not waited out; ``shutdown.STOP_S`` bounds the rest)."""
+        self.stop()
+        stop_retrying(self.store.client)
 
     # --- leadership --------------------------------------------------------------------
 
@@ -479,6 +490,10 @@ class Chief:
                     self.store.client, self.fence)
             return None
         if record.state not in ("queued", "running", "finalizing"):
+            # Every state change to a final state leaves the active set in the same
+            # write: one still there is foreign; not read again on every round.
+            Writes().zrem(self.store.keys.jobs_active, job_id).apply(
+                self.store.client, self.fence)
             return None
         try:
             spec = parse_spec(record.spec)

@@ -24,7 +24,7 @@ from tunecluster.dashboard import plots
 from tunecluster.dashboard.importance import hyperparameter_importance
 from tunecluster.errors import StoreError
 from tunecluster.store import FINAL_STATES, Store
-from tunecluster.store.records import MalformedRecord
+from tunecluster.store.records import MalformedRecord, read_or
 from tunecluster.store.results import build_results
 from tunecluster.store.results import malformed_summary as malformed_row
 
@@ -180,7 +180,8 @@ class Reader:
         from tunecluster.artifacts import BEST_MODEL
         from tunecluster.store import downloads
 
-        meta = downloads.index(self.store, job).get(BEST_MODEL) or {}
+        # a downloads key of the wrong type (foreign data): no downloads, not a 5xx
+        meta = read_or({}, downloads.index, self.store, job).get(BEST_MODEL) or {}
         if meta.get("published"):
             model = {"available": True, "size": meta.get("size")}
         elif meta:

@@ -368,7 +368,9 @@ def compare_histories(jobs: list[Mapping[str, Any]]) -> Figure:
     data = []
     for results in jobs:
         name, direction = _objective(results)
-        best = optimization_history(results)["data"][1]
+        series = optimization_history(results)["data"]
+        # no completed trial yet: an empty line (its figure is a placeholder, no series)
+        best = series[1] if len(series) > 1 else {"x": [], "y": []}
         data.append({"type": "scatter", "mode": "lines+markers",
                      "name": text(f"{results.get('name')} ({results.get('job')}): {name}"),
                      "x": best["x"], "y": best["y"], "line": {"shape": "hv"},

@@ -74,16 +74,21 @@ class JobStore:
         return JobRecord.parse(job, fields)
 
     def quarantine(self, job: str, reason: str, fence: Fence = Fence.NONE) -> bool:
-        """Take a job whose record cannot be read out of the active set, for good: marked
-        ``failed`` with ``reason`` (its error) when its hash and event stream can take the write
-        (True), else only dropped from the active set (a key of the wrong type is left
-        for ``delete``). Either way the chief stops reading it on every round."""
-        if (self.r.type(self.k.job(job)) == "hash"
-                and self.r.type(self.k.events(job)) in ("stream", "none")):
+        """Take a job whose record cannot be read (or run) out of the active set, for
+        good: marked ``failed`` with ``reason`` (its error) when its key is a hash (True;
+        with a ``job_state`` event unless its stream has the wrong type), else only
+        dropped from the active set (a key of the wrong type is left for ``delete``).
+        Either way the chief stops reading it on every round."""
+        if self.r.type(self.k.job(job)) != "hash":
+            Writes().zrem(self.k.jobs_active, job).apply(self.r, fence)
+            return False
+        if self.r.type(self.k.events(job)) in ("stream", "none"):
             self.set_state(job, "failed", fence=fence, error=reason[:2000])
-            return True
-        Writes().zrem(self.k.jobs_active, job).apply(self.r, fence)
-        return False
+        else:
+            Writes().zrem(self.k.jobs_active, job).hset(self.k.job(job), mapping={
+                "state": "failed", "error": reason[:2000], "finished": now_ms()}).apply(
+                self.r, fence)
+        return True
 
     def exists(self, job: str) -> bool:
         return bool(self.r.exists(self.k.job(job)))
