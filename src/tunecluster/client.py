@@ -50,18 +50,29 @@ def check_data(spec: JobSpec, files: dict[str, bytes]) -> None:
         raise SpecError("data", str(exc)) from None
 
 
-def search_space(spec: JobSpec, *, discover: bool = True) -> dict[str, Any]:
-    """The job's space as KerasTuner config; a custom model's ``build_model`` adds its own."""
+def search_space(spec: JobSpec, *, discover: bool = True,
+                 files: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """The job's space as KerasTuner config; a custom model's ``build_model`` adds its
+    own (a ``build_model(hp, data)`` is given the job's training split, read from the
+    data files here or from ``files``, the uploads given as bytes)."""
+    import tempfile
+
     from tunecluster.spec.space import space_config
 
     if not spec.model.is_builtin and discover:
         from tunecluster.models.custom import discover_space_isolated
 
         # In a process of its own, with a limit: user code must not hang or crash submit.
-        try:
-            return discover_space_isolated(spec.model)
-        except TrialFailed as exc:
-            raise SpecError("model.module", str(exc)) from None
+        with tempfile.TemporaryDirectory(prefix="tunecluster-discover-") as tmp:
+            paths = {}
+            for i, (name, blob) in enumerate((files or {}).items()):
+                if not Path(name).is_file():  # given as bytes only: a file for the child
+                    paths[name] = str(Path(tmp) / f"{i}{Path(name).suffix}")
+                    Path(paths[name]).write_bytes(blob)
+            try:
+                return discover_space_isolated(spec.model, data=spec.data, files=paths)
+            except TrialFailed as exc:
+                raise SpecError("model.module", str(exc)) from None
     # KerasTuner's own config, written without importing it (and so TensorFlow): a
     # builtin job is prepared in milliseconds (spec/space.py).
     return space_config(spec.model.hyperparameters)

@@ -430,3 +430,16 @@ def test_parquet_nulls_and_text_features_are_named(tmp_path: Path) -> None:
     for path, error in cases.items():
         with pytest.raises(DataError, match=error):
             load_splits(data(path=path, target="y"))
+
+
+def test_splits_of_a_csv_name_its_feature_columns(tmp_path: Path) -> None:
+    """What ``build_model(hp, data)`` gets as ``data.feature_names``: train's columns
+    (a path or explicit files), None for a named dataset."""
+    from tunecluster.data import load_splits
+    from tunecluster.spec.models import Data
+
+    rows = "\n".join(f"{i},{i % 7},{i * 0.5}" for i in range(40))
+    (tmp_path / "d.csv").write_text("rooms,age,price\n" + rows + "\n")
+    splits = load_splits(Data(path=str(tmp_path / "d.csv"), target="price"), "regression")
+    assert splits.feature_names == ["rooms", "age"]
+    assert load_splits(Data(dataset="iris")).feature_names is None

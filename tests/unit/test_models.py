@@ -289,3 +289,41 @@ def test_build_checked_rejects(body: str, fragment: str) -> None:
         build_checked(build, keras_tuner.HyperParameters())
     assert fragment in str(info.value)
     assert isinstance(info.value, TrialFailed)
+
+
+WITH_DATA = '''
+import keras
+
+SEEN = {}
+
+
+def build_model(hp, data):
+    SEEN["data"] = data
+    norm = keras.layers.Normalization()
+    norm.adapt(data.x_train)
+    model = keras.Sequential([keras.Input(shape=data.x_train.shape[1:]), norm,
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+'''
+
+
+def test_build_model_hp_data_gets_the_runtimes_training_split_read_only(tmp_path) -> None:
+    """``build_model(hp, data)`` (issue 30): the worker's runtime passes the arrays the
+    trial fits on, read-only, without the test split; the one-parameter form is
+    called as before (test_example_custom_model_through_the_runtime)."""
+    spec = parse_spec({"name": "d", "data": {"dataset": "diabetes"},
+                       "model": {"module": "m.py", "function": "build_model",
+                                 "source": WITH_DATA, "task": "regression"},
+                       "search": {"objective": {"name": "val_loss", "direction": "min"}}})
+    rt = prepare("d", spec, tmp_path)
+    model = rt.build_model({})
+    data = rt.build_fn.__globals__["SEEN"]["data"]
+    assert data.x_train is not rt.splits.x_train and np.shares_memory(data.x_train,
+                                                                      rt.splits.x_train)
+    assert not data.x_train.flags.writeable and not data.y_valid.flags.writeable
+    assert not hasattr(data, "x_test") and data.task == "regression"
+    np.testing.assert_allclose(np.asarray(model.layers[0].mean).reshape(-1),
+                               rt.splits.x_train.mean(axis=0), rtol=1e-4)
+    with pytest.raises(ModelCodeError, match=r"build_model\(hp, data\): this caller has no"):
+        build_checked(rt.build_fn, keras_tuner.HyperParameters())

@@ -127,7 +127,7 @@ class Client:
         gathered = prep.gather_files(spec) if missing else {}
         prep.check_data(spec, gathered)  # the files read here, from this machine's disk
         return prep.PreparedJob(
-            spec, dict(space) if space is not None else prep.search_space(spec),
+            spec, dict(space) if space is not None else prep.search_space(spec, files=given),
             {**gathered, **given})
 
     def job(self, job_id: str) -> Job:

@@ -7,10 +7,11 @@ path named in the job to a readable local file (workers map uploaded files here)
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
-from tunecluster.data.files import read_columns, read_file
+from tunecluster.data.files import read_columns
 from tunecluster.data.registry import DATASETS, DataError, Dataset
 from tunecluster.data.split import Splits, from_parts, split_arrays
 from tunecluster.spec.models import Data
@@ -26,18 +27,22 @@ def load_splits(
     ``task`` None (a custom model that did not say) means: the named dataset's task,
     else what the labels are (``infer_task``: class indices or text, or numbers).
     """
+    names: list[str] | None = None
     if data.files is not None:
         paths = (data.files.train, data.files.valid, data.files.test)
-        parts = _same_columns([(p, *read_columns(resolve(p), data.target)) for p in paths])
-        return from_parts(parts, task or infer_task(parts[0][1]))
+        read = [(p, *read_columns(resolve(p), data.target)) for p in paths]
+        parts = _same_columns(read)
+        splits = from_parts(parts, task or infer_task(parts[0][1]))
+        return replace(splits, feature_names=read[0][3])
     if data.dataset is not None:
         x, y = DATASETS[data.dataset].load()
         task = task or DATASETS[data.dataset].task
     else:
         assert data.path is not None
-        x, y = read_file(resolve(data.path), data.target)
+        x, y, names = read_columns(resolve(data.path), data.target)
     s = data.split
-    return split_arrays(x, y, task or infer_task(y), s.valid, s.test, s.seed)
+    splits = split_arrays(x, y, task or infer_task(y), s.valid, s.test, s.seed)
+    return replace(splits, feature_names=names)
 
 
 def _same_columns(

@@ -27,6 +27,7 @@ class Splits:
     label_kind: str
     num_classes: int
     class_names: list[str]
+    feature_names: list[str] | None = None  # a CSV's or Parquet file's feature columns
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -115,21 +115,29 @@ def module_objects(path: str | os.PathLike[str]) -> dict[str, Any]:
     return objects_in(vars(module))
 
 
-def build_checked(build: Callable[[Any], Any], hp: Any, function: str = "build_model") -> Any:
-    """Call ``build(hp)`` and insist on a compiled ``keras.Model``."""
+def build_checked(build: Callable[..., Any], hp: Any, function: str = "build_model",
+                  data: Any = None) -> Any:
+    """Call ``build(hp)``, or ``build(hp, data)`` when it takes a second parameter
+    (``training_data.takes_data``), and insist on a compiled ``keras.Model``."""
     import keras
 
+    from tunecluster.models.training_data import takes_data
+
+    with_data = takes_data(build)
+    call = f"{function}(hp, data)" if with_data else f"{function}(hp)"
+    if with_data and data is None:
+        raise ModelCodeError(f"{call}: this caller has no training data to give it")
     try:
-        model = build(hp)
+        model = build(hp, data) if with_data else build(hp)
     except Exception as exc:
-        raise ModelCodeError(f"{function}(hp) raised {_last_line(exc)}") from exc
+        raise ModelCodeError(f"{call} raised {_last_line(exc)}") from exc
     if not isinstance(model, keras.Model):
         raise ModelCodeError(
-            f"{function}(hp) must return a compiled keras.Model, got {type(model).__name__}"
+            f"{call} must return a compiled keras.Model, got {type(model).__name__}"
         )
     if not getattr(model, "compiled", False):
         raise ModelCodeError(
-            f"{function}(hp) returned a model that is not compiled; call model.compile()")
+            f"{call} returned a model that is not compiled; call model.compile()")
     return model
 
 
@@ -138,18 +146,23 @@ def _last_line(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def discover_space(source: str, function: str, declared: Any, filename: str = "model.py") -> Any:
+def discover_space(source: str, function: str, declared: Any, filename: str = "model.py",
+                   data: Callable[[], Any] | None = None) -> Any:
     """Run ``build_model`` once, as KerasTuner's tuner does, to register its search space.
 
     ``declared`` is a HyperParameters already holding the spec's own hyperparameters;
     the ones ``build_model`` declares are added to it. Doubles as the submit-time check
-    that the module imports and returns a compiled model.
+    that the module imports and returns a compiled model. ``data`` loads the job's
+    ``TrainingData`` for a ``build_model(hp, data)`` (only such a one makes it load).
     """
     import keras
 
+    from tunecluster.models.training_data import takes_data
+
     build = load_build_function(source, function, filename)
+    given = data() if data is not None and takes_data(build) else None
     try:
-        build_checked(build, declared, function)
+        build_checked(build, declared, function, given)
     finally:
         keras.backend.clear_session()
     return declared
@@ -177,16 +190,23 @@ def discover_timeout() -> float:
     return value
 
 
-def discover_space_isolated(model: Any, timeout_s: float | None = None) -> dict[str, Any]:
+def discover_space_isolated(model: Any, timeout_s: float | None = None,
+                            data: Any = None,
+                            files: dict[str, str] | None = None) -> dict[str, Any]:
     """``discover_space`` in a child process, with a limit; returns the space's config.
 
     The user's module runs in a process of its own, so a ``build_model`` that hangs,
     exits or crashes the interpreter costs a one-line error naming the function, not
-    the caller (``submit``/``validate``). ``model`` is the spec's ``Model`` section.
+    the caller (``submit``/``validate``). ``model`` is the spec's ``Model`` section;
+    ``data`` its ``Data`` section, loaded there for a ``build_model(hp, data)`` as the
+    workers will load it (``files``: where the data files it names are on this machine).
     """
     limit = discover_timeout() if timeout_s is None else timeout_s
     function = model.function
-    request = json.dumps({"model": model.model_dump(mode="json", by_alias=True)})
+    request = json.dumps({
+        "model": model.model_dump(mode="json", by_alias=True),
+        "data": data.model_dump(mode="json", by_alias=True) if data is not None else None,
+        "files": files or {}})
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from tunecluster.models.custom import _discover_main;"
@@ -259,10 +279,25 @@ def _discover_main() -> None:
 
     import_tensorflow()  # before "ready": not part of the user's limit
 
-    from tunecluster.spec.models import Model
+    from tunecluster.spec.models import Data, Model
     from tunecluster.spec.space import build_space, space_to_json
 
     model = Model.model_validate(request["model"])
+    data_spec = Data.model_validate(request["data"]) if request.get("data") else None
+    files = dict(request.get("files") or {})
+
+    def training_data() -> Any:
+        from tunecluster.data import DataError, load_splits
+        from tunecluster.models.training_data import TrainingData
+
+        if data_spec is None:
+            raise ModelCodeError(f"{model.function}(hp, data): no data to give it here")
+        try:
+            splits = load_splits(data_spec, model.task, lambda p: files.get(p, p))
+        except DataError as exc:
+            raise ModelCodeError(f"data: {exc}") from None
+        return TrainingData.from_splits(splits)
+
     answer_to.write("ready\n")
     answer_to.flush()
     sys.stderr.write(_USER_OUTPUT + "\n")
@@ -270,7 +305,7 @@ def _discover_main() -> None:
     try:
         assert model.source is not None
         hp = discover_space(model.source, model.function, build_space(model.hyperparameters),
-                            model.module or "model.py")
+                            model.module or "model.py", training_data)
         answer: dict[str, Any] = {"space": space_to_json(hp)}
     except TrialFailed as exc:
         answer = {"error": str(exc)}

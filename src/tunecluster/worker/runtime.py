@@ -1,5 +1,8 @@
 """What a worker keeps per job across trials: data splits, adapt() statistics, model code.
 
+A custom ``build_model(hp, data)`` gets the job's training and validation splits as
+loaded here (``TrainingData``), so its own ``adapt()`` sees exactly what the trial fits.
+
 Loading data and running ``Normalization.adapt`` are paid once per job per worker
 process; every trial of the job then only builds and fits its model.
 """
@@ -20,6 +23,7 @@ from tunecluster.models import (
     build_mlp,
     load_build_function,
 )
+from tunecluster.models.training_data import TrainingData
 from tunecluster.spec.models import JobSpec
 from tunecluster.spec.space import hyperparameters_with_values
 
@@ -80,7 +84,8 @@ class JobRuntime:
         ends. None otherwise (a builtin model has no such code)."""
         if self.build_fn is not None:
             hp = hyperparameters_with_values(self.space, values)
-            model = build_checked(self.build_fn, hp, self.spec.model.function)
+            model = build_checked(self.build_fn, hp, self.spec.model.function,
+                                  TrainingData.from_splits(self.splits))
             known = {p["config"]["name"] for p in self.space.get("space", [])}
             grown = any(p.name not in known for p in hp.space)
             return model, hp.get_config() if grown else None
