@@ -48,6 +48,7 @@ from starlette.staticfiles import StaticFiles
 
 from tunecluster.dashboard.auth import TokenAuth
 from tunecluster.dashboard.data import DOWNLOADS, Reader
+from tunecluster.dashboard.headers import CSP_JOB_VIEW, SecurityHeaders
 from tunecluster.dashboard.hub import Hub, sse
 from tunecluster.errors import SpecError, StoreError
 from tunecluster.store import FINAL_STATES, Store
@@ -83,9 +84,14 @@ class Dashboard:
         title = {"jobs": "Jobs", "job": f"Job {ids.get('job', '')}",
                  "trial": f"Trial {ids.get('trial', '')}", "workers": "Workers",
                  "compare": "Compare", "submit": "Submit"}[view]
+        # a JSON data block (never run, so the CSP needs no inline script); "<\/" keeps
+        # an id from closing the element
         body = SHELL.format(title=html.escape(title),
                             config=json.dumps(config).replace("</", "<\\/"))
-        return HTMLResponse(body, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        if view == "job":  # its parallel coordinates need eval (headers.CSP_JOB_VIEW)
+            headers["Content-Security-Policy"] = CSP_JOB_VIEW
+        return HTMLResponse(body, headers=headers)
 
     # --- API ---------------------------------------------------------------------------
 
@@ -246,8 +252,9 @@ async def _on_redis_error(request: Request, exc: Exception) -> Response:
 def create_app(redis_url: str, *, token: str | None = None, read_only: bool = False,
                open_metrics: bool = False, hosts: tuple[str, ...] = ()) -> Any:
     """The ASGI application: routes, static files, ``/metrics`` when the metrics module
-    is installed, all behind ``auth.TokenAuth``. ``app.state.dashboard`` is the
-    ``Dashboard`` (tests read its reader and hub)."""
+    is installed, all behind ``auth.TokenAuth``, every response with
+    ``headers.SecurityHeaders``. ``app.state.dashboard`` is the ``Dashboard`` (tests read
+    its reader and hub)."""
     dash = Dashboard(redis_url, read_only=read_only)
 
     def view(name: str) -> Any:
@@ -292,7 +299,7 @@ def create_app(redis_url: str, *, token: str | None = None, read_only: bool = Fa
         SpecError: _on_spec_error, InvalidId: _on_invalid_id, StoreError: _on_store_error,
         redis.RedisError: _on_redis_error})
     app.state.dashboard = dash
-    wrapped = TokenAuth(app, token, open_metrics=open_metrics, hosts=hosts)
+    wrapped = SecurityHeaders(TokenAuth(app, token, open_metrics=open_metrics, hosts=hosts))
     wrapped.state = app.state  # type: ignore[attr-defined]
     return wrapped
 
@@ -323,7 +330,7 @@ SHELL = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · tunecluster</title>
 <link rel="stylesheet" href="/static/style.css">
-<script>window.TC = {config};</script>
+<script type="application/json" id="tc-config">{config}</script>
 <script src="/static/plotly.min.js"></script>
 <script src="/static/app.js" defer></script>
 </head><body>

@@ -2,7 +2,8 @@
 // No framework and no build step: plain DOM, served as is from the Python package.
 "use strict";
 
-const TC = window.TC;
+// The page's settings: a JSON data block, not a script (the CSP allows no inline script).
+const TC = JSON.parse(document.getElementById("tc-config").textContent);
 const main = document.getElementById("main");
 const ACTION = {"X-Tunecluster": "1"};
 const FINAL = ["completed", "failed", "cancelled"];
@@ -89,8 +90,15 @@ function badge(state) { return el("span", {class: `state ${state}`, text: state}
 function progress(done, total) {
   const pct = total ? Math.min(100, Math.round(100 * done / total)) : 0;
   return el("div", {class: "progress", title: `${done}/${total}`},
-            el("div", {class: "bar", style: `width:${pct}%`}),
+            bar(pct),
             el("span", {text: `${done}/${total || "?"}`}));
+}
+
+// Its width through the CSSOM: a style attribute is inline style to the CSP.
+function bar(pct) {
+  const node = el("div", {class: "bar"});
+  node.style.width = `${pct}%`;
+  return node;
 }
 
 function setLive(text, cls) {
@@ -485,4 +493,4 @@ function viewSubmit() {
 
 const VIEWS = {jobs: viewJobs, job: viewJob, trial: viewTrial, workers: viewWorkers,
                compare: viewCompare, submit: viewSubmit};
-VIEWS[TC.view]().catch(showError);
+Promise.resolve().then(VIEWS[TC.view]).catch(showError);  // a view may be sync
