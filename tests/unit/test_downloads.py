@@ -361,3 +361,12 @@ def test_the_cli_exports_no_file_a_forged_entry_points_at(store: Store, server: 
     assert len(errors) == 2 and all("malformed" in ln for ln in errors), done.stderr
     assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
     assert "Traceback" not in done.stderr
+
+
+def test_a_downloads_key_of_the_wrong_type_is_one_line(store: Store, tmp_path: Path) -> None:
+    job = _job(store)
+    store.client.set(store.keys.downloads(job), "not a hash")
+    store.jobs.set_state(job, "completed")
+    with pytest.raises(StoreError) as info:
+        downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")
+    assert "\n" not in str(info.value) and "expected a hash" in str(info.value)

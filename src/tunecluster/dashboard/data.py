@@ -185,7 +185,8 @@ class Reader:
         if meta.get("published"):
             model = {"available": True, "size": meta.get("size")}
         elif meta:
-            model = {"available": False, "note": f"not published: {meta.get('reason')}"}
+            model = {"available": False, "note": f"not published: {meta.get('reason')}"
+                     if "malformed" not in meta else f"malformed entry: {meta['malformed']}"}
         elif state in FINAL_STATES:
             model = {"available": False, "note": f"no exported model (job {state})"}
         else:

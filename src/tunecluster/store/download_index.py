@@ -15,6 +15,7 @@ from tunecluster.artifacts import BEST_MODEL, RESULTS
 from tunecluster.errors import StoreError
 from tunecluster.store import codec
 from tunecluster.store.ids import TRIAL_ID_RE, check_trial_id
+from tunecluster.store.records import read_hash
 
 
 def trial_name(trial: str) -> str:
@@ -35,9 +36,11 @@ def index(store: Any, job: str) -> dict[str, dict[str, Any]]:
     """The job's published artifacts: name -> size, sha256, path on the chief, rel
     (relative to the artifacts root), published, reason (why not), trial, rank.
     An entry that is not what the chief writes (anyone who can write Redis can write
-    one) is ``{"malformed": why}``: ``retrieve`` refuses it, nothing reads its path."""
+    one) is ``{"malformed": why}``: ``retrieve`` refuses it, nothing reads its path;
+    an index that is no hash is ``MalformedRecord`` (one line)."""
     out: dict[str, dict[str, Any]] = {}
-    for name, value in store.client.hgetall(store.keys.downloads(job)).items():
+    entries = read_hash(store.client, store.keys.downloads(job), f"job {job}'s downloads")
+    for name, value in entries.items():
         try:
             meta = codec.loads_object(value, f"download entry {name}")
             out[name] = checked_entry(job, name, meta)
