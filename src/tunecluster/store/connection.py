@@ -3,12 +3,22 @@
 ``redis://[[user]:password@]host:port/db`` and ``rediss://`` (TLS) URLs are accepted.
 Long-running roles wrap each loop iteration in ``Backoff``: a dropped connection
 sleeps with exponential back-off and retries; an authentication error is fatal.
+
+A patient client (``retries`` > 1) logs an outage once as it starts, every minute while
+it lasts and once when Redis answers again; its retries stop at once after
+``stop_retrying`` (a role told to stop does not ride out an outage first). A role's
+client also gives up on a reply after ``for_role``'s socket timeout: a Redis that
+accepts and never answers (stopped, or behind a broken network) is an outage too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -18,6 +28,12 @@ from redis.retry import Retry
 from tunecluster import defaults
 
 log = logging.getLogger(__name__)
+
+# A role's socket timeout (``for_role``): well above any reply a working Redis takes
+# (the roles' blocking reads wait a second at most), short enough to notice a Redis
+# that stopped answering.
+ROLE_TIMEOUT_S = float(os.environ.get("TUNECLUSTER_REDIS_TIMEOUT_S", "10"))
+OUTAGE_NOTE_S = 60.0  # while an outage lasts, a line this often
 
 
 class AuthFailed(RuntimeError):
@@ -40,8 +56,9 @@ def connect(url: str | None = None, *, check: bool = True, decode: bool = True,
             # in the middle of an epoch report does not fail because Redis blinked; and
             # a full Redis (maxmemory, noeviction: it refuses every write, a script
             # before it runs, so nothing is half-written) until room is made.
-            retry=Retry(ExponentialBackoff(cap=defaults.RECONNECT_BACKOFF_S[1],
-                                           base=defaults.RECONNECT_BACKOFF_S[0]), retries),
+            retry=_WatchedRetry(ExponentialBackoff(cap=defaults.RECONNECT_BACKOFF_S[1],
+                                                   base=defaults.RECONNECT_BACKOFF_S[0]),
+                                retries, _Watch(url, report=retries > 1)),
             retry_on_error=list(RETRIED_BY_CLIENT),
         )
     except ValueError as exc:
@@ -72,6 +89,104 @@ def _first_ping(url: str, decode: bool, patient: bool) -> None:
                 backoff.failed(exc)
     finally:
         probe.close()
+
+
+class _Watch:
+    """One client's outage log and stop flag, shared by all its connections (redis-py
+    deep-copies the ``Retry`` into each connection: a copy of this is itself)."""
+
+    def __init__(self, url: str, report: bool) -> None:
+        self.url, self.report = redact(url), report
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._next_note = 0.0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Watch:
+        return self
+
+    def retrying(self, _exc: BaseException) -> bool:
+        return not self.stopped.is_set()
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.report:
+            return
+        now = time.monotonic()
+        with self._lock:
+            first = self._down_since is None
+            if not first and now < self._next_note:
+                return
+            if first:
+                self._down_since = now
+            self._next_note = now + OUTAGE_NOTE_S
+            since = now - (self._down_since or now)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            log.warning("redis is full (maxmemory) at %s: writes refused, nothing written;"
+                        " retrying", self.url)
+        elif first:
+            log.warning("redis unreachable at %s (%s); retrying until it answers", self.url,
+                        exc)
+        else:
+            log.warning("redis still unreachable at %s after %.0f s (%s)", self.url, since, exc)
+
+    def answered(self) -> None:
+        if self._down_since is None:  # the usual case: no lock taken
+            return
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.warning("redis answers again at %s after %.1f s", self.url,
+                        time.monotonic() - since)
+
+
+class _WatchedRetry(Retry):
+    """redis-py's retry of each command, which logs outages and stops on request."""
+
+    def __init__(self, backoff: ExponentialBackoff, retries: int, watch: _Watch) -> None:
+        super().__init__(backoff, retries, is_retryable=watch.retrying)
+        self.watch = watch
+
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any],
+                        *args: Any, **kwargs: Any) -> Any:
+        watch = self.watch
+
+        def done() -> Any:
+            result = do()
+            # A reply, not a connection's set-up (None, or a socket: a stopped Redis's
+            # kernel still accepts connections) nor a connection already open.
+            if result is not None and not isinstance(result, socket.socket):
+                watch.answered()
+            return result
+
+        def failed(error: Exception, *more: Any) -> Any:
+            watch.failed(error)
+            return fail(error, *more)
+
+        return super().call_with_retry(done, failed, *args, **kwargs)
+
+
+def _watch_of(client: redis.Redis) -> _Watch | None:
+    retry = client.connection_pool.connection_kwargs.get("retry")
+    return retry.watch if isinstance(retry, _WatchedRetry) else None
+
+
+def stop_retrying(client: redis.Redis) -> None:
+    """From now on, a command of ``client`` that fails raises at once (a role that was
+    told to stop): what it was waiting for is no longer wanted."""
+    watch = _watch_of(client)
+    if watch is not None:
+        watch.stopped.set()
+
+
+def for_role(client: redis.Redis, longest_block_s: float = 1.0) -> None:
+    """Make a long-running role's client give up on a reply after ``ROLE_TIMEOUT_S``
+    (longer than its longest blocking read, ``longest_block_s``), so that a Redis that
+    stopped answering is retried and logged like one that refuses connections. Only the
+    roles': a client's blocking reads may wait longer (``Job.events(block_s=)``)."""
+    pool = client.connection_pool
+    pool.connection_kwargs["socket_timeout"] = max(ROLE_TIMEOUT_S, longest_block_s + 5)
+    pool.disconnect()
+    pool.reset()  # connections made before take the timeout too: new ones replace them
 
 
 def raw_client(client: redis.Redis) -> redis.Redis:
@@ -116,8 +231,10 @@ class Backoff:
     """Exponential back-off for loops that must survive Redis restarts."""
 
     def __init__(self, first: float = defaults.RECONNECT_BACKOFF_S[0],
-                 cap: float = defaults.RECONNECT_BACKOFF_S[1]) -> None:
+                 cap: float = defaults.RECONNECT_BACKOFF_S[1],
+                 stop: threading.Event | None = None) -> None:
         self.first, self.cap = first, cap
+        self.stop = stop  # set: the wait ends at once (a role told to stop)
         self.delay = 0.0
         self.failures = 0
 
@@ -139,7 +256,10 @@ class Backoff:
                             self.delay)
             else:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, self.delay)
-        time.sleep(self.delay)
+        if self.stop is not None:
+            self.stop.wait(self.delay)
+        else:
+            time.sleep(self.delay)
 
 
 # What every client of ``connect`` retries inside each command, with back-off: a dropped

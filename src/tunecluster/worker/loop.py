@@ -9,8 +9,9 @@ heartbeat reads whether the jobs of the running trials were cancelled, and a tri
 job was cancelled and that has not ended within ``CANCEL_GRACE_S``, or that runs longer
 than its job's ``train.trial_timeout``, has its process killed; the trial is recorded
 CANCELLED or FAILED (ownership-checked) and the slot starts a fresh process.
-SIGTERM/SIGINT: stop claiming, kill running trials and release them (their attempt is
-not counted, and the next worker resumes them from their last checkpoint), then exit.
+SIGTERM/SIGINT: kill the trial processes, stop claiming, release the trials (their
+attempt is not counted, and the next worker resumes them from their last checkpoint),
+then exit; within ``shutdown.STOP_S`` even if Redis does not answer (the leases expire).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import signal
 import socket
 import threading
 import time
@@ -30,10 +30,12 @@ from typing import Any
 
 from tunecluster import defaults
 from tunecluster.artifact_store import is_url
+from tunecluster.shutdown import STOP_S, kill_children, on_stop_signal
 from tunecluster.store import Claim, Store, codec, now_ms
-from tunecluster.store.connection import Backoff, retryable
+from tunecluster.store.connection import Backoff, for_role, retryable, stop_retrying
 from tunecluster.store.workers import default_worker_id
 from tunecluster.worker import gang
+from tunecluster.worker.aborts import ChildDied, GangEnded, TrialAborted
 from tunecluster.worker.child import GANG_MEMBER_ENV, child_main, die_with_parent
 from tunecluster.worker.slots import GPU_MEMORY_ENV
 
@@ -47,37 +49,6 @@ KEEP_TIMEOUTS = 64  # jobs whose train.trial_timeout a worker remembers
 GANG_POLL_S = 0.1  # how often a place in a forming gang looks whether it runs
 # A gang trial starts its slot's next member only on this many cores (or more).
 PREWARM_MIN_CPUS = int(os.environ.get("TUNECLUSTER_GANG_PREWARM_MIN_CPUS", "4"))
-
-
-class TrialAborted(RuntimeError):
-    """The worker killed a trial's process: its job was cancelled or it ran too long."""
-
-    def __init__(self, state: str, reason: str) -> None:
-        super().__init__(reason)
-        self.state, self.reason = state, reason
-
-
-class GangEnded(TrialAborted):
-    """A gang trial's attempt ended elsewhere (recorded by rank 0, released by a member
-    whose process failed, or by this worker's check on a lost member): this member's
-    process is killed and nothing is recorded from here."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("", reason)
-
-
-class ChildDied(RuntimeError):
-    def __init__(self, exitcode: int | None) -> None:
-        self.exitcode = exitcode
-        if exitcode is not None and exitcode < 0:
-            try:
-                name = signal.Signals(-exitcode).name
-            except ValueError:
-                name = f"signal {-exitcode}"
-            text = f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-        else:
-            text = f"exit code {exitcode}"
-        super().__init__(f"trial process crashed: {text}")
 
 
 def trial_process(conn: Any, redis_url: str, artifacts: str, worker: str,
@@ -162,14 +133,14 @@ class Child:
                     return self.conn.recv_bytes()
                 except (EOFError, OSError):
                     pass
+            if stopping.is_set():  # first: the stop signal's handler killed the process
+                self.kill()
+                raise InterruptedError("worker shutting down")
             if not self.process.is_alive():
                 self.process.join(1)
                 code = self.process.exitcode
                 self.process = None
                 raise ChildDied(code)
-            if stopping.is_set():
-                self.kill()
-                raise InterruptedError("worker shutting down")
             aborted = abort()
             if aborted is not None:
                 self.kill()
@@ -233,27 +204,32 @@ class Worker:
 
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-            signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+            on_stop_signal("worker", self._stop_now, before_exit=kill_children)
+        for_role(self.store.client)
         log.info("worker %s starting with %d slot(s)", self.worker_id, self.slots)
         for child in self.children:
             child.ensure()  # the trial processes import TensorFlow while we register
-        self._heartbeat()
         threads = [threading.Thread(target=self._slot_loop, args=(i,), daemon=True,
                                     name=f"slot-{i}") for i in range(self.slots)]
-        for t in threads:
-            t.start()
-        backoff = Backoff()
-        while not self.stopping.wait(self.heartbeat_s):
+        backoff = Backoff(stop=self.stopping)
+        while not self.stopping.is_set():
             try:
-                self._heartbeat()
+                self._heartbeat()  # registered before the first claim
                 backoff.ok()
             except Exception as exc:  # noqa: BLE001
                 if not retryable(exc):
                     raise
                 backoff.failed(exc)
+            for t in threads:
+                if t.ident is None:
+                    t.start()
+            self.stopping.wait(self.heartbeat_s)
+        # The slots hand their trials back (Redis answering) within the stop deadline;
+        # slot threads stuck in Redis calls are left behind (daemons).
+        until = time.monotonic() + STOP_S / 2
         for t in threads:
-            t.join(30)
+            if t.ident is not None:
+                t.join(max(0.0, until - time.monotonic()))
         for child in [*self.children, *self.spares.values()]:
             child.close()
         try:
@@ -261,6 +237,13 @@ class Worker:
         except Exception:  # noqa: BLE001 - leaving is best effort; the chief prunes us
             pass
         log.info("worker %s stopped", self.worker_id)
+
+    def _stop_now(self) -> None:
+        """SIGTERM/SIGINT: trial processes first, then the loops; Redis calls that fail
+        from now on are not retried (an outage is not waited out)."""
+        self.stopping.set()
+        stop_retrying(self.store.client)
+        kill_children()
 
     def _heartbeat(self) -> None:
         busy = [c for c in self.current.values() if c is not None]
@@ -388,7 +371,7 @@ class Worker:
             time.sleep(GANG_POLL_S)
 
     def _slot_loop(self, slot: int) -> None:
-        backoff = Backoff()
+        backoff = Backoff(stop=self.stopping)
         child = self.children[slot]
         while not self.stopping.is_set():
             try:
@@ -504,3 +487,4 @@ class Worker:
             log.info("slot %d: recycling the trial process (%d trials, %.0f MB)", slot,
                      child.trials, outcome.get("rss_mb", 0))
             child.close()
+
