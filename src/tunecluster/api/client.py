@@ -41,9 +41,6 @@ def _local_cluster() -> tuple[str | None, str | None]:
     return state.url, (None if is_url(state.artifacts) else state.artifacts)
 
 
-SUMMARY_FIELDS = ("job", "name", "state", "objective", "best", "counts", "error", "waiting",
-                  "created", "finished")
-
 
 class Client:
     """A connection to one cluster's control plane.
@@ -175,6 +172,8 @@ class Job:
     def status(self) -> dict[str, Any]:
         """A summary: job, name, state, objective, best, counts, error, created, finished
         (what ``tunecluster status JOB --json`` prints)."""
+        from tunecluster.store.results import SUMMARY_FIELDS
+
         data = self.results()
         return {k: data[k] for k in SUMMARY_FIELDS}
 
