@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from tunecluster import defaults, render
 from tunecluster.errors import SpecError, StoreError
+from tunecluster.store.connection import redact
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80 columns.
@@ -210,7 +211,7 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
     try:
         with _dashboard(cluster.url, dashboard, dashboard_port):
             _run_on(cluster.url, spec, overrides, timeout_s, as_json,
-                    f"{workers} workers, redis at {cluster.url}", workers=workers)
+                    f"{workers} workers, redis at {redact(cluster.url)}", workers=workers)
     finally:
         # The results are out (or the command gives up), and this cluster's Redis goes
         # with it: nothing is left for the roles to do or to hand over. Killed, not
@@ -294,11 +295,12 @@ def up(workers: int, slots: int, artifacts: str, wait_s: float, as_json: bool) -
         _fail(f"error: {exc}", 1)
         return
     ready = _wait_ready(state.url, workers, wait_s)
-    info = {**state.to_json(), "ready": ready, "state_file": str(persistent.state_file())}
+    info = {**state.to_json(), "url": redact(state.url), "ready": ready,
+            "state_file": str(persistent.state_file())}
     if as_json:
         _print_json(info)
         return
-    click.echo(f"local cluster up: redis {state.url}, chief pid {state.chief_pid},"
+    click.echo(f"local cluster up: redis {redact(state.url)}, chief pid {state.chief_pid},"
                f" {workers} worker(s) (pids {', '.join(map(str, state.worker_pids)) or '-'}),"
                f" artifacts {state.artifacts}")
     if not ready:
@@ -427,7 +429,9 @@ def _local_cluster(redis_url: str) -> dict[str, Any] | None:
     state = persistent.current()
     if state is None or state.url != redis_url:
         return None
-    return {**state.to_json(), "running": persistent.process_states(state)}
+    # the password stays in the 0600 record: output ends up in logs and CI transcripts
+    return {**state.to_json(), "url": redact(state.url),
+            "running": persistent.process_states(state)}
 
 
 @cli.command(name="list")

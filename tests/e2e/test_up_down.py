@@ -15,9 +15,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from tests.e2e.conftest import EXAMPLES, cli
+
+from tunecluster.store.connection import redact
 
 SMALL = ("--set", "search.max_trials=2", "--set", "train.epochs=1")
 # A sitecustomize that records, at exit, whether the process imported TensorFlow.
@@ -91,7 +94,10 @@ def test_up_run_submit_down(home: dict[str, str], tmp_path: Path) -> None:
     info = json.loads(up.stdout)
     assert info["ready"] is True
     state = json.loads(Path(env["TUNECLUSTER_CLUSTER_FILE"]).read_text())
-    assert state["url"] == info["url"] and len(state["worker_pids"]) == 2
+    # the password stays in the 0600 record; what up prints has it masked
+    password = urlsplit(state["url"]).password
+    assert password and password not in up.stdout + up.stderr
+    assert info["url"] == redact(state["url"]) and len(state["worker_pids"]) == 2
     pids = [state["redis_pid"], state["chief_pid"], *state["worker_pids"]]
     assert all(_alive(p) for p in pids)
 
@@ -99,7 +105,8 @@ def test_up_run_submit_down(home: dict[str, str], tmp_path: Path) -> None:
     status = cli("status", "--json", env=env)
     assert status.returncode == 0, status.stderr
     shown = json.loads(status.stdout)
-    assert shown["local_cluster"]["url"] == state["url"]
+    assert shown["local_cluster"]["url"] == redact(state["url"])
+    assert password not in status.stdout + status.stderr
     assert shown["local_cluster"]["running"] == {"redis": True, "chief": True,
                                                  "workers": [True, True]}
     assert len(shown["workers"]) == 2
@@ -248,7 +255,6 @@ def test_up_redis_requires_its_password(home: dict[str, str], tmp_path: Path) ->
     """Another local user reaching the port of `up`'s Redis can run no command (its code
     upload would run as this user); the password is in a 0600 record only, on no
     command line; every command finds it through the record."""
-    from urllib.parse import urlsplit
 
     extra, argv = _recording_redis(tmp_path)
     home = {**home, **extra}
