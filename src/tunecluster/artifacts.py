@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from tunecluster import defaults
 from tunecluster.artifact_store import is_url, open_store
 from tunecluster.errors import StoreError
-from tunecluster.store.ids import check_job_id, check_trial_id, is_job_id
+from tunecluster.ids import check_job_id, check_trial_id, is_job_id
 
 if TYPE_CHECKING:
     from tunecluster.store import Store
@@ -43,7 +43,7 @@ RESULTS = "results.json"
 
 def job_dir(root: str | Path, job: str) -> Path:
     """``<root>/<job>``; an id that could leave the root (it came from Redis) raises
-    ``StoreError`` (``store.ids.InvalidId``)."""
+    ``StoreError`` (``ids.InvalidId``)."""
     return Path(root) / check_job_id(job)
 
 

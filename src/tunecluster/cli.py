@@ -96,7 +96,7 @@ def artifacts_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def _job_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """JOB arguments become Redis keys and paths: anything but a job id is refused here,
     in one line (exit 2), before Redis is asked."""
-    from tunecluster.store.ids import InvalidId, check_job_id
+    from tunecluster.ids import InvalidId, check_job_id
 
     try:
         return None if value is None else check_job_id(value, "JOB")

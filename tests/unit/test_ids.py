@@ -18,8 +18,8 @@ from tunecluster.artifacts import (
     trial_dir,
 )
 from tunecluster.errors import StoreError
+from tunecluster.ids import InvalidId, check_job_id, check_trial_id, new_job_id
 from tunecluster.store import Store, member
-from tunecluster.store.ids import InvalidId, check_job_id, check_trial_id, new_job_id
 
 HOSTILE = ["", ".", "..", "../../etc", "a/b", "/abs", "a\\b", "x" * 81, "-lead", ".hidden",
            "a\nb", "a b", "é", "a:b", "*", "job/../../x"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunecluster import defaults
 from tunecluster.errors import StoreError
-from tunecluster.store.ids import check_job_id
+from tunecluster.ids import check_job_id
 
 if TYPE_CHECKING:
     from tunecluster.client import PreparedJob

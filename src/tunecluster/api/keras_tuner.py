@@ -542,7 +542,7 @@ def _project_file(directory: str, project_name: str) -> Path:
 def _read_project(directory: str, project_name: str) -> str | None:
     import json
 
-    from tunecluster.store.ids import is_job_id
+    from tunecluster.ids import is_job_id
 
     try:
         job = json.loads(_project_file(directory, project_name).read_text()).get("job")

@@ -51,8 +51,8 @@ from tunecluster.dashboard.data import DOWNLOADS, Reader
 from tunecluster.dashboard.headers import CSP_JOB_VIEW, SecurityHeaders
 from tunecluster.dashboard.hub import Hub, sse
 from tunecluster.errors import SpecError, StoreError
+from tunecluster.ids import InvalidId, check_job_id, check_trial_id
 from tunecluster.store import FINAL_STATES, Store
-from tunecluster.store.ids import InvalidId, check_job_id, check_trial_id
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0

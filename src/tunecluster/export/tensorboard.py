@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster.errors import StoreError
+from tunecluster.ids import is_trial_id
 from tunecluster.store import Store
-from tunecluster.store.ids import is_trial_id
 from tunecluster.store.results import build_results
 
 SCORE = "score"  # the scalar tag of a trial's objective score

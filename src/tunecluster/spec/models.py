@@ -409,7 +409,7 @@ class WarmStart(_Strict):
     @field_validator("from_")
     @classmethod
     def _job_id(cls, value: str) -> str:
-        from tunecluster.store.ids import is_job_id
+        from tunecluster.ids import is_job_id
 
         if not is_job_id(value):
             raise ValueError(f"{value!r} is not a job id")

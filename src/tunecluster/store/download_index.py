@@ -13,8 +13,8 @@ from typing import Any
 
 from tunecluster.artifacts import BEST_MODEL, RESULTS
 from tunecluster.errors import StoreError
+from tunecluster.ids import TRIAL_ID_RE, check_trial_id
 from tunecluster.store import codec
-from tunecluster.store.ids import TRIAL_ID_RE, check_trial_id
 from tunecluster.store.records import read_hash
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import redis
 
 from tunecluster.errors import StoreError
+from tunecluster.ids import check_job_id, is_job_id, new_job_id
 from tunecluster.store import codec
 from tunecluster.store.fence import Fence, Writes
-from tunecluster.store.ids import check_job_id, is_job_id, new_job_id
 from tunecluster.store.keys import Keys, split_member
 from tunecluster.store.queue import EVENTS_MAXLEN, now_ms, ready_entries
 from tunecluster.store.records import (

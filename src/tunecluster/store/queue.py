@@ -37,9 +37,9 @@ from typing import Any
 
 import redis
 
+from tunecluster.ids import is_job_id, is_trial_id
 from tunecluster.store import codec, telemetry
 from tunecluster.store.fence import Fence, LostLeadership
-from tunecluster.store.ids import is_job_id, is_trial_id
 from tunecluster.store.keys import Keys, member
 
 EVENTS_MAXLEN = 20000

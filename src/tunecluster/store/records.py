@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import redis
 
 from tunecluster.errors import StoreError
+from tunecluster.ids import is_trial_id
 from tunecluster.store import codec
-from tunecluster.store.ids import is_trial_id
 
 ACTIVE_STATES = ("queued", "running", "finalizing")
 FINAL_STATES = ("completed", "failed", "cancelled")
