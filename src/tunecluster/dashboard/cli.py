@@ -69,8 +69,8 @@ def report(job: str, redis_url: str, output: str) -> None:
 
     from tunecluster.dashboard.report import write_report
     from tunecluster.errors import StoreError
-    from tunecluster.store import AuthFailed, redact
     from tunecluster.ids import InvalidId, check_job_id
+    from tunecluster.store import AuthFailed, redact
 
     try:
         check_job_id(job, "JOB")
