@@ -778,7 +778,8 @@ from tunecluster.dashboard.cli import register as _register_dashboard  # noqa: E
 from tunecluster.export.cli import register as _register_export  # noqa: E402
 
 _register_dashboard(cli)
-_register_export(cli)
+_register_export(cli, job_id=_job_id, store=_store, handle_errors=handle_errors,
+                 redis_option=redis_option)
 
 
 def main() -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def register(group: click.Group) -> None:
-    """Add the export commands to ``group`` (imports nothing heavy)."""
-    # The CLI's shared options and error handling; imported here, not at the top:
-    # cli.py imports this module while it is itself being imported.
-    from tunecluster.cli import _job_id, _store, handle_errors, redis_option
+
+def register(group: click.Group, *, job_id: Callable[..., Any],
+             store: Callable[[str], Any], handle_errors: Callable[[F], F],
+             redis_option: Callable[[F], F]) -> None:
+    """Add the export commands to ``group`` (imports nothing heavy). The CLI hands in
+    its shared parts (the job-id check, the store, its error handling and --redis), so
+    this face never imports the CLI that imports it."""
+    _job_id, _store = job_id, store
 
     @group.command("tensorboard")
     @click.argument("job", callback=_job_id)
