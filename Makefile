@@ -42,6 +42,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python bench/orchestration.py

@@ -88,8 +88,6 @@ def file_resolver(store: Store, job: str, root: str | Path,
                   uploaded: list[str]) -> Callable[[str], str]:
     """Map a data path named in the job to a local file: an uploaded one is fetched from
     Redis once into this host's cache; any other must pass ``data_path``."""
-    from tunecluster.store import raw_client
-
     cache = file_cache_dir(root, job) / "files"
     raw = None
 
@@ -101,7 +99,7 @@ def file_resolver(store: Store, job: str, root: str | Path,
         if local.is_file():
             os.utime(local)  # recently used: prune_file_caches keeps it
         else:
-            raw = raw or raw_client(store.client)
+            raw = raw or store.raw()
             data = store.jobs.file(raw, job, path)
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(f".{local.name}.{os.getpid()}")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tunecluster.data.files import read_columns
 from tunecluster.data.registry import DATASETS, DataError, Dataset
 from tunecluster.data.split import Splits, from_parts, split_arrays
-from tunecluster.spec.models import Data
+
+if TYPE_CHECKING:  # the spec's data section: the spec imports the dataset registry
+    from tunecluster.spec.models import Data
 
 __all__ = ["DATASETS", "DataError", "Dataset", "Splits", "infer_task", "load_splits"]
 

@@ -30,6 +30,11 @@ class Store:
     def from_url(cls, url: str | None = None, retries: int = 20) -> Store:
         return cls(connect(url, retries=retries))
 
+    def raw(self) -> redis.Redis:
+        """A client on the same server that answers bytes (uploaded files, blobs); the
+        caller closes it."""
+        return raw_client(self.client)
+
 
 __all__ = [
     "ACTIVE_STATES",

@@ -1,0 +1,1 @@
+"""The worker role: claims trials, trains them in trial processes, reports every epoch."""
