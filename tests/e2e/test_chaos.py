@@ -1,6 +1,7 @@
 """Nothing lost: processes killed with SIGKILL at bad moments, Redis restarted, jobs
-cancelled, trials that crash their process. Each test asserts the invariant: the job
-ends, every trial is listed once, COMPLETED or FAILED with a reason, none RUNNING."""
+cancelled, trials that crash their process. Each test asserts the invariant
+(``invariants.assert_exactly_once``): the job ends, every trial is created once and is
+final with one completion event, none RUNNING, its attempts the runs started."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tunecluster.errors import SpecError
 from tunecluster.store import Store
 
 from .conftest import EXAMPLES, FAST_LIVENESS, cli
+from .invariants import assert_exactly_once
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -74,15 +76,6 @@ def _trials_once_cancelled(store: Store, job: str) -> dict[str, tuple[str, int]]
 
 def _worker_pid(store: Store, worker_id: str) -> int:
     return int(store.client.hget(store.keys.worker(worker_id), "pid"))
-
-
-def _assert_nothing_lost(results: dict, max_trials: int) -> None:
-    trials = results["trials"]
-    assert len({t["trial"] for t in trials}) == len(trials) == max_trials
-    for t in trials:
-        assert t["state"] in ("COMPLETED", "FAILED"), t
-        if t["state"] == "FAILED":
-            assert t["error"]
 
 
 @pytest.fixture
@@ -146,7 +139,7 @@ def test_worker_killed_mid_trial_is_retried_and_resumes_from_checkpoint(make_clu
     _until(retried, timeout=60)
     results = wait(store, job, 300)
     assert results["state"] == "completed", results.get("error")
-    _assert_nothing_lost(results, 2)
+    assert_exactly_once(store, job, 2)
     trial = next(t for t in results["trials"] if t["trial"] == victim["trial"])
     assert trial["attempts"] == 2 and trial["state"] == "COMPLETED"
     assert trial["resumed_from_epoch"] >= saved, "the retry started over"
@@ -179,6 +172,7 @@ def test_worker_killed_after_its_last_epoch_report_is_retried_without_training_a
     assert trial["model"].endswith("attempt-2/model.keras")
     assert sorted(store.jobs.epochs(job, victim["trial"])) == [1, 2, 3]
     assert (Path(cluster.artifacts) / job / "best_model.keras").is_file()
+    assert_exactly_once(store, job, 1)
 
 
 def test_worker_lost_without_retries_fails_the_trial_and_the_job_completes(make_cluster):
@@ -191,7 +185,7 @@ def test_worker_lost_without_retries_fails_the_trial_and_the_job_completes(make_
     cluster.start_worker()  # the survivor finishes; a new one keeps two slots
     results = wait(store, job, 300)
     assert results["state"] == "completed"
-    _assert_nothing_lost(results, 2)
+    assert_exactly_once(store, job, 2)
     lost = next(t for t in results["trials"] if t["trial"] == victim["trial"])
     assert lost["state"] == "FAILED" and "worker lost" in lost["error"]
 
@@ -208,7 +202,7 @@ def test_all_workers_killed_then_new_ones_finish_the_job(make_cluster) -> None:
     cluster.start_worker()
     results = wait(store, job, 300)
     assert results["state"] == "completed"
-    _assert_nothing_lost(results, 2)
+    assert_exactly_once(store, job, 2)
 
 
 def test_chief_killed_and_restarted_resumes_without_rerunning(make_cluster) -> None:
@@ -223,7 +217,7 @@ def test_chief_killed_and_restarted_resumes_without_rerunning(make_cluster) -> N
     cluster.start_chief()
     results = wait(store, job, 300)
     assert results["state"] == "completed", results.get("error")
-    _assert_nothing_lost(results, 5)
+    assert_exactly_once(store, job, 5)
     assert all(t["attempts"] == 1 for t in results["trials"]), "a trial was re-run"
 
 
@@ -242,7 +236,7 @@ def test_chief_killed_while_finalizing_and_restarted_finalizes_the_job(make_clus
     cluster.start_chief()
     results = wait(store, job, 300)
     assert results["state"] == "completed", results.get("error")
-    _assert_nothing_lost(results, 2)
+    assert_exactly_once(store, job, 2)
     assert all(t["attempts"] == 1 for t in results["trials"])
     assert results["test"] and "accuracy" in results["test"], results["test"]
     assert (Path(cluster.artifacts) / job / "best_model.keras").is_file()
@@ -260,7 +254,7 @@ def test_two_chiefs_one_active_and_the_standby_takes_over(make_cluster) -> None:
     os.killpg(pid, signal.SIGKILL)
     results = wait(store, job, 300)
     assert results["state"] == "completed"
-    _assert_nothing_lost(results, 4)
+    assert_exactly_once(store, job, 4)
     assert store.client.get(store.keys.chief_lock) not in (None, active)
 
 
@@ -275,7 +269,7 @@ def test_redis_restart_with_aof_and_the_job_completes(make_cluster) -> None:
     cluster.redis.start()
     results = wait(store, job, 300)
     assert results["state"] == "completed", results.get("error")
-    _assert_nothing_lost(results, 2)
+    assert_exactly_once(store, job, 2)
 
 
 def test_cancel_stops_running_trials_within_an_epoch(make_cluster) -> None:
@@ -301,6 +295,7 @@ def test_cancel_stops_running_trials_within_an_epoch(make_cluster) -> None:
     assert results["state"] == "cancelled"
     states = {t["state"] for t in results["trials"]}
     assert "RUNNING" not in states and "READY" not in states
+    assert_exactly_once(store, job)
     for t in results["trials"]:
         epochs = store.jobs.epochs(job, t["trial"])
         assert t["epochs"] == max(epochs, default=0)
@@ -346,8 +341,10 @@ def test_crashing_and_oom_trials_fail_and_the_worker_survives(make_cluster, tmp_
     '''))
     cluster = make_cluster(workers=1)
     store = Store.from_url(cluster.url)
-    results = wait(store, submit(store, prepare_job(tmp_path / "job.yaml")), 300)
+    job = submit(store, prepare_job(tmp_path / "job.yaml"))
+    results = wait(store, job, 300)
     assert results["state"] == "completed"
+    assert_exactly_once(store, job, 3)
     by_mode = {t["hyperparameters"]["mode"]: t for t in results["trials"]}
     assert by_mode["ok"]["state"] == "COMPLETED"
     assert by_mode["exit"]["state"] == "FAILED"
@@ -381,6 +378,7 @@ def test_job_whose_trials_all_fail_ends_failed_with_a_summary(make_cluster, tmp_
     assert results["state"] == "failed"
     assert "broken model" in results["error"]
     assert len(results["trials"]) < 20
+    assert_exactly_once(store, job)
     # the CLI prints the job's error on one line, however long (logs are grepped)
     shown = cli("status", job, "--redis", cluster.url)
     assert shown.returncode == 0, shown.stderr
@@ -401,7 +399,7 @@ def test_sigterm_releases_the_running_trial_without_spending_an_attempt(make_clu
     cluster.start_worker()
     results = wait(store, job, 300)
     assert results["state"] == "completed"
-    _assert_nothing_lost(results, 2)
+    assert_exactly_once(store, job, 2)
     trial = next(t for t in results["trials"] if t["trial"] == victim["trial"])
     # released, not lost: no attempt spent (retries were 0), resumed from its checkpoint
     assert trial["state"] == "COMPLETED" and trial["attempts"] == 1
@@ -418,10 +416,11 @@ def test_foreign_data_in_redis_does_not_crash_the_chief_or_workers(make_cluster)
     r.xadd(k.inbox, {"type": "epoch", "job": "forged", "metrics": "[1,2"})
     r.xadd(k.inbox, {"garbage": "1"})
     r.rpush(k.ready, "no-slash", "ghost/00")
-    results = wait(store, submit(store, prepare_job(EXAMPLES / "digits.yaml",
-                                                    ("search.max_trials=2", "train.epochs=1"))),
-                   240)
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                    ("search.max_trials=2", "train.epochs=1")))
+    results = wait(store, job, 240)
     assert results["state"] == "completed"
+    assert_exactly_once(store, job, 2)
     assert r.hget(k.job("forged"), "state") == "failed"
     assert "forged" not in store.jobs.active()
     out = cli("status", "forged", "--redis", cluster.url)

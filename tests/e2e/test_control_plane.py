@@ -28,6 +28,7 @@ from tunecluster.cluster import LocalCluster, RedisServer
 from tunecluster.store import Claim, Store
 
 from .conftest import EXAMPLES, FAST_LIVENESS
+from .invariants import assert_exactly_once
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -150,6 +151,7 @@ def test_redis_outage_longer_than_a_lease_spends_no_retry(control_plane) -> None
     results = wait(store, job, 240)
     assert results["state"] == "completed", results.get("error")
     assert [(t["state"], t["attempts"]) for t in results["trials"]] == [("COMPLETED", 1)] * 2
+    assert_exactly_once(store, job, 2)
 
 
 def test_a_full_redis_pauses_the_cluster_and_spends_no_retry(control_plane) -> None:
@@ -174,6 +176,7 @@ def test_a_full_redis_pauses_the_cluster_and_spends_no_retry(control_plane) -> N
     results = wait(store, job, 240)
     assert results["state"] == "completed", results.get("error")
     assert [(t["state"], t["attempts"]) for t in results["trials"]] == [("COMPLETED", 1)] * 3
+    assert_exactly_once(store, job, 3)
 
 
 # --- point 5: a restarted chief never reuses a tuner id -----------------------------------
@@ -240,6 +243,7 @@ def test_a_frozen_chief_is_replaced_and_writes_nothing_when_it_wakes(control_pla
     created = [e["trial"] for e in _events(store, job, "trial_created")]
     assert len(trials) == 3 and sorted(created) == sorted(trials), created
     assert all(t["state"] == "COMPLETED" and t["attempts"] == 1 for t in results["trials"])
+    assert_exactly_once(store, job, 3)
 
 
 def test_a_chief_that_lost_its_lock_mid_round_commits_nothing(control_plane) -> None:
@@ -266,6 +270,7 @@ def test_a_chief_that_lost_its_lock_mid_round_commits_nothing(control_plane) -> 
     created = [e["trial"] for e in _events(store, job, "trial_created")]
     assert len(results["trials"]) == 3 and len(created) == 3, created
     assert all(t["state"] == "COMPLETED" and t["attempts"] == 1 for t in results["trials"])
+    assert_exactly_once(store, job, 3)
     consumers = {c["name"] for c in store.client.xinfo_consumers(store.keys.inbox, "chief")}
     assert consumers and all(name.startswith("chief-") for name in consumers), consumers
 
@@ -290,6 +295,7 @@ def test_a_chief_reloads_after_redis_lost_writes(control_plane) -> None:
     assert results["state"] == "completed", results.get("error")
     assert len({t["trial"] for t in results["trials"]}) == len(results["trials"]) == 6
     assert all(t["state"] == "COMPLETED" for t in results["trials"]), results["trials"]
+    assert_exactly_once(store, job, 6)
 
 
 # --- point 9: a failed search stays failed across a chief restart --------------------------
@@ -315,6 +321,7 @@ def test_a_failed_search_is_not_resumed_by_a_restarted_chief(control_plane) -> N
     worker.end(running)
     results = wait(store, job, 60)
     assert results["state"] == "failed" and "consecutive" in results["error"]
+    assert_exactly_once(store, job, len(made))
 
 
 # --- point 11: finalization while no slot is free -------------------------------------------
@@ -331,6 +338,7 @@ def test_a_search_that_is_over_is_finalized_with_no_worker_alive(control_plane) 
     worker.end(only, state="FAILED")
     results = wait(store, job, 30)
     assert results["state"] == "failed" and "no trial completed" in results["error"]
+    assert_exactly_once(store, job, 1)
 
 
 def test_a_search_that_is_over_is_finalized_while_other_jobs_hold_every_slot(
@@ -347,6 +355,7 @@ def test_a_search_that_is_over_is_finalized_while_other_jobs_hold_every_slot(
     assert busy.job == high
     results = wait(store, low, 30)
     assert results["state"] == "failed"
+    assert_exactly_once(store, low, 1)
 
 
 def test_trials_kept_ready_ahead_for_a_job_never_delay_a_higher_priority_one(
@@ -416,3 +425,4 @@ def test_a_worker_with_a_skewed_clock_keeps_its_leases(control_plane, tmp_path) 
     results = wait(store, job, 180)
     assert results["state"] == "completed", results.get("error")
     assert [(t["state"], t["attempts"]) for t in results["trials"]] == [("COMPLETED", 1)] * 2
+    assert_exactly_once(store, job, 2)

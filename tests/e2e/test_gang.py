@@ -22,6 +22,7 @@ from tunecluster.store import Store
 from tunecluster.worker.gang import CHECK_S
 
 from .conftest import FAST_LIVENESS, cli, run_job
+from .invariants import assert_exactly_once
 from .test_chaos import _until, _worker_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -81,6 +82,7 @@ def test_a_gang_of_two_trains_each_trial_on_both_workers(cluster, store: Store,
     assert gang["test"]["accuracy"] > 0.8  # the best model was saved and loads
     events = [e for e in store.events.read(gang["job"]) if e.type == "trial_started"]
     assert [len(e.data["workers"]) for e in events] == [2]
+    assert_exactly_once(store, gang["job"], 1)
 
 
 def test_a_gang_larger_than_the_cluster_waits_and_other_jobs_run(cluster, store: Store,
@@ -103,6 +105,8 @@ def test_a_gang_larger_than_the_cluster_waits_and_other_jobs_run(cluster, store:
     assert store.client.zcard(store.keys.forming) == 0
     store.jobs.request_cancel(big)
     assert wait(store, big, timeout_s=60)["state"] == "cancelled"
+    assert_exactly_once(store, big, 1)
+    assert_exactly_once(store, small["job"], 1)
 
 
 def test_cancel_stops_every_member(cluster, store: Store, tmp_path: Path) -> None:
@@ -114,6 +118,7 @@ def test_cancel_stops_every_member(cluster, store: Store, tmp_path: Path) -> Non
     assert results["state"] == "cancelled"
     (trial,) = results["trials"]
     assert trial["state"] == "CANCELLED" and trial["epochs"] < 500
+    assert_exactly_once(store, job, 1)
     _until(lambda: all(_gone(p) for p in processes), timeout=30)
 
 
@@ -169,6 +174,7 @@ def _lose_members(store: Store, tmp_path: Path) -> None:
     assert "killed by SIGKILL" in store.client.lrange(
         store.keys.trial_errors(job, trial["trial"]), 0, -1)[0]
     assert sorted(int(e) for e in store.jobs.epochs(job, trial["trial"])) == list(range(1, 13))
+    assert_exactly_once(store, job, 1)
 
     # 2. A member's worker falls silent (SIGSTOPped: frozen, its trial process still
     # trains, so TensorFlow's collectives see nothing): only the workers' peer check can
@@ -194,6 +200,7 @@ def _lose_members(store: Store, tmp_path: Path) -> None:
     error = store.client.lrange(store.keys.trial_errors(job, trial["trial"]), 0, -1)[0]
     assert error.startswith(f"gang member {lost} lost: silent for"), error
     assert lost not in {m["worker"] for m in trial["workers"]}  # re-formed without it
+    assert_exactly_once(store, job, 1)
 
 
 def test_a_tf_config_in_the_workers_environment_reaches_no_single_trial(
@@ -209,6 +216,7 @@ def test_a_tf_config_in_the_workers_environment_reaches_no_single_trial(
                           timeout_s=120)
         assert results["state"] == "completed", results
         assert _trial_result(store, results["job"], "0")["distribution"]["replicas"] == 1
+        assert_exactly_once(store, results["job"], 1)
 
 
 @pytest.mark.timeout(300)
@@ -229,6 +237,7 @@ def test_a_member_lost_to_tensorflow_first_is_retried_not_failed(tmp_path: Path)
         assert trial["resumed_from_epoch"] >= 2
         errors = store.client.lrange(store.keys.trial_errors(job, trial["trial"]), 0, -1)
         assert "a gang member was lost" in errors[0], errors
+        assert_exactly_once(store, job, 1)
 
 
 def test_run_refuses_a_gang_larger_than_its_embedded_cluster(tmp_path: Path) -> None:
@@ -256,3 +265,4 @@ def test_consecutive_gang_trials_run_on_members_started_ahead(tmp_path: Path) ->
         processes = [_trial_result(store, results["job"], t["trial"])["process"]
                      for t in results["trials"]]
         assert len(set(processes)) == 3  # a fresh member process for every gang trial
+        assert_exactly_once(store, results["job"], 3)

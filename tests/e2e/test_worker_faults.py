@@ -21,6 +21,7 @@ from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 
 from .conftest import EXAMPLES, FAST_LIVENESS, cli
+from .invariants import assert_exactly_once
 from .test_chaos import _until, _worker_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -191,6 +192,8 @@ def test_cancel_kills_a_stuck_trial_and_the_slot_serves_the_next_job(make_cluste
     results = wait(store, after, 90)
     assert results["state"] == "completed", results.get("error")
     assert results["trials"][0]["worker"] == row["worker"]
+    assert_exactly_once(store, job, 1)
+    assert_exactly_once(store, after, 1)
     print(f"\ncancel of a stuck trial: job cancelled {latency:.1f}s after `tunecluster cancel`")
 
 
@@ -199,13 +202,15 @@ def test_trial_timeout_fails_a_stuck_trial_without_retry(make_cluster, tmp_path)
     store = Store.from_url(cluster.url)
     spec = _job_file(tmp_path, STALLING_MODEL, train="{epochs: 2, trial_timeout: 3}")
     started = time.monotonic()
-    results = wait(store, submit(store, prepare_job(spec)), 90)
+    job = submit(store, prepare_job(spec))
+    results = wait(store, job, 90)
     [trial] = results["trials"]
     assert trial["state"] == "FAILED", trial
     assert trial["error"] == "trial exceeded train.trial_timeout (3 s)"
     assert trial["attempts"] == 1, "a deterministic timeout must not be retried"
     assert results["state"] == "failed"
     assert cluster.workers[0].poll() is None
+    assert_exactly_once(store, job, 1)
     print(f"\ntrial_timeout: job failed {time.monotonic() - started:.1f}s after submit")
 
 
@@ -232,6 +237,7 @@ def test_non_finite_side_metric_is_recorded_as_null(make_cluster, tmp_path) -> N
     assert table.returncode == 0, table.stderr
     raw = cli("results", job, "--json", "--redis", cluster.url)
     assert raw.returncode == 0 and "Infinity" not in raw.stdout and "NaN" not in raw.stdout
+    assert_exactly_once(store, job, 2)
 
 
 def test_reaped_attempt_still_alive_does_not_touch_the_new_attempts_files(make_cluster,
@@ -254,6 +260,7 @@ def test_reaped_attempt_still_alive_does_not_touch_the_new_attempts_files(make_c
         assert results["state"] == "completed", results.get("error")
         record = store.jobs.trial(job, trial)
         assert record["state"] == "COMPLETED" and record["attempts"] == "2", record
+        assert_exactly_once(store, job, 1)
         # The winning attempt's files, as the trial record names them.
         model = (cluster.artifacts / record["model"] if "model" in record
                  else cluster.artifacts / job / "trials" / trial / "model.keras")
