@@ -88,18 +88,18 @@ def _stop_head(proc: subprocess.Popen) -> None:
             continue
 
 
-def _start_head(temp: Path) -> tuple[subprocess.Popen, str]:
+def _start_head(temp: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
     """`ray start --head` on loopback; returns the process and the GCS address once a
-    task has run there. Ray picks its ports (GCS, agents, metrics) itself; the two it has
-    no "any free port" for (client server, dashboard agent) are picked here, and a head
-    that exits early (one of them was taken meanwhile) is started again."""
+    task has run there. Ray picks its ports (GCS unless ``port``, agents, metrics) itself;
+    the two it has no "any free port" for (client server, dashboard agent) are picked
+    here, and a head that exits early (one of them was taken meanwhile) is started again."""
     ray_bin = Path(sys.executable).with_name("ray")
     tail = ""
     for attempt in range(1, HEAD_ATTEMPTS + 1):
         session = temp / f"ray{attempt}"  # short: Ray's socket paths
         session.mkdir()
         cmd = [str(ray_bin), "start", "--head", "--block", "--num-cpus=2",
-               "--node-ip-address=127.0.0.1", "--port=0",
+               "--node-ip-address=127.0.0.1", f"--port={port}",
                "--include-dashboard=false", "--disable-usage-stats",
                f"--ray-client-server-port={free_port()}",
                f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={session}"]
@@ -337,6 +337,178 @@ def test_cancel_stops_the_ray_run(store, ray_cluster) -> None:
     assert any(t["state"] == "CANCELLED" for t in results["trials"])
 
 
+
+# --- fencing: a deposed chief writes nothing (issue 23, point 3) ---------------------------
+
+
+def _snapshot(store: Store) -> dict:
+    raw = store.raw()
+    try:
+        return {key: raw.dump(key) for key in sorted(raw.keys("*"))}
+    finally:
+        raw.close()
+
+
+def test_a_deposed_chief_writes_no_ray_job_state(tmp_path: Path) -> None:
+    """The Ray path's job-state writes (queued -> running, the take-over of a run, the
+    finalize of a job found finalizing) are under the chief's fence: with the lock held by
+    another chief, each is refused and nothing at all is written."""
+    from tunecluster.cluster.redis_server import RedisServer
+    from tunecluster.ray.backend import RayJobRunner, RayJobs
+    from tunecluster.spec import parse_spec
+    from tunecluster.store.fence import Fence, LostLeadership
+
+    with RedisServer() as server:
+        store = Store.from_url(server.url)
+        queued = submit(store, prepare_job(EXAMPLES / "digits.yaml", (*RAY, *SMALL)))
+        store.client.set(store.keys.chief_lock, "chief-b")  # another chief leads
+        stale = Fence(store.keys.chief_lock, "chief-a")
+        before = _snapshot(store)
+        with pytest.raises(LostLeadership):
+            RayJobs(store, tmp_path, "chief-a", fence=stale).tick()
+        with pytest.raises(LostLeadership):
+            RayJobRunner(store, queued, parse_spec(store.jobs.get(queued).spec), {}, tmp_path,
+                         chief_id="chief-a", fence=stale).records.take_over(
+                queued, "chief-a", fence=stale)
+        assert _snapshot(store) == before
+        assert store.jobs.get(queued).state == "queued"
+
+        store.client.delete(store.keys.chief_lock)
+        store.jobs.set_state(queued, "finalizing")  # as a chief that died finalizing left it
+        store.client.set(store.keys.chief_lock, "chief-b")
+        before = _snapshot(store)
+        record = store.jobs.get(queued)
+        runner = RayJobRunner(store, queued, parse_spec(record.spec), record.space, tmp_path,
+                              chief_id="chief-a", fence=stale)
+        with pytest.raises(LostLeadership):
+            runner.run()
+        assert _snapshot(store) == before
+        assert store.jobs.get(queued).state == "finalizing"
+
+
+@pytest.mark.timeout(240)
+def test_a_deposed_chief_stops_its_ray_run_and_writes_nothing(store, ray_cluster) -> None:
+    """The lock taken from the chief while its Ray job runs: the chief stands by, its Ray
+    run stops (no more writes at all), the job's state and record are left as they were;
+    given the lock back, the chief starts a new Ray run of the job."""
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                    (*RAY, "search.max_trials=20", "train.epochs=50",
+                                     "train.early_stopping=null", *ONE)))
+    deadline = time.monotonic() + 120
+    while not any(e.type == "epoch" for e in _events(store, job)):
+        assert time.monotonic() < deadline, "no epoch reported"
+        time.sleep(0.5)
+    store.client.set(store.keys.chief_lock, "usurper", px=120_000)
+    deposed = len(_events(store, job))
+    # The Ray run stops: the event stream stays still for 5 s within 40 s.
+    deadline, count, still_since = time.monotonic() + 40, -1, time.monotonic()
+    while time.monotonic() - still_since < 5:
+        assert time.monotonic() < deadline, "the deposed chief's Ray run goes on writing"
+        now = len(_events(store, job))
+        if now != count:
+            count, still_since = now, time.monotonic()
+        time.sleep(0.5)
+    after = _events(store, job)[deposed:]
+    assert not [e for e in after if e.type in ("job_state", "ray_run_started")], after
+    assert not [e for e in after if e.type == "epoch"][1:], "epochs went on after deposal"
+    fields = store.jobs.get(job).fields
+    assert fields["state"] == "running" and not fields.get("final"), fields
+    assert ray_cluster.log_dir is not None
+    log_text = "".join(f.read_text(errors="replace") for f in ray_cluster.log_dir.glob("chief*"))
+    assert "standing by" in log_text
+
+    runs = int(fields["ray_run"])
+    store.client.delete(store.keys.chief_lock)  # the chief leads again: a new Ray run
+    deadline = time.monotonic() + 60
+    while int(store.client.hget(store.keys.job(job), "ray_run") or 0) <= runs:
+        assert time.monotonic() < deadline, "the chief did not resume the job"
+        time.sleep(0.5)
+    assert cli("cancel", job, "--redis", ray_cluster.url).returncode == 0
+    assert wait(store, job, 90)["state"] == "cancelled"
+
+
+# --- the Ray head lost (issue 31, point 2) ------------------------------------------------
+
+
+@pytest.fixture
+def own_head_cluster(tmp_path: Path, request: pytest.FixtureRequest
+                     ) -> Iterator[tuple[LocalCluster, Store, str]]:
+    """A cluster whose chief drives Ray at a fixed loopback address where no Ray runs
+    yet; the test starts (and kills) heads there. ``request.param``: extra chief env."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**FAST_LIVENESS, **RAY_ENV, "RAY_ADDRESS": address,
+           **getattr(request, "param", {})}
+    with LocalCluster(workers=0, artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs",
+                      env=env) as c:
+        yield c, Store.from_url(c.url), address
+
+
+def _wait_for_waiting(store: Store, job: str, address: str, within_s: float) -> str:
+    deadline = time.monotonic() + within_s
+    while True:
+        record = store.jobs.get(job)
+        line = record.fields.get("waiting") or ""
+        if line:
+            assert line.startswith(f"Ray at {address} unreachable since "), line
+            assert record.state == "running", record.state
+            return line
+        assert time.monotonic() < deadline, f"the job says nothing ({record.state})"
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(420)
+def test_ray_head_lost_mid_job_the_job_waits_then_completes_on_a_new_head(
+        own_head_cluster, tmp_path: Path) -> None:
+    cluster, store, address = own_head_cluster
+    temp = Path(tempfile.mkdtemp(prefix="ray-hl-", dir="/tmp"))  # short: socket paths
+    port = int(address.rsplit(":", 1)[1])
+    head, _ = _start_head(temp / "a", port)
+    try:
+        job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
+                                        (*RAY, "search.max_trials=2", "train.epochs=4",
+                                         "train.early_stopping=null", *ONE)))
+        deadline = time.monotonic() + 150
+        while not any(e.type == "epoch" for e in _events(store, job)):
+            assert time.monotonic() < deadline, "no epoch reported"
+            time.sleep(0.5)
+        os.killpg(head.pid, signal.SIGKILL)  # the Ray head dies, with the trial's actor
+        head.wait(10)
+        line = _wait_for_waiting(store, job, address, 30)
+        out = cli("status", job, "--redis", cluster.url)
+        assert out.returncode == 0, out.stderr
+        assert f"waiting: {line}" in " ".join(out.stdout.split()), out.stdout
+        time.sleep(5)  # still waiting, still running: nothing failed the job meanwhile
+        assert store.jobs.get(job).state == "running"
+
+        head, _ = _start_head(temp / "b", port)  # Ray is back at the same address
+        results = wait(store, job, 240)
+        assert results["state"] == "completed", results.get("error")
+        assert all(t["state"] == "COMPLETED" for t in results["trials"]), results["trials"]
+        assert any(t["attempts"] >= 2 for t in results["trials"]), "no trial was resumed"
+        assert not store.jobs.get(job).fields.get("waiting")
+        runs = [e for e in _events(store, job) if e.type == "ray_run_started"]
+        assert len(runs) >= 2, runs
+    finally:
+        _stop_head(head)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("own_head_cluster", [{"TUNECLUSTER_RAY_UNREACHABLE_S": "8"}],
+                         indirect=True)
+def test_ray_unreachable_past_the_limit_fails_the_job_with_the_reason(own_head_cluster
+                                                                      ) -> None:
+    cluster, store, address = own_head_cluster  # no Ray head there at all
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (*RAY, *SMALL)))
+    line = _wait_for_waiting(store, job, address, 60)
+    results = wait(store, job, 90)
+    assert results["state"] == "failed"
+    error = results["error"]
+    assert len(error.splitlines()) == 1, error
+    assert error.startswith(line) and "TUNECLUSTER_RAY_UNREACHABLE_S" in error, error
+    out = cli("status", job, "--redis", cluster.url)
+    assert out.returncode == 0 and "unreachable since" in out.stdout, out.stdout
+
 def test_unknown_ray_early_stopping_scheduler_is_a_one_line_spec_error() -> None:
     out = cli("validate", str(EXAMPLES / "digits.yaml"), "--set", "scheduler=ray",
               "--set", "ray.early_stopping={scheduler: hyperband}")
@@ -503,3 +675,20 @@ def test_only_a_local_ray_is_kept_on_loopback() -> None:
         assert is_local(address), address
     for address in ("auto", "10.0.0.5:6379", "ray://tunecluster-ray-head-svc:10001"):
         assert not is_local(address), address
+
+
+def test_a_stores_settings_pickle_with_the_roles_retry() -> None:
+    """Tune pickles the searcher's and the callbacks' Store settings, the client's retry
+    among them (which holds a lock and an event): they pickle, and come back fresh."""
+    import pickle
+
+    from ray import cloudpickle
+
+    from tunecluster.ray.searcher import store_state
+    from tunecluster.store.connection import connect
+
+    client = connect("redis://:not-sent@127.0.0.1:9/0", check=False)
+    store = type("S", (), {"client": client, "keys": type("K", (), {"p": "tc"})()})()
+    state = pickle.loads(cloudpickle.dumps(store_state(store)))
+    retry = state["kwargs"]["retry"]
+    assert not retry.watch.stopped.is_set() and "not-sent" not in retry.watch.url

@@ -105,6 +105,11 @@ class _Watch:
     def __deepcopy__(self, memo: dict[int, Any]) -> _Watch:
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with a Store's settings (Ray ships them, tunecluster.ray.searcher): a
+        # fresh watch there, since locks and events do not pickle.
+        return (_Watch, (self.url, self.report))
+
     def retrying(self, _exc: BaseException) -> bool:
         return not self.stopped.is_set()
 
