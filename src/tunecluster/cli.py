@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import redis
-from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn
 
 from tunecluster import defaults, render
-from tunecluster.errors import SpecError, StoreError
+from tunecluster.errors import ExitCode, SpecError, StoreError, WaitTimeout
+from tunecluster.follow import console, err
 from tunecluster.store.connection import redact
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80 columns.
-# soft_wrap: a line of text (an error, an event) is never broken up by the terminal's
-# width or the 140 columns given to pipes and logs, which are grepped line by line;
-# tables still fit the width.
-console = Console(width=None if sys.stdout.isatty() else 140, soft_wrap=True)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140, soft_wrap=True)
 
 
 def _fail(message: str, code: int) -> None:
@@ -38,7 +28,9 @@ def _fail(message: str, code: int) -> None:
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Every failure becomes one line on stderr: exit 2 for bad input, 1 for the rest."""
+    """Every failure becomes one line on stderr and an ``ExitCode``: USAGE for bad
+    input, UNREACHABLE when Redis does not answer, TIMED_OUT for a --timeout, ERROR for
+    the rest."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,16 +39,18 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except SpecError as exc:
-            _fail(f"spec error: {exc}", 2)
+            _fail(f"spec error: {exc}", ExitCode.USAGE)
         except AuthFailed as exc:
-            _fail(f"error: {exc}", 1)
+            _fail(f"error: {exc}", ExitCode.ERROR)
         except StoreError as exc:
-            _fail(f"error: {exc}", 1)
-        except redis.ConnectionError as exc:
+            _fail(f"error: {exc}", ExitCode.ERROR)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             url = kwargs.get("redis_url") or defaults.REDIS_URL
-            _fail(f"error: cannot reach Redis at {redact(url)} ({exc})", 1)
+            _fail(f"error: cannot reach Redis at {redact(url)} ({exc})", ExitCode.UNREACHABLE)
+        except WaitTimeout as exc:
+            _fail(f"error: {exc}", ExitCode.TIMED_OUT)
         except (FileNotFoundError, TimeoutError, ValueError) as exc:
-            _fail(f"error: {exc}", 1)
+            _fail(f"error: {exc}", ExitCode.ERROR)
 
     return wrapper
 
@@ -176,7 +170,7 @@ def datasets(as_json: bool) -> None:
 @set_option
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after seconds.")
-@click.option("--dashboard", "dashboard", is_flag=True,
+@click.option("--dashboard", "dashboard_on", is_flag=True,
               help="Serve the web dashboard on 127.0.0.1 while the job runs; prints its URL.")
 @click.option("--dashboard-port", type=click.IntRange(0, 65535), default=0,
               help="The dashboard's port (0: a free one).")
@@ -185,11 +179,13 @@ def datasets(as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
-        timeout_s: float | None, dashboard: bool, dashboard_port: int, artifacts: str,
+        timeout_s: float | None, dashboard_on: bool, dashboard_port: int, artifacts: str,
         as_json: bool) -> None:
     """Run a job: on the local cluster of `tunecluster up` when one runs (warm workers),
-    else on an embedded one (its own Redis, a chief and N workers, stopped at the end)."""
+    else on an embedded one (its own Redis, a chief and N workers, stopped at the end).
+    Exit status: the job's end (see the README); Ctrl-C cancels the job."""
     from tunecluster.cluster.persistent import current
+    from tunecluster.follow import Interrupted, dashboard, interrupted_line, run_on
 
     warm = current()
     if warm is not None:
@@ -199,79 +195,36 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], workers: int,
             err.print(f"note: {' and '.join(given)} apply to an embedded cluster; the"
                       f" local cluster has {len(warm.worker_pids)} worker(s) and its"
                       f" artifacts at {warm.artifacts}")
-        with _dashboard(warm.url, dashboard, dashboard_port):
-            _run_on(warm.url, spec, overrides, timeout_s, as_json, "the local cluster",
-                    workers=len(warm.worker_pids), fixed=False)
+        try:
+            with dashboard(warm.url, dashboard_on, dashboard_port):
+                run_on(warm.url, spec, overrides, timeout_s, as_json, "the local cluster",
+                       workers=len(warm.worker_pids), fixed=False)
+        except Interrupted as exc:
+            _fail(interrupted_line(exc, "nothing of it runs on; the local cluster of"
+                                        " `tunecluster up` stays up (tunecluster down)"),
+                  ExitCode.INTERRUPTED)
         return
     from tunecluster.cluster import LocalCluster
 
     # The roles start first (Python, Redis, the trial processes' TensorFlow): the job is
     # prepared while they do.
-    cluster = LocalCluster(workers=workers, artifacts=artifacts).start()
+    cluster = LocalCluster(workers=workers, artifacts=artifacts)
     try:
-        with _dashboard(cluster.url, dashboard, dashboard_port):
-            _run_on(cluster.url, spec, overrides, timeout_s, as_json,
-                    f"{workers} workers, redis at {redact(cluster.url)}", workers=workers)
-    finally:
-        # The results are out (or the command gives up), and this cluster's Redis goes
-        # with it: nothing is left for the roles to do or to hand over. Killed, not
-        # asked to wind down, so the command returns at once.
-        cluster.stop(fast=True)
-
-
-@contextlib.contextmanager
-def _dashboard(url: str, wanted: bool, port: int) -> Iterator[None]:
-    """Serve the dashboard (loopback) while the block runs; afterwards, at a terminal,
-    keep it up until Ctrl-C so the final job can be looked at."""
-    if not wanted:
-        yield
-        return
-    from tunecluster.dashboard.server import start_in_background
-
-    address, stop = start_in_background(url, "127.0.0.1", port)
-    err.print(f"dashboard: {address}")
-    try:
-        yield
-        if sys.stdin.isatty() and sys.stderr.isatty():
-            err.print(f"the job is final; the dashboard stays at {address} until Ctrl-C")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(3600)
-    finally:
-        stop()
-
-
-def _run_on(url: str, spec: str, overrides: tuple[str, ...], timeout_s: float | None,
-            as_json: bool, where: str, *, workers: int, fixed: bool = True) -> None:
-    """Prepare, submit, follow and print a job on the cluster at ``url``, which has
-    ``workers`` workers (``fixed``: and never more, an embedded cluster)."""
-    from tunecluster.client import prepare_job, submit, wait
-    from tunecluster.store import Store
-
-    job = prepare_job(spec, overrides)
-    need = job.spec.resources.workers_per_trial
-    if need > workers and fixed:  # its trials could never start
-        raise ValueError(f"resources.workers_per_trial: each trial needs {need} workers;"
-                         f" this run starts {workers} (--workers {need} or more)")
-    if need > workers:
-        from tunecluster.store.connection import redact
-
-        err.print(f"note: each trial needs {need} workers and the local cluster has"
-                  f" {workers}: the job waits until more join (tunecluster worker --redis"
-                  f" {redact(url)})")
-    store = Store.from_url(url)
-    job_id = submit(store, job)
-    if not as_json:
-        err.print(f"submitted {job_id}: {where}")
-        _watch(store, job_id)
-    results = wait(store, job_id, timeout_s)
-    if as_json:
-        _print_json(results)
-    else:
-        render.print_results(results, console)
-    sys.stdout.flush()
-    if results["state"] != "completed":
-        raise click.exceptions.Exit(1)
+        try:
+            cluster.start()
+            with dashboard(cluster.url, dashboard_on, dashboard_port):
+                run_on(cluster.url, spec, overrides, timeout_s, as_json,
+                       f"{workers} workers, redis at {redact(cluster.url)}", workers=workers)
+        finally:
+            # The results are out (or the command gives up), and this cluster's Redis
+            # goes with it: nothing is left for the roles to do or to hand over. Killed,
+            # not asked to wind down, so the command returns at once.
+            cluster.stop(fast=True)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        got = exc if isinstance(exc, Interrupted) else Interrupted(None, None)
+        _fail(interrupted_line(got, "the embedded cluster (Redis, chief, workers and"
+                                    " their trials) is stopped: nothing is left running"),
+              ExitCode.INTERRUPTED)
 
 
 @cli.command()
@@ -348,20 +301,23 @@ def down() -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @set_option
 @redis_option
-@click.option("--wait", "wait_", is_flag=True, help="Wait for the job to end.")
+@click.option("--wait", "wait_", is_flag=True,
+              help="Wait for the job to end; the exit status says how it ended.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="With --wait: give up after seconds (the job keeps running).")
 @json_option
 @handle_errors
 def submit(spec: str, overrides: tuple[str, ...], redis_url: str, wait_: bool,
-           as_json: bool) -> None:
+           timeout_s: float | None, as_json: bool) -> None:
     """Validate and queue a job; prints its id."""
     from tunecluster.api import Client
+    from tunecluster.follow import finish
 
     job = Client(redis_url).submit(spec if spec != "-" else _stdin_spec(), overrides)
     if not wait_:
         _print_json({"job": job.id}) if as_json else click.echo(job.id)
         return
-    results = job.wait()
-    _print_json(results) if as_json else render.print_results(results, console)
+    finish(job.wait(timeout_s, raise_on_failure=False), as_json)
 
 
 def _stdin_spec() -> dict[str, Any]:
@@ -451,42 +407,15 @@ def list_jobs(redis_url: str, as_json: bool) -> None:
 @redis_option
 @handle_errors
 def watch(job: str, redis_url: str) -> None:
-    """Follow a job live: events, a trial table and a progress bar, until it ends."""
+    """Follow a job live: events, a trial table and a progress bar, until it ends; the
+    exit status says how it ended."""
+    from tunecluster.follow import finish, watch_job
+    from tunecluster.store.results import build_results
+
     store = _store(redis_url)
     store.jobs.get(job)
-    _watch(store, job)
-    from tunecluster.store.results import build_results
-
-    render.print_results(build_results(store.jobs, job), console)
-
-
-def _watch(store: Any, job: str) -> None:
-    """Events as they happen, under a live trial table and a progress bar."""
-    from rich.console import Group
-
-    from tunecluster.spec import parse_spec
-    from tunecluster.store import FINAL_STATES
-    from tunecluster.store.results import build_results
-
-    total = parse_spec(store.jobs.get(job).spec).search.max_trials
-    progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} trials"), console=err)
-    task = progress.add_task(job, total=total)
-    after = "0-0"
-    with Live(progress, console=err, refresh_per_second=4, transient=True) as live:
-        while True:
-            events = store.events.read(job, after, block_ms=500)
-            for e in events:
-                after = e.id
-                if e.type != "trial_created":
-                    live.console.print(render.event_line(job, e.type, e.data))
-            results = build_results(store.jobs, job)
-            done = sum(t["state"] in ("COMPLETED", "FAILED", "CANCELLED")
-                       for t in results["trials"])
-            progress.update(task, completed=done)
-            live.update(Group(render.leaderboard_table(results, limit=10), progress))
-            if results["state"] in FINAL_STATES:
-                break
+    watch_job(store, job)
+    finish(build_results(store.jobs, job), as_json=False)
 
 
 @cli.command()
@@ -608,8 +537,8 @@ def cancel(job: str, redis_url: str, wait_: bool) -> None:
         click.echo(f"{job} already {before}")
         return
     click.echo(f"cancelling {job}")
-    if wait_:
-        click.echo(handle.wait()["state"])
+    if wait_:  # cancelled is what was asked for: exit 0, whatever the end
+        click.echo(handle.wait(raise_on_failure=False)["state"])
 
 
 @cli.command()
@@ -637,7 +566,9 @@ def resume(job: str, redis_url: str, overrides: tuple[str, ...], wait_: bool) ->
         return
     click.echo(f"resuming {job} (was {before})")
     if wait_:
-        click.echo(handle.wait()["state"])
+        state = handle.wait(raise_on_failure=False)["state"]
+        click.echo(state)
+        sys.exit(ExitCode.for_state(state))
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster import defaults
-from tunecluster.errors import SpecError, TrialFailed
+from tunecluster.errors import SpecError, TrialFailed, WaitTimeout
 from tunecluster.spec import JobSpec, load_spec_file, spec_to_json
 from tunecluster.store import FINAL_STATES, Store
 from tunecluster.store.results import build_results
@@ -104,7 +104,9 @@ def submit(store: Store, job: PreparedJob) -> str:
 
 def wait(store: Store, job: str, timeout_s: float | None = None,
          poll_s: float = 0.5) -> dict[str, Any]:
-    """Block until the job is final; returns its results document."""
+    """Block until the job is final; returns its results document, whatever the job's
+    end (``Job.wait`` raises for a job that did not complete); ``WaitTimeout`` after
+    ``timeout_s`` seconds."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     after = "0-0"
     while True:
@@ -112,7 +114,8 @@ def wait(store: Store, job: str, timeout_s: float | None = None,
         if record.state in FINAL_STATES:
             return build_results(store.jobs, job)
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"job {job} still {record.state} after {timeout_s:.0f}s")
+            raise WaitTimeout(f"job {job} still {record.state} after {timeout_s:g} s (it"
+                              " keeps running)")
         events = store.events.read(job, after, block_ms=int(poll_s * 1000), count=1000)
         if events:
             after = events[-1].id

@@ -4,7 +4,15 @@
 - ``TrialFailed``: the trial itself is broken (model code raised, NaN loss); no retry.
 - ``WorkerLost``: the process running a trial vanished; retried within the job's budget.
 - ``StoreError``: the control plane holds something we cannot read (foreign or corrupt data).
+- ``JobFailed`` / ``JobCancelled``: a job waited for ended without completing.
+
+``ExitCode`` is every exit status of the CLI, in one place.
 """
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
 
 
 class TuneclusterError(Exception):
@@ -35,3 +43,55 @@ class StoreError(TuneclusterError):
 class ArtifactsError(TuneclusterError, ValueError):
     """The artifacts root is unusable as given: a URL of an unknown kind, a key that
     would leave the root. ``str()`` names the value and what is allowed."""
+
+
+class JobNotCompleted(TuneclusterError):
+    """A job that was waited for ended without completing (``Job.wait()`` raises it).
+
+    ``state`` is the job's final state, ``error`` the job's own one-line reason (or
+    None) and ``results`` its results document, as ``wait(raise_on_failure=False)``
+    returns it."""
+
+    def __init__(self, job: str, state: str, error: str | None,
+                 results: dict[str, Any] | None = None) -> None:
+        self.job, self.state, self.error, self.results = job, state, error, results
+        super().__init__(f"job {job} {state}" + (f": {error}" if error else ""))
+
+
+class JobFailed(JobNotCompleted):
+    """The job ended ``failed`` (its trials kept failing, or the chief gave up on it)."""
+
+
+class JobCancelled(JobNotCompleted):
+    """The job ended ``cancelled``."""
+
+
+class WaitTimeout(TuneclusterError, TimeoutError):
+    """Waiting for a job gave up after the caller's timeout; the job keeps running."""
+
+
+class ExitCode(IntEnum):
+    """The exit status of every ``tunecluster`` command (the README's CLI section lists
+    them). A command that waits for a job exits with the code of the job's end."""
+
+    OK = 0  # done; a waited-for job completed
+    ERROR = 1  # any other error (a missing job, unreadable data in Redis, ...)
+    USAGE = 2  # bad input: a job file, an override, an argument; nothing was queued
+    JOB_FAILED = 3
+    JOB_CANCELLED = 4
+    TIMED_OUT = 5  # --timeout passed before the job ended (it keeps running)
+    UNREACHABLE = 6  # Redis (the cluster's control plane) did not answer
+    INTERRUPTED = 130  # Ctrl-C: the job `run` started was cancelled
+
+    @classmethod
+    def for_state(cls, state: str) -> ExitCode:
+        """The code for a job that ended in ``state``."""
+        return {"completed": cls.OK, "failed": cls.JOB_FAILED,
+                "cancelled": cls.JOB_CANCELLED}.get(state, cls.ERROR)
+
+
+def not_completed(job: str, results: dict[str, Any]) -> JobNotCompleted:
+    """The exception for a final job that did not complete."""
+    kind = {"failed": JobFailed, "cancelled": JobCancelled}.get(results["state"],
+                                                                  JobNotCompleted)
+    return kind(job, results["state"], results.get("error"), results)

@@ -171,7 +171,7 @@ def test_stale_record_is_removed_with_a_notice(home: dict[str, str], tmp_path: P
     status = cli("validate", str(EXAMPLES / "digits.yaml"), env=home)
     assert status.returncode == 0
     listed = cli("list", "--json", "--redis", "redis://127.0.0.1:1/0", env=home)
-    assert listed.returncode == 1  # an explicit URL wins (and is unreachable here)
+    assert listed.returncode == 6  # an explicit URL wins (unreachable here: ExitCode.UNREACHABLE)
     assert path.exists()
     jobs = cli("list", env=home)
     notices = [line for line in jobs.stderr.splitlines() if "no longer running" in line]

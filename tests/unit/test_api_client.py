@@ -11,7 +11,7 @@ import pytest
 
 import tunecluster
 from tunecluster.api import Client, Job
-from tunecluster.errors import SpecError, StoreError
+from tunecluster.errors import JobFailed, SpecError, StoreError
 from tunecluster.store.results import build_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,10 @@ def test_wait_times_out_then_returns_the_results(client: Client) -> None:
     with pytest.raises(TimeoutError, match="still queued"):
         job.wait(timeout=0.3, poll_s=0.1)
     thread = _finish_later(client, job, "failed", 0.3)
-    assert job.wait(timeout=10, poll_s=0.1)["state"] == "failed"
+    with pytest.raises(JobFailed) as info:  # a job that did not complete raises
+        job.wait(timeout=10, poll_s=0.1)
+    assert info.value.state == "failed" and info.value.results["state"] == "failed"
+    assert job.wait(timeout=10, raise_on_failure=False)["state"] == "failed"
     thread.join()
 
 

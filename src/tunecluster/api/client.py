@@ -7,6 +7,8 @@ so a handle made by ``Client.job(id)`` in another process sees the same job.
 Contract:
 - ``submit`` validates the whole job (spec, search space, data files) before anything
   is queued; nothing is written to Redis when it raises.
+- ``Job.wait()`` returns only for a completed job: a failed or cancelled one raises
+  (``JobFailed`` / ``JobCancelled``) unless ``raise_on_failure=False``.
 - ``Job.results()`` is the document ``tunecluster results --json`` prints.
 - ``Job.events()`` yields the job's events in order and ends once the job is final
   (the event that made it final included).
@@ -184,12 +186,22 @@ class Job:
 
         return build_results(self.client.store.jobs, self.id)
 
-    def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
-        """Block until the job is final and return its results document;
-        ``TimeoutError`` after ``timeout`` seconds (the job keeps running)."""
-        from tunecluster.client import wait
+    def wait(self, timeout: float | None = None, poll_s: float = 0.5, *,
+             raise_on_failure: bool = True) -> dict[str, Any]:
+        """Block until the job is final and return its results document.
 
-        return wait(self.client.store, self.id, timeout, poll_s)
+        A job that ended ``failed`` raises ``JobFailed``, one ``cancelled`` raises
+        ``JobCancelled`` (both ``JobNotCompleted``: ``.state``, ``.error``,
+        ``.results``); ``raise_on_failure=False`` returns the document whatever the end.
+        ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds: the job keeps
+        running."""
+        from tunecluster.client import wait
+        from tunecluster.errors import not_completed
+
+        results = wait(self.client.store, self.id, timeout, poll_s)
+        if raise_on_failure and results["state"] != "completed":
+            raise not_completed(self.id, results)
+        return results
 
     def events(self, after: str = "0-0", block_s: float = 0.5) -> Iterator[Event]:
         """The job's events from ``after`` on (``Event``: id, type, data), live; the

@@ -175,14 +175,17 @@ class Tuner:
         except KeyboardInterrupt:
             self.job.cancel()
             try:
-                self._results = self.job.wait(timeout=60)
+                self._results = self.job.wait(timeout=60, raise_on_failure=False)
             finally:
                 if verbose:
                     print(f"\nSearch interrupted: job {self.job.id} cancelled", flush=True)
             raise
         if self._results["state"] != "completed":
-            raise TuneclusterError(f"search {self.job.id} ended {self._results['state']}:"
-                                   f" {self._results.get('error') or 'no trial completed'}")
+            from tunecluster.errors import not_completed
+
+            # JobFailed / JobCancelled (TuneclusterErrors), as Job.wait() raises them
+            raise not_completed(self.job.id, {**self._results, "error": self._results.get(
+                "error") or "no trial completed"})
 
     def _follow(self, verbose: int, after: str = "0-0") -> None:
         assert self.job is not None

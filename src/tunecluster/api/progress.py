@@ -60,7 +60,7 @@ def follow(job: Job, view: View | None, after: str = "0-0", *, space_size: int =
     from tunecluster.store import FINAL_STATES
 
     if view is None:
-        job.wait()
+        job.wait(raise_on_failure=False)  # the tuner reports the job's end
         return
     started = time.monotonic()
     store = job.client.store
