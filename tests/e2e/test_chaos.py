@@ -252,10 +252,25 @@ def test_two_chiefs_one_active_and_the_standby_takes_over(make_cluster) -> None:
     _until(lambda: any(r.get("state") == "COMPLETED" for r in store.jobs.trials(job)))
     pid = int(str(active).split("-")[-2])
     os.killpg(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _until(lambda: store.client.get(store.keys.chief_lock) not in (None, active), timeout=60,
+           every=0.05)
+    takeover_s = time.monotonic() - killed_at
+    # The dead chief's lock lives at most a lock period after its last renewal; a standby
+    # tries for it every min(1 s, lock / 4) (chief/loop.py). The margin is this machine's
+    # scheduling delays and the test's 50 ms polling, as for the worker kill above.
+    lock_s = float(cluster.env["TUNECLUSTER_CHIEF_LOCK_S"])
+    promise_s = lock_s + min(1.0, lock_s / 4)
+    assert takeover_s <= promise_s + DETECTION_MARGIN_S, (
+        f"the standby took the lock {takeover_s:.1f}s after the active chief's SIGKILL; the"
+        f" lock lives {lock_s:.1f}s, retried every {promise_s - lock_s:.1f}s, margin"
+        f" {DETECTION_MARGIN_S:.1f}s")
     results = wait(store, job, 300)
     assert results["state"] == "completed"
     assert_exactly_once(store, job, 4)
     assert store.client.get(store.keys.chief_lock) not in (None, active)
+    print(f"\nstandby chief: took over {takeover_s:.1f}s after SIGKILL (promise"
+          f" {promise_s:.1f}s + {DETECTION_MARGIN_S:.1f}s margin)")
 
 
 def test_redis_restart_with_aof_and_the_job_completes(make_cluster) -> None:
