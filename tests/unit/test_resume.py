@@ -21,6 +21,8 @@ def _finished(client: Client, spec: dict = SPEC, files: dict | None = None,
     job = client.submit(parse_spec(spec) if files else spec, files=files)
     store = client.store
     store.client.zadd(store.keys.trials(job.id), {str(i): i for i in range(trials)})
+    if state in ("completed", "failed", "cancelled"):
+        store.jobs.set_state(job.id, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job.id, state, error="x" if state == "failed" else "")
     return job
 
@@ -72,7 +74,7 @@ def test_resume_on_the_cli(client: Client) -> None:
     runner = CliRunner()
     bad = runner.invoke(cli, ["resume", job.id, "--redis", client.url,
                               "--set", "train.epochs=3"])
-    assert bad.exit_code != 0 and "resume takes search.max_trials=N only" in bad.output
+    assert bad.exit_code == 2 and "resume takes search.max_trials=N only" in bad.output
     ok = runner.invoke(cli, ["resume", job.id, "--redis", client.url,
                              "--set", "search.max_trials=4"])
     assert ok.exit_code == 0, ok.output
