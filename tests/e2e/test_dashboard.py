@@ -361,9 +361,9 @@ def chart_points(page: object, chart: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser(require) -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (make install puts Debian's chromium there)")
+        require(CHROMIUM, "make install puts Debian's chromium there (apt, as root)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -408,9 +408,12 @@ def test_a_missing_label_and_a_bom_header(tmp_path: Path) -> None:
     assert load_splits(data(path=str(tmp_path / "bom.csv"), target="y")).num_classes == 2
 
 
-def test_parquet_nulls_and_text_features_are_named(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
+def test_parquet_nulls_and_text_features_are_named(tmp_path: Path, require) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        require("pyarrow (with ray[tune], the test extra)", str(exc))
 
     def write(name: str, **columns: list) -> str:
         pq.write_table(pa.table(columns), tmp_path / name)
