@@ -84,6 +84,8 @@ def test_a_bad_job_id_is_refused_before_redis() -> None:
 def _finish_later(client: Client, job: Job, state: str, after_s: float) -> threading.Thread:
     def finish() -> None:
         time.sleep(after_s)
+        if state in ("completed", "failed", "cancelled"):
+            client.store.jobs.set_state(job.id, "finalizing")  # a job ends through finalize
         client.store.jobs.set_state(job.id, state)
 
     thread = threading.Thread(target=finish)
@@ -118,6 +120,7 @@ def test_cancel_asks_the_chief_and_leaves_a_final_job(client: Client) -> None:
     job = client.submit(SPEC)
     assert job.cancel() == "queued"
     assert job.record().cancel_requested
+    client.store.jobs.set_state(job.id, "finalizing")  # a job ends through finalize
     client.store.jobs.set_state(job.id, "cancelled")
     assert job.cancel() == "cancelled"
 
@@ -126,6 +129,7 @@ def test_delete_removes_the_job(client: Client) -> None:
     job = client.submit(SPEC)
     with pytest.raises(StoreError, match="cancel it first"):
         job.delete()
+    client.store.jobs.set_state(job.id, "finalizing")  # a job ends through finalize
     client.store.jobs.set_state(job.id, "completed")
     assert job.delete() == "completed"
     assert client.jobs() == []
@@ -137,6 +141,7 @@ def test_best_model_errors_are_one_line(client: Client) -> None:
     job = client.submit(SPEC)
     with pytest.raises(StoreError, match="state queued"):
         job.best_model()
+    client.store.jobs.set_state(job.id, "finalizing")  # a job ends through finalize
     client.store.jobs.set_state(job.id, "completed")
     with pytest.raises(StoreError) as info:
         job.best_model()

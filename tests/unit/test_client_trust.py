@@ -55,6 +55,7 @@ def _job(store: Store, root: Path, marker: Path, custom: bool) -> str:
     model = keras.Sequential(layers)
     (root / job).mkdir(parents=True)
     model.save(root / job / "best_model.keras")
+    store.jobs.set_state(job, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job, "completed")
     return job
 

@@ -52,6 +52,10 @@ def _file(root: Path, job: str, name: str, data: bytes) -> Path:
 def _finish(store: Store, job: str, root: Path, files: dict[str, Path],
             fence: Fence = Fence.NONE, limit: int | None = None) -> downloads.Publication:
     """What finalize does: publish, then stage it with the final state in one step."""
+    if store.jobs.get(job).state.is_final:  # finalized again, as by a restarted chief
+        store.client.hset(store.keys.job(job), "state", "finalizing")
+    else:  # as the chief does before it finalizes (fenced as its every write)
+        store.jobs.set_state(job, "finalizing", fence=fence)
     pub = downloads.publish(store, job, root, files.items(), fence, limit=limit)
     writes = pub.stage(Writes(), store.keys)
     store.jobs.stage_state(writes, job, "completed")
@@ -186,6 +190,7 @@ def test_errors_tell_the_truth_for_what_was_never_published(store: Store,
     job = _job(store)
     with pytest.raises(DownloadError, match=r"no exported model yet \(state queued\)"):
         downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")
+    store.jobs.set_state(job, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job, "failed", error="no trial completed")
     with pytest.raises(DownloadError, match="no exported model: it ended failed: no trial"):
         downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")
@@ -249,6 +254,7 @@ def test_a_client_with_an_s3_root_reads_the_bucket_else_redis(
                                                         BINARY))], limit=2000)
     pub.index["best_model.keras"].update(path=bucket.url(f"{job}/best_model.keras"))
     writes = pub.stage(Writes(), store.keys)
+    store.jobs.set_state(job, "finalizing")
     store.jobs.stage_state(writes, job, "completed")
     writes.apply(store.client)
 
@@ -306,6 +312,7 @@ def test_a_forged_index_entry_reads_no_file_outside_the_job(store: Store, chief:
             "sha256": hashlib.sha256(SECRET).hexdigest(), "published": False,
             "reason": "forged", **fields}
     store.client.hset(store.keys.downloads(job), "best_model.keras", json.dumps(meta))
+    store.jobs.set_state(job, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job, "completed")
     dest = tmp_path / "out" / "m.keras"
     dest.parent.mkdir()
@@ -330,6 +337,7 @@ def test_a_symlink_out_of_the_root_is_not_followed(store: Store, chief: Path,
             "sha256": hashlib.sha256(SECRET).hexdigest(), "published": False,
             "reason": "forged"}
     store.client.hset(store.keys.downloads(job), "best_model.keras", json.dumps(meta))
+    store.jobs.set_state(job, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job, "completed")
     dest = tmp_path / "m.keras"
     with pytest.raises(DownloadError, match="outside"):
@@ -351,6 +359,7 @@ def test_the_cli_exports_no_file_a_forged_entry_points_at(store: Store, server: 
             "sha256": hashlib.sha256(SECRET).hexdigest(), "published": False, "reason": "x"}
     store.client.hset(store.keys.downloads(job), "results.json", json.dumps(meta))
     store.client.hset(store.keys.downloads(job), "best_model.keras", json.dumps(meta))
+    store.jobs.set_state(job, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job, "completed")
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "tunecluster", "artifacts", job, "-o",
@@ -366,6 +375,7 @@ def test_the_cli_exports_no_file_a_forged_entry_points_at(store: Store, server: 
 def test_a_downloads_key_of_the_wrong_type_is_one_line(store: Store, tmp_path: Path) -> None:
     job = _job(store)
     store.client.set(store.keys.downloads(job), "not a hash")
+    store.jobs.set_state(job, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job, "completed")
     with pytest.raises(StoreError) as info:
         downloads.retrieve(store, job, "best_model.keras", tmp_path / "m.keras")

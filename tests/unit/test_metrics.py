@@ -162,7 +162,9 @@ def test_chief_rounds_are_observed_in_the_fenced_commit(store: Store) -> None:
 def test_jobs_by_state_workers_and_slots(store: Store) -> None:
     jobs = [_job(store, 0) for _ in range(4)]
     store.jobs.set_state(jobs[0], "running")
+    store.jobs.set_state(jobs[1], "finalizing")  # a job ends through finalize
     store.jobs.set_state(jobs[1], "completed")
+    store.jobs.set_state(jobs[2], "finalizing")  # a job ends through finalize
     store.jobs.set_state(jobs[2], "completed")
     store.workers.heartbeat("w1", {"slots": 2, "busy": 1}, 10)
     store.workers.heartbeat("w2", {"slots": 3, "busy": 3}, 10)

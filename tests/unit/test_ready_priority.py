@@ -83,6 +83,7 @@ def test_a_dissolved_gang_goes_to_the_tail_of_its_priority(store: Store) -> None
 def test_deleting_a_job_empties_its_priority_from_the_queue(store: Store) -> None:
     high = _job(store, priority=9, trials=2)
     low = _job(store, priority=0, trials=1)
+    store.jobs.set_state(high, "finalizing")  # a job ends through finalize
     store.jobs.set_state(high, "cancelled")
     store.jobs.delete(high)
     assert store.queue.ready_count() == 1

@@ -43,6 +43,8 @@ def _full_job(store: Store, state: str = "completed") -> str:
     r.hset(k.epochs(job, "01"), "1", "{}")
     r.zadd(k.leases, {member(job, "02"): 1})  # a stale lease entry
     if state != "queued":
+        if state in ("completed", "failed", "cancelled"):
+            store.jobs.set_state(job, "finalizing")  # a job ends through finalize
         store.jobs.set_state(job, state)
     return job
 
@@ -83,6 +85,7 @@ def test_force_cancels_waits_for_the_end_then_deletes(store: Store) -> None:
     def chief() -> None:  # stands in for the chief: sees the cancel, ends the job
         while store.client.hget(store.keys.job(job), "cancel") != "1":
             time.sleep(0.05)
+        store.jobs.set_state(job, "finalizing")  # a job ends through finalize
         store.jobs.set_state(job, "cancelled")
 
     t = threading.Thread(target=chief, daemon=True)

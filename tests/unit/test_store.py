@@ -342,3 +342,22 @@ def test_a_claim_whose_reply_was_lost_is_not_claimed_twice(server: RedisServer) 
         assert store.queue.ready_count() == 1
     finally:
         proxy.close()
+
+
+def test_a_job_moves_only_along_its_lifecycle(store: Store) -> None:
+    """``set_state`` refuses a move the lifecycle does not make (states.py's table);
+    a record whose state cannot be trusted is quarantined all the same."""
+    from tunecluster.states import JobState
+
+    job = store.jobs.submit("job", json.dumps(SPEC), {}, 0, "native")
+    with pytest.raises(StoreError, match="cannot move from queued to completed"):
+        store.jobs.set_state(job, JobState.COMPLETED)
+    assert store.jobs.get(job).state is JobState.QUEUED
+    for state in ("running", "finalizing", "completed", "queued"):  # ... and resumed
+        store.jobs.set_state(job, state)
+    with pytest.raises(StoreError, match="'done' is not a job state"):
+        store.jobs.set_state(job, "done")
+    store.client.hset(store.keys.job(job), "state", "garbage")
+    assert store.jobs.quarantine(job, "cannot be read")
+    assert store.client.hget(store.keys.job(job), "state") == "failed"
+    assert [s for s in JobState if s.is_final] == ["completed", "failed", "cancelled"]

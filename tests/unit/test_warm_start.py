@@ -21,6 +21,8 @@ def _finished(client: Client, spec: dict = SPEC, files: dict | None = None,
     job = client.submit(parse_spec(spec) if files else spec, files=files)
     store = client.store
     store.client.zadd(store.keys.trials(job.id), {str(i): i for i in range(trials)})
+    if state in ("completed", "failed", "cancelled"):
+        store.jobs.set_state(job.id, "finalizing")  # a job ends through finalize
     store.jobs.set_state(job.id, state, error="x" if state == "failed" else "")
     return job
 

@@ -23,6 +23,7 @@ from tunecluster.artifacts import job_dir as artifacts_job_dir
 from tunecluster.data import load_splits
 from tunecluster.errors import ArtifactsError
 from tunecluster.spec.models import JobSpec
+from tunecluster.states import JobState
 from tunecluster.store import Store, codec, downloads
 from tunecluster.store.connection import retryable
 from tunecluster.store.fence import Fence, Writes
@@ -94,10 +95,10 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     draft = build_results(store.jobs, job)
     ranked = leaderboard(draft["trials"], draft["objective"]["direction"])
     final: dict[str, Any] = {"test": None, "artifacts": {"dir": artifacts.url(job_key)}}
-    if state == "completed" and not ranked:
-        state = "failed"
+    if state == JobState.COMPLETED and not ranked:
+        state = JobState.FAILED
         error = error or "no trial completed: " + summarize_errors(draft["trials"])
-    if state == "completed":
+    if state == JobState.COMPLETED:
         best = ranked[0]
         source = artifacts.key(trial_model(artifacts_root, job, best["trial"],
                                            best.get("model")))
@@ -137,7 +138,7 @@ def _publish(store: Store, job: str, root: Path, state: str, ranked: list[dict[s
     job_dir = artifacts_job_dir(root, job)
     files = [(RESULTS, job_dir / RESULTS)]
     extra: dict[str, dict[str, Any]] = {}
-    if state == "completed":
+    if state == JobState.COMPLETED:
         files.append((BEST_MODEL, job_dir / BEST_MODEL))
         extra[BEST_MODEL] = {"trial": ranked[0]["trial"]}
     for rank, row in enumerate(ranked[:downloads.download_top_k()], 1):

@@ -23,12 +23,13 @@ from tunecluster import defaults
 from tunecluster.dashboard import plots
 from tunecluster.dashboard.importance import hyperparameter_importance
 from tunecluster.errors import StoreError
+from tunecluster.states import FINAL_TRIAL_STATES, TrialState
 from tunecluster.store import FINAL_STATES, Store
 from tunecluster.store.records import MalformedRecord, read_or
 from tunecluster.store.results import build_results
 from tunecluster.store.results import malformed_summary as malformed_row
 
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "STOPPED")
+ENDED = FINAL_TRIAL_STATES
 DOWNLOADS = ("best_model.keras", "results.json", "results.csv")
 MAX_CACHED_JOBS = 64
 
@@ -164,7 +165,7 @@ class Reader:
     def _importance_of(self, job: str, results: dict[str, Any],
                        space: dict[str, Any]) -> dict[str, Any]:
         key = tuple(sorted((t["trial"], t["score"]) for t in results["trials"]
-                           if t["state"] == "COMPLETED"))
+                           if t["state"] == TrialState.COMPLETED))
         hit = self._importance.get(job)
         if hit is not None and hit[0] == key:
             return hit[1]

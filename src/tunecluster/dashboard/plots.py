@@ -19,11 +19,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from tunecluster.states import TrialState
+
 Figure = dict[str, Any]
 Histories = Mapping[str, Mapping[int, Mapping[str, Any]]]
 
 # Trial states that ended without a result of their own.
-ENDED_EARLY = ("FAILED", "CANCELLED", "STOPPED")
+ENDED_EARLY = (TrialState.FAILED, TrialState.CANCELLED, TrialState.STOPPED)
 BEST_COLOR = "#d62728"
 FAILED_COLOR = "#7f7f7f"
 LINE_COLOR = "rgba(31,119,180,0.55)"
@@ -170,7 +172,7 @@ def optimization_history(results: Mapping[str, Any]) -> Figure:
     xs, ys, labels = [], [], []
     for index, trial in enumerate(results.get("trials", []), start=1):
         score = _number(trial.get("score"))
-        if trial.get("state") == "COMPLETED" and score is not None:
+        if trial.get("state") == TrialState.COMPLETED and score is not None:
             xs.append(index)
             ys.append(score)
             labels.append(text(trial.get("trial")))
@@ -199,7 +201,7 @@ def optimization_history(results: Mapping[str, Any]) -> Figure:
 
 def _completed(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [t for t in results.get("trials", [])
-            if t.get("state") == "COMPLETED" and _number(t.get("score")) is not None]
+            if t.get("state") == TrialState.COMPLETED and _number(t.get("score")) is not None]
 
 
 def _categories(trials: list[Mapping[str, Any]], name: str,

@@ -45,6 +45,7 @@ from tunecluster import defaults
 from tunecluster.artifact_store import is_url, open_store
 from tunecluster.artifacts import BEST_MODEL, RESULTS, relative_to_root, trial_model
 from tunecluster.errors import StoreError
+from tunecluster.states import JobState, TrialState
 from tunecluster.store import codec
 from tunecluster.store.connection import raw_client
 from tunecluster.store.download_index import SHA256_RE, index, is_name, trial_name
@@ -364,16 +365,16 @@ def _unindexed(store: Any, job: str, name: str, dest: Path,
     chief_dir = (final.get("artifacts") or {}).get("dir")
     trial = name.split("/")[1] if name.startswith("trials/") else None
     what = f"trial {trial}'s model" if trial else name
-    if state not in ("completed", "failed", "cancelled"):
+    if not state.is_final:
         noun = "exported model" if name == BEST_MODEL else what
         raise DownloadError(f"job {job} has no {noun} yet (state {state})")
-    if name == BEST_MODEL and state != "completed":
+    if name == BEST_MODEL and state != JobState.COMPLETED:
         error = f": {record.fields.get('error')}" if record.fields.get("error") else ""
         raise DownloadError(f"job {job} has no exported model: it ended {state}{error}"[:600])
     row: dict[str, str] = {}
     if trial is not None:
         row = store.jobs.trial(job, trial)
-        if row.get("state") != "COMPLETED":
+        if row.get("state") != TrialState.COMPLETED:
             raise DownloadError(f"trial {trial} of job {job} has no model (state"
                                 f" {row.get('state', 'unknown: no such trial')})")
     local = None

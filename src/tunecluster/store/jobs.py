@@ -16,6 +16,7 @@ import redis
 
 from tunecluster.errors import StoreError
 from tunecluster.ids import check_job_id, is_job_id, new_job_id
+from tunecluster.states import JOB_STATES, JobState
 from tunecluster.store import codec
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.keys import Keys, split_member
@@ -24,6 +25,7 @@ from tunecluster.store.records import (
     ACTIVE_STATES,
     DELETING,
     FINAL_STATES,
+    MALFORMED,
     JobRecord,
     MalformedRecord,
     hashes,
@@ -49,7 +51,7 @@ class JobStore:
         created = now_ms()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.k.job(job), mapping={
-            "id": job, "name": name, "state": "queued", "spec": spec_json,
+            "id": job, "name": name, "state": JobState.QUEUED.value, "spec": spec_json,
             "space": codec.dumps(dict(space)), "created": created, "priority": priority,
             "scheduler": scheduler, "files": codec.dumps(sorted(files or {})),
         })
@@ -83,11 +85,12 @@ class JobStore:
             Writes().zrem(self.k.jobs_active, job).apply(self.r, fence)
             return False
         if self.r.type(self.k.events(job)) in ("stream", "none"):
-            self.set_state(job, "failed", fence=fence, error=reason[:2000])
+            self.set_state(job, JobState.FAILED, fence=fence, unchecked=True,
+                           error=reason[:2000])
         else:
             Writes().zrem(self.k.jobs_active, job).hset(self.k.job(job), mapping={
-                "state": "failed", "error": reason[:2000], "finished": now_ms()}).apply(
-                self.r, fence)
+                "state": JobState.FAILED.value, "error": reason[:2000],
+                "finished": now_ms()}).apply(self.r, fence)
         return True
 
     def exists(self, job: str) -> bool:
@@ -102,29 +105,43 @@ class JobStore:
         would fail ``get`` and with it the whole ``list``)."""
         return [j for j in self.r.zrevrange(self.k.jobs_all, 0, limit - 1) if is_job_id(j)]
 
-    def set_state(self, job: str, state: str, *, fence: Fence = Fence.NONE,
-                  **fields: Any) -> None:
+    def set_state(self, job: str, state: JobState | str, *, fence: Fence = Fence.NONE,
+                  unchecked: bool = False, **fields: Any) -> None:
         """Change a job's state (and fields) in one atomic step; the chief passes its
-        ``fence`` so that a deposed chief's change is refused (``LostLeadership``)."""
+        ``fence`` so that a deposed chief's change is refused (``LostLeadership``).
+        A move the lifecycle does not make (``JobState.can_move_to``) is refused with
+        ``StoreError``; ``unchecked`` is for a record whose state cannot be trusted."""
         writes = Writes()
-        self.stage_state(writes, job, state, **fields)
+        self.stage_state(writes, job, state, unchecked=unchecked, **fields)
         writes.apply(self.r, fence)
 
-    def stage_state(self, writes: Writes, job: str, state: str, **fields: Any) -> None:
-        """Add a state change to ``writes``, to be applied with other writes at once."""
-        mapping = {"state": state, **{k: v if isinstance(v, str) else codec.dumps(v)
-                                      for k, v in fields.items()}}
-        if state in FINAL_STATES:
+    def stage_state(self, writes: Writes, job: str, state: JobState | str, *,
+                    unchecked: bool = False, **fields: Any) -> None:
+        """Add a state change to ``writes``, to be applied with other writes at once.
+        The move is checked against the state read now: the chief, under its fence, is
+        the only writer of a job's state (``delete`` and ``resume`` aside, which check
+        their own)."""
+        try:
+            state = JobState(state)
+        except ValueError:
+            raise StoreError(f"job {job!r}: {state!r} is not a job state") from None
+        if not unchecked:
+            now = read_or(None, self.r.hget, self.k.job(job), "state")
+            if now in JOB_STATES and not JobState(now).can_move_to(state):
+                raise StoreError(f"job {job!r} cannot move from {now} to {state}")
+        mapping = {"state": state.value, **{k: v if isinstance(v, str) else codec.dumps(v)
+                                            for k, v in fields.items()}}
+        if state.is_final:
             mapping["finished"] = str(now_ms())
             writes.zrem(self.k.jobs_active, job)
             # Uploads are needed no more (finalize evaluated the test split before this):
             # freed in the same step. Their names stay in the record's ``files``.
             writes.delete(*self._file_keys(job))
-        elif state == "running" and "started" not in mapping:
+        elif state is JobState.RUNNING and "started" not in mapping:
             writes.hsetnx(self.k.job(job), "started", now_ms())
         writes.hset(self.k.job(job), mapping=mapping)
         writes.xadd(self.k.events(job), {"type": "job_state", "data": codec.dumps(
-            {"state": state, **{k: v for k, v in fields.items() if k in ("error",)}})},
+            {"state": state.value, **{k: v for k, v in fields.items() if k in ("error",)}})},
             maxlen=EVENTS_MAXLEN, approximate=True)
 
     def request_cancel(self, job: str) -> str:
@@ -193,13 +210,15 @@ class JobStore:
                     priority = record.priority
                     pipe.multi()
                     pipe.hdel(key, "finished", "failure", "error", "cancel", "final")
-                    pipe.hset(key, mapping={"state": "queued", "spec": codec.dumps(spec)})
+                    pipe.hset(key, mapping={"state": JobState.QUEUED.value,
+                                            "spec": codec.dumps(spec)})
                     pipe.hincrby(key, "resumed", 1)
                     for name in names:
                         pipe.set(self.k.job_file(job, name), (files or {})[name])
                     pipe.zadd(self.k.jobs_active, {job: -priority * 1e13 + record.created})
                     pipe.xadd(self.k.events(job), {"type": "job_state", "data": codec.dumps(
-                        {"state": "queued", "resumed": True, "max_trials": target})},
+                        {"state": JobState.QUEUED.value, "resumed": True,
+                         "max_trials": target})},
                         maxlen=EVENTS_MAXLEN, approximate=True)
                     pipe.xadd(self.k.inbox, {"type": "submitted", "job": job})
                     replies = pipe.execute()
@@ -242,13 +261,13 @@ class JobStore:
         try:  # a record that cannot be read is no job the chief runs: it goes at once
             state: str | None = self.get(job).state if kind != "none" else None
         except MalformedRecord:
-            state = "malformed"
+            state = MALFORMED
         if state in ACTIVE_STATES:
             if not force:
                 raise StoreError(f"job {job!r} is {state}: cancel it first, or delete it"
                                  " with --force (cancels it, then deletes)")
             state = self._cancel_and_wait(job, wait_s, poll_s)
-        self._mark_deleting(job, malformed=state == "malformed")
+        self._mark_deleting(job, malformed=state == MALFORMED)
         for _ in range(3):  # a racing writer could add a key: sweep again
             self._purge(job)
             if not self._leftovers(job) and not self.r.exists(self.k.job(job)):

@@ -38,6 +38,7 @@ from typing import Any
 import redis
 
 from tunecluster.ids import is_job_id, is_trial_id
+from tunecluster.states import TrialState, lua_constants
 from tunecluster.store import codec, telemetry
 from tunecluster.store.fence import Fence, LostLeadership
 from tunecluster.store.keys import Keys, member
@@ -61,7 +62,7 @@ GANG_WAIT_S = float(os.environ.get("TUNECLUSTER_GANG_WAIT_S", "10"))
 #   the replay of a request key, so a refused or retried call does not count again.
 # Per-trial keys are built from the prefix (ARGV[1]) because a claim learns its trial
 # only by popping the ready list: {p}:job:{job}:trial:{trial} and its :epochs/:errors.
-_LUA_COMMON = """
+_LUA_COMMON = lua_constants() + """
 local function tkey(p, job, tid) return p .. ':job:' .. job .. ':trial:' .. tid end
 local function now_ms()
   local t = redis.call('TIME')
@@ -77,7 +78,7 @@ local function emit(p, job, ev)
              'type', ev[1], 'data', ev[2])
 end
 local function owns(t, worker, attempt)
-  return redis.call('HGET', t, 'state') == 'RUNNING'
+  return redis.call('HGET', t, 'state') == TRIAL_RUNNING
      and redis.call('HGET', t, 'worker') == worker
      and redis.call('HGET', t, 'attempts') == attempt
 end
@@ -177,15 +178,15 @@ local function release_trial(p, ready, leases, inbox, wake, totals, job, tid, re
   redis.call('RPUSH', t .. ':errors', reason)
   emit(p, job, ev)
   if retry then
-    redis.call('HSET', t, 'state', 'READY', 'worker', '', 'gang', '', 'last_error', reason)
+    redis.call('HSET', t, 'state', TRIAL_READY, 'worker', '', 'gang', '', 'last_error', reason)
     ready_push(ready, t, m, true)
     redis.call('LPUSH', wake, '1')
     redis.call('HINCRBY', totals, 'retried', 1)
     return 1
   end
-  redis.call('HSET', t, 'state', 'FAILED', 'error', reason, 'finished', now)
+  redis.call('HSET', t, 'state', TRIAL_FAILED, 'error', reason, 'finished', now)
   redis.call('XADD', inbox, '*', 'type', 'end', 'job', job, 'trial', tid,
-             'state', 'FAILED', 'error', reason)
+             'state', TRIAL_FAILED, 'error', reason)
   redis.call('HINCRBY', totals, 'failed', 1)
   return 2
 end
@@ -198,7 +199,7 @@ _LUA_GANG = """
 local function gang_dissolve(p, ready, forming, job, tid, reason)
   local t = tkey(p, job, tid)
   gang_clear(t)
-  redis.call('HSET', t, 'state', 'READY', 'gang', '')
+  redis.call('HSET', t, 'state', TRIAL_READY, 'gang', '')
   redis.call('ZREM', forming, job .. '/' .. tid)
   ready_push(ready, t, job .. '/' .. tid, false)
   emit(p, job, {'trial_gang_dissolved', cjson.encode({trial = tid, reason = reason})})
@@ -213,7 +214,7 @@ local function gang_start(p, leases, forming, totals, job, tid, members, lease_m
     redis.call('HSET', t, 'member:' .. m.worker, rank - 1, 'beat:' .. m.worker, now)
     workers[rank] = m.worker
   end
-  redis.call('HSET', t, 'attempts', attempts, 'state', 'RUNNING', 'worker', members[1].worker,
+  redis.call('HSET', t, 'attempts', attempts, 'state', TRIAL_RUNNING, 'worker', members[1].worker,
              'started', now, 'gang', cjson.encode(members))
   redis.call('ZREM', forming, job .. '/' .. tid)
   redis.call('ZADD', leases, now + lease_ms, job .. '/' .. tid)
@@ -237,7 +238,7 @@ local function best_ready_priority(p, ready, alive)
       local sep = string.find(m, '/', 1, true)
       if sep then
         local t = tkey(p, string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
-        if redis.call('HGET', t, 'state') == 'READY'
+        if redis.call('HGET', t, 'state') == TRIAL_READY
             and (tonumber(redis.call('HGET', t, 'gang_size') or '1') or 1) <= alive then
           return tonumber(redis.call('HGET', t, 'priority') or '0') or 0
         end
@@ -266,7 +267,7 @@ local function gang_join(p, ready, leases, forming, totals, workers, live_since,
       local job, tid = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
       local t = tkey(p, job, tid)
       local deadline = tonumber(redis.call('ZSCORE', forming, m))
-      if redis.call('HGET', t, 'state') ~= 'FORMING' then
+      if redis.call('HGET', t, 'state') ~= TRIAL_FORMING then
         redis.call('ZREM', forming, m)
       elseif deadline < now then
         gang_dissolve(p, ready, forming, job, tid, 'too few free workers joined in time')
@@ -286,7 +287,7 @@ local function gang_join(p, ready, leases, forming, totals, workers, live_since,
           return gang_reply(p, job, tid, worker)
         end
         redis.call('HSET', t, 'gang', cjson.encode(members), 'member:' .. worker, #members - 1)
-        return {job, tid, 'FORMING'}
+        return {job, tid, TRIAL_FORMING}
       end
     end
   end
@@ -299,7 +300,7 @@ end
 #       gang_wait_ms, live_ms (a worker that beat within this is alive)
 # Replies: {job, trial, attempt, values, earlier} for a trial of one worker;
 # {job, trial, attempt, values, earlier, gang, rank} when this claim completed a gang;
-# {job, trial, 'FORMING'} when this worker joined or opened a gang still forming.
+# {job, trial, TRIAL_FORMING} when this worker joined or opened a gang still forming.
 _CLAIM = _LUA_COMMON + _LUA_GANG + """
 local done = replay(KEYS[3])
 if done then return done end
@@ -322,7 +323,7 @@ for _ = 1, 1000 do
   if sep then
     local job, tid = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
     local t = tkey(p, job, tid)
-    if redis.call('HGET', t, 'state') == 'READY' then
+    if redis.call('HGET', t, 'state') == TRIAL_READY then
       local size = tonumber(redis.call('HGET', t, 'gang_size') or '1') or 1
       if size > 1 then
         -- Opened only when enough workers are alive: a gang that cannot form must not
@@ -331,10 +332,10 @@ for _ = 1, 1000 do
         if address == '' or alive < size then
           table.insert(skipped, {t, m})
         else
-          redis.call('HSET', t, 'state', 'FORMING', 'member:' .. worker, 0,
+          redis.call('HSET', t, 'state', TRIAL_FORMING, 'member:' .. worker, 0,
                      'gang', cjson.encode({{worker = worker, address = address}}))
           redis.call('ZADD', KEYS[5], now + gang_wait_ms, m)
-          reply = {job, tid, 'FORMING'}
+          reply = {job, tid, TRIAL_FORMING}
           break
         end
       else
@@ -342,7 +343,7 @@ for _ = 1, 1000 do
         -- runs before this one that were released (crash, lost lease, shutdown)
         local earlier = redis.call('LLEN', t .. ':errors')
         local values = redis.call('HGET', t, 'values') or '{}'
-        redis.call('HSET', t, 'attempts', attempts, 'state', 'RUNNING', 'worker', worker,
+        redis.call('HSET', t, 'attempts', attempts, 'state', TRIAL_RUNNING, 'worker', worker,
                    'started', now)
         redis.call('ZADD', KEYS[2], now + lease_ms, m)
         emit(p, job, {'trial_started', cjson.encode(
@@ -368,7 +369,7 @@ for i = 4, #ARGV do
   local sep = string.find(m, '/', 1, true)
   if sep then
     local t = tkey(ARGV[1], string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
-    if redis.call('HGET', t, 'state') == 'RUNNING' and is_member(t, ARGV[2]) then
+    if redis.call('HGET', t, 'state') == TRIAL_RUNNING and is_member(t, ARGV[2]) then
       redis.call('ZADD', KEYS[1], 'XX', expiry, m)
       if redis.call('HGET', t, 'member:' .. ARGV[2]) then  -- a gang member's own beat
         redis.call('HSET', t, 'beat:' .. ARGV[2], expiry - tonumber(ARGV[3]))
@@ -461,7 +462,7 @@ return remember(KEYS[3], 1)
 # Returns 0 (not released: not RUNNING or not this attempt's), 1 (READY), 2 (FAILED).
 _RELEASE = _LUA_COMMON + """
 local t = tkey(ARGV[1], ARGV[2], ARGV[3])
-if redis.call('HGET', t, 'state') ~= 'RUNNING' then return 0 end
+if redis.call('HGET', t, 'state') ~= TRIAL_RUNNING then return 0 end
 if ARGV[4] ~= '' and not is_member(t, ARGV[4]) then return 0 end
 if ARGV[5] ~= '' and redis.call('HGET', t, 'attempts') ~= ARGV[5] then return 0 end
 return release_trial(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3],
@@ -484,7 +485,7 @@ local now = now_ms()
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 100)) do
   local sep = string.find(m, '/', 1, true)
   if sep and redis.call('HGET', tkey(ARGV[1], string.sub(m, 1, sep - 1),
-                                    string.sub(m, sep + 1)), 'state') == 'FORMING' then
+                                    string.sub(m, sep + 1)), 'state') == TRIAL_FORMING then
     gang_dissolve(ARGV[1], KEYS[2], KEYS[9], string.sub(m, 1, sep - 1), string.sub(m, sep + 1),
                   'too few free workers joined in time')
   else
@@ -505,7 +506,7 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, to
 for _, m in ipairs(expired) do
   local sep = string.find(m, '/', 1, true)
   local t = sep and tkey(ARGV[1], string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
-  if t and redis.call('HGET', t, 'state') == 'RUNNING' then
+  if t and redis.call('HGET', t, 'state') == TRIAL_RUNNING then
     local outcome = release_trial(ARGV[1], KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[8],
                                   string.sub(m, 1, sep - 1), string.sub(m, sep + 1),
                                   ARGV[5], '1', now)
@@ -526,13 +527,13 @@ return counts
 _CANCEL_READY = _LUA_COMMON + """
 if fenced_out(KEYS[1], ARGV[1]) then return -1 end
 local state = redis.call('HGET', KEYS[2], 'state')
-if state ~= 'READY' and state ~= 'FORMING' then return 0 end
-if state == 'FORMING' then  -- its members see it gone and go back to claiming
+if state ~= TRIAL_READY and state ~= TRIAL_FORMING then return 0 end
+if state == TRIAL_FORMING then  -- its members see it gone and go back to claiming
   gang_clear(KEYS[2])
   redis.call('ZREM', KEYS[4], ARGV[3] .. '/' .. ARGV[4])
 end
 local ev = {'trial_cancelled', cjson.encode({trial = ARGV[4]})}
-redis.call('HSET', KEYS[2], 'state', 'CANCELLED', 'error', ARGV[5], 'finished', now_ms())
+redis.call('HSET', KEYS[2], 'state', TRIAL_CANCELLED, 'error', ARGV[5], 'finished', now_ms())
 emit(ARGV[2], ARGV[3], ev)
 redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
 return 1
@@ -541,7 +542,7 @@ return 1
 # KEYS: lock, trial | ARGV: token. Returns -1 fenced out, 0 not running, 1 asked.
 _REQUEST_STOP = _LUA_COMMON + """
 if fenced_out(KEYS[1], ARGV[1]) then return -1 end
-if redis.call('HGET', KEYS[2], 'state') ~= 'RUNNING' then return 0 end
+if redis.call('HGET', KEYS[2], 'state') ~= TRIAL_RUNNING then return 0 end
 redis.call('HSET', KEYS[2], 'stop', '1')
 return 1
 """
@@ -549,7 +550,7 @@ return 1
 
 # A member of a forming gang waits: KEYS: ready, forming
 # ARGV: prefix, job, trial, worker, leave ('1': this worker gives up its place)
-# Replies the gang reply (gang_reply) once RUNNING, {'FORMING'} while it forms, and
+# Replies the gang reply (gang_reply) once RUNNING, {TRIAL_FORMING} while it forms, and
 # {'GONE'} when it was dissolved (its wait ran out, a member left), cancelled or started
 # without this worker. A member leaving, or the first to see the wait run out, dissolves it.
 _GANG_WAIT = _LUA_COMMON + _LUA_GANG + """
@@ -557,8 +558,8 @@ local t = tkey(ARGV[1], ARGV[2], ARGV[3])
 local m = ARGV[2] .. '/' .. ARGV[3]
 local state = redis.call('HGET', t, 'state')
 local rank = redis.call('HGET', t, 'member:' .. ARGV[4])
-if state == 'RUNNING' and rank then return gang_reply(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) end
-if state ~= 'FORMING' or not rank then return {'GONE'} end
+if state == TRIAL_RUNNING and rank then return gang_reply(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) end
+if state ~= TRIAL_FORMING or not rank then return {'GONE'} end
 local deadline = tonumber(redis.call('ZSCORE', KEYS[2], m) or '0')
 if ARGV[5] == '1' then
   gang_dissolve(ARGV[1], KEYS[1], KEYS[2], ARGV[2], ARGV[3], 'member ' .. ARGV[4] .. ' left')
@@ -569,7 +570,7 @@ if deadline < now_ms() then
                 'too few free workers joined in time')
   return {'GONE'}
 end
-return {'FORMING'}
+return {TRIAL_FORMING}
 """
 
 # A member of a running gang checks on the others (and says it is alive).
@@ -582,7 +583,7 @@ return {'FORMING'}
 # the others had a chance to beat too, so an outage does not spend a retry.
 _GANG_CHECK = _LUA_COMMON + """
 local t = tkey(ARGV[1], ARGV[2], ARGV[3])
-if redis.call('HGET', t, 'state') ~= 'RUNNING' or redis.call('HGET', t, 'attempts') ~= ARGV[5]
+if redis.call('HGET', t, 'state') ~= TRIAL_RUNNING or redis.call('HGET', t, 'attempts') ~= ARGV[5]
    or not redis.call('HGET', t, 'member:' .. ARGV[4]) then
   return {'GONE'}
 end
@@ -738,7 +739,7 @@ class TrialQueue:
         row = self._gang_wait(keys=[self.k.ready, self.k.forming],
                               args=[self.k.p, forming.job, forming.trial, worker,
                                     "1" if leave else "0"])
-        if row == ["FORMING"]:
+        if row == [TrialState.FORMING]:
             return forming
         if not row or len(row) < 7:
             return None
@@ -816,7 +817,7 @@ class TrialQueue:
         """Whether ``claim``'s attempt still runs (not finished, released or reaped)."""
         state, attempts = self.r.hmget(self.k.trial(claim.job, claim.trial),
                                        ["state", "attempts"])
-        return state == "RUNNING" and attempts == str(claim.attempt)
+        return state == TrialState.RUNNING and attempts == str(claim.attempt)
 
     # --- chief side ----------------------------------------------------------------------
 
@@ -836,7 +837,8 @@ class TrialQueue:
         own = pipe is None
         pipe = self.r.pipeline(transaction=True) if pipe is None else pipe
         record: dict[str, Any] = {
-            "job": job, "trial": trial, "state": "READY", "values": codec.dumps(dict(values)),
+            "job": job, "trial": trial, "state": TrialState.READY,
+            "values": codec.dumps(dict(values)),
             "attempts": 0, "max_retries": max_retries, "worker": "", "created": now,
         }
         if gang_size > 1:

@@ -25,13 +25,13 @@ import redis
 
 from tunecluster.errors import StoreError
 from tunecluster.ids import is_trial_id
+from tunecluster.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JOB_STATES, JobState
 from tunecluster.store import codec
 
-ACTIVE_STATES = ("queued", "running", "finalizing")
-FINAL_STATES = ("completed", "failed", "cancelled")
-DELETING = "deleting"  # a final job being deleted (the hash is removed last)
+ACTIVE_STATES = ACTIVE_JOB_STATES
+FINAL_STATES = FINAL_JOB_STATES
+DELETING = JobState.DELETING  # a job being deleted (the hash is removed last)
 MALFORMED = "malformed"  # how readers that list jobs show one that cannot be read
-JOB_STATES = (*ACTIVE_STATES, *FINAL_STATES, DELETING)
 WORKER_NUMBERS = ("slots", "busy", "beat", "trials")  # the numbers of a worker's record
 
 T = TypeVar("T")
@@ -111,7 +111,7 @@ class JobRecord:
 
     id: str
     name: str
-    state: str
+    state: JobState
     spec: dict[str, Any]
     space: dict[str, Any]
     created: int
@@ -177,7 +177,7 @@ class JobRecord:
         objective = (search or {}).get("objective")
         if objective is not None and not isinstance(objective, (str, dict)):
             raise bad("spec.search.objective is neither a name nor an object")
-        return cls(id=job, name=fields.get("name") or job, state=state, spec=spec,
+        return cls(id=job, name=fields.get("name") or job, state=JobState(state), spec=spec,
                    space=space, created=number("created", required=True) or 0,
                    fields=fields, priority=number("priority") or 0,
                    started=number("started"), finished=number("finished"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunecluster.errors import StoreError
+from tunecluster.states import TrialState
 from tunecluster.store import codec
 from tunecluster.store.jobs import ACTIVE_STATES, JobStore
 from tunecluster.store.queue import gang_members
@@ -86,7 +87,7 @@ def malformed_summary(job: str, reason: str) -> dict[str, Any]:
 
 def leaderboard(trials: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
     """COMPLETED trials with a score, best first (ties: earlier trial first)."""
-    scored = [t for t in trials if t["state"] == "COMPLETED" and t["score"] is not None]
+    scored = [t for t in trials if t["state"] == TrialState.COMPLETED and t["score"] is not None]
     sign = -1.0 if direction == "max" else 1.0
     return sorted(scored, key=lambda t: (sign * t["score"], t["trial"]))
 

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
+from tunecluster.states import TrialState
+
 KEEP_JOBS = 2  # job runtimes (data + adapt statistics) kept warm per child
 # Set in a gang member's process: its first message names the gang (``tf_config``).
 GANG_MEMBER_ENV = "TUNECLUSTER_GANG_MEMBER"
@@ -182,13 +184,13 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
             store.queue.release(claim.job, claim.trial, f"rank {claim.rank}: {message_text}",
                                 worker=worker, attempt=claim.attempt)
             return {"outcome": "failed", "error": message_text}
-        if not store.queue.finish(claim, worker, "FAILED", {
+        if not store.queue.finish(claim, worker, TrialState.FAILED, {
                 "error": message_text, "traceback": traceback.format_exc()[-4000:]}):
             return refused(claim, "failed")
         return {"outcome": "failed", "error": message_text}
     if claim.rank > 0:  # rank 0 records the trial
         return {"outcome": "member", "timings": result.timings}
-    state = "CANCELLED" if reporter.cancelled else "COMPLETED"
+    state = TrialState.CANCELLED if reporter.cancelled else TrialState.COMPLETED
     claimed_at = float(message.get("claimed_at") or result.timings["build_at"])
     overhead = {
         # from the claim to the model's build: queue hand-off, pipe, runtime lookup, setup

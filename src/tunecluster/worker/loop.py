@@ -31,6 +31,7 @@ from typing import Any
 from tunecluster import defaults
 from tunecluster.artifact_store import is_url
 from tunecluster.shutdown import STOP_S, kill_children, on_stop_signal
+from tunecluster.states import TrialState
 from tunecluster.store import Claim, Store, codec, now_ms
 from tunecluster.store.connection import Backoff, for_role, retryable, stop_retrying
 from tunecluster.store.workers import default_worker_id
@@ -328,9 +329,10 @@ class Worker:
             seen = self.cancelled.get(slot)
             if (seen is not None and seen[0] is claim
                     and time.monotonic() - seen[1] >= CANCEL_GRACE_S):
-                return TrialAborted("CANCELLED", "job cancelled")
+                return TrialAborted(TrialState.CANCELLED, "job cancelled")
             if deadline is not None and time.monotonic() >= deadline:
-                return TrialAborted("FAILED", f"trial exceeded train.trial_timeout ({limit:g} s)")
+                return TrialAborted(TrialState.FAILED,
+                                    f"trial exceeded train.trial_timeout ({limit:g} s)")
             return None
 
         return check
