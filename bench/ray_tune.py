@@ -33,7 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Ray's token authentication with a token of our own; set before Ray is imported.
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray on Linux otherwise binds and announces the
+# machine's primary address even when told 127.0.0.1; the benchmark stays on loopback.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
 os.environ.update(RAY_ENV)
 

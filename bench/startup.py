@@ -78,6 +78,7 @@ RAY_TUNE = textwrap.dedent('''
     import json, os, sys, tempfile
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray stays on loopback
     import ray
     from ray import tune
 

@@ -124,6 +124,9 @@ def run_kt_distributed(overrides: list[str], workers: int = 2) -> dict:
 
 
 def run_ray(overrides: list[str]) -> dict:
+    # before Ray loads: on Linux it otherwise binds and announces the machine's primary
+    # address even when told 127.0.0.1; the benchmark stays on loopback
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray import tune
 
