@@ -8,7 +8,7 @@ A job moves along this table (``JobState.can_move_to``); ``JobStore.set_state`` 
 any other move:
 
     queued      -> running, finalizing, failed, cancelled
-    running     -> finalizing, failed, cancelled, queued (the Ray run restarted)
+    running     -> finalizing, failed, cancelled
     finalizing  -> completed, failed, cancelled, finalizing (redone after a restart)
     completed, failed, cancelled -> queued (resume)
     any         -> deleting (delete; the record goes last)
@@ -76,8 +76,7 @@ FINAL_TRIAL_STATES = (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCEL
 _JOB_MOVES: dict[JobState, tuple[JobState, ...]] = {
     JobState.QUEUED: (JobState.RUNNING, JobState.FINALIZING, JobState.FAILED,
                       JobState.CANCELLED),
-    JobState.RUNNING: (JobState.FINALIZING, JobState.FAILED, JobState.CANCELLED,
-                       JobState.QUEUED),
+    JobState.RUNNING: (JobState.FINALIZING, JobState.FAILED, JobState.CANCELLED),
     JobState.FINALIZING: (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED,
                           JobState.FINALIZING),
     JobState.COMPLETED: (JobState.QUEUED,),
