@@ -79,6 +79,21 @@ def test_a_hypermodel_instance_ships_with_its_state() -> None:
     assert layer.units == 5
 
 
+class CallsBuildModel(kt.HyperModel):
+    """A HyperModel whose build() calls the module's own build_model (issue 24, 8)."""
+
+    def build(self, hp):
+        return build_model(hp)
+
+
+def test_a_hypermodel_that_calls_its_modules_build_model_ships() -> None:
+    """The shipped wrapper must not shadow the user's own ``build_model``: it did, and
+    build() then called the wrapper itself (RecursionError)."""
+    source, function = ship(CallsBuildModel())
+    model = load_build_function(source, function)(kt.HyperParameters())
+    assert model.layers[1].units == 8
+
+
 def test_the_job_carries_npz_files_and_the_search_settings() -> None:
     x = np.random.default_rng(0).normal(size=(40, 2)).astype("float32")
     y = np.arange(40) % 3

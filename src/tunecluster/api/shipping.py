@@ -42,7 +42,6 @@ from tunecluster.errors import SpecError
 # (data belongs in x/y, which travel as files).
 MAX_CAPTURED_BYTES = 16 * 1024 * 1024
 FIELD = "hypermodel"
-BUILD_FUNCTION = "build_model"
 _LITERALS = (int, float, str, bool, type(None), bytes)
 
 
@@ -62,11 +61,15 @@ def ship(hypermodel: Any) -> tuple[str, str]:
                  else shipper.value_expr(f"_tc_self_{k}", v, f"{cls.__name__}.{k}")
                  for k, v in vars(hypermodel).items()}
         items = ", ".join(f"{k!r}: {expr}" for k, expr in state.items())
+        # The wrapper is named after the class, never after a global the shipped module
+        # holds: a build() that calls the module's own build_model() must reach that one.
+        function = f"{cls.__name__}_build"
+        while function in shipper.bound:
+            function += "_"
         shipper.tail.append(
             f"_tc_hypermodel = {cls.__name__}.__new__({cls.__name__})\n"
             f"_tc_hypermodel.__dict__.update({{{items}}})\n\n\n"
-            f"def {BUILD_FUNCTION}(hp):\n    return _tc_hypermodel.build(hp)\n")
-        function = BUILD_FUNCTION
+            f"def {function}(hp):\n    return _tc_hypermodel.build(hp)\n")
     else:
         raise SpecError(FIELD, f"expected a build_model(hp) function or a"
                                f" keras_tuner.HyperModel, got {type(hypermodel).__name__}")
