@@ -70,7 +70,8 @@ def search_space(spec: JobSpec, *, discover: bool = True,
                     paths[name] = str(Path(tmp) / f"{i}{Path(name).suffix}")
                     Path(paths[name]).write_bytes(blob)
             try:
-                return discover_space_isolated(spec.model, data=spec.data, files=paths)
+                return discover_space_isolated(spec.model, data=spec.data, files=paths,
+                                               objective=spec.search.objective_name)
             except TrialFailed as exc:
                 raise SpecError("model.module", str(exc)) from None
     # KerasTuner's own config, written without importing it (and so TensorFlow): a

@@ -59,7 +59,7 @@ class Tuner:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
                             f" {', '.join(sorted(unsupported))}")
         if hypermodel is None:
-            raise TypeError(f"{type(self).__name__}: hypermodel is required")
+            raise ValueError(f"{type(self).__name__}: hypermodel is required")  # as KerasTuner
         self.hypermodel = hypermodel
         self.objective = _objective(objective)
         self.max_trials = max_trials
@@ -266,13 +266,14 @@ class Tuner:
                     if self.hyperparameters is not None else HyperParameters())
         given = {p.name for p in declared.space}
         try:
-            hp = discover_space(self._source, self._function, declared, "hypermodel.py")
+            hp = discover_space(self._source, self._function, declared, "hypermodel.py",
+                                objective=self.objective.name)
         except ModelCodeError as exc:
             raise SpecError("hypermodel", str(exc)) from None
         new = [p for p in hp.space if p.name not in given]
         if new and not self.allow_new_entries:
-            raise SpecError("hypermodel", "allow_new_entries=False but build_model declares"
-                                          f" {', '.join(p.name for p in new)}")
+            raise RuntimeError("allow_new_entries=False but build_model declares new"
+                               f" entries: {', '.join(p.name for p in new)}")  # KerasTuner's
         if new and not self.tune_new_entries:
             fixed = HyperParameters()
             for p in hp.space:

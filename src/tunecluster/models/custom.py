@@ -24,7 +24,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tunecluster.errors import TrialFailed
+from tunecluster.errors import SpecError, TrialFailed
 
 
 class ModelCodeError(TrialFailed):
@@ -147,13 +147,14 @@ def _last_line(exc: BaseException) -> str:
 
 
 def discover_space(source: str, function: str, declared: Any, filename: str = "model.py",
-                   data: Callable[[], Any] | None = None) -> Any:
+                   data: Callable[[], Any] | None = None, objective: str | None = None) -> Any:
     """Run ``build_model`` once, as KerasTuner's tuner does, to register its search space.
 
     ``declared`` is a HyperParameters already holding the spec's own hyperparameters;
     the ones ``build_model`` declares are added to it. Doubles as the submit-time check
     that the module imports and returns a compiled model. ``data`` loads the job's
     ``TrainingData`` for a ``build_model(hp, data)`` (only such a one makes it load).
+    ``objective``: refused (``SpecError``) unless the compiled model reports it.
     """
     import keras
 
@@ -162,7 +163,11 @@ def discover_space(source: str, function: str, declared: Any, filename: str = "m
     build = load_build_function(source, function, filename)
     given = data() if data is not None and takes_data(build) else None
     try:
-        build_checked(build, declared, function, given)
+        model = build_checked(build, declared, function, given)
+        if objective is not None:
+            from tunecluster.models.objective_check import check_objective
+
+            check_objective(model, objective, function)
     finally:
         keras.backend.clear_session()
     return declared
@@ -191,8 +196,8 @@ def discover_timeout() -> float:
 
 
 def discover_space_isolated(model: Any, timeout_s: float | None = None,
-                            data: Any = None,
-                            files: dict[str, str] | None = None) -> dict[str, Any]:
+                            data: Any = None, files: dict[str, str] | None = None,
+                            objective: str | None = None) -> dict[str, Any]:
     """``discover_space`` in a child process, with a limit; returns the space's config.
 
     The user's module runs in a process of its own, so a ``build_model`` that hangs,
@@ -206,7 +211,7 @@ def discover_space_isolated(model: Any, timeout_s: float | None = None,
     request = json.dumps({
         "model": model.model_dump(mode="json", by_alias=True),
         "data": data.model_dump(mode="json", by_alias=True) if data is not None else None,
-        "files": files or {}})
+        "files": files or {}, "objective": objective})
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from tunecluster.models.custom import _discover_main;"
@@ -248,6 +253,8 @@ def discover_space_isolated(model: Any, timeout_s: float | None = None,
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    if "spec_error" in result:  # a wrong objective: the job's fault, not the code's
+        raise SpecError(*result["spec_error"])
     if "error" in result:
         raise ModelCodeError(result["error"])
     return dict(result["space"])
@@ -305,9 +312,12 @@ def _discover_main() -> None:
     try:
         assert model.source is not None
         hp = discover_space(model.source, model.function, build_space(model.hyperparameters),
-                            model.module or "model.py", training_data)
+                            model.module or "model.py", training_data,
+                            request.get("objective"))
         answer: dict[str, Any] = {"space": space_to_json(hp)}
     except TrialFailed as exc:
         answer = {"error": str(exc)}
+    except SpecError as exc:
+        answer = {"spec_error": [exc.path, exc.message]}
     answer_to.write(json.dumps(answer) + "\n")
     answer_to.flush()
