@@ -157,3 +157,20 @@ def test_labels_reach_the_model_unchanged() -> None:
     assert _task(np.array([1, 2, 3]), np.array([1])) == "regression"  # not 0..k-1: raw
     assert _task(np.array([0.5, 1.5]), np.array([2.0])) == "regression"
     assert _task(np.eye(3), np.eye(3)) == "classification"
+
+
+def test_errors_are_of_keras_tuners_types() -> None:
+    """KerasTuner raises ValueError for a missing hypermodel and RuntimeError for a new
+    entry under allow_new_entries=False; code that catches those must work unchanged
+    (issue 24, point 7)."""
+    with pytest.raises(ValueError, match="hypermodel"):
+        kt.RandomSearch(objective="val_accuracy", max_trials=1)
+    declared = kt.HyperParameters()
+    declared.Choice("other", [1, 2])
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy", max_trials=1,
+                            hyperparameters=declared, allow_new_entries=False,
+                            cluster="redis://127.0.0.1:9/0")
+    x, y = np.zeros((8, 2), "float32"), np.zeros(8, "int64")
+    with pytest.raises(RuntimeError, match="allow_new_entries") as info:
+        tuner.search(x, y, validation_data=(x, y), epochs=1, verbose=0)
+    assert "size" in str(info.value) and "\n" not in str(info.value)
