@@ -8,7 +8,8 @@ server. The container end-to-end run is tests/e2e/test_compose.py.
 Every security and stability property of the deployment (tunecluster issue 16) is
 asserted on what an operator really gets: the output of `docker compose config` and of
 `kubectl kustomize` for every overlay, rendered from a copy of k8s/ that holds test
-secrets in place of the operator's untracked files.
+secrets in place of the operator's untracked files, with the optional dashboard component
+(k8s/components/dashboard) switched on as docs/deploy.md says, so that it is checked too.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ TEST_PASSWORD = "test-" + "0123456789abcdef" * 2
 TEST_RAY_TOKEN = "token-" + "fedcba9876543210" * 4
 TEST_DASHBOARD_TOKEN = "dash-" + "0f1e2d3c4b5a6978" * 2
 SECRET_FILES = {"secrets/redis-password.env": f"password={TEST_PASSWORD}\n",
-                "secrets/dashboard-token.env": f"token={TEST_DASHBOARD_TOKEN}\n",
+                "components/dashboard/dashboard-token.env": f"token={TEST_DASHBOARD_TOKEN}\n",
                 "ray/ray-token.env": f"token={TEST_RAY_TOKEN}\n",
                 "overlays/s3/s3-credentials.env": ("AWS_ACCESS_KEY_ID=AKIATESTTESTTEST\n"
                                                    "AWS_SECRET_ACCESS_KEY=test-secret-key\n")}
@@ -380,9 +381,25 @@ def test_chief_and_worker_commands_refuse_the_example_password(role: str) -> Non
 # --- Kubernetes ----------------------------------------------------------------------------
 
 
+# The overlays that carry the dashboard component as a commented line (docs/deploy.md:
+# "uncomment it"); k8s/ray has it through overlays/cpu.
+DASHBOARD_LINE = "  # - ../../components/dashboard\n"
+DASHBOARD_OVERLAYS = ["overlays/cpu", "overlays/gpu", "overlays/s3"]
+
+
+def enable_dashboard(tree: Path) -> None:
+    """What docs/deploy.md tells the operator to do: uncomment the component's line."""
+    for overlay in DASHBOARD_OVERLAYS:
+        path = tree / overlay / "kustomization.yaml"
+        text = path.read_text()
+        assert text.count(DASHBOARD_LINE) == 1, path
+        path.write_text(text.replace(DASHBOARD_LINE, DASHBOARD_LINE.replace("# ", "", 1)))
+
+
 @cache
-def k8s_copy(with_secrets: bool = True) -> Path:
-    """k8s/ copied without the operator's untracked secret files; with test ones."""
+def k8s_copy(with_secrets: bool = True, dashboard: bool = True) -> Path:
+    """k8s/ copied without the operator's untracked secret files; with test ones. With
+    ``dashboard`` the overlays include the optional dashboard component."""
     import atexit
     import tempfile
 
@@ -395,6 +412,8 @@ def k8s_copy(with_secrets: bool = True) -> Path:
         path.unlink(missing_ok=True)
         if with_secrets:
             path.write_text(content)
+    if dashboard:
+        enable_dashboard(dest)
     return dest
 
 
@@ -475,6 +494,29 @@ def test_rendering_fails_until_the_operator_provides_the_secrets(overlay: str,
         ignored = run("git", "check-ignore", "-q", f"k8s/{rel}")
         assert ignored.returncode == 0, f"k8s/{rel} must be .gitignored"
         assert (ROOT / "k8s" / f"{rel}.example").is_file(), rel
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_render_with_the_redis_password_alone(overlay: str, tmp_path: Path) -> None:
+    """The core overlays need only the Redis password (and s3/ray their own files): the
+    dashboard is an optional component, left out until the operator switches it on."""
+    tree = tmp_path / "k8s"
+    shutil.copytree(k8s_copy(with_secrets=False, dashboard=False), tree)
+    for rel, content in SECRET_FILES.items():
+        if needs(overlay, rel) and "dashboard" not in rel:
+            (tree / rel).write_text(content)
+    result = kustomize(tree / overlay)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert docs and not [d for d in docs if "dashboard" in d["metadata"]["name"]]
+    valid = run(tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, "-",
+                stdin=result.stdout)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    # Switched on without its token file, the overlay names the file to create.
+    enable_dashboard(tree)
+    result = kustomize(tree / overlay)
+    assert result.returncode != 0
+    assert "dashboard-token.env" in result.stderr and "no such file" in result.stderr
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -821,7 +863,8 @@ def test_compose_dashboard_service() -> None:
 
 
 def test_dashboard_refuses_the_example_token() -> None:
-    example = (ROOT / "k8s" / "secrets" / "dashboard-token.env.example").read_text()
+    example = (ROOT / "k8s" / "components" / "dashboard" / "dashboard-token.env.example"
+               ).read_text()
     (token,) = [ln.split("=", 1)[1] for ln in example.splitlines() if ln.startswith("token=")]
     result = run(sys.executable, "-m", "tunecluster", "dashboard", "--host", "0.0.0.0",
                  env=clean_env(TUNECLUSTER_DASHBOARD_TOKEN=token))
