@@ -174,3 +174,20 @@ def test_errors_are_of_keras_tuners_types() -> None:
     with pytest.raises(RuntimeError, match="allow_new_entries") as info:
         tuner.search(x, y, validation_data=(x, y), epochs=1, verbose=0)
     assert "size" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_reloading_a_project_with_another_tuner_class_is_refused(tmp_path) -> None:
+    """KerasTuner refuses to reload a project another tuner made (RuntimeError naming
+    overwrite=True); the same class reloads it, overwrite=True starts afresh
+    (issue 24, point 6)."""
+    from tunecluster.api.keras_tuner import _write_project
+
+    _write_project(str(tmp_path), "proj", "proj-abc123", "RandomSearch")
+    with pytest.raises(RuntimeError, match="overwrite=True") as info:
+        kt.BayesianOptimization(build_model, objective="val_accuracy", max_trials=1,
+                                directory=str(tmp_path), project_name="proj")
+    assert "RandomSearch" in str(info.value) and "\n" not in str(info.value)
+    kt.RandomSearch(build_model, objective="val_accuracy", max_trials=1,
+                    directory=str(tmp_path), project_name="proj")
+    kt.BayesianOptimization(build_model, objective="val_accuracy", max_trials=1,
+                            directory=str(tmp_path), project_name="proj", overwrite=True)

@@ -88,9 +88,9 @@ class Tuner:
             # the embedded cluster's data of an earlier search of this project
             shutil.rmtree(Path(self.directory, self.project_name, "cluster"),
                           ignore_errors=True)
-        elif self.cluster_url is not None:  # KerasTuner's reload: the project's job
-            previous = _read_project(self.directory, self.project_name)
-            if previous is not None:
+        else:  # KerasTuner's reload: the project's job (by the same tuner class)
+            previous = _read_project(self.directory, self.project_name, type(self).__name__)
+            if previous is not None and self.cluster_url is not None:
                 self.job = Client(self.cluster_url).job(previous)
 
     # --- search -----------------------------------------------------------------------
@@ -125,8 +125,8 @@ class Tuner:
         with LocalCluster(workers=self.workers, artifacts=self._artifacts,
                           redis_dir=project / "cluster") as local:
             client = Client(local.url, artifacts=self._artifacts)
-            previous = None if self.overwrite else _read_project(self.directory,
-                                                                 self.project_name)
+            previous = None if self.overwrite else _read_project(
+                self.directory, self.project_name, type(self).__name__)
             if previous is not None and client.store.jobs.exists(previous):
                 self._continue(Job(client, previous), files, verbose)
             else:
@@ -139,7 +139,7 @@ class Tuner:
         self.job = client.submit(parse_spec(spec), files=files, space=space)
         if self._artifacts is None:
             self._artifacts = client.artifacts
-        _write_project(self.directory, self.project_name, self.job.id)
+        _write_project(self.directory, self.project_name, self.job.id, type(self).__name__)
         self._wait(verbose)
 
     def _continue(self, job: Job, files: dict[str, bytes], verbose: int) -> None:
@@ -543,25 +543,35 @@ def _project_file(directory: str, project_name: str) -> Path:
     return Path(directory, project_name, PROJECT_FILE)
 
 
-def _read_project(directory: str, project_name: str) -> str | None:
+def _read_project(directory: str, project_name: str, tuner: str) -> str | None:
+    """The project's job id, or None; ``RuntimeError`` (KerasTuner's) when the project
+    was made by another tuner class: its oracle is not this one's."""
     import json
 
     from tunecluster.ids import is_job_id
 
+    path = _project_file(directory, project_name)
     try:
-        job = json.loads(_project_file(directory, project_name).read_text()).get("job")
+        saved = json.loads(path.read_text())
+        job, made_by = saved.get("job"), saved.get("tuner")
     except (OSError, ValueError, AttributeError):
         return None
+    if isinstance(made_by, str) and made_by != tuner:
+        raise RuntimeError(
+            f"Error reloading `Oracle` from existing project: it was made by {made_by}, not"
+            f" {tuner}. If you did not mean to reload from an existing project, change the"
+            f" `project_name` or pass `overwrite=True` when creating the `Tuner`. Found"
+            f" existing project at: {path.parent}")
     return job if isinstance(job, str) and is_job_id(job) else None
 
 
-def _write_project(directory: str, project_name: str, job: str) -> None:
+def _write_project(directory: str, project_name: str, job: str, tuner: str) -> None:
     import json
 
     path = _project_file(directory, project_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"job": job}) + "\n")
+    tmp.write_text(json.dumps({"job": job, "tuner": tuner}) + "\n")
     tmp.replace(path)
 
 
