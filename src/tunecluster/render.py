@@ -21,6 +21,25 @@ def fmt(value: Any, missing: str = "-") -> str:
     return str(value)
 
 
+REASON_CHARS = 80  # a failed trial's reason beside it: one short line
+
+
+def failure_reason(error: str | None, width: int = REASON_CHARS) -> str:
+    """A failed trial's error as one short line: the last line of its traceback, less
+    the exception's module path, cut to ``width`` characters ("" for none)."""
+    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    head, sep, rest = last.partition(": ")
+    if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
+        # "tunecluster.errors.TrialFailed: loss is nan" -> "loss is nan"; others keep
+        # their short class name ("ValueError: ...")
+        last = rest if head.rsplit(".", 1)[-1] in ("TrialFailed", "ModelCodeError") \
+            else f"{head.rsplit('.', 1)[-1]}: {rest}"
+    return last if len(last) <= width else last[:width - 1] + "…"
+
+
 def leaderboard_table(results: dict[str, Any], limit: int | None = None) -> Table:
     objective = results["objective"]
     trials = list(results["trials"])
@@ -36,13 +55,19 @@ def leaderboard_table(results: dict[str, Any], limit: int | None = None) -> Tabl
     gangs = any(len(t.get("workers") or []) > 1 for t in trials)
     table = Table(title=f"{results['name']} ({results['job']}) — {results['state']}, "
                         f"{objective['name']} ({objective['direction']})")
+    shown = trials[:limit] if limit else trials
+    failed = any(t.get("error") and t["state"] == "FAILED" for t in shown)
     for col in ("#", "trial", "state", objective["name"], "epochs", "attempts",
                 *(["workers"] if gangs else []), *hp_names):
         table.add_column(col, overflow="fold")
-    for rank, t in enumerate(trials[:limit] if limit else trials, start=1):
+    if failed:  # why a FAILED trial failed, on its own row
+        table.add_column("reason", overflow="fold", min_width=24)
+    for rank, t in enumerate(shown, start=1):
+        reason = [failure_reason(t.get("error")) if t["state"] == "FAILED" else ""]
         table.add_row(str(rank), t["trial"], t["state"], fmt(t["score"]), fmt(t["epochs"]),
                       fmt(t["attempts"]), *([gang_text(t)] if gangs else []),
-                      *(fmt(t["hyperparameters"].get(n)) for n in hp_names))
+                      *(fmt(t["hyperparameters"].get(n)) for n in hp_names),
+                      *(reason if failed else []))
     return table
 
 

@@ -16,7 +16,7 @@ import time
 from typing import Any, Protocol
 
 from tunecluster.api.client import Job
-from tunecluster.render import fmt
+from tunecluster.render import failure_reason, fmt
 from tunecluster.store.events import Event
 
 _DONE = ("COMPLETED", "FAILED", "CANCELLED", "STOPPED")
@@ -118,7 +118,8 @@ class NotebookView:
         pass  # refresh() runs after every batch of events
 
     def refresh(self, results: dict[str, Any], elapsed: float) -> None:
-        key = (results["state"], tuple((t["trial"], t["state"], t["epochs"], t["score"])
+        key = (results["state"], tuple((t["trial"], t["state"], t["epochs"], t["score"],
+                                        t.get("error"))
                                        for t in results["trials"]), int(elapsed))
         if key != self.shown:
             self.shown = key
@@ -157,20 +158,28 @@ def render(results: dict[str, Any], total: int | None, elapsed: float) -> tuple[
            if total else '<progress style="width:24em"></progress>')
     rows = _rows(results)
     names = sorted({k for t in rows for k in t["hyperparameters"]})
-    cells = ["trial", "state", objective, "epochs", *names]
+    failed = any(t["state"] == "FAILED" for t in rows)
+    cells = ["trial", "state", objective, "epochs", *names, *(["reason"] if failed else [])]
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in
                          [t["trial"], t["state"], t["score"], t["epochs"],
-                          *(t["hyperparameters"].get(n) for n in names)]) + "</tr>"
+                          *(t["hyperparameters"].get(n) for n in names),
+                          *([_reason(t)] if failed else [])]) + "</tr>"
         for t in rows)
     table = ("<table class='tunecluster-trials'><thead><tr>"
              + "".join(f"<th>{html.escape(c)}</th>" for c in cells)
              + f"</tr></thead><tbody>{body}</tbody></table>")
     page = (f"<div class='tunecluster-progress'><div>{html.escape(head)}</div>"
             f"<div>{bar} {done}{of}</div>{table}</div>")
-    plain = "\n".join([head] + [f"  {t['trial']} {t['state']:<9} {fmt(t['score'])}"
-                                f" epochs {t['epochs']}" for t in rows])
+    plain = "\n".join([head] + [(f"  {t['trial']} {t['state']:<9} {fmt(t['score'])}"
+                                 f" epochs {t['epochs']}  {_reason(t)}").rstrip()
+                                for t in rows])
     return page, plain
+
+
+def _reason(trial: dict[str, Any]) -> str:
+    """Why a FAILED trial failed, in one short line ("" for the others)."""
+    return failure_reason(trial.get("error")) if trial["state"] == "FAILED" else ""
 
 
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -195,7 +204,7 @@ def print_trial(results: dict[str, Any], trial: str, kind: str, elapsed: float) 
         for key, value in row["hyperparameters"].items():
             print(f"{key}: {value}")
         if row.get("error"):
-            print(f"error: {str(row['error']).strip().splitlines()[-1]}")
+            print(f"error: {failure_reason(row['error'])}")
     best = results.get("best")
     if best:
         print(f"\nBest {name} So Far: {best['score']:.4g}")

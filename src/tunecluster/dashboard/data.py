@@ -23,6 +23,7 @@ from tunecluster import defaults
 from tunecluster.dashboard import plots
 from tunecluster.dashboard.importance import hyperparameter_importance
 from tunecluster.errors import StoreError
+from tunecluster.render import failure_reason
 from tunecluster.states import FINAL_TRIAL_STATES, TrialState
 from tunecluster.store import FINAL_STATES, Store
 from tunecluster.store.records import MalformedRecord, read_or
@@ -152,6 +153,9 @@ class Reader:
         importance = self._importance_of(job, results, space)
         return {
             **results,
+            # the trial table's reason column: why a FAILED trial failed, one short line
+            "trials": [{**t, "reason": failure_reason(t["error"]) if t["state"] == "FAILED"
+                        else None} for t in results["trials"]],
             "summary": summary(results, record, int(time.time() * 1000)),
             "spec": public_spec(record.spec),
             "space": space,

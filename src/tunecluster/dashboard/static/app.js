@@ -255,7 +255,8 @@ async function viewJob() {
       ["attempts", (t) => t.attempts],
       ["worker", (t) => who(t)],
       ...names.map((n) => [n, (t) => t.hyperparameters[n]]),
-      ["error", (t) => t.error, (t) => el("span", {class: "error small"}, t.error || "")],
+      ["reason", (t) => t.reason,
+       (t) => el("span", {class: "error small", title: t.error || ""}, t.reason || "")],
     ], rows, tableState));
     for (const key of ["history", "curves", "parallel", "slices", "importance"]) {
       // Redraw only what changed: drawing costs the browser far more than the fetch
