@@ -342,11 +342,14 @@ def test_cancel_stops_the_ray_run(store, ray_cluster) -> None:
 
 
 def _snapshot(store: Store) -> dict:
-    raw = store.raw()
-    try:
-        return {key: raw.dump(key) for key in sorted(raw.keys("*"))}
-    finally:
-        raw.close()
+    """Every key's content (not DUMP: Redis may re-encode a hash that was only read)."""
+    r, out = store.client, {}
+    read = {"hash": r.hgetall, "stream": lambda k: r.xrange(k), "list": lambda k: r.lrange(
+        k, 0, -1), "zset": lambda k: r.zrange(k, 0, -1, withscores=True), "set": r.smembers}
+    for key in sorted(r.keys("*")):
+        kind = r.type(key)
+        out[key] = (kind, read[kind](key) if kind in read else r.dump(key))
+    return out
 
 
 def test_a_deposed_chief_writes_no_ray_job_state(tmp_path: Path) -> None:
@@ -462,6 +465,7 @@ def test_ray_head_lost_mid_job_the_job_waits_then_completes_on_a_new_head(
     cluster, store, address = own_head_cluster
     temp = Path(tempfile.mkdtemp(prefix="ray-hl-", dir="/tmp"))  # short: socket paths
     port = int(address.rsplit(":", 1)[1])
+    (temp / "a").mkdir()
     head, _ = _start_head(temp / "a", port)
     try:
         job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
@@ -480,6 +484,7 @@ def test_ray_head_lost_mid_job_the_job_waits_then_completes_on_a_new_head(
         time.sleep(5)  # still waiting, still running: nothing failed the job meanwhile
         assert store.jobs.get(job).state == "running"
 
+        (temp / "b").mkdir()
         head, _ = _start_head(temp / "b", port)  # Ray is back at the same address
         results = wait(store, job, 240)
         assert results["state"] == "completed", results.get("error")

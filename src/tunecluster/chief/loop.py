@@ -131,7 +131,7 @@ class Chief:
         # --- Ray scheduler hook: `scheduler: ray` jobs run in RayJobRunner threads ----
         from tunecluster.ray.backend import RayJobs  # imports no Ray until a job needs it
 
-        self.ray_jobs = RayJobs(store, self.artifacts, self.id)
+        self.ray_jobs = RayJobs(store, self.artifacts, self.id, fence=self.fence)
         # --- end Ray scheduler hook ----------------------------------------------------
         # Refreshed by housekeeping (and on submit) instead of read on every tick: each
         # Redis round trip on the tick is latency added to every trial's hand-out.
@@ -242,7 +242,7 @@ class Chief:
         it once enough workers are there."""
         for job_id in self._active:
             hosted = self.jobs.get(job_id)
-            if hosted is None:
+            if hosted is None or hosted.spec.scheduler == "ray":  # ray/reach.py writes those
                 continue
             need = hosted.spec.resources.workers_per_trial
             why = (f"each trial needs {need} workers (resources.workers_per_trial);"

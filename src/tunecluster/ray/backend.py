@@ -1,15 +1,21 @@
 """Ray Tune as the alternative scheduler: what the chief runs for a ``scheduler: ray`` job.
 
-``RayJobRunner`` drives one job from start to end in a background thread of the chief:
-it connects to Ray (``$RAY_ADDRESS``, the operator's setting, also ``tunecluster chief
---ray-address``; else a local Ray started on demand; never an address from the job,
-since Ray's client protocol unpickles what the server sends), runs a ``tune.Tuner``
-whose searcher is the job's KerasTuner oracle (``searcher.OracleSearcher``) and whose
-trainable is the native trial runner (``trainable.TrialTrainable``), and then calls
-``chief.finalize.finalize`` as the native chief does. ``RecordsCallback`` writes every
-trial start, epoch, retry and failure to the job's Redis records and event stream;
-``JobStopper`` ends the Ray run on ``cancel``, on a failed search, or when another
-chief took the job over.
+``RayJobRunner`` drives one job from start to end in a background thread of the chief.
+Each Ray run of the job is a child process (``driver.py``: a Ray driver whose cluster
+dies hangs and is then ended by Ray, which must not be the chief): it connects to Ray
+(``$RAY_ADDRESS``, the operator's setting, also ``tunecluster chief --ray-address``;
+else a local Ray started on demand; never an address from the job, since Ray's client
+protocol unpickles what the server sends) and runs a ``tune.Tuner`` whose searcher is the
+job's KerasTuner oracle (``searcher.OracleSearcher``) and whose trainable is the native
+trial runner (``trainable.TrialTrainable``). ``RecordsCallback`` writes every trial
+start, epoch, retry and failure to the job's Redis records and event stream;
+``JobStopper`` ends the Ray run on ``cancel``, on a failed search, or when another chief
+took the job over or holds the chief lock. While the Ray cluster cannot be reached the
+job waits and says why (``reach.py``); when it is back a new Ray run starts.
+
+The thread keeps the job's state: every job-state write, the take-over of a run and the
+finalize (``chief.finalize.finalize``, as the native chief) go under the chief's
+``Fence``, so a deposed chief writes none of them; it stops its Ray run and stands by.
 
 ``RayJobs`` is the chief's hook: one runner per Ray job, started once. A chief that
 finds a Ray job ``running`` without a runner of its own (it restarted, or took over
@@ -31,6 +37,7 @@ from typing import Any
 
 from tunecluster.spec.models import JobSpec
 from tunecluster.store import Store, codec
+from tunecluster.store.fence import Fence, LostLeadership
 from tunecluster.store.ray_records import RayRecords
 
 log = logging.getLogger("tunecluster.ray")
@@ -46,6 +53,7 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 RESTART_AFTER_S = 10.0  # a chief restarts a job's Ray run at most this often
 TICK_S = 1.0  # how often the chief's hook looks for Ray jobs without a runner
+RETRY_S = 5.0  # while Ray is unreachable: how often the chief tests it, and starts a run
 
 _ray_lock = threading.Lock()  # ray.init is process-wide
 _connected: str | None = None  # the address this process's Ray connection was made for
@@ -54,6 +62,10 @@ _tune_lock = threading.Lock()  # one Ray Tune run at a time per chief process
 
 class RayUnavailable(RuntimeError):
     """Ray cannot be used for this job (not installed, unreachable, another address)."""
+
+
+class RayUnreachable(RayUnavailable):
+    """``ray.init`` failed: the cluster is down or not there (yet); the job waits."""
 
 
 # --- connecting ------------------------------------------------------------------------------
@@ -111,8 +123,9 @@ def connect_ray(address: str | None) -> str:
             hint = ("" if address is None or os.environ.get("RAY_AUTH_MODE") else
                     " (a cluster with token authentication needs RAY_AUTH_MODE=token and"
                     " RAY_AUTH_TOKEN in the chief's environment)")
-            raise RayUnavailable(f"cannot start or reach Ray at {want}: "
-                                 f"{str(exc).strip().splitlines()[0][:300]}{hint}") from None
+            kind = RayUnreachable if address else RayUnavailable
+            raise kind(f"cannot start or reach Ray at {want}: "
+                       f"{str(exc).strip().splitlines()[0][:300]}{hint}") from None
         _connected = want
         return want
 
@@ -176,7 +189,7 @@ class RayJobRunner:
 
     def __init__(self, store: Store, job_id: str, spec: JobSpec, space: dict[str, Any],
                  artifacts_root: str | Path, *, uploaded: list[str] | None = None,
-                 chief_id: str = "chief") -> None:
+                 chief_id: str = "chief", fence: Fence = Fence.NONE) -> None:
         self.store = store
         self.job = job_id
         self.spec = spec
@@ -184,10 +197,12 @@ class RayJobRunner:
         self.artifacts = Path(artifacts_root).resolve()
         self.uploaded = list(uploaded or [])
         self.chief_id = chief_id
+        self.fence = fence  # the chief's: every job-state write and finalize goes under it
         self.records = RayRecords(store)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.state: str | None = None  # the job's final state, once finalized
+        self.run_no: int | None = None  # this runner's latest Ray run of the job
 
     # --- thread --------------------------------------------------------------------------
 
@@ -212,38 +227,32 @@ class RayJobRunner:
     def _run_logged(self) -> None:
         try:
             self.run()
+        except LostLeadership:
+            log.warning("job %s: this chief was deposed; its Ray run wrote nothing and"
+                        " stopped", self.job)
         except Exception:  # noqa: BLE001 - logged; the chief may start another run later
             log.exception("Ray run of job %s ended abnormally", self.job)
 
     # --- the job -------------------------------------------------------------------------
 
     def run(self) -> str | None:
-        """The whole job: returns its final state, or None if stopped before the end."""
+        """The whole job: returns its final state, or None if stopped before the end.
+        Every job-state write and the finalize are fenced (``LostLeadership`` when this
+        chief no longer leads: nothing is written)."""
         from tunecluster.chief.finalize import summarize_errors
         from tunecluster.store.results import build_results
 
         record = self.store.jobs.get(self.job)
         if record.state == "finalizing":  # a previous chief died while finalizing
             return self._finalize(*self._outcome())
-        error: str | None = None
         if not self._wait_for_tune_slot():
             return None
         try:
-            _refuse_object_store(self.artifacts)
-            address = ray_address(self.spec)
-            run = self.records.take_over(self.job, self.chief_id, address or LOCAL)
-            connect_ray(address)
-            self._tune(run)
-        except Exception as exc:  # noqa: BLE001 - the job ends failed with the reason
-            from tunecluster.store.connection import retryable
-
-            if retryable(exc):
-                raise
-            log.exception("Ray run of job %s failed", self.job)
-            error = f"ray: {type(exc).__name__}: {str(exc).strip()[:500]}"
+            error = self._drive()
         finally:
             _tune_lock.release()
-        if self.stop_event.is_set() or self.records.owner(self.job) != self.chief_id:
+        if self.stop_event.is_set() or (self.run_no is not None
+                                        and self.records.owner(self.job) != self.chief_id):
             return None  # another run (this chief's next, or another chief) goes on
         state, failure = self._outcome()
         if error:
@@ -253,7 +262,51 @@ class RayJobRunner:
                        f"{summarize_errors(build_results(self.store.jobs, self.job)['trials'])}")
         return self._finalize(state, failure)
 
-    def _tune(self, run: int) -> None:
+    def _drive(self) -> str | None:
+        """Ray runs of the job, each in a child process, until Tune ends the search:
+        None, or the job's error. While the Ray cluster cannot be reached the job waits
+        and says why (``reach.Waiting``), up to ``TUNECLUSTER_RAY_UNREACHABLE_S``."""
+        import redis
+
+        from tunecluster.ray.driver import drive_run
+        from tunecluster.ray.reach import Waiting, reachable
+
+        try:
+            _refuse_object_store(self.artifacts)
+        except ValueError as exc:
+            return f"ray: ValueError: {exc}"
+        address = ray_address(self.spec)
+        keep_ray_on_loopback(address)  # the child inherits it
+        waiting = Waiting(self.store, self.job, address or LOCAL, self.fence)
+        while not self.stop_event.is_set():
+            up = reachable(address)
+            if not up:
+                waiting.unreachable()
+            error = waiting.over()
+            if error:
+                return error
+            if not up:
+                self.stop_event.wait(RETRY_S)
+                continue
+            self.run_no = self.records.take_over(self.job, self.chief_id, address or LOCAL,
+                                                 fence=self.fence)
+            outcome = drive_run(self, self.run_no, address, waiting)
+            if outcome.kind == "done":
+                waiting.reached()
+                return None
+            if outcome.kind == "error" or (outcome.kind == "unreachable" and not address):
+                return outcome.message
+            if outcome.kind == "redis":
+                raise redis.ConnectionError(outcome.message)
+            if outcome.kind == "unreachable":
+                log.warning("job %s: Ray at %s unreachable (%s); the job waits for it",
+                            self.job, address, outcome.message)
+                waiting.unreachable()
+                self.stop_event.wait(RETRY_S)
+        return None
+
+    def tune(self, run: int) -> None:
+        """Ray Tune run ``run`` of the job, in this process (the driver child's)."""
         from ray import tune
 
         from tunecluster.chief.oracle_host import OracleHost
@@ -314,7 +367,7 @@ class RayJobRunner:
                     host.update(trial, epoch, metrics)
                 self._end(host, trial, state == "COMPLETED", row.get("error"))
                 continue
-            reason = "its Ray run ended with the chief that drove it"
+            reason = "its Ray run ended (its chief or its Ray cluster went away)"
             attempts, budget = int(row.get("attempts") or 0), int(row.get("max_retries") or 0)
             if state == "RUNNING" and attempts > budget:
                 self.records.close(self.job, trial, "FAILED", reason)
@@ -346,11 +399,12 @@ class RayJobRunner:
         from tunecluster.artifacts import MODEL_FILE, file_resolver, trial_dir
         from tunecluster.chief.finalize import finalize
 
+        # First the fenced state change: a deposed chief stops here, having written nothing.
+        self.store.jobs.set_state(self.job, "finalizing", fence=self.fence)
         # Trials Tune stopped with the whole run (cancel, failed search) are still open.
         for row in self.records.open_trials(self.job):
             reason = "job cancelled" if state == "cancelled" else "job ended"
             self.records.close(self.job, row["trial"], "CANCELLED", reason)
-        self.store.jobs.set_state(self.job, "finalizing")
         if state == "completed":  # stopped trials save their model as their actor stops
             deadline = time.monotonic() + 60
             for row in self.store.jobs.trials(self.job):
@@ -361,10 +415,13 @@ class RayJobRunner:
         resolve = file_resolver(self.store, self.job, self.artifacts, self.uploaded)
         try:
             results = finalize(self.store, self.job, self.spec, self.artifacts, state,
-                               resolve=resolve, error=error)
+                               resolve=resolve, error=error, fence=self.fence)
+        except LostLeadership:
+            raise
         except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
             log.exception("finalizing %s failed", self.job)
-            self.store.jobs.set_state(self.job, "failed", error=f"finalize failed: {exc}")
+            self.store.jobs.set_state(self.job, "failed", fence=self.fence,
+                                      error=f"finalize failed: {exc}")
             self.state = "failed"
             return self.state
         self.state = results["state"]
@@ -388,10 +445,13 @@ class RayJobRunner:
 class RayJobs:
     """The chief's side: one RayJobRunner per active ``scheduler: ray`` job, started once."""
 
-    def __init__(self, store: Store, artifacts_root: str | Path, chief_id: str) -> None:
+    def __init__(self, store: Store, artifacts_root: str | Path, chief_id: str,
+                 fence: Fence | None = None) -> None:
         self.store = store
         self.artifacts = Path(artifacts_root).resolve()
         self.chief_id = chief_id
+        # the chief's fence (its lock, its token): every write of the Ray path is under it
+        self.fence = fence if fence is not None else Fence(store.keys.chief_lock, chief_id)
         self.runners: dict[str, RayJobRunner] = {}
         self._started: dict[str, float] = {}
         self._next_tick = 0.0
@@ -428,17 +488,19 @@ class RayJobs:
                 uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
             except (SpecError, StoreError, ValueError) as exc:
                 log.error("job %s cannot be loaded: %s", job, exc)
-                self.store.jobs.set_state(job, "failed", error=f"job cannot be loaded: {exc}")
+                self.store.jobs.set_state(job, "failed", fence=self.fence,
+                                          error=f"job cannot be loaded: {exc}")
                 continue
             if record.state == "queued":
-                self.store.jobs.set_state(job, "running")
+                self.store.jobs.set_state(job, "running", fence=self.fence)
             elif record.state == "running":
                 log.warning("job %s: running under Ray without a runner here; starting a new"
                             " Ray run (unfinished trials resume)", job)
             self._started[job] = time.monotonic()
             self.runners[job] = RayJobRunner(
                 self.store, job, spec, record.space, self.artifacts,
-                uploaded=list(uploaded or []), chief_id=self.chief_id).start()
+                uploaded=list(uploaded or []), chief_id=self.chief_id,
+                fence=self.fence).start()
 
     def _forget(self, active: set[str]) -> None:
         """Drop runners whose job ended (or was deleted): a chief that lives for months

@@ -82,7 +82,8 @@ class RecordsCallback(tune.Callback):
 
 class JobStopper(tune.Stopper):
     """Stops a trial whose ``stop`` flag the oracle set; stops the whole run on cancel, a
-    failed search, this runner stopping, or another chief (or run) taking the job over."""
+    failed search, this runner stopping, another chief (or run) taking the job over, or
+    another chief holding the chief lock (this one was deposed)."""
 
     def __init__(self, store: Store, job: str, chief: str, run: int,
                  local_stop: threading.Event | None = None) -> None:
@@ -102,10 +103,14 @@ class JobStopper(tune.Stopper):
         if now - self._checked < CHECK_EVERY_S:
             return False
         self._checked = now
-        cancel, failure, owner, run = self.store.client.hmget(
-            self.store.keys.job(self.job), ["cancel", RAY_FAILURE, RAY_CHIEF, RAY_RUN])
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.hmget(self.store.keys.job(self.job), ["cancel", RAY_FAILURE, RAY_CHIEF, RAY_RUN])
+        pipe.get(self.store.keys.chief_lock)
+        (cancel, failure, owner, run), lock = pipe.execute()
+        # another chief holds the lock: this one was deposed (its own loop may be stalled)
+        deposed = lock is not None and lock != self.chief
         self._all = (cancel == "1" or bool(failure) or owner != self.chief
-                     or str(run) != str(self.run))
+                     or str(run) != str(self.run) or deposed)
         return self._all
 
     def __getstate__(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from tunecluster.store import Store, codec
+from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.queue import EVENTS_MAXLEN, Claim, LostLease, now_ms
 
 WORKER_PREFIX = "ray:"
@@ -173,14 +174,16 @@ class RayRecords:
 
     # --- the job ----------------------------------------------------------------------------
 
-    def take_over(self, job: str, chief: str, address: str = "") -> int:
-        """Make ``chief`` the driver of the job's Ray run; returns the run number."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.k.job(job), RAY_CHIEF, chief)
-        pipe.hincrby(self.k.job(job), RAY_RUN, 1)
-        run = int(pipe.execute()[1])
-        self._event(self.r, job, "ray_run_started", {"run": run, "chief": chief,
-                                                     "address": address or "local"})
+    def take_over(self, job: str, chief: str, address: str = "",
+                  fence: Fence = Fence.NONE) -> int:
+        """Make ``chief`` the driver of the job's next Ray run; returns the run number.
+        Under ``fence`` (the chief's): a deposed chief takes nothing over."""
+        run = int(self.r.hget(self.k.job(job), RAY_RUN) or 0) + 1
+        writes = Writes().hset(self.k.job(job), mapping={RAY_CHIEF: chief, RAY_RUN: run})
+        writes.xadd(self.k.events(job), {"type": "ray_run_started", "data": codec.dumps(
+            {"run": run, "chief": chief, "address": address or "local"})},
+            maxlen=EVENTS_MAXLEN, approximate=True)
+        writes.apply(self.r, fence)
         return run
 
     def owner(self, job: str) -> str | None:
