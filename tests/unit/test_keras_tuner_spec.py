@@ -191,3 +191,29 @@ def test_reloading_a_project_with_another_tuner_class_is_refused(tmp_path) -> No
                     directory=str(tmp_path), project_name="proj")
     kt.BayesianOptimization(build_model, objective="val_accuracy", max_trials=1,
                             directory=str(tmp_path), project_name="proj", overwrite=True)
+
+
+def test_code_the_cluster_would_not_run_is_refused_not_ignored() -> None:
+    """A HyperModel's own fit() and a tuner subclass's run_trial() are not run on the
+    cluster yet: each is refused in one line at construction, where both were silently
+    ignored (trials trained with plain model.fit; a run_trial's score never used)
+    (issue 24, points 1 and 2)."""
+    class TunesBatchSize(kt.HyperModel):
+        def build(self, hp):
+            return build_model(hp)
+
+        def fit(self, hp, model, *args, **kwargs):
+            return model.fit(*args, batch_size=hp.Choice("batch_size", [16, 32]), **kwargs)
+
+    with pytest.raises(NotImplementedError, match="TunesBatchSize.fit: a HyperModel") as info:
+        kt.RandomSearch(TunesBatchSize(), objective="val_accuracy", max_trials=1)
+    assert "\n" not in str(info.value)
+
+    class OwnLoop(kt.RandomSearch):
+        def run_trial(self, trial, *args, **kwargs):
+            return {"val_accuracy": 0.123}
+
+    with pytest.raises(NotImplementedError, match="run_trial"):
+        OwnLoop(build_model, objective="val_accuracy", max_trials=1)
+    with pytest.raises(NotImplementedError, match="run_trial"):
+        OwnLoop(objective="val_accuracy", max_trials=1)  # its search space in run_trial

@@ -58,6 +58,7 @@ class Tuner:
         if unsupported:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
                             f" {', '.join(sorted(unsupported))}")
+        _refuse_what_would_be_ignored(type(self), hypermodel)
         if hypermodel is None:
             raise ValueError(f"{type(self).__name__}: hypermodel is required")  # as KerasTuner
         self.hypermodel = hypermodel
@@ -534,6 +535,23 @@ def _up_cluster_url() -> str | None:
 
 
 PROJECT_FILE = "tunecluster_job.json"
+
+
+def _refuse_what_would_be_ignored(tuner: type, hypermodel: Any) -> None:
+    """The user's code that trials would not run: refused in one line, never ignored
+    (a search that trains without it gives wrong results and no error)."""
+    own = [c for c in tuner.__mro__ if issubclass(c, Tuner) and c.__module__ != __name__]
+    if any("run_trial" in vars(c) for c in own):
+        raise NotImplementedError(
+            f"{tuner.__name__}.run_trial: a tuner's own run_trial does not run on the"
+            " cluster yet (trials run the hypermodel's build and Keras's fit); use"
+            " keras_tuner for this search, or move its logic into build_model")
+    fit = getattr(type(hypermodel), "fit", None)
+    if isinstance(hypermodel, HyperModel) and fit is not HyperModel.fit:
+        raise NotImplementedError(
+            f"{type(hypermodel).__name__}.fit: a HyperModel's own fit does not run on the"
+            " cluster yet (trials call model.fit with search()'s arguments); tune"
+            " batch_size and the like in build_model, or use keras_tuner for this search")
 
 
 def _project_file(directory: str, project_name: str) -> Path:
