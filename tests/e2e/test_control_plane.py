@@ -314,9 +314,16 @@ def test_a_failed_search_is_not_resumed_by_a_restarted_chief(control_plane) -> N
     # among these: it is cancelled with the job)
     made = store.jobs.trial_ids(job)
     worker.slots = 8  # capacity joins: a chief that forgot the failure would fill it
+    old_id = store.client.get(store.keys.chief_lock)
     os.killpg(cluster.chiefs[0].pid, signal.SIGKILL)
     cluster.start_chief()
-    time.sleep(3 * LOCK_S)  # the new chief is active and has a free slot to fill
+    _until(lambda: store.client.get(store.keys.chief_lock) not in (None, old_id), 3 * LOCK_S)
+    # The new chief is active: it has loaded the job; three of its probe beats (one per
+    # housekeeping, which also counts the 8 free slots) and the ticks between them are
+    # rounds in which a chief that forgot the failure would fill those slots.
+    beats: set[str] = set()
+    _until(lambda: beats.add(store.client.get(store.keys.chief_beat) or "") or len(beats) > 3,
+           30, every=0.05)
     assert store.jobs.trial_ids(job) == made, "the restarted chief resumed a failed search"
     worker.end(running)
     results = wait(store, job, 60)
