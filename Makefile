@@ -72,5 +72,11 @@ bench: install-dev
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/training_throughput.py
 
+# The compose images without any registry (air-gapped hosts): a Docker engine (started
+# when root + apt), a debootstrapped base image, a wheelhouse from PyPI, an offline build,
+# and .env pointed at the images. Then: docker compose up -d --wait (docs/deploy.md).
+images-offline:
+	@bash scripts/offline-images.sh images
+
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

@@ -70,7 +70,7 @@ def env_file_like_the_docs(path: Path, **settings: str) -> dict[str, str]:
     docs = (ROOT / "docs" / "deploy.md").read_text()
     block = docs.split("From nothing to a running, secured stack:", 1)[1]
     steps = block.split("```bash\n", 1)[1].splitlines()[:2]
-    assert steps[0] == "cp .env.example .env" and steps[1].startswith("sed -i "), steps
+    assert steps[0].endswith("cp .env.example .env") and steps[1].startswith("sed -i "), steps
     shutil.copy(ROOT / ".env.example", path.parent / ".env.example")
     subprocess.run(["bash", "-euc", "\n".join(steps)], cwd=path.parent, check=True,
                    timeout=30)

@@ -184,3 +184,27 @@ def test_pyproject_license_is_an_spdx_expression() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+# --- compose: prerequisites, up, down, the offline route --------------------------------
+
+
+def test_offline_images_is_a_make_target_the_e2e_environment_shares(tmp_path: Path) -> None:
+    lines = make_dry_run("images-offline", tmp_path / "venv")
+    assert lines == ["bash scripts/offline-images.sh images"], lines
+    wrapper = (ROOT / "tests" / "e2e" / "docker_env.sh").read_text()
+    assert "scripts/offline-images.sh" in wrapper
+    script = (ROOT / "scripts" / "offline-images.sh").read_text()
+    assert "images) cmd_images" in script
+    assert "TUNECLUSTER_IMAGE=$IMAGE" in script and "REDIS_IMAGE=$REDIS_IMAGE" in script
+
+
+def test_readme_gives_compose_prerequisites_the_way_down_and_the_offline_route() -> None:
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy"):]
+    for needed in ("docker compose version", "docker-compose", "make images-offline",
+                   "docker compose down", "down -v"):
+        assert needed in deploy, needed
+    # The token line never appends: run twice, it leaves one line (the run-as-written
+    # test runs every block twice and checks .env for a key seen twice).
+    assert ">> .env" not in readme
