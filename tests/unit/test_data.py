@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tunecluster.data import DATASETS, DataError, load_splits
-from tunecluster.data.files import read_file
+from tunecluster.data.files import read_columns, read_file
 from tunecluster.data.split import Splits, encode_labels, split_arrays
 from tunecluster.spec.models import Data
 
@@ -406,6 +406,29 @@ def test_a_missing_label_and_a_bom_header(tmp_path: Path) -> None:
     rows = "\n".join(f"{i % 2},{i}" for i in range(30))
     (tmp_path / "bom.csv").write_text("\ufeffy,a\n" + rows + "\n", encoding="utf-8")
     assert load_splits(data(path=str(tmp_path / "bom.csv"), target="y")).num_classes == 2
+
+
+def test_a_valid_parquet_file_loads(tmp_path: Path, require) -> None:
+    """A Parquet file (as data.path) loads like the same CSV: features in column order,
+    the target column removed, string labels encoded, split as any file."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        require("pyarrow (with ray[tune], the test extra)", str(exc))
+    names = ["setosa", "versicolor", "virginica"]
+    path = tmp_path / "flowers.parquet"
+    pq.write_table(pa.table({"f1": list(range(60)), "species": [names[i % 3] for i in range(60)],
+                             "f2": [i * 0.5 for i in range(60)]}), path)
+    x, y, columns = read_columns(path, "species")
+    assert columns == ["f1", "f2"] and x.shape == (60, 2) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[:, 1], np.arange(60) * 0.5)
+    assert list(y[:3]) == names
+    s = load_splits(data(path=str(path), target="species"))
+    assert s.task == "classification" and s.class_names == names and s.num_classes == 3
+    assert sum(s.sizes().values()) == 60
+    for xs, ys in ((s.x_train, s.y_train), (s.x_test, s.y_test)):
+        np.testing.assert_array_equal(xs[:, 0].astype(int) % 3, ys)
 
 
 def test_parquet_nulls_and_text_features_are_named(tmp_path: Path, require) -> None:
