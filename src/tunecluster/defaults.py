@@ -66,6 +66,10 @@ SPLIT_SEED = 42
 EPOCHS = 10
 BATCH_SIZE = 32
 MAX_TRIALS = 10
+# train.deterministic: off, as Keras is. On, each trial is seeded (search.seed, else the
+# split's seed, and the trial id) and TensorFlow's ops run deterministically, which
+# costs time (measured in bench/README.md) and is a debugging aid more than a default.
+DETERMINISTIC = False
 MAX_RETRIES_PER_TRIAL = 1
 MAX_CONSECUTIVE_FAILED_TRIALS = 3
 HYPERBAND_FACTOR = 3

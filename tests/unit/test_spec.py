@@ -572,3 +572,21 @@ def test_a_misspelt_required_key_is_named_not_reported_missing(
         section: str, value: dict[str, Any], path: str, allowed: str) -> None:
     assert_one_line(reject(job(**{section: value})), path,
                     f"unknown key {path.rsplit('.', 1)[1]!r}; allowed: {allowed}")
+
+
+# --- train.deterministic (newcomer's first hour, point 8) -----------------------------
+
+
+def test_deterministic_defaults_to_false_and_takes_a_boolean() -> None:
+    base = {"name": "j", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"}}
+    assert parse_spec(base).train.deterministic is False
+    for value in (True, False):
+        assert parse_spec({**base, "train": {"deterministic": value}}).train.deterministic is value
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0, None, [True]])
+def test_deterministic_rejects_a_non_boolean_in_one_line(value: Any) -> None:
+    base = {"name": "j", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"}}
+    with pytest.raises(SpecError) as info:
+        parse_spec({**base, "train": {"deterministic": value}})
+    assert str(info.value) == f"train.deterministic: {value!r} is not one of true, false"

@@ -313,6 +313,16 @@ class Train(_Strict):
     # Seconds one attempt of a trial may run, from its claim, before the worker kills it
     # and records it FAILED (not retried: a trial that hangs once hangs again).
     trial_timeout: float | None = None
+    # Same job, same scores: each trial seeded from the job's seed and its trial id, and
+    # TensorFlow's op determinism on while it trains (worker/trial.py: seed_trial).
+    deterministic: bool = defaults.DETERMINISTIC
+
+    @field_validator("deterministic", mode="before")
+    @classmethod
+    def _deterministic(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{value!r} is not one of true, false")
 
     @field_validator("jit_compile", mode="before")
     @classmethod

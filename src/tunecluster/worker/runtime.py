@@ -104,8 +104,11 @@ class JobRuntime:
         """A batched, prefetched ``tf.data`` pipeline over a cached split."""
         import tensorflow as tf
 
-        key = (split, batch_size, shuffle)
+        key = (split, batch_size, shuffle, seed)
         if key not in self.datasets:
+            # a deterministic job's trials each shuffle with their own seed: keep the last
+            for old in [k for k in self.datasets if k[:3] == key[:3]]:
+                del self.datasets[old]
             x = getattr(self.splits, f"x_{split}")
             y = getattr(self.splits, f"y_{split}")
             ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()

@@ -22,6 +22,7 @@ import math
 import os
 import time
 import warnings
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +120,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     # Drop the previous trial's state. free_memory=False skips a full gc.collect()
     # (hundreds of ms with TensorFlow loaded); the process is recycled on memory instead.
     keras.backend.clear_session(free_memory=False)
+    seed = seed_trial(spec, request.trial_id)  # after clear_session, which drops Keras' seed
     t_build = time.perf_counter()
     build_at = time.time()
     with strategy.scope():
@@ -153,8 +155,9 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     if initial_epoch < epochs:
         t_fit = time.perf_counter()
         model.fit(
-            shard_by_data(strategy, rt.dataset("train", spec.train.batch_size,
-                                               spec.train.shuffle, spec.data.split.seed)),
+            shard_by_data(strategy, rt.dataset(
+                "train", spec.train.batch_size, spec.train.shuffle,
+                spec.data.split.seed if seed is None else seed)),
             validation_data=shard_by_data(strategy, rt.dataset(
                 "valid", validation_batch_size(spec.train.batch_size), False, 0)),
             epochs=epochs,
@@ -201,6 +204,31 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         hyperparameters=grown_space,
         classes=list(rt.splits.class_names),
     )
+
+
+def trial_seed(spec: Any, trial_id: str) -> int:
+    """The seed of one trial of a deterministic job: the job's ``search.seed`` (else its
+    split's seed) and the trial id, hashed; the same on every worker and every run."""
+    base = spec.search.seed if spec.search.seed is not None else spec.data.split.seed
+    return zlib.crc32(f"{base}/{trial_id}".encode()) & 0x7FFFFFFF
+
+
+def seed_trial(spec: Any, trial_id: str) -> int | None:
+    """Under ``train.deterministic``: seed Python, NumPy, TensorFlow and Keras for this
+    trial and turn TensorFlow's op determinism on; return the seed. Otherwise turn op
+    determinism off (the trial process is long-lived: an earlier trial of a deterministic
+    job left it on, and it is process-wide) and return None."""
+    import keras
+    from tensorflow.python.framework import config as tf_config  # disable is not public
+
+    if not spec.train.deterministic:
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
+        return None
+    seed = trial_seed(spec, trial_id)
+    keras.utils.set_random_seed(seed)
+    tf_config.enable_op_determinism()
+    return seed
 
 
 def validation_batch_size(batch_size: int) -> int:
