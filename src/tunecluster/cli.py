@@ -470,7 +470,8 @@ def best(job: str, redis_url: str, export: str | None, local_root: str, as_json:
     data = build_results(store.jobs, job)
     if not data["best"]:
         raise StoreError(f"job {job} has no completed trial yet")
-    out = {**data["best"], "test": data["test"], "best_model": data["artifacts"].get("best_model")}
+    out = {**data["best"], "test": data["test"], "best_model": data["artifacts"].get("best_model"),
+           "input": data.get("input")}
     if export:
         got = downloads.retrieve(store, job, BEST_MODEL, export, local_root)
         click.echo(got.message, err=True)
@@ -482,6 +483,8 @@ def best(job: str, redis_url: str, export: str | None, local_root: str, as_json:
         click.echo(f"trial {out['trial']}: score {out['score']}  {out['hyperparameters']}")
         if export:
             click.echo(f"exported to {out['exported']}")
+        if out["input"]:
+            click.echo(render.input_text(out["input"]))
 
 
 @cli.command(name="artifacts")

@@ -86,10 +86,23 @@ def print_results(results: dict[str, Any], console: Console | None = None) -> No
     if results.get("test"):
         console.print("test split (evaluated once): " + ", ".join(
             f"{k} = {fmt(v)}" for k, v in results["test"].items()))
+    if results.get("input"):
+        console.print(input_text(results["input"]), markup=False)
     if results.get("artifacts", {}).get("best_model"):
         console.print(f"best model: {results['artifacts']['best_model']}")
     if results.get("error"):
         console.print(f"[red]error:[/red] {results['error']}")
+
+
+def input_text(info: dict[str, Any]) -> str:
+    """One line: what the best model takes and the preprocessing it expects."""
+    shape = tuple(info.get("shape") or ())
+    text = (f"input: shape {shape} {info.get('dtype', '?')} per example (predict on"
+            f" (n, {', '.join(map(str, shape))})); preprocessing: {info.get('preprocessing')};"
+            f" in the model: {info.get('in_model')}")
+    if info.get("features"):
+        text += f"; features in order: {', '.join(map(str, info['features']))}"
+    return text
 
 
 def results_csv(results: dict[str, Any]) -> str:

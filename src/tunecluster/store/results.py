@@ -31,6 +31,8 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
     # what each output of the best model stands for (the labels before their encoding)
     best_row = next((r for r in rows if best and r.get("trial") == best["trial"]), {})
     classes = _json_field(best_row, "result").get("classes")
+    # what the best model takes and the preprocessing it expects (worker/trial.py)
+    model_input = _json_field(best_row, "result").get("input")
     final = _json_field(record.fields, "final")
     return {
         "job": job,
@@ -46,6 +48,7 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
         },
         "test": codec.finite(final.get("test")),  # a side metric may be inf: null
         "classes": classes if isinstance(classes, list) and classes else None,
+        "input": model_input if isinstance(model_input, dict) and model_input else None,
         "trials": trials,
         "counts": _counts(trials),
         "artifacts": final.get("artifacts", {}),

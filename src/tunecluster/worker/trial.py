@@ -94,6 +94,9 @@ class TrialResult:
     # The class of each of the model's outputs, in order (the labels as the data gave
     # them, before they were encoded onto 0..k-1); empty for regression.
     classes: list[str] = field(default_factory=list)
+    # What the model's first layer takes and what was done to the data before it
+    # (model_input): the results document's ``input``.
+    input: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,7 +206,39 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         },
         hyperparameters=grown_space,
         classes=list(rt.splits.class_names),
+        input=model_input(spec, rt.splits),
     )
+
+
+# What a dataset's loader (data/registry.py) does to the features before training; the
+# others are given as they are (float32).
+LOADER_PREPROCESSING = {
+    "digits": "pixel values 0..16 divided by 16 (float32 in [0, 1]), 8x8 images:"
+              " load_digits().images / 16, not .data (64 columns)",
+    "mnist": "pixel values 0..255 divided by 255 (float32 in [0, 1])",
+    "fashion_mnist": "pixel values 0..255 divided by 255 (float32 in [0, 1])",
+}
+NO_PREPROCESSING = "none: the features as the data gives them, as float32"
+
+
+def model_input(spec: Any, splits: Any) -> dict[str, Any]:
+    """What the trained model takes: the shape of one example, its dtype, what the data
+    loader did to the features before training (apply the same to new data), what the
+    model does itself, and a CSV's or Parquet file's feature columns in order."""
+    if not spec.model.is_builtin:
+        in_model = "whatever the module's build_model put in the model"
+    elif spec.model.input == "normalize":
+        in_model = ("Normalization adapted on the training split (its statistics are"
+                    " weights of the model): give raw features")
+    else:
+        in_model = "Flatten"
+    return {
+        "shape": [int(n) for n in splits.input_shape],
+        "dtype": str(splits.x_train.dtype),
+        "preprocessing": LOADER_PREPROCESSING.get(spec.data.dataset or "", NO_PREPROCESSING),
+        "in_model": in_model,
+        "features": list(splits.feature_names) if splits.feature_names else None,
+    }
 
 
 def trial_seed(spec: Any, trial_id: str) -> int:
