@@ -433,8 +433,8 @@ def _seeded_host(n: int, search: dict[str, Any]) -> Any:
     completed trials (``_seed_completed``)."""
     import random
 
-    from tunecluster.chief.oracle_host import OracleHost
     from tunecluster.client import search_space
+    from tunecluster.engine.oracle_host import OracleHost
     from tunecluster.spec import parse_spec
 
     spec = parse_spec({"name": "oracle", "data": {"dataset": "digits"},

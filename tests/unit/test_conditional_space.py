@@ -9,7 +9,7 @@ import json
 
 import keras_tuner as kt
 
-from tunecluster.chief.oracle_host import OracleHost
+from tunecluster.engine.oracle_host import OracleHost
 from tunecluster.spec import parse_spec
 
 SOURCE = "def build_model(hp):\n    raise NotImplementedError\n"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tunecluster.chief.oracle_host import BOOK, OracleHost
+from tunecluster.engine.oracle_host import BOOK, OracleHost
 from tunecluster.spec import parse_spec
 from tunecluster.spec.space import build_space, space_to_json
 

@@ -1,4 +1,4 @@
-"""The chief runs KerasTuner's oracles with Keras stood in for (chief/keras_free.py):
+"""The chief runs KerasTuner's oracles with Keras stood in for (engine/keras_free.py):
 every suggestion and every persisted state must be what the real Keras gives.
 
 Each side runs in a process of its own (a process holds one ``keras``): the same jobs,
@@ -15,11 +15,11 @@ import textwrap
 
 SCRIPT = textwrap.dedent('''
     import json, sys
-    from tunecluster.chief.keras_free import import_keras_tuner, keras_is_stood_in
+    from tunecluster.engine.keras_free import import_keras_tuner, keras_is_stood_in
     if sys.argv[1] == "real":
         import keras  # noqa: F401 - loaded first: import_keras_tuner keeps it
     import_keras_tuner()
-    from tunecluster.chief.oracle_host import OracleHost
+    from tunecluster.engine.oracle_host import OracleHost
     from tunecluster.spec import parse_spec
     from tunecluster.spec.space import space_config
 
@@ -90,7 +90,7 @@ def test_metric_directions_match_keras() -> None:
             names = sorted(set(M) | set(L))
         else:
             names = json.loads(sys.stdin.read())
-            from tunecluster.chief.keras_free import import_keras_tuner
+            from tunecluster.engine.keras_free import import_keras_tuner
             import_keras_tuner()
         from keras_tuner.src.engine.metrics_tracking import MetricsTracker
         out = {}
@@ -132,7 +132,7 @@ class NoPandas(importlib.abc.MetaPathFinder):
         if name.split(".")[0] == "pandas":
             raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
 sys.meta_path.insert(0, NoPandas())
-from tunecluster.chief.keras_free import import_keras_tuner
+from tunecluster.engine.keras_free import import_keras_tuner
 kt = import_keras_tuner()
 from keras_tuner.oracles import BayesianOptimizationOracle
 oracle = BayesianOptimizationOracle(objective=kt.Objective("val_accuracy", "max"),

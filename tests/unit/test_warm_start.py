@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tunecluster.api import Client
-from tunecluster.chief.oracle_host import OracleHost, carried_values
+from tunecluster.engine.oracle_host import OracleHost, carried_values
 from tunecluster.errors import SpecError
 from tunecluster.spec import parse_spec
 

@@ -32,14 +32,14 @@ import redis
 
 from tunecluster import defaults
 from tunecluster.artifacts import file_resolver
-from tunecluster.chief.finalize import (
+from tunecluster.engine.finalize import (
     FinalizeRetry,
     finalize,
     is_redis_outage,
     one_line,
     summarize_errors,
 )
-from tunecluster.chief.oracle_host import OracleHost
+from tunecluster.engine.oracle_host import OracleHost
 from tunecluster.errors import SpecError, StoreError
 from tunecluster.shutdown import kill_children, on_stop_signal
 from tunecluster.spec import parse_spec
@@ -153,7 +153,7 @@ class Chief:
     # --- main loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        from tunecluster.chief.keras_free import import_keras_tuner
+        from tunecluster.engine.keras_free import import_keras_tuner
 
         if threading.current_thread() is threading.main_thread():
             on_stop_signal("chief", self._stop_now, before_exit=kill_children)
@@ -162,7 +162,7 @@ class Chief:
         # Once at start, not on the first submit: KerasTuner's own oracles, with Keras
         # (and so TensorFlow) stood in for, as they never call it (keras_free.py).
         import_keras_tuner()
-        from tunecluster.chief.evaluator import evaluator
+        from tunecluster.engine.evaluator import evaluator
 
         evaluator().start()  # the test-split scoring, warming up in a child process
 

@@ -14,7 +14,7 @@ took the job over or holds the chief lock. While the Ray cluster cannot be reach
 job waits and says why (``reach.py``); when it is back a new Ray run starts.
 
 The thread keeps the job's state: every job-state write, the take-over of a run and the
-finalize (``chief.finalize.finalize``, as the native chief) go under the chief's
+finalize (``engine.finalize.finalize``, as the native chief) go under the chief's
 ``Fence``, so a deposed chief writes none of them; it stops its Ray run and stands by.
 
 ``RayJobs`` is the chief's hook: one runner per Ray job, started once. A chief that
@@ -239,7 +239,7 @@ class RayJobRunner:
         """The whole job: returns its final state, or None if stopped before the end.
         Every job-state write and the finalize are fenced (``LostLeadership`` when this
         chief no longer leads: nothing is written)."""
-        from tunecluster.chief.finalize import summarize_errors
+        from tunecluster.engine.finalize import summarize_errors
         from tunecluster.store.results import build_results
 
         record = self.store.jobs.get(self.job)
@@ -309,7 +309,7 @@ class RayJobRunner:
         """Ray Tune run ``run`` of the job, in this process (the driver child's)."""
         from ray import tune
 
-        from tunecluster.chief.oracle_host import OracleHost
+        from tunecluster.engine.oracle_host import OracleHost
         from tunecluster.ray.hooks import JobStopper, RecordsCallback
         from tunecluster.ray.searcher import OracleSearcher
         from tunecluster.ray.trainable import TRIAL, TrialTrainable, job_context
@@ -397,7 +397,7 @@ class RayJobRunner:
 
     def _finalize(self, state: str, error: str | None) -> str:
         from tunecluster.artifacts import MODEL_FILE, file_resolver, trial_dir
-        from tunecluster.chief.finalize import finalize
+        from tunecluster.engine.finalize import finalize
 
         # First the fenced state change: a deposed chief stops here, having written nothing.
         self.store.jobs.set_state(self.job, "finalizing", fence=self.fence)

@@ -188,7 +188,7 @@ def _shutdown_ray(wait_s: float = 30.0) -> None:
 def main() -> int:
     import redis
 
-    from tunecluster.chief.keras_free import import_keras_tuner
+    from tunecluster.engine.keras_free import import_keras_tuner
     from tunecluster.ray.backend import RayJobRunner, RayUnreachable, connect_ray
     from tunecluster.store import Keys, Store
     from tunecluster.store.connection import retryable

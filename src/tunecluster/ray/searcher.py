@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from ray.tune.search import Searcher
 
-from tunecluster.chief.oracle_host import OracleHost
+from tunecluster.engine.oracle_host import OracleHost
 from tunecluster.ray.trainable import (
     EPOCH,
     ERROR,

@@ -256,7 +256,7 @@ class Search(_Strict):
     hyperband_factor: int = Field(defaults.HYPERBAND_FACTOR, ge=2)
     num_initial_points: int = Field(defaults.BAYESIAN_INITIAL_POINTS, ge=1)
     # Bayesian only: fit the Gaussian process on at most this many trials (the best and
-    # the most recent, see chief/oracle_host.py); 0 fits on every trial, as KerasTuner.
+    # the most recent, see engine/oracle_host.py); 0 fits on every trial, as KerasTuner.
     bayesian_max_fit_trials: int = defaults.BAYESIAN_MAX_FIT_TRIALS
 
     @field_validator("bayesian_max_fit_trials", mode="before")

@@ -134,7 +134,7 @@ def serve(conn: Connection, parent: int) -> None:
 
 
 def _evaluate(request: Mapping[str, Any]) -> dict[str, float]:
-    from tunecluster.chief.finalize import score_on_test
+    from tunecluster.engine.finalize import score_on_test
     from tunecluster.spec.load import spec_from_json
 
     files = dict(request.get("files") or {})

@@ -176,7 +176,7 @@ def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dic
     It runs in the chief's evaluation process (``evaluator.py``), where Keras is warm,
     so the chief never imports TensorFlow; the job's data files are resolved here (an
     uploaded file is fetched from Redis into this host's cache) and handed over."""
-    from tunecluster.chief.evaluator import evaluator
+    from tunecluster.engine.evaluator import evaluator
     from tunecluster.spec import spec_to_json
 
     files = {p: resolve(p) for p in spec.data.file_paths if p}
