@@ -8,11 +8,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # --- no silent skips in CI ---------------------------------------------------------------
 # Locally a test whose dependency is missing (chromium, moto, Ray, pyarrow, ...) skips.
-# Under CI=true (the environment CI runs with, after `make install`, which provides every
-# one of them: pip's '.[dev]' extra and, as root, chromium from apt) a missing dependency
-# is a failure that names it, never a skip that keeps `make test` green. What `make
-# install` cannot provide (a GPU, a Docker engine where tests/e2e/docker_env.sh cannot
-# install one, root) stays a skip.
+# Under CI=true (the environment CI runs with; `make test` first runs `make install-dev`,
+# which provides every one of them: pip's '.[dev]' extra and, as root, chromium from apt)
+# a missing dependency is a failure that names it, never a skip that keeps `make test`
+# green. What `make install-dev` cannot provide (a GPU, root, a Docker engine where
+# tests/e2e/docker_env.sh cannot install one) stays a skip.
 
 from collections.abc import Callable  # noqa: E402
 from typing import NoReturn  # noqa: E402
@@ -27,21 +27,21 @@ def in_ci() -> bool:
 
 def _require(name: str, why: str) -> NoReturn:
     if in_ci():
-        pytest.fail(f"CI=true and {name} is missing: {why}; `make install` provides it,"
-                    " so this is a failure, not a skip", pytrace=False)
+        pytest.fail(f"CI=true and {name} is missing: {why}; `make install-dev` (run by"
+                    " `make test`) provides it, so this is a failure, not a skip", pytrace=False)
     pytest.skip(f"{name} is missing: {why} (a failure under CI=true)")
 
 
 @pytest.fixture(scope="session")
 def require() -> Callable[[str, str], NoReturn]:
-    """``require(name, why)``: skip the test because ``name`` (a dependency `make install`
-    provides) is missing here; under CI=true, fail it instead."""
+    """``require(name, why)``: skip the test because ``name`` (a dependency `make
+    install-dev` provides) is missing here; under CI=true, fail it instead."""
     return _require
 
 
 def _import_skip(reason: str) -> bool:
     # pytest.importorskip's own reason: every Python module the tests import comes with
-    # `make install` (pip install -e '.[dev]')
+    # `make install-dev` (pip install -e '.[dev]')
     return reason.startswith(("could not import", "Skipped: could not import"))
 
 
@@ -53,9 +53,9 @@ def _ci_failure(report: pytest.CollectReport | pytest.TestReport) -> None:
     reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
     if _import_skip(reason):
         report.outcome = "failed"
-        report.longrepr = (f"CI=true and a module is missing ({reason}); `make install`"
-                           " (pip install -e '.[dev]') provides it, so this is a failure,"
-                           " not a skip")
+        report.longrepr = (f"CI=true and a module is missing ({reason}); `make"
+                           " install-dev` (pip install -e '.[dev]') provides it, so this is"
+                           " a failure, not a skip")
 
 
 @pytest.hookimpl(hookwrapper=True)

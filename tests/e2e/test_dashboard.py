@@ -363,7 +363,7 @@ def chart_points(page: object, chart: str) -> int:
 @pytest.fixture(scope="module")
 def browser(require) -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        require(CHROMIUM, "make install puts Debian's chromium there (apt, as root)")
+        require(CHROMIUM, "make install-dev puts Debian's chromium there (apt, as root)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -1,4 +1,4 @@
-"""No silent skips in CI (tests/conftest.py): a dependency that `make install` provides
+"""No silent skips in CI (tests/conftest.py): a dependency that `make test` installs
 skips when missing locally and fails, naming it, under CI=true; other skips (a GPU) stay
 skips. Run on a scratch suite with a copy of that conftest, in a pytest subprocess."""
 
@@ -21,7 +21,7 @@ SUITE = {
         import pytest
 
         def test_required_binary(require):
-            require("/usr/bin/no-such-browser", "make install puts it there")
+            require("/usr/bin/no-such-browser", "make install-dev puts it there")
 
         def test_imported_module():
             pytest.importorskip("no_such_module_tunecluster")
@@ -65,7 +65,7 @@ def _run(tmp_path: Path, ci: str | None) -> tuple[dict[str, int], str]:
 def test_missing_dependencies_skip_locally(tmp_path: Path) -> None:
     counts, out = _run(tmp_path, None)
     assert counts == {"passed": 1, "skipped": 4}, out
-    assert "/usr/bin/no-such-browser is missing: make install puts it there" in out
+    assert "/usr/bin/no-such-browser is missing: make install-dev puts it there" in out
 
 
 @pytest.mark.parametrize("ci", ["true", "1"])
@@ -74,6 +74,6 @@ def test_missing_dependencies_fail_under_ci(tmp_path: Path, ci: str) -> None:
     # the binary and the two imports fail (the module-level one as a collection error);
     # the GPU skip stays a skip
     assert counts == {"failed": 2, "passed": 1, "skipped": 1, "error": 1}, out
-    assert "CI=true and /usr/bin/no-such-browser is missing: make install puts it there" in out
+    assert "CI=true and /usr/bin/no-such-browser is missing: make install-dev puts it there" in out
     assert out.count("could not import 'no_such_module_tunecluster") >= 2, out
     assert "SKIPPED [1] test_sites.py:11: a GPU is visible" in out, out
