@@ -17,6 +17,7 @@ import redis
 from tunecluster import defaults, render
 from tunecluster.errors import ExitCode, SpecError, StoreError, WaitTimeout
 from tunecluster.follow import console, err
+from tunecluster.states import JobState
 from tunecluster.store.connection import redact
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -536,7 +537,7 @@ def cancel(job: str, redis_url: str, wait_: bool) -> None:
 
     handle = Client(redis_url).job(job)
     before = handle.cancel()
-    if before in ("completed", "failed", "cancelled"):
+    if before in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
         click.echo(f"{job} already {before}")
         return
     click.echo(f"cancelling {job}")

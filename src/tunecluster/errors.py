@@ -14,6 +14,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
+from tunecluster.states import JobState
+
 
 class TuneclusterError(Exception):
     """Base of every error tunecluster raises on purpose."""
@@ -86,12 +88,12 @@ class ExitCode(IntEnum):
     @classmethod
     def for_state(cls, state: str) -> ExitCode:
         """The code for a job that ended in ``state``."""
-        return {"completed": cls.OK, "failed": cls.JOB_FAILED,
-                "cancelled": cls.JOB_CANCELLED}.get(state, cls.ERROR)
+        return {JobState.COMPLETED: cls.OK, JobState.FAILED: cls.JOB_FAILED,
+                JobState.CANCELLED: cls.JOB_CANCELLED}.get(state, cls.ERROR)
 
 
 def not_completed(job: str, results: dict[str, Any]) -> JobNotCompleted:
     """The exception for a final job that did not complete."""
-    kind = {"failed": JobFailed, "cancelled": JobCancelled}.get(results["state"],
-                                                                  JobNotCompleted)
+    kind = {JobState.FAILED: JobFailed, JobState.CANCELLED: JobCancelled}.get(
+        results["state"], JobNotCompleted)
     return kind(job, results["state"], results.get("error"), results)

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from tunecluster import render
 from tunecluster.errors import ExitCode
+from tunecluster.states import JobState, TrialState
 
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80 columns.
 # soft_wrap: a line of text (an error, an event) is never broken up by the terminal's
@@ -62,7 +63,7 @@ def interrupted_line(exc: Interrupted, where: str) -> str:
     """What ``run`` says on Ctrl-C: what became of the job and of the processes."""
     if exc.job is None:
         return f"interrupted before a job was submitted; {where}"
-    state = "cancelled" if exc.state in (None, "cancelled") else f"ended {exc.state}"
+    state = JobState.CANCELLED if exc.state in (None, JobState.CANCELLED) else f"ended {exc.state}"
     return f"interrupted: job {exc.job} {state}; {where}"
 
 
@@ -162,7 +163,7 @@ def watch_job(store: Any, job: str) -> None:
                 if e.type != "trial_created":
                     live.console.print(render.event_line(job, e.type, e.data))
             results = build_results(store.jobs, job)
-            done = sum(t["state"] in ("COMPLETED", "FAILED", "CANCELLED")
+            done = sum(t["state"] in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED)
                        for t in results["trials"])
             progress.update(task, completed=done)
             live.update(Group(render.leaderboard_table(results, limit=10), progress))

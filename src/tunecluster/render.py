@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tunecluster.states import TrialState
+
 MAX_HP_COLUMNS = 8
 
 
@@ -56,14 +58,14 @@ def leaderboard_table(results: dict[str, Any], limit: int | None = None) -> Tabl
     table = Table(title=f"{results['name']} ({results['job']}) — {results['state']}, "
                         f"{objective['name']} ({objective['direction']})")
     shown = trials[:limit] if limit else trials
-    failed = any(t.get("error") and t["state"] == "FAILED" for t in shown)
+    failed = any(t.get("error") and t["state"] == TrialState.FAILED for t in shown)
     for col in ("#", "trial", "state", objective["name"], "epochs", "attempts",
                 *(["workers"] if gangs else []), *hp_names):
         table.add_column(col, overflow="fold")
     if failed:  # why a FAILED trial failed, on its own row
         table.add_column("reason", overflow="fold", min_width=24)
     for rank, t in enumerate(shown, start=1):
-        reason = [failure_reason(t.get("error")) if t["state"] == "FAILED" else ""]
+        reason = [failure_reason(t.get("error")) if t["state"] == TrialState.FAILED else ""]
         table.add_row(str(rank), t["trial"], t["state"], fmt(t["score"]), fmt(t["epochs"]),
                       fmt(t["attempts"]), *([gang_text(t)] if gangs else []),
                       *(fmt(t["hyperparameters"].get(n)) for n in hp_names),
@@ -126,8 +128,9 @@ def jobs_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(col)
     for r in rows:
         c = r["counts"]
-        table.add_row(r["job"], r["state"], str(sum(c.values())), str(c.get("COMPLETED", 0)),
-                      str(c.get("FAILED", 0)), str(c.get("RUNNING", 0)),
+        table.add_row(r["job"], r["state"], str(sum(c.values())),
+                      str(c.get(TrialState.COMPLETED, 0)), str(c.get(TrialState.FAILED, 0)),
+                      str(c.get(TrialState.RUNNING, 0)),
                       fmt(r["best"]["score"]) if r.get("best") else "-")
     return table
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tunecluster import defaults
 from tunecluster.errors import StoreError
 from tunecluster.ids import check_job_id
+from tunecluster.states import JobState, TrialState
 
 if TYPE_CHECKING:
     from tunecluster.client import PreparedJob
@@ -199,7 +200,7 @@ class Job:
         from tunecluster.errors import not_completed
 
         results = wait(self.client.store, self.id, timeout, poll_s)
-        if raise_on_failure and results["state"] != "completed":
+        if raise_on_failure and results["state"] != JobState.COMPLETED:
             raise not_completed(self.id, results)
         return results
 
@@ -268,7 +269,7 @@ class Job:
         from tunecluster.artifacts import BEST_MODEL
 
         data = self.results()
-        if data["state"] != "completed":
+        if data["state"] != JobState.COMPLETED:
             raise StoreError(f"job {self.id} has no exported best model (state"
                              f" {data['state']}); wait() for it to complete")
         return self._load(BEST_MODEL, compile, custom_objects, module, trust_job_code)
@@ -283,7 +284,7 @@ class Job:
         from tunecluster.store.downloads import trial_name
 
         row = self.client.store.jobs.trial(self.id, trial)
-        if row.get("state") != "COMPLETED":
+        if row.get("state") != TrialState.COMPLETED:
             raise StoreError(f"trial {trial} of job {self.id} is not completed"
                              f" ({row.get('state', 'no such trial')})")
         return self._load(trial_name(trial), compile, custom_objects, module, trust_job_code)

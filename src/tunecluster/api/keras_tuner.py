@@ -35,11 +35,12 @@ from tunecluster.api import progress
 from tunecluster.api.client import Client, Job
 from tunecluster.api.shipping import ship
 from tunecluster.errors import SpecError, TuneclusterError
+from tunecluster.states import JobState
 
 __all__ = ["BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
            "Hyperband", "Objective", "RandomSearch", "Tuner"]
 
-_FINAL = ("completed", "failed", "cancelled")
+_FINAL = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
 class Tuner:
@@ -181,7 +182,7 @@ class Tuner:
                 if verbose:
                     print(f"\nSearch interrupted: job {self.job.id} cancelled", flush=True)
             raise
-        if self._results["state"] != "completed":
+        if self._results["state"] != JobState.COMPLETED:
             from tunecluster.errors import not_completed
 
             # JobFailed / JobCancelled (TuneclusterErrors), as Job.wait() raises them

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 from tunecluster.api.client import Job
 from tunecluster.render import failure_reason, fmt
+from tunecluster.states import TrialState
 from tunecluster.store.events import Event
 
-_DONE = ("COMPLETED", "FAILED", "CANCELLED", "STOPPED")
+_DONE = (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED, TrialState.STOPPED)
 _TABLE_ROWS = 20  # the notebook table shows the best and the running trials, not 1,000 rows
 
 
@@ -147,7 +148,7 @@ def render(results: dict[str, Any], total: int | None, elapsed: float) -> tuple[
     """The notebook view of a results document: (HTML, plain text)."""
     trials = results["trials"]
     done = sum(t["state"] in _DONE for t in trials)
-    running = sum(t["state"] == "RUNNING" for t in trials)
+    running = sum(t["state"] == TrialState.RUNNING for t in trials)
     objective = results["objective"]["name"]
     best = results.get("best")
     best_text = f"{best['score']:.4g} (trial {best['trial']})" if best else "-"
@@ -158,7 +159,7 @@ def render(results: dict[str, Any], total: int | None, elapsed: float) -> tuple[
            if total else '<progress style="width:24em"></progress>')
     rows = _rows(results)
     names = sorted({k for t in rows for k in t["hyperparameters"]})
-    failed = any(t["state"] == "FAILED" for t in rows)
+    failed = any(t["state"] == TrialState.FAILED for t in rows)
     cells = ["trial", "state", objective, "epochs", *names, *(["reason"] if failed else [])]
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in
@@ -179,7 +180,7 @@ def render(results: dict[str, Any], total: int | None, elapsed: float) -> tuple[
 
 def _reason(trial: dict[str, Any]) -> str:
     """Why a FAILED trial failed, in one short line ("" for the others)."""
-    return failure_reason(trial.get("error")) if trial["state"] == "FAILED" else ""
+    return failure_reason(trial.get("error")) if trial["state"] == TrialState.FAILED else ""
 
 
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -188,7 +189,7 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     scored = sorted((t for t in results["trials"] if t["score"] is not None),
                     key=lambda t: (sign * t["score"], t["trial"]))
     others = [t for t in results["trials"] if t["score"] is None]
-    others.sort(key=lambda t: (t["state"] != "RUNNING", t["trial"]))
+    others.sort(key=lambda t: (t["state"] != TrialState.RUNNING, t["trial"]))
     return (scored + others)[:_TABLE_ROWS]
 
 
@@ -208,7 +209,7 @@ def print_trial(results: dict[str, Any], trial: str, kind: str, elapsed: float) 
     best = results.get("best")
     if best:
         print(f"\nBest {name} So Far: {best['score']:.4g}")
-    done = sum(t["state"] in ("COMPLETED", "FAILED") for t in results["trials"])
+    done = sum(t["state"] in (TrialState.COMPLETED, TrialState.FAILED) for t in results["trials"])
     print(f"Total elapsed time: {_hms(elapsed)} ({done} trial(s) done)", flush=True)
 
 

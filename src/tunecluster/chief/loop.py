@@ -44,6 +44,7 @@ from tunecluster.errors import SpecError, StoreError
 from tunecluster.shutdown import kill_children, on_stop_signal
 from tunecluster.spec import parse_spec
 from tunecluster.spec.models import JobSpec
+from tunecluster.states import OPEN_TRIAL_STATES, JobState, TrialState
 from tunecluster.store import Store, codec, telemetry
 from tunecluster.store.connection import Backoff, for_role, retryable, stop_retrying
 from tunecluster.store.fence import Fence, LostLeadership, StaleState, Writes
@@ -440,11 +441,11 @@ class Chief:
         if state is None:  # a message from an older writer: read the record instead
             row = self.store.jobs.trial(hosted.id, trial)
             state, error = row.get("state"), row.get("error")
-        if state not in ("COMPLETED", "FAILED", "CANCELLED"):
+        if state not in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED):
             return
         # Its epochs came through this same stream, before its end: the oracle has them.
         try:
-            hosted.host.end(trial, completed=state == "COMPLETED", message=error or None,
+            hosted.host.end(trial, completed=state == TrialState.COMPLETED, message=error or None,
                             grown_space=msg.get("hyperparameters") or None)
         except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
             hosted.failure = (f"{hosted.spec.search.max_consecutive_failed_trials} consecutive"
@@ -489,7 +490,7 @@ class Chief:
                 Writes().zrem(self.store.keys.jobs_active, job_id).apply(
                     self.store.client, self.fence)
             return None
-        if record.state not in ("queued", "running", "finalizing"):
+        if record.state not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING):
             # Every state change to a final state leaves the active set in the same
             # write: one still there is foreign; not read again on every round.
             Writes().zrem(self.store.keys.jobs_active, job_id).apply(
@@ -512,8 +513,8 @@ class Chief:
             hosted.dirty = True
             hosted.touched.update(seeded)
         self.jobs[job_id] = hosted
-        if record.state == "queued" and spec.scheduler == "native":
-            self.store.jobs.set_state(job_id, "running", fence=self.fence)
+        if record.state == JobState.QUEUED and spec.scheduler == "native":
+            self.store.jobs.set_state(job_id, JobState.RUNNING, fence=self.fence)
         return hosted
 
     def _oracle(self, job_id: str, spec: JobSpec,
@@ -580,7 +581,7 @@ class Chief:
                     self._more = True
                     return
                 status, trial, values = host.create_trial()
-                if status == "RUNNING" and trial is not None:
+                if status == TrialState.RUNNING and trial is not None:
                     # The oracle that made it is written once per round by _stage_oracles,
                     # later in this same step, not once per trial here.
                     self.store.queue.enqueue(job_id, trial, values,
@@ -619,22 +620,22 @@ class Chief:
             trials = self.store.jobs.trials(job_id)
             if cancel or hosted.failure:
                 for row in trials:
-                    if row.get("state") in ("READY", "FORMING"):
+                    if row.get("state") in (TrialState.READY, TrialState.FORMING):
                         self.store.queue.cancel_ready(job_id, row["trial"], "job ended",
                                                       self.fence)
-                    elif row.get("state") == "RUNNING" and row.get("stop") != "1":
+                    elif row.get("state") == TrialState.RUNNING and row.get("stop") != "1":
                         self.store.queue.request_stop(job_id, row["trial"], self.fence)
-            if any(row.get("state") in ("READY", "FORMING", "RUNNING") for row in trials):
+            if any(row.get("state") in OPEN_TRIAL_STATES for row in trials):
                 continue
             if not hosted.finalize_retry.due():
                 continue
-            self._finalize(hosted, "cancelled" if cancel else
-                           "failed" if hosted.failure else "completed")
+            self._finalize(hosted, JobState.CANCELLED if cancel else
+                           JobState.FAILED if hosted.failure else JobState.COMPLETED)
 
     def _finalize(self, hosted: HostedJob, state: str) -> None:
-        self.store.jobs.set_state(hosted.id, "finalizing", fence=self.fence)
+        self.store.jobs.set_state(hosted.id, JobState.FINALIZING, fence=self.fence)
         error = hosted.failure
-        if state == "failed" and error:
+        if state == JobState.FAILED and error:
             trials = build_results(self.store.jobs, hosted.id)["trials"]
             error = f"{error} | errors: {summarize_errors(trials)}"
         resolve = file_resolver(self.store, hosted.id, self.artifacts, hosted.uploaded)
@@ -651,7 +652,7 @@ class Chief:
                 return  # the job stays finalizing until then
             log.exception("finalizing %s failed", hosted.id)
             tries = hosted.finalize_retry.failed
-            self.store.jobs.set_state(hosted.id, "failed", fence=self.fence, error=(
+            self.store.jobs.set_state(hosted.id, JobState.FAILED, fence=self.fence, error=(
                 f"finalize failed{f' {tries} times' if tries > 1 else ''}: {one_line(exc)}"))
         self.jobs.pop(hosted.id, None)
         if hosted.id in self._active:

@@ -154,7 +154,7 @@ class Reader:
         return {
             **results,
             # the trial table's reason column: why a FAILED trial failed, one short line
-            "trials": [{**t, "reason": failure_reason(t["error"]) if t["state"] == "FAILED"
+            "trials": [{**t, "reason": failure_reason(t["error"]) if t["state"] == TrialState.FAILED
                         else None} for t in results["trials"]],
             "summary": summary(results, record, int(time.time() * 1000)),
             "spec": public_spec(record.spec),

@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from tunecluster.spec.models import JobSpec
+from tunecluster.states import JobState, TrialState
 from tunecluster.store import Store, codec
 from tunecluster.store.fence import Fence, LostLeadership
-from tunecluster.store.ray_records import RayRecords
+from tunecluster.store.ray_records import FINAL, RayRecords
 
 log = logging.getLogger("tunecluster.ray")
 
@@ -243,7 +244,7 @@ class RayJobRunner:
         from tunecluster.store.results import build_results
 
         record = self.store.jobs.get(self.job)
-        if record.state == "finalizing":  # a previous chief died while finalizing
+        if record.state == JobState.FINALIZING:  # a previous chief died while finalizing
             return self._finalize(*self._outcome())
         if not self._wait_for_tune_slot():
             return None
@@ -256,8 +257,8 @@ class RayJobRunner:
             return None  # another run (this chief's next, or another chief) goes on
         state, failure = self._outcome()
         if error:
-            state, failure = "failed", error
-        elif state == "failed" and failure:
+            state, failure = JobState.FAILED, error
+        elif state == JobState.FAILED and failure:
             failure = (f"{failure} | errors: "
                        f"{summarize_errors(build_results(self.store.jobs, self.job)['trials'])}")
         return self._finalize(state, failure)
@@ -362,18 +363,18 @@ class RayJobRunner:
             if not host.is_open(trial):
                 continue
             values = codec.loads_object(row.get("values", "{}"), "trial values")
-            if state in ("COMPLETED", "FAILED", "CANCELLED"):  # ended in Redis, not the oracle
+            if state in FINAL:  # ended in Redis, not the oracle
                 for epoch, metrics in self.store.jobs.epochs(self.job, trial).items():
                     host.update(trial, epoch, metrics)
-                self._end(host, trial, state == "COMPLETED", row.get("error"))
+                self._end(host, trial, state == TrialState.COMPLETED, row.get("error"))
                 continue
             reason = "its Ray run ended (its chief or its Ray cluster went away)"
             attempts, budget = int(row.get("attempts") or 0), int(row.get("max_retries") or 0)
-            if state == "RUNNING" and attempts > budget:
-                self.records.close(self.job, trial, "FAILED", reason)
+            if state == TrialState.RUNNING and attempts > budget:
+                self.records.close(self.job, trial, TrialState.FAILED, reason)
                 self._end(host, trial, False, reason)
                 continue
-            if state == "RUNNING":
+            if state == TrialState.RUNNING:
                 self.records.retry(self.job, trial, row.get("worker", ""), reason)
             resume.append((trial, values))
         from tunecluster.ray.searcher import oracle_snapshot
@@ -391,25 +392,25 @@ class RayJobRunner:
 
     def _outcome(self) -> tuple[str, str | None]:
         if self.records.cancelled(self.job):
-            return "cancelled", None
+            return JobState.CANCELLED, None
         failure = self.records.failure(self.job)
-        return ("failed", failure) if failure else ("completed", None)
+        return (JobState.FAILED, failure) if failure else (JobState.COMPLETED, None)
 
     def _finalize(self, state: str, error: str | None) -> str:
         from tunecluster.artifacts import MODEL_FILE, file_resolver, trial_dir
         from tunecluster.engine.finalize import finalize
 
         # First the fenced state change: a deposed chief stops here, having written nothing.
-        self.store.jobs.set_state(self.job, "finalizing", fence=self.fence)
+        self.store.jobs.set_state(self.job, JobState.FINALIZING, fence=self.fence)
         # Trials Tune stopped with the whole run (cancel, failed search) are still open.
         for row in self.records.open_trials(self.job):
-            reason = "job cancelled" if state == "cancelled" else "job ended"
-            self.records.close(self.job, row["trial"], "CANCELLED", reason)
-        if state == "completed":  # stopped trials save their model as their actor stops
+            reason = "job cancelled" if state == JobState.CANCELLED else "job ended"
+            self.records.close(self.job, row["trial"], TrialState.CANCELLED, reason)
+        if state == JobState.COMPLETED:  # stopped trials save their model as their actor stops
             deadline = time.monotonic() + 60
             for row in self.store.jobs.trials(self.job):
                 path = trial_dir(self.artifacts, self.job, row.get("trial", "")) / MODEL_FILE
-                while (row.get("state") == "COMPLETED" and not path.is_file()
+                while (row.get("state") == TrialState.COMPLETED and not path.is_file()
                        and time.monotonic() < deadline):
                     time.sleep(0.2)
         resolve = file_resolver(self.store, self.job, self.artifacts, self.uploaded)
@@ -420,9 +421,9 @@ class RayJobRunner:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
             log.exception("finalizing %s failed", self.job)
-            self.store.jobs.set_state(self.job, "failed", fence=self.fence,
+            self.store.jobs.set_state(self.job, JobState.FAILED, fence=self.fence,
                                       error=f"finalize failed: {exc}")
-            self.state = "failed"
+            self.state = JobState.FAILED
             return self.state
         self.state = results["state"]
         log.info("job %s %s", self.job, self.state)
@@ -482,18 +483,18 @@ class RayJobs:
                 continue
             try:
                 record = self.store.jobs.get(job)
-                if record.state not in ("queued", "running", "finalizing"):
+                if record.state not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING):
                     continue
                 spec = parse_spec(record.spec)
                 uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
             except (SpecError, StoreError, ValueError) as exc:
                 log.error("job %s cannot be loaded: %s", job, exc)
-                self.store.jobs.set_state(job, "failed", fence=self.fence,
+                self.store.jobs.set_state(job, JobState.FAILED, fence=self.fence,
                                           error=f"job cannot be loaded: {exc}")
                 continue
-            if record.state == "queued":
-                self.store.jobs.set_state(job, "running", fence=self.fence)
-            elif record.state == "running":
+            if record.state == JobState.QUEUED:
+                self.store.jobs.set_state(job, JobState.RUNNING, fence=self.fence)
+            elif record.state == JobState.RUNNING:
                 log.warning("job %s: running under Ray without a runner here; starting a new"
                             " Ray run (unfinished trials resume)", job)
             self._started[job] = time.monotonic()

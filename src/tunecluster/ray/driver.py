@@ -7,9 +7,9 @@ The child is the Ray driver; the chief (``backend.RayJobRunner``) watches it and
 cluster, kills it when the cluster goes away or the chief stops leading, and starts
 another run when the cluster is back.
 
-The parent hands the run over on the child's stdin (a pickle: between a process and its
-own child, never through Redis): the Redis connection settings with their credentials,
-the job, its spec and space, the run number. The child writes one JSON line to
+The parent hands the run over on the child's stdin as JSON (between a process and its
+own child, never through Redis or a command line; nothing is unpickled): the Redis URL
+with its credentials, the job, its spec and space, the run number. The child writes one JSON line to
 ``result``: ``{"outcome": "done"}`` when Tune ended, ``"unreachable"`` when Ray could not
 be reached, ``"redis"`` on a Redis outage (the chief retries later), ``"error"`` with the
 job's error otherwise; and touches ``connected`` once it is connected to Ray.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -46,18 +45,31 @@ class Outcome:
 
 
 def payload(runner: Any, run: int, address: str | None, status: Path) -> bytes:
-    """What the child needs to rebuild ``runner`` and drive run ``run``."""
-    from tunecluster.ray.searcher import SECRET_KWARGS, store_state
+    """What the child needs to rebuild ``runner`` and drive run ``run`` (JSON)."""
+    from tunecluster.spec import spec_to_json
 
-    pool = runner.store.client.connection_pool
-    state = store_state(runner.store)
-    state["kwargs"].update({k: pool.connection_kwargs[k] for k in SECRET_KWARGS
-                            if pool.connection_kwargs.get(k) is not None})
-    return pickle.dumps({
-        "store": state, "job": runner.job, "spec": runner.spec, "space": runner.space,
-        "artifacts": str(runner.artifacts), "uploaded": runner.uploaded,
+    return json.dumps({
+        "redis": redis_url(runner.store.client.connection_pool),
+        "prefix": runner.store.keys.p, "job": runner.job,
+        "spec": json.loads(spec_to_json(runner.spec)), "space": runner.space,
+        "artifacts": str(runner.artifacts), "uploaded": list(runner.uploaded),
         "chief": runner.chief_id, "run": run, "address": address, "status": str(status),
-        "parent": os.getpid()})
+        "parent": os.getpid()}).encode()
+
+
+def redis_url(pool: Any) -> str:
+    """The URL of the server ``pool`` connects to, credentials included (for the child
+    only: it is never logged, written or put on a command line)."""
+    from urllib.parse import quote
+
+    kw = pool.connection_kwargs
+    user, password = kw.get("username") or "", kw.get("password") or ""
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user or password else ""
+    db = int(kw.get("db") or 0)
+    if kw.get("path"):  # a Unix socket
+        return f"unix://{auth}{kw['path']}?db={db}"
+    scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
+    return f"{scheme}://{auth}{kw.get('host', '127.0.0.1')}:{int(kw.get('port') or 6379)}/{db}"
 
 
 class DriverProcess:
@@ -186,26 +198,24 @@ def _shutdown_ray(wait_s: float = 30.0) -> None:
 
 
 def main() -> int:
-    import redis
-
     from tunecluster.engine.keras_free import import_keras_tuner
     from tunecluster.ray.backend import RayJobRunner, RayUnreachable, connect_ray
+    from tunecluster.spec import parse_spec
     from tunecluster.store import Keys, Store
-    from tunecluster.store.connection import retryable
+    from tunecluster.store.connection import connect, retryable
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    data = pickle.loads(sys.stdin.buffer.read())
+    data = json.loads(sys.stdin.buffer.read())
     status = Path(data["status"])
     if data.get("parent"):
         _die_with(int(data["parent"]))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    pool = redis.ConnectionPool(connection_class=data["store"]["class"],
-                                **data["store"]["kwargs"])
-    store = Store(redis.Redis(connection_pool=pool), Keys(data["store"]["prefix"]))
-    runner = RayJobRunner(store, data["job"], data["spec"], data["space"], data["artifacts"],
-                          uploaded=data["uploaded"], chief_id=data["chief"])
+    store = Store(connect(data["redis"]), Keys(data["prefix"]))
+    runner = RayJobRunner(store, data["job"], parse_spec(data["spec"]), data["space"],
+                          data["artifacts"], uploaded=data["uploaded"],
+                          chief_id=data["chief"])
     runner.stop_event = stop  # the stopper ends the run on SIGTERM
     try:
         import_keras_tuner()  # KerasTuner's oracles without TensorFlow, as in the chief

@@ -17,6 +17,7 @@ from ray import tune
 
 from tunecluster.ray.searcher import epoch_metrics, store_from_state, store_state
 from tunecluster.ray.trainable import EPOCH, TRIAL
+from tunecluster.states import TrialState
 from tunecluster.store import Store
 from tunecluster.store.ray_records import RAY_CHIEF, RAY_FAILURE, RAY_RUN, RayRecords, ray_worker
 
@@ -68,9 +69,9 @@ class RecordsCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tc, message = trial.config[TRIAL], f"Ray: {error_line(trial)}"
-        if not self.records.finish(self.job, tc, ray_worker(trial.trial_id), "FAILED",
+        if not self.records.finish(self.job, tc, ray_worker(trial.trial_id), TrialState.FAILED,
                                    {"error": message}):
-            self.records.close(self.job, tc, "FAILED", message)
+            self.records.close(self.job, tc, TrialState.FAILED, message)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"store": store_state(self.records.store), "job": self.job}

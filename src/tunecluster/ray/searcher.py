@@ -38,6 +38,7 @@ from tunecluster.ray.trainable import (
     VALUES,
 )
 from tunecluster.spec.models import JobSpec
+from tunecluster.states import TrialState
 from tunecluster.store import Keys, Store, codec
 from tunecluster.store.ray_records import RayRecords, ray_worker
 
@@ -157,7 +158,7 @@ class OracleSearcher(Searcher):
             trial, values = self.resume.pop(0)
             return self._config(trial_id, trial, values)
         status, trial, values = self.host.create_trial()
-        if status == "RUNNING" and trial is not None:
+        if status == TrialState.RUNNING and trial is not None:
             self.records.create(self.job, trial, values, self.spec.search.max_retries_per_trial,
                                 self.host.state_json(), self.host.trial_json(trial))
             return self._config(trial_id, trial, values)
@@ -187,12 +188,12 @@ class OracleSearcher(Searcher):
             self._end(trial, completed=False, message="its Ray actor failed")
         elif result is not None and FINAL in result:
             if result.get(ERROR):
-                self.records.finish(self.job, trial, worker, "FAILED", {
+                self.records.finish(self.job, trial, worker, TrialState.FAILED, {
                     "error": str(result[ERROR]), "traceback": str(result.get(TRACEBACK, ""))})
                 self._end(trial, completed=False, message=str(result[ERROR]))
             else:
                 outcome = json.loads(result.get(RESULT) or "{}")
-                self.records.finish(self.job, trial, worker, "COMPLETED", {
+                self.records.finish(self.job, trial, worker, TrialState.COMPLETED, {
                     "score": repr(float(outcome["score"])),
                     "metrics": outcome.get("metrics", {}),
                     "best_epoch": str(outcome.get("best_epoch", "")),
@@ -203,7 +204,7 @@ class OracleSearcher(Searcher):
         elif result is not None:
             self._stopped(trial, worker)
         else:  # removed before it ran (the run is ending)
-            self.records.close(self.job, trial, "CANCELLED", "stopped before it started")
+            self.records.close(self.job, trial, TrialState.CANCELLED, "stopped before it started")
             self._end(trial, completed=False, message="stopped before it started")
 
     def save(self, checkpoint_path: str) -> None:
@@ -225,7 +226,7 @@ class OracleSearcher(Searcher):
         epochs = self.records.store.jobs.epochs(self.job, trial)
         best = best_epoch(epochs, search.objective_name, search.direction)
         if best is None:
-            self.records.finish(self.job, trial, worker, "CANCELLED",
+            self.records.finish(self.job, trial, worker, TrialState.CANCELLED,
                                 {"error": "stopped before its first epoch"})
             self._end(trial, completed=False, message="stopped before its first epoch")
             return
@@ -247,7 +248,7 @@ class OracleSearcher(Searcher):
         }
         if early:
             fields.update(stopped_early="1", stopped_by=by)
-        if self.records.finish(self.job, trial, worker, "COMPLETED", fields) and early:
+        if self.records.finish(self.job, trial, worker, TrialState.COMPLETED, fields) and early:
             self.records.stopped_early(self.job, trial, last, by)
         self._end(trial, completed=True)
 

@@ -21,12 +21,13 @@ from typing import Any
 
 import redis
 
+from tunecluster.states import TrialState
 from tunecluster.store import Store, codec
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.queue import EVENTS_MAXLEN, Claim, LostLease, now_ms
 
 WORKER_PREFIX = "ray:"
-FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+FINAL = (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED)
 
 # Fields of the job hash written for Ray jobs (the job record is otherwise unchanged).
 RAY_CHIEF = "ray_chief"  # id of the chief whose Ray run drives the job now
@@ -52,7 +53,8 @@ class RayRecords:
         now = now_ms()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.k.trial(job, trial), mapping={
-            "job": job, "trial": trial, "state": "READY", "values": codec.dumps(dict(values)),
+            "job": job, "trial": trial, "state": TrialState.READY,
+            "values": codec.dumps(dict(values)),
             "attempts": 0, "max_retries": max_retries, "worker": "", "created": now,
             "scheduler": "ray",
         })
@@ -72,13 +74,13 @@ class RayRecords:
             try:
                 pipe.watch(key)
                 row = pipe.hgetall(key)
-                if row.get("state") == "RUNNING" and row.get("worker") == worker:
+                if row.get("state") == TrialState.RUNNING and row.get("worker") == worker:
                     return self._claim(job, trial, row)
-                if row.get("state") != "READY":
+                if row.get("state") != TrialState.READY:
                     return None
                 attempt = int(row.get("attempts") or 0) + 1
                 pipe.multi()
-                pipe.hset(key, mapping={"state": "RUNNING", "worker": worker,
+                pipe.hset(key, mapping={"state": TrialState.RUNNING, "worker": worker,
                                         "attempts": attempt, "started": now_ms()})
                 self._event(pipe, job, "trial_started",
                             {"trial": trial, "worker": worker, "attempt": attempt})
@@ -90,7 +92,7 @@ class RayRecords:
 
     def claim_of(self, job: str, trial: str, worker: str) -> Claim | None:
         row = self.r.hgetall(self.k.trial(job, trial))
-        if row.get("state") != "RUNNING" or row.get("worker") != worker:
+        if row.get("state") != TrialState.RUNNING or row.get("worker") != worker:
             return None
         return self._claim(job, trial, row)
 
@@ -118,10 +120,11 @@ class RayRecords:
             try:
                 pipe.watch(key)
                 row = pipe.hgetall(key)
-                if row.get("state") != "RUNNING" or row.get("worker") != worker:
+                if row.get("state") != TrialState.RUNNING or row.get("worker") != worker:
                     return False
                 pipe.multi()
-                pipe.hset(key, mapping={"state": "READY", "worker": "", "last_error": reason})
+                pipe.hset(key, mapping={"state": TrialState.READY, "worker": "",
+                                        "last_error": reason})
                 pipe.rpush(f"{key}:errors", reason)
                 self._event(pipe, job, "trial_retry", {
                     "trial": trial, "worker": worker, "attempt": int(row.get("attempts") or 0),
@@ -139,12 +142,12 @@ class RayRecords:
             try:
                 pipe.watch(key)
                 row = pipe.hgetall(key)
-                if row.get("state") not in ("READY", "RUNNING"):
+                if row.get("state") not in (TrialState.READY, TrialState.RUNNING):
                     return False
                 mapping = {k: v if isinstance(v, str) else codec.dumps(v)
                            for k, v in (fields or {}).items()}
                 mapping.update(state=state, finished=str(now_ms()))
-                if state != "COMPLETED":
+                if state != TrialState.COMPLETED:
                     mapping["error"] = reason
                 pipe.multi()
                 pipe.hset(key, mapping=mapping)
