@@ -100,6 +100,18 @@ def _job_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         raise  # not reached: _fail exits
 
 
+def _trial_ids(_ctx: click.Context, _param: click.Parameter,
+               values: tuple[str, ...]) -> tuple[str, ...]:
+    """--trial values become paths too: refused as JOB is (exit 2), before Redis."""
+    from tunecluster.ids import InvalidId, check_trial_id
+
+    try:
+        return tuple(check_trial_id(v, "--trial") for v in values)
+    except InvalidId as exc:
+        _fail(f"error: {exc}", 2)
+        raise  # not reached: _fail exits
+
+
 def _store(redis_url: str, patient: bool = False) -> Any:
     """Interactive commands fail fast; roles (chief, worker) ride out Redis restarts."""
     from tunecluster.store import Store
@@ -491,7 +503,8 @@ def best(job: str, redis_url: str, export: str | None, local_root: str, as_json:
 @cli.command(name="artifacts")
 @click.argument("job", callback=_job_id)
 @redis_option
-@click.option("--trial", "trials", multiple=True, help="Only this trial's model (repeatable).")
+@click.option("--trial", "trials", multiple=True, callback=_trial_ids,
+              help="Only this trial's model (repeatable).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=".",
               show_default=True, help="Directory to write into, as <job dir>/ is laid out"
               " (results.json, best_model.keras, trials/<trial>/model.keras).")
@@ -670,7 +683,11 @@ def worker(redis_url: str, artifacts: str, slots: int | None, gpus_per_trial: in
     logging.getLogger().setLevel(logging.INFO)
     gpus = visible_gpus()
     memory = gpu_memory_mb() if gpus and trials_per_gpu > 1 else {}
-    plan = plan_slots(gpus, gpus_per_trial, slots, trials_per_gpu, memory)
+    try:
+        plan = plan_slots(gpus, gpus_per_trial, slots, trials_per_gpu, memory)
+    except ValueError as exc:  # a slot plan these options cannot make: bad input
+        _fail(f"error: {exc}", ExitCode.USAGE)
+        raise  # not reached: _fail exits
     Worker(_store(redis_url, patient=True), redis_url, artifacts, slots=len(plan), slot_env=plan,
            lease_s=lease_s, heartbeat_s=heartbeat_s, advertise_host=advertise_host,
            gang_ports=ports).run()

@@ -50,9 +50,6 @@ def test_hostile_trial_ids_for_artifacts_write_nothing(server: RedisServer, tria
     assert list(tmp_path.iterdir()) == []  # not even the output directory
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: artifacts --trial's InvalidId reaches"
-                   " handle_errors as a StoreError, exit 1; the README documents 2 for a"
-                   " bad argument (a hostile JOB gets 2)")
 def test_a_hostile_trial_id_for_artifacts_is_bad_input(server: RedisServer,
                                                        tmp_path: Path) -> None:
     assert _artifacts_trial(server, "../../x", tmp_path / "out").exit_code == ExitCode.USAGE

@@ -178,8 +178,6 @@ def test_worker_cli_plans_packed_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     # (its exit status: test_worker_cli_refuses_a_bad_slot_plan_as_bad_input)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: cli.handle_errors maps plan_slots'"
-                   " ValueError to 1 (ERROR); the README documents 2 for a bad argument")
 def test_worker_cli_refuses_a_bad_slot_plan_as_bad_input(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """README, "Exit status": 2 is bad input (a job file, ``--set``, an argument)."""
