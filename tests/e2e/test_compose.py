@@ -70,7 +70,8 @@ def env_file_like_the_docs(path: Path, **settings: str) -> dict[str, str]:
     docs = (ROOT / "docs" / "deploy.md").read_text()
     block = docs.split("From nothing to a running, secured stack:", 1)[1]
     steps = block.split("```bash\n", 1)[1].splitlines()[:2]
-    assert steps[0].endswith("cp .env.example .env") and steps[1].startswith("sed -i "), steps
+    code = [step.split("  #", 1)[0].rstrip() for step in steps]  # the commands, not notes
+    assert code[0].endswith("cp .env.example .env") and code[1].startswith("sed -i "), steps
     shutil.copy(ROOT / ".env.example", path.parent / ".env.example")
     subprocess.run(["bash", "-euc", "\n".join(steps)], cwd=path.parent, check=True,
                    timeout=30)
