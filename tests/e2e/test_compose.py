@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from tunecluster.errors import ExitCode
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_ENV = Path(__file__).with_name("docker_env.sh")
 BIN = Path(sys.executable).parent
@@ -236,10 +238,11 @@ def test_jobs_that_carry_code_are_refused_by_default(stack: Stack) -> None:
     assert stack.settings["TUNECLUSTER_ALLOW_CODE_UPLOAD"] == "0"
     t0 = time.monotonic()
     # Submitted from the one-off cli container, as docs/deploy.md shows.
-    out = stack.compose("run", "--rm", "-T", "cli", "submit", "/examples/custom.yaml", "--set",
-                        "search.max_trials=1", "--set", "train.epochs=1", "--wait", "--json",
-                        timeout=300).stdout
-    results = json.loads(out)
+    done = stack.compose("run", "--rm", "-T", "cli", "submit", "/examples/custom.yaml", "--set",
+                         "search.max_trials=1", "--set", "train.epochs=1", "--wait", "--json",
+                         timeout=300, check=False)
+    assert done.returncode == ExitCode.JOB_FAILED, done.stderr[-2000:]  # a failed job is no 0
+    results = json.loads(done.stdout)
     print(f"\n[e2e] code job refused in {time.monotonic() - t0:.0f} s")
     assert results["state"] == "failed", results
     assert "ALLOW_CODE_UPLOAD" in results["trials"][0]["error"], results["trials"]
