@@ -43,7 +43,7 @@ def test_a_recreated_tuner_reattaches_and_continues_its_search(
     before = {t["trial"]: t for t in first.job.results()["trials"]}
     assert len(before) == 2
     saved = json.loads((tmp_path / "resumed" / "tunecluster_job.json").read_text())
-    assert saved == {"job": job}
+    assert saved == {"job": job, "tuner": "RandomSearch"}  # reloaded by the same class only
 
     # KerasTuner's reload: same directory and project_name, overwrite=False
     second = _tuner(example, tmp_path, cluster.url, 4)

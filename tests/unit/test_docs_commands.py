@@ -125,8 +125,10 @@ def test_documented_commands_run_as_written(doc: str, tmp_path: Path) -> None:
 
 def make_dry_run(target: str, venv: Path) -> list[str]:
     """The commands `make TARGET` runs on a machine without the venv (make -n)."""
-    result = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    # --no-print-directory: under `make test` this make is nested (MAKELEVEL), and would
+    # print "make[1]: Entering directory" lines around what it would run
+    result = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
