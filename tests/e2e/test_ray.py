@@ -206,6 +206,14 @@ def _events(store: Store, job: str) -> list:
     return store.events.read(job, count=10000)
 
 
+def _wait_for_event(store: Store, job: str, kind: str, within_s: float = 120) -> None:
+    """Until the job's stream holds an event of ``kind`` (a trial started, an epoch)."""
+    deadline = time.monotonic() + within_s
+    while not any(e.type == kind for e in _events(store, job)):
+        assert time.monotonic() < deadline, f"no {kind} event within {within_s:g} s"
+        time.sleep(0.5)
+
+
 @pytest.mark.timeout(240)
 def test_random_search_on_ray_gives_native_results(store, ray_cluster, tmp_path) -> None:
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (*RAY, *SMALL)))
@@ -323,10 +331,7 @@ def test_cancel_stops_the_ray_run(store, ray_cluster) -> None:
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
                                     (*RAY, "search.max_trials=20", "train.epochs=50",
                                      "train.early_stopping=null", *ONE)))
-    deadline = time.monotonic() + 120
-    while not any(e.type == "trial_started" for e in _events(store, job)):
-        assert time.monotonic() < deadline, "no trial started"
-        time.sleep(0.5)
+    _wait_for_event(store, job, "trial_started")
     out = cli("cancel", job, "--redis", ray_cluster.url)
     assert out.returncode == 0, out.stderr
     started = time.monotonic()
@@ -397,10 +402,7 @@ def test_a_deposed_chief_stops_its_ray_run_and_writes_nothing(store, ray_cluster
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
                                     (*RAY, "search.max_trials=20", "train.epochs=50",
                                      "train.early_stopping=null", *ONE)))
-    deadline = time.monotonic() + 120
-    while not any(e.type == "epoch" for e in _events(store, job)):
-        assert time.monotonic() < deadline, "no epoch reported"
-        time.sleep(0.5)
+    _wait_for_event(store, job, "epoch")
     store.client.set(store.keys.chief_lock, "usurper", px=120_000)
     deposed = len(_events(store, job))
     # The Ray run stops: the event stream stays still for 5 s within 40 s.
@@ -471,10 +473,7 @@ def test_ray_head_lost_mid_job_the_job_waits_then_completes_on_a_new_head(
         job = submit(store, prepare_job(EXAMPLES / "digits.yaml",
                                         (*RAY, "search.max_trials=2", "train.epochs=4",
                                          "train.early_stopping=null", *ONE)))
-        deadline = time.monotonic() + 150
-        while not any(e.type == "epoch" for e in _events(store, job)):
-            assert time.monotonic() < deadline, "no epoch reported"
-            time.sleep(0.5)
+        _wait_for_event(store, job, "epoch", 150)
         os.killpg(head.pid, signal.SIGKILL)  # the Ray head dies, with the trial's actor
         head.wait(10)
         line = _wait_for_waiting(store, job, address, 30)

@@ -68,7 +68,7 @@ def tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         pytest.fail(f"{name} not found next to {sys.executable} nor on PATH:"
-                    " install the test extras (pip install -e '.[test]')")
+                    " install the test extras (make test)")
     return found
 
 

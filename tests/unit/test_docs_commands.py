@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_deploy import tool  # the venv's binaries (kubectl, docker-compose), as there
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,17 +40,6 @@ OPERATOR_FILES = [".env", "k8s/secrets/redis-password.env", "k8s/ray/ray-token.e
 
 def blocks(doc: str) -> list[tuple[str, str]]:
     return MARK.findall((ROOT / doc).read_text())
-
-
-def tool(name: str) -> str:
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found next to {sys.executable} nor on PATH:"
-                    " install the test extras (make test)")
-    return found
 
 
 def checkout_copy(dest: Path) -> Path:
