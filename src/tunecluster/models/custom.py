@@ -31,11 +31,11 @@ class ModelCodeError(TrialFailed):
     """The job's model code does not import, or does not return a compiled model."""
 
 
-def load_build_function(source: str, function: str,
-                        filename: str = "model.py") -> Callable[[Any], Any]:
-    """Execute ``source`` in a fresh module and return its ``function``."""
+def _run_module(source: str, filename: str, prefix: str) -> types.ModuleType:
+    """Execute ``source`` in a fresh module named ``<prefix>_<digest>``; ``ModelCodeError``
+    (one line) when it does not import."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-    name = f"tunecluster_user_{digest}"
+    name = f"{prefix}_{digest}"
     module = types.ModuleType(name)
     module.__file__ = filename
     # Registered while it runs so that dataclasses, keras serialization and
@@ -46,6 +46,13 @@ def load_build_function(source: str, function: str,
     except BaseException as exc:  # SyntaxError, ImportError, anything the module raises
         sys.modules.pop(name, None)
         raise ModelCodeError(f"{filename} failed to import: {_last_line(exc)}") from exc
+    return module
+
+
+def load_build_function(source: str, function: str,
+                        filename: str = "model.py") -> Callable[[Any], Any]:
+    """Execute ``source`` in a fresh module and return its ``function``."""
+    module = _run_module(source, filename, "tunecluster_user")
     build = getattr(module, function, None)
     if not callable(build):
         raise ModelCodeError(f"{filename} defines no function {function!r}")
@@ -103,16 +110,7 @@ def module_objects(path: str | os.PathLike[str]) -> dict[str, Any]:
         source = file.read_text()
     except OSError as exc:
         raise ModelCodeError(f"{file}: cannot read it ({exc.strerror or exc})") from None
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-    module = types.ModuleType(f"tunecluster_local_{digest}")
-    module.__file__ = str(file)
-    sys.modules[module.__name__] = module
-    try:
-        exec(compile(source, str(file), "exec"), module.__dict__)
-    except BaseException as exc:
-        sys.modules.pop(module.__name__, None)
-        raise ModelCodeError(f"{file} failed to import: {_last_line(exc)}") from exc
-    return objects_in(vars(module))
+    return objects_in(vars(_run_module(source, str(file), "tunecluster_local")))
 
 
 def build_checked(build: Callable[..., Any], hp: Any, function: str = "build_model",
