@@ -362,7 +362,8 @@ def test_a_deposed_chief_writes_no_ray_job_state(tmp_path: Path) -> None:
     finalize of a job found finalizing) are under the chief's fence: with the lock held by
     another chief, each is refused and nothing at all is written."""
     from tunecluster.cluster.redis_server import RedisServer
-    from tunecluster.ray.backend import RayJobRunner, RayJobs
+    from tunecluster.ray.backend import RayJobRunner
+    from tunecluster.ray.jobs import RayJobs
     from tunecluster.spec import parse_spec
     from tunecluster.store.fence import Fence, LostLeadership
 
@@ -627,7 +628,7 @@ def test_the_ray_head_listens_on_loopback_only(ray_head: tuple[subprocess.Popen,
 
 LOCAL_RAY_LISTENS = textwrap.dedent("""
     import json, psutil
-    from tunecluster.ray.backend import connect_ray
+    from tunecluster.ray.connect import connect_ray
     assert connect_ray(None) == "local"
     import ray
     me = psutil.Process()
@@ -673,7 +674,7 @@ def test_a_local_ray_the_chief_starts_listens_on_loopback_only(tmp_path: Path) -
 
 
 def test_only_a_local_ray_is_kept_on_loopback() -> None:
-    from tunecluster.ray.backend import is_local
+    from tunecluster.ray.connect import is_local
 
     for address in (None, "", "127.0.0.1:6379", "localhost:6379", "[::1]:6379",
                     "ray://127.0.0.1:10001"):

@@ -134,7 +134,7 @@ def test_list_skips_foreign_members_that_are_not_job_ids(store: Store) -> None:
 
 
 def test_the_ray_hook_forgets_runners_of_ended_jobs(store: Store, tmp_path) -> None:
-    from tunecluster.ray.backend import RayJobs
+    from tunecluster.ray.jobs import RayJobs
 
     class Done:  # a runner whose thread has ended
         alive = False

@@ -130,7 +130,7 @@ class Chief:
         self._seq = 0  # committed rounds, as Redis counts them (``keys.chief_seq``)
         self._run_id: str | None = None  # the Redis server's run id, to see restarts
         # --- Ray scheduler hook: `scheduler: ray` jobs run in RayJobRunner threads ----
-        from tunecluster.ray.backend import RayJobs  # imports no Ray until a job needs it
+        from tunecluster.ray.jobs import RayJobs  # imports no Ray until a job needs it
 
         self.ray_jobs = RayJobs(store, self.artifacts, self.id, fence=self.fence)
         # --- end Ray scheduler hook ----------------------------------------------------

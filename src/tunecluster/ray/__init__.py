@@ -1,7 +1,8 @@
 """Ray Tune as the alternative scheduler (``scheduler: ray``).
 
-- ``backend``: ``RayJobRunner`` (one job, start to finish, in a thread of the chief) and
-  ``RayJobs`` (the chief's hook); importing it does not import Ray.
+- ``backend``: ``RayJobRunner`` (one job, start to finish, in a thread of the chief);
+  ``jobs``: ``RayJobs`` (the chief's hook); ``connect``: this process's Ray connection.
+  Importing them does not import Ray.
 - ``searcher``: the job's KerasTuner oracle as a Ray Tune ``Searcher``.
 - ``trainable``: the native trial runner as a Ray Tune ``Trainable`` (actors reused).
 - ``probe``: the Ray pods' Kubernetes probes (standard library only).
@@ -18,8 +19,12 @@ __all__ = ["RayJobRunner", "RayJobs"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name == "RayJobRunner":
         from tunecluster.ray import backend
 
-        return getattr(backend, name)
+        return backend.RayJobRunner
+    if name == "RayJobs":
+        from tunecluster.ray import jobs
+
+        return jobs.RayJobs
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,26 +1,23 @@
-"""Ray Tune as the alternative scheduler: what the chief runs for a ``scheduler: ray`` job.
+"""Ray Tune as the alternative scheduler: how one ``scheduler: ray`` job runs.
 
-``RayJobRunner`` drives one job from start to end in a background thread of the chief.
-Each Ray run of the job is a child process (``driver.py``: a Ray driver whose cluster
-dies hangs and is then ended by Ray, which must not be the chief): it connects to Ray
-(``$RAY_ADDRESS``, the operator's setting, also ``tunecluster chief --ray-address``;
-else a local Ray started on demand; never an address from the job, since Ray's client
-protocol unpickles what the server sends) and runs a ``tune.Tuner`` whose searcher is the
-job's KerasTuner oracle (``searcher.OracleSearcher``) and whose trainable is the native
-trial runner (``trainable.TrialTrainable``). ``RecordsCallback`` writes every trial
-start, epoch, retry and failure to the job's Redis records and event stream;
-``JobStopper`` ends the Ray run on ``cancel``, on a failed search, or when another chief
-took the job over or holds the chief lock. While the Ray cluster cannot be reached the
-job waits and says why (``reach.py``); when it is back a new Ray run starts.
+``RayJobRunner`` drives one job from start to end in a background thread of the chief
+(``jobs.RayJobs``, the chief's hook, starts one per Ray job). Each Ray run of the job is
+a child process (``driver.py``: a Ray driver whose cluster dies hangs and is then ended
+by Ray, which must not be the chief): it connects to Ray (``connect.py``) and runs a
+``tune.Tuner`` whose searcher is the job's KerasTuner oracle (``searcher.OracleSearcher``)
+and whose trainable is the native trial runner (``trainable.TrialTrainable``).
+``RecordsCallback`` writes every trial start, epoch, retry and failure to the job's Redis
+records and event stream; ``JobStopper`` ends the Ray run on ``cancel``, on a failed
+search, or when another chief took the job over or holds the chief lock. While the Ray
+cluster cannot be reached the job waits and says why (``reach.py``); when it is back a
+new Ray run starts.
 
 The thread keeps the job's state: every job-state write, the take-over of a run and the
 finalize (``engine.finalize.finalize``, as the native chief) go under the chief's
 ``Fence``, so a deposed chief writes none of them; it stops its Ray run and stands by.
 
-``RayJobs`` is the chief's hook: one runner per Ray job, started once. A chief that
-finds a Ray job ``running`` without a runner of its own (it restarted, or took over
-from another chief) starts a new Ray run of the job: the oracle resumes from Redis, and
-the trials the previous run left unfinished run again (resuming from their last
+A new Ray run of a job (after a restart or a take-over) resumes the oracle from Redis
+and runs the trials the previous run left unfinished again (resuming from their last
 checkpoint, counting an attempt) before new ones are suggested. Ray's scheduler state
 (ASHA rungs, medians) starts afresh in the new run.
 """
@@ -35,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunecluster.ray.connect import LOCAL, keep_ray_on_loopback, ray_address
 from tunecluster.spec.models import JobSpec
 from tunecluster.states import JobState, TrialState
 from tunecluster.store import Store, codec
@@ -43,92 +41,10 @@ from tunecluster.store.ray_records import FINAL, RayRecords
 
 log = logging.getLogger("tunecluster.ray")
 
-LOCAL = "local"
-NUM_CPUS_ENV = "TUNECLUSTER_RAY_NUM_CPUS"  # CPUs of a local Ray started on demand
 MAX_CONCURRENT_ENV = "TUNECLUSTER_RAY_MAX_CONCURRENT"  # trials at once (default: fit)
-LOG_TO_DRIVER_ENV = "TUNECLUSTER_RAY_LOG_TO_DRIVER"  # 1: trial output in the chief's log
-# Ray 2.x on Linux replaces 127.0.0.1 with the machine's primary address, and its
-# sockets listen there, unless this is in the environment of every Ray process (read
-# once, when Ray is imported; the processes a local Ray starts inherit it).
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-RESTART_AFTER_S = 10.0  # a chief restarts a job's Ray run at most this often
-TICK_S = 1.0  # how often the chief's hook looks for Ray jobs without a runner
 RETRY_S = 5.0  # while Ray is unreachable: how often the chief tests it, and starts a run
 
-_ray_lock = threading.Lock()  # ray.init is process-wide
-_connected: str | None = None  # the address this process's Ray connection was made for
 _tune_lock = threading.Lock()  # one Ray Tune run at a time per chief process
-
-
-class RayUnavailable(RuntimeError):
-    """Ray cannot be used for this job (not installed, unreachable, another address)."""
-
-
-class RayUnreachable(RayUnavailable):
-    """``ray.init`` failed: the cluster is down or not there (yet); the job waits."""
-
-
-# --- connecting ------------------------------------------------------------------------------
-
-
-def ray_address(spec: JobSpec) -> str | None:
-    """The operator's Ray cluster (``$RAY_ADDRESS`` of the chief), None for a local Ray.
-    A job cannot choose it (``ray.address`` is a spec error): a submitter could otherwise
-    point the chief at a Ray server of their own, whose client protocol unpickles."""
-    return os.environ.get("RAY_ADDRESS") or None
-
-
-def is_local(address: str | None) -> bool:
-    """Whether ``address`` is a Ray on this machine's loopback (None: one started here;
-    "auto" may be any cluster this machine belongs to)."""
-    if not address:
-        return True
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
-    return host.strip("[]") in LOOPBACK_HOSTS
-
-
-def keep_ray_on_loopback(address: str | None) -> None:
-    """Before Ray is imported: a local Ray (and a driver of a loopback Ray) stays on
-    127.0.0.1. An operator's explicit setting wins; a remote cluster is left alone."""
-    if is_local(address):
-        for name, value in LOOPBACK_ENV.items():
-            os.environ.setdefault(name, value)
-
-
-def connect_ray(address: str | None) -> str:
-    """Connect this process to Ray once; returns the address ("local" for on-demand)."""
-    global _connected
-    keep_ray_on_loopback(address)
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailable("scheduler: ray needs Ray Tune: pip install 'tunecluster[ray]'"
-                             ) from None
-    want = address or LOCAL
-    with _ray_lock:
-        if ray.is_initialized():
-            if _connected not in (None, want):
-                raise RayUnavailable(f"this chief is connected to Ray at {_connected},"
-                                     f" not {want} (one Ray per chief)")
-            return want
-        quiet = {"log_to_driver": os.environ.get(LOG_TO_DRIVER_ENV, "0") == "1",
-                 "logging_level": logging.WARNING}
-        try:
-            if address:
-                ray.init(address=address, **quiet)
-            else:
-                ray.init(num_cpus=int(os.environ.get(NUM_CPUS_ENV) or os.cpu_count() or 1),
-                         include_dashboard=False, **quiet)
-        except Exception as exc:  # noqa: BLE001 - reported as the job's error
-            hint = ("" if address is None or os.environ.get("RAY_AUTH_MODE") else
-                    " (a cluster with token authentication needs RAY_AUTH_MODE=token and"
-                    " RAY_AUTH_TOKEN in the chief's environment)")
-            kind = RayUnreachable if address else RayUnavailable
-            raise kind(f"cannot start or reach Ray at {want}: "
-                       f"{str(exc).strip().splitlines()[0][:300]}{hint}") from None
-        _connected = want
-        return want
 
 
 def trial_resources(spec: JobSpec) -> dict[str, float]:
@@ -439,84 +355,3 @@ class RayJobRunner:
             return False
         return True
 
-
-# --- the chief's hook ----------------------------------------------------------------------------
-
-
-class RayJobs:
-    """The chief's side: one RayJobRunner per active ``scheduler: ray`` job, started once."""
-
-    def __init__(self, store: Store, artifacts_root: str | Path, chief_id: str,
-                 fence: Fence | None = None) -> None:
-        self.store = store
-        self.artifacts = Path(artifacts_root).resolve()
-        self.chief_id = chief_id
-        # the chief's fence (its lock, its token): every write of the Ray path is under it
-        self.fence = fence if fence is not None else Fence(store.keys.chief_lock, chief_id)
-        self.runners: dict[str, RayJobRunner] = {}
-        self._started: dict[str, float] = {}
-        self._next_tick = 0.0
-
-    def tick(self) -> None:
-        """Start runners for Ray jobs without one (at most every ``TICK_S``)."""
-        from tunecluster.errors import SpecError, StoreError
-        from tunecluster.spec import parse_spec
-
-        now = time.monotonic()
-        if now < self._next_tick:
-            return
-        self._next_tick = now + TICK_S
-        active = self.store.jobs.active()
-        self._forget(set(active))
-        pipe = self.store.client.pipeline(transaction=False)
-        for job in active:
-            pipe.hget(self.store.keys.job(job), "scheduler")
-        for job, scheduler in zip(active, pipe.execute(), strict=True):
-            if scheduler != "ray":
-                continue
-            runner = self.runners.get(job)
-            if runner is not None:
-                if runner.alive:
-                    continue
-                self.runners.pop(job)
-            if time.monotonic() - self._started.get(job, -math.inf) < RESTART_AFTER_S:
-                continue
-            try:
-                record = self.store.jobs.get(job)
-                if record.state not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING):
-                    continue
-                spec = parse_spec(record.spec)
-                uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
-            except (SpecError, StoreError, ValueError) as exc:
-                log.error("job %s cannot be loaded: %s", job, exc)
-                self.store.jobs.set_state(job, JobState.FAILED, fence=self.fence,
-                                          error=f"job cannot be loaded: {exc}")
-                continue
-            if record.state == JobState.QUEUED:
-                self.store.jobs.set_state(job, JobState.RUNNING, fence=self.fence)
-            elif record.state == JobState.RUNNING:
-                log.warning("job %s: running under Ray without a runner here; starting a new"
-                            " Ray run (unfinished trials resume)", job)
-            self._started[job] = time.monotonic()
-            self.runners[job] = RayJobRunner(
-                self.store, job, spec, record.space, self.artifacts,
-                uploaded=list(uploaded or []), chief_id=self.chief_id,
-                fence=self.fence).start()
-
-    def _forget(self, active: set[str]) -> None:
-        """Drop runners whose job ended (or was deleted): a chief that lives for months
-        must not keep every finished job's spec, space and thread in memory."""
-        for job in [j for j, r in self.runners.items() if j not in active and not r.alive]:
-            del self.runners[job]
-        for job in [j for j in self._started if j not in active and j not in self.runners]:
-            del self._started[job]
-
-    def stop_all(self, wait_s: float = 10.0) -> None:
-        """Stop every Ray run of this chief without finalizing (the next chief resumes)."""
-        for runner in self.runners.values():
-            runner.stop()
-        deadline = time.monotonic() + wait_s
-        for runner in self.runners.values():
-            runner.join(max(0.0, deadline - time.monotonic()))
-        self.runners.clear()
-        self._started.clear()

@@ -199,7 +199,8 @@ def _shutdown_ray(wait_s: float = 30.0) -> None:
 
 def main() -> int:
     from tunecluster.engine.keras_free import import_keras_tuner
-    from tunecluster.ray.backend import RayJobRunner, RayUnreachable, connect_ray
+    from tunecluster.ray.backend import RayJobRunner
+    from tunecluster.ray.connect import RayUnreachable, connect_ray
     from tunecluster.spec import parse_spec
     from tunecluster.store import Keys, Store
     from tunecluster.store.connection import connect, retryable
