@@ -152,6 +152,7 @@ def test_worker_cli_plans_packed_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from tunecluster import cli
+    from tunecluster.cli import roles
     from tunecluster.worker import loop, slots
 
     seen: dict = {}
@@ -166,7 +167,7 @@ def test_worker_cli_plans_packed_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "Worker", FakeWorker)
     monkeypatch.setattr(slots, "visible_gpus", lambda: ["0"])
     monkeypatch.setattr(slots, "gpu_memory_mb", lambda: {"0": 16384})
-    monkeypatch.setattr(cli, "_store", lambda *a, **k: None)
+    monkeypatch.setattr(roles, "open_store", lambda *a, **k: None)
     result = CliRunner().invoke(cli.cli, ["worker", "--redis", "redis://127.0.0.1:1/0",
                                           "--trials-per-gpu", "4"])
     assert result.exit_code == 0, result.output
