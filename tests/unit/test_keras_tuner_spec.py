@@ -12,7 +12,7 @@ import pytest
 import tunecluster.keras_tuner as kt
 from tunecluster.api.shipping import ship
 from tunecluster.errors import SpecError
-from tunecluster.models.custom import load_build_function
+from tunecluster.models.custom import load_build_function, load_functions
 from tunecluster.spec import parse_spec
 
 SCALE = 2.0
@@ -39,8 +39,8 @@ def _npz(data: bytes) -> dict[str, np.ndarray]:
 
 
 def test_the_hypermodel_ships_as_source_with_its_globals() -> None:
-    source, function = ship(build_model)
-    assert function == "build_model"
+    source, function, fit = ship(build_model)
+    assert function == "build_model" and fit is None  # Keras's own fit
     assert "SCALE = 2.0" in source and "LOOKUP = {'small': 8, 'large': 16}" in source
     assert "def _width(hp):" in source and "import keras as keras" in source
     assert "pickle" not in source.replace("allow_pickle=False", "")
@@ -74,7 +74,7 @@ def test_a_hypermodel_instance_ships_with_its_state() -> None:
         def build(self, hp):
             return keras.layers.Dense(self.units + hp.Int("extra", 0, 2))
 
-    source, function = ship(Wide(units=5))
+    source, function, _ = ship(Wide(units=5))
     layer = load_build_function(source, function)(kt.HyperParameters())
     assert layer.units == 5
 
@@ -89,7 +89,7 @@ class CallsBuildModel(kt.HyperModel):
 def test_a_hypermodel_that_calls_its_modules_build_model_ships() -> None:
     """The shipped wrapper must not shadow the user's own ``build_model``: it did, and
     build() then called the wrapper itself (RecursionError)."""
-    source, function = ship(CallsBuildModel())
+    source, function, _ = ship(CallsBuildModel())
     model = load_build_function(source, function)(kt.HyperParameters())
     assert model.layers[1].units == 8
 
@@ -146,8 +146,8 @@ def test_refusals_are_one_line() -> None:
         tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"class_weight": {}})
     with pytest.raises(SpecError, match="labels must be numeric"):
         tuner._job_spec(x, np.array(["a", "b"] * 5), (x, y), None, 1, 8, None, True, {})
-    with pytest.raises(TypeError, match="not supported on a cluster: executions_per_trial"):
-        kt.RandomSearch(build_model, executions_per_trial=2)
+    with pytest.raises(TypeError, match="not supported on a cluster: distribution_strategy"):
+        kt.RandomSearch(build_model, distribution_strategy=None)
 
 
 def test_labels_reach_the_model_unchanged() -> None:
@@ -193,11 +193,10 @@ def test_reloading_a_project_with_another_tuner_class_is_refused(tmp_path) -> No
                             directory=str(tmp_path), project_name="proj", overwrite=True)
 
 
-def test_code_the_cluster_would_not_run_is_refused_not_ignored() -> None:
-    """A HyperModel's own fit() and a tuner subclass's run_trial() are not run on the
-    cluster yet: each is refused in one line at construction, where both were silently
-    ignored (trials trained with plain model.fit; a run_trial's score never used)
-    (issue 24, points 1 and 2)."""
+def test_a_hypermodels_own_fit_travels_with_it() -> None:
+    """A HyperModel's own fit() runs on the workers (it was silently ignored: trials
+    trained with plain model.fit; issue 24, point 1): the job names its shipped wrapper,
+    and the search() arguments it is given are those its user gave."""
     class TunesBatchSize(kt.HyperModel):
         def build(self, hp):
             return build_model(hp)
@@ -205,15 +204,32 @@ def test_code_the_cluster_would_not_run_is_refused_not_ignored() -> None:
         def fit(self, hp, model, *args, **kwargs):
             return model.fit(*args, batch_size=hp.Choice("batch_size", [16, 32]), **kwargs)
 
-    with pytest.raises(NotImplementedError, match="TunesBatchSize.fit: a HyperModel") as info:
-        kt.RandomSearch(TunesBatchSize(), objective="val_accuracy", max_trials=1)
-    assert "\n" not in str(info.value)
+    tuner = kt.RandomSearch(TunesBatchSize(), objective="val_accuracy", max_trials=1,
+                            executions_per_trial=2)
+    source, build, fit = ship(TunesBatchSize())
+    assert fit == "TunesBatchSize_fit" and tuner._fit == fit
+    build_fn, fit_fn = load_functions(source, [build, fit])
+    hp = kt.HyperParameters()
+    fit_fn(hp, build_fn(hp), np.zeros((4, 2), "float32"), np.arange(4) % 3, epochs=1,
+           verbose=0)
+    assert hp.values["batch_size"] == 16  # the user's fit ran, declaring its own entry
+    x = np.zeros((4, 1), dtype="float32")
+    spec, _ = tuner._job_spec(x, np.arange(4) % 2, None, 0.5, 1, 8, None, True, {},
+                              ["validation_data", "epochs"])
+    job = parse_spec(spec)
+    assert job.model.fit == fit and job.model.fit_kwargs == ["validation_data", "epochs"]
+    assert job.train.executions_per_trial == 2
 
+
+def test_a_tuners_own_run_trial_is_refused_not_ignored() -> None:
+    """A tuner subclass's run_trial() does not run on the cluster yet: refused in one
+    line at construction, where it was silently ignored (issue 24, point 2)."""
     class OwnLoop(kt.RandomSearch):
         def run_trial(self, trial, *args, **kwargs):
             return {"val_accuracy": 0.123}
 
-    with pytest.raises(NotImplementedError, match="run_trial"):
+    with pytest.raises(NotImplementedError, match="run_trial") as info:
         OwnLoop(build_model, objective="val_accuracy", max_trials=1)
+    assert "\n" not in str(info.value)
     with pytest.raises(NotImplementedError, match="run_trial"):
         OwnLoop(objective="val_accuracy", max_trials=1)  # its search space in run_trial

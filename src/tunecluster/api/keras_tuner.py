@@ -54,12 +54,13 @@ class Tuner:
                  allow_new_entries: bool = True, max_retries_per_trial: int = 0,
                  max_consecutive_failed_trials: int = 3, directory: str | None = None,
                  project_name: str | None = None, overwrite: bool = False,
-                 cluster: str | None = None, workers: int = 2, workers_per_trial: int = 1,
+                 executions_per_trial: int = 1, cluster: str | None = None,
+                 workers: int = 2, workers_per_trial: int = 1,
                  **unsupported: Any) -> None:
         if unsupported:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
                             f" {', '.join(sorted(unsupported))}")
-        _refuse_what_would_be_ignored(type(self), hypermodel)
+        _refuse_what_would_be_ignored(type(self))
         if hypermodel is None:
             raise ValueError(f"{type(self).__name__}: hypermodel is required")  # as KerasTuner
         self.hypermodel = hypermodel
@@ -71,6 +72,7 @@ class Tuner:
         self.allow_new_entries = allow_new_entries
         self.max_retries_per_trial = max_retries_per_trial
         self.max_consecutive_failed_trials = max_consecutive_failed_trials
+        self.executions_per_trial = executions_per_trial
         self.directory = directory or "."
         self.project_name = project_name or "untitled_project"
         self.overwrite = overwrite
@@ -84,7 +86,8 @@ class Tuner:
         self._space: dict[str, Any] | None = None
         self._results: dict[str, Any] | None = None
         self._artifacts: Path | None = None
-        self._source, self._function = ship(hypermodel)  # fails early, in the constructor
+        # fails early, in the constructor; _fit: the name of a HyperModel's own fit
+        self._source, self._function, self._fit = ship(hypermodel)
         if overwrite:
             _project_file(self.directory, self.project_name).unlink(missing_ok=True)
             # the embedded cluster's data of an earlier search of this project
@@ -98,15 +101,26 @@ class Tuner:
     # --- search -----------------------------------------------------------------------
 
     def search(self, x: Any = None, y: Any = None, *, validation_data: Any = None,
-               validation_split: float | None = None, epochs: int = 1, batch_size: int = 32,
-               callbacks: Sequence[Any] | None = None, verbose: int = 1,
-               shuffle: bool = True, **fit_kwargs: Any) -> None:
+               validation_split: float | None = None, epochs: int | None = None,
+               batch_size: int | None = None, callbacks: Sequence[Any] | None = None,
+               verbose: int | None = None, shuffle: bool | None = None,
+               **fit_kwargs: Any) -> None:
         """Run the search on the cluster and block until it ends (KerasTuner's meaning).
 
+        A ``HyperModel``'s own ``fit`` is given, besides ``x``, ``y`` and ``callbacks``,
+        the arguments given here (as KerasTuner gives them; ``validation_split`` reaches
+        it as ``validation_data``, the rows Keras would have split off).
         Ctrl-C cancels the job on the cluster (and stops an embedded one) before the
         ``KeyboardInterrupt`` goes on."""
-        spec, files = self._job_spec(x, y, validation_data, validation_split, epochs,
-                                     batch_size, callbacks, shuffle, fit_kwargs)
+        given = {"validation_data": validation_data is not None or bool(validation_split),
+                 "epochs": epochs is not None, "batch_size": batch_size is not None,
+                 "shuffle": shuffle is not None, "verbose": verbose is not None}
+        spec, files = self._job_spec(x, y, validation_data, validation_split,
+                                     1 if epochs is None else epochs,
+                                     32 if batch_size is None else batch_size, callbacks,
+                                     True if shuffle is None else shuffle, fit_kwargs,
+                                     [name for name, was in given.items() if was])
+        verbose = 1 if verbose is None else verbose
         space = self._discover_space()
         if self.cluster_url is not None:
             client = Client(self.cluster_url)
@@ -202,8 +216,8 @@ class Tuner:
 
     def _job_spec(self, x: Any, y: Any, validation_data: Any, validation_split: float | None,
                   epochs: int, batch_size: int, callbacks: Sequence[Any] | None,
-                  shuffle: bool, fit_kwargs: dict[str, Any]) -> tuple[dict[str, Any],
-                                                                     dict[str, bytes]]:
+                  shuffle: bool, fit_kwargs: dict[str, Any], given: Sequence[str] = (),
+                  ) -> tuple[dict[str, Any], dict[str, bytes]]:
         if fit_kwargs:
             names = ", ".join(sorted(fit_kwargs))
             raise SpecError("search", f"not supported on a cluster: {names}")
@@ -230,6 +244,8 @@ class Tuner:
         model: dict[str, Any] = {"module": "hypermodel.py", "source": self._source,
                                  "function": self._function,
                                  "tune_new_entries": self.tune_new_entries}
+        if self._fit is not None:  # the HyperModel's own fit, given what search() was
+            model.update(fit=self._fit, fit_kwargs=list(given))
         task = _task(train_xy[1], valid_xy[1])
         if task:
             model["task"] = task
@@ -243,7 +259,8 @@ class Tuner:
             **self._search_extra(),
         }
         train: dict[str, Any] = {"epochs": self._epochs(epochs), "batch_size": batch_size,
-                                 "shuffle": shuffle}
+                                 "shuffle": shuffle,
+                                 "executions_per_trial": self.executions_per_trial}
         if early:
             train["early_stopping"] = early
         spec = {"name": _job_name(self.project_name),
@@ -538,7 +555,7 @@ def _up_cluster_url() -> str | None:
 PROJECT_FILE = "tunecluster_job.json"
 
 
-def _refuse_what_would_be_ignored(tuner: type, hypermodel: Any) -> None:
+def _refuse_what_would_be_ignored(tuner: type) -> None:
     """The user's code that trials would not run: refused in one line, never ignored
     (a search that trains without it gives wrong results and no error)."""
     own = [c for c in tuner.__mro__ if issubclass(c, Tuner) and c.__module__ != __name__]
@@ -547,12 +564,6 @@ def _refuse_what_would_be_ignored(tuner: type, hypermodel: Any) -> None:
             f"{tuner.__name__}.run_trial: a tuner's own run_trial does not run on the"
             " cluster yet (trials run the hypermodel's build and Keras's fit); use"
             " keras_tuner for this search, or move its logic into build_model")
-    fit = getattr(type(hypermodel), "fit", None)
-    if isinstance(hypermodel, HyperModel) and fit is not HyperModel.fit:
-        raise NotImplementedError(
-            f"{type(hypermodel).__name__}.fit: a HyperModel's own fit does not run on the"
-            " cluster yet (trials call model.fit with search()'s arguments); tune"
-            " batch_size and the like in build_model, or use keras_tuner for this search")
 
 
 def _project_file(directory: str, project_name: str) -> Path:

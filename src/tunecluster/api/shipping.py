@@ -45,9 +45,14 @@ FIELD = "hypermodel"
 _LITERALS = (int, float, str, bool, type(None), bytes)
 
 
-def ship(hypermodel: Any) -> tuple[str, str]:
-    """``(source, function)``: a module's text and the name of its ``build(hp)``."""
+def ship(hypermodel: Any) -> tuple[str, str, str | None]:
+    """``(source, function, fit)``: a module's text, the name of its ``build(hp)``, and
+    the name of its ``fit(hp, model, *args, **kwargs)`` when the hypermodel is a
+    ``HyperModel`` with a ``fit`` of its own (None: trials call Keras's ``fit``)."""
+    from keras_tuner import HyperModel
+
     shipper = _Shipper()
+    fit = None
     if inspect.isfunction(hypermodel):
         if hypermodel.__name__ == "<lambda>":
             raise SpecError(FIELD, "a lambda cannot travel; define build_model(hp) with def")
@@ -63,17 +68,28 @@ def ship(hypermodel: Any) -> tuple[str, str]:
         items = ", ".join(f"{k!r}: {expr}" for k, expr in state.items())
         # The wrapper is named after the class, never after a global the shipped module
         # holds: a build() that calls the module's own build_model() must reach that one.
-        function = f"{cls.__name__}_build"
-        while function in shipper.bound:
-            function += "_"
+        function = _free_name(f"{cls.__name__}_build", shipper.bound)
         shipper.tail.append(
             f"_tc_hypermodel = {cls.__name__}.__new__({cls.__name__})\n"
             f"_tc_hypermodel.__dict__.update({{{items}}})\n\n\n"
             f"def {function}(hp):\n    return _tc_hypermodel.build(hp)\n")
+        if isinstance(hypermodel, HyperModel) and type(hypermodel).fit is not HyperModel.fit:
+            fit = _free_name(f"{cls.__name__}_fit", {**shipper.bound, function: None})
+            shipper.tail.append(
+                f"\n\ndef {fit}(hp, model, *args, **kwargs):\n"
+                "    return _tc_hypermodel.fit(hp, model, *args, **kwargs)\n")
     else:
         raise SpecError(FIELD, f"expected a build_model(hp) function or a"
                                f" keras_tuner.HyperModel, got {type(hypermodel).__name__}")
-    return shipper.source(), function
+    return shipper.source(), function, fit
+
+
+def _free_name(name: str, taken: dict[str, Any]) -> str:
+    """``name``, or with underscores added until the shipped module holds no such
+    global: a ``build()`` that calls the module's own ``build_model()`` must reach it."""
+    while name in taken:
+        name += "_"
+    return name
 
 
 class _Shipper:

@@ -268,21 +268,50 @@ class OracleHost:
         return getattr(result, "status", "RUNNING") == "STOPPED"
 
     def end(self, trial_id: str, completed: bool, message: str | None = None,
-            grown_space: str | None = None) -> None:
+            grown_space: str | None = None,
+            final: tuple[Mapping[str, Any], Any] | None = None) -> None:
         """Tell the oracle a trial ended. Raises RuntimeError past the failure budget.
 
         ``grown_space``: the trial's HyperParameters config (JSON, from its worker) when
         ``build_model`` declared hyperparameters the space lacked: they are added to the
         trial, and KerasTuner's ``end_trial`` adds them to the search space (unless the
-        job says ``tune_new_entries: false``), as its own tuner does."""
+        job says ``tune_new_entries: false``), as its own tuner does.
+        ``final``: the completed trial's ``(metrics, best epoch)`` as its worker recorded
+        them (data read from Redis, checked here).  When its objective is not the best
+        of the epochs the oracle saw (the mean of several executions, the metrics a fit
+        of the user's own returned), the oracle takes them instead, as KerasTuner's
+        takes what ``run_trial`` returns: one observation at the best epoch."""
         trial = self.oracle.trials.get(trial_id)
         if trial is None or trial.status != "RUNNING":
             return
         if grown_space:
             _add_new_entries(trial, grown_space)
+        if completed and final is not None:
+            self._take_final(trial, *final)
         trial.status = "COMPLETED" if completed else "FAILED"
         trial.message = message
         self.oracle.end_trial(trial)
+
+    def _take_final(self, trial: Any, metrics: Mapping[str, Any], best_epoch: Any) -> None:
+        from keras_tuner.engine.metrics_tracking import MetricsTracker
+
+        objective = self.spec.search.objective_name
+        clean = {str(k): float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(float(v))}
+        if objective not in clean:
+            return
+        seen = (trial.metrics.get_best_value(objective)
+                if trial.metrics.exists(objective) else None)
+        if seen is not None and math.isclose(seen, clean[objective], rel_tol=1e-9,
+                                             abs_tol=1e-12):
+            return  # the usual case: the best epoch reported
+        step = int(best_epoch) if isinstance(best_epoch, (int, str)) and \
+            str(best_epoch).isdigit() else 0
+        trial.metrics = MetricsTracker()
+        trial.metrics.register(objective, direction=self.spec.search.direction)
+        for name, value in clean.items():
+            trial.metrics.update(name, value, step=step)
 
     def ongoing(self) -> int:
         return len(self.oracle.ongoing_trials)

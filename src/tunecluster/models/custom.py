@@ -49,14 +49,23 @@ def _run_module(source: str, filename: str, prefix: str) -> types.ModuleType:
     return module
 
 
+def load_functions(source: str, names: list[str],
+                   filename: str = "model.py") -> list[Callable[..., Any]]:
+    """Execute ``source`` once in a fresh module and return its functions ``names``."""
+    module = _run_module(source, filename, "tunecluster_user")
+    found = []
+    for name in names:
+        function = getattr(module, name, None)
+        if not callable(function):
+            raise ModelCodeError(f"{filename} defines no function {name!r}")
+        found.append(function)
+    return found
+
+
 def load_build_function(source: str, function: str,
                         filename: str = "model.py") -> Callable[[Any], Any]:
     """Execute ``source`` in a fresh module and return its ``function``."""
-    module = _run_module(source, filename, "tunecluster_user")
-    build = getattr(module, function, None)
-    if not callable(build):
-        raise ModelCodeError(f"{filename} defines no function {function!r}")
-    return build
+    return load_functions(source, [function], filename)[0]
 
 
 def user_objects(spec: Any) -> dict[str, Any] | None:
@@ -145,7 +154,8 @@ def _last_line(exc: BaseException) -> str:
 
 
 def discover_space(source: str, function: str, declared: Any, filename: str = "model.py",
-                   data: Callable[[], Any] | None = None, objective: str | None = None) -> Any:
+                   data: Callable[[], Any] | None = None, objective: str | None = None,
+                   fit: str | None = None) -> Any:
     """Run ``build_model`` once, as KerasTuner's tuner does, to register its search space.
 
     ``declared`` is a HyperParameters already holding the spec's own hyperparameters;
@@ -153,12 +163,14 @@ def discover_space(source: str, function: str, declared: Any, filename: str = "m
     that the module imports and returns a compiled model. ``data`` loads the job's
     ``TrainingData`` for a ``build_model(hp, data)`` (only such a one makes it load).
     ``objective``: refused (``SpecError``) unless the compiled model reports it.
+    ``fit``: the module's own ``fit(hp, model, *args, **kwargs)``, which must exist (the
+    hyperparameters it declares join the space when a trial ends, as in KerasTuner).
     """
     import keras
 
     from tunecluster.models.training_data import takes_data
 
-    build = load_build_function(source, function, filename)
+    build = load_functions(source, [function, *([fit] if fit else [])], filename)[0]
     given = data() if data is not None and takes_data(build) else None
     try:
         model = build_checked(build, declared, function, given)
@@ -311,7 +323,7 @@ def _discover_main() -> None:
         assert model.source is not None
         hp = discover_space(model.source, model.function, build_space(model.hyperparameters),
                             model.module or "model.py", training_data,
-                            request.get("objective"))
+                            request.get("objective"), model.fit)
         answer: dict[str, Any] = {"space": space_to_json(hp)}
     except TrialFailed as exc:
         answer = {"error": str(exc)}

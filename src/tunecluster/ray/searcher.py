@@ -200,7 +200,8 @@ class OracleSearcher(Searcher):
                     "resumed_from_epoch": str(outcome.get("resumed_from_epoch", 0)),
                     "result": outcome,
                 })
-                self._end(trial, completed=True)
+                self._end(trial, completed=True,
+                          final=(outcome.get("metrics") or {}, outcome.get("best_epoch")))
         elif result is not None:
             self._stopped(trial, worker)
         else:  # removed before it ran (the run is ending)
@@ -252,13 +253,14 @@ class OracleSearcher(Searcher):
             self.records.stopped_early(self.job, trial, last, by)
         self._end(trial, completed=True)
 
-    def _end(self, trial: str, completed: bool, message: str | None = None) -> None:
+    def _end(self, trial: str, completed: bool, message: str | None = None,
+             final: tuple[dict[str, Any], Any] | None = None) -> None:
         # Epochs reach the oracle through on_trial_result; feed any it missed (the
         # result Tune stopped a trial on, a resumed trial's earlier epochs).
         for epoch, metrics in self.records.store.jobs.epochs(self.job, trial).items():
             self.host.update(trial, epoch, metrics)
         try:
-            self.host.end(trial, completed=completed, message=message)
+            self.host.end(trial, completed=completed, message=message, final=final)
         except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
             self.records.fail(self.job, (
                 f"{self.spec.search.max_consecutive_failed_trials} consecutive trials"

@@ -201,6 +201,13 @@ class Model(_Strict):
     # only in some trials (conditional ones) join the search space when a trial that
     # declared them ends (True; None, unsaid, means True), or always keep their default.
     tune_new_entries: bool | None = None
+    # A function of the module with KerasTuner's HyperModel.fit signature,
+    # fit(hp, model, *args, **kwargs): trials call it instead of model.fit (worker/fitting.py).
+    fit: str | None = None
+    # The search() arguments that fit is given besides x, y and callbacks (KerasTuner
+    # gives HyperModel.fit those its user gave search()); None: all of them.
+    fit_kwargs: list[Literal["validation_data", "epochs", "batch_size", "shuffle",
+                             "verbose"]] | None = None
 
     @field_validator("hyperparameters")
     @classmethod
@@ -227,6 +234,13 @@ class Model(_Strict):
             raise ValueError("tune_new_entries applies to module models only")
         if not self.function.isidentifier():
             raise ValueError(f"function {self.function!r} is not a Python identifier")
+        if self.fit is not None:
+            if self.builtin is not None:
+                raise ValueError("fit applies to module models only")
+            if not self.fit.isidentifier():
+                raise ValueError(f"fit {self.fit!r} is not a Python identifier")
+        elif self.fit_kwargs is not None:
+            raise ValueError("fit_kwargs applies with fit only")
         return self
 
     @property
@@ -316,6 +330,9 @@ class Train(_Strict):
     # Same job, same scores: each trial seeded from the job's seed and its trial id, and
     # TensorFlow's op determinism on while it trains (worker/trial.py: seed_trial).
     deterministic: bool = defaults.DETERMINISTIC
+    # KerasTuner's executions_per_trial: the model is built and trained this many times,
+    # and the trial's metrics are the mean of each execution's best epoch (less noise).
+    executions_per_trial: int = Field(1, ge=1, le=100)
 
     @field_validator("deterministic", mode="before")
     @classmethod
@@ -450,6 +467,11 @@ class JobSpec(_Strict):
                 f"resources.workers_per_trial: {self.resources.workers_per_trial} workers"
                 f" per trial needs scheduler native (the {self.scheduler} scheduler trains"
                 " each trial on one worker); use 1 or scheduler native")
+        if self.resources.workers_per_trial > 1 and self.model.fit is not None:
+            raise ValueError(
+                f"model.fit: the module's own {self.model.fit}() trains each trial on one"
+                " worker (it is given arrays, not a gang's sharded dataset); set"
+                " resources.workers_per_trial to 1")
         return self
 
     @model_validator(mode="after")

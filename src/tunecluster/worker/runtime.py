@@ -21,8 +21,8 @@ from tunecluster.models import (
     adapt_normalization,
     build_checked,
     build_mlp,
-    load_build_function,
 )
+from tunecluster.models.custom import load_functions
 from tunecluster.models.training_data import TrainingData
 from tunecluster.spec.models import JobSpec
 from tunecluster.spec.space import hyperparameters_with_values
@@ -37,6 +37,9 @@ class JobRuntime:
     artifacts_dir: Path
     normalization: NormalizationStats | None = None
     build_fn: Callable[[Any], Any] | None = None
+    # The module's own fit(hp, model, *args, **kwargs) (model.fit), KerasTuner's
+    # HyperModel.fit: trials call it instead of model.fit.
+    fit_fn: Callable[..., Any] | None = None
     datasets: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -50,15 +53,16 @@ class JobRuntime:
     ) -> JobRuntime:
         splits = load_splits(spec.data, spec.model.task, resolve)
         normalization = None
-        build_fn = None
+        build_fn = fit_fn = None
         if spec.model.is_builtin:
             if spec.model.input == "normalize":
                 normalization = adapt_normalization(splits.x_train)
         else:
             assert spec.model.source is not None
-            build_fn = load_build_function(
-                spec.model.source, spec.model.function, spec.model.module or "model.py"
-            )
+            names = [spec.model.function, *([spec.model.fit] if spec.model.fit else [])]
+            build_fn, *fit = load_functions(spec.model.source, names,
+                                            spec.model.module or "model.py")
+            fit_fn = fit[0] if fit else None
         return cls(
             job_id=job_id,
             spec=spec,
@@ -67,6 +71,7 @@ class JobRuntime:
             artifacts_dir=job_dir(artifacts_root, job_id),
             normalization=normalization,
             build_fn=build_fn,
+            fit_fn=fit_fn,
         )
 
     def trial_dir(self, trial_id: str) -> Path:
@@ -77,18 +82,24 @@ class JobRuntime:
         return self.build_trial_model(values)[0]
 
     def build_trial_model(self, values: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
-        """The trial's model, and its ``HyperParameters`` config when ``build_model``
-        declared hyperparameters the job's space does not hold yet (conditional ones,
-        such as ``units_{i}`` for each of ``num_layers``): they took their defaults, and
-        the chief adds them to the search space, as KerasTuner's tuner does when a trial
-        ends. None otherwise (a builtin model has no such code)."""
+        """The trial's model, and ``grown_space`` of its hyperparameters."""
+        hp = self.trial_hyperparameters(values)
+        model = self.build_with(hp, values)
+        return model, self.grown_space(hp)
+
+    def trial_hyperparameters(self, values: Mapping[str, Any]) -> Any | None:
+        """The ``HyperParameters`` a custom model's ``build_model`` (and its ``fit``)
+        receive for one trial; None for a builtin model."""
+        if self.build_fn is None:
+            return None
+        return hyperparameters_with_values(self.space, values)
+
+    def build_with(self, hp: Any | None, values: Mapping[str, Any]) -> Any:
+        """Build and compile one trial's model: the module's ``build_model(hp)`` (``hp``
+        from ``trial_hyperparameters``), or the builtin MLP from ``values``."""
         if self.build_fn is not None:
-            hp = hyperparameters_with_values(self.space, values)
-            model = build_checked(self.build_fn, hp, self.spec.model.function,
-                                  TrainingData.from_splits(self.splits))
-            known = {p["config"]["name"] for p in self.space.get("space", [])}
-            grown = any(p.name not in known for p in hp.space)
-            return model, hp.get_config() if grown else None
+            return build_checked(self.build_fn, hp, self.spec.model.function,
+                                 TrainingData.from_splits(self.splits))
         assert self.spec.model.task is not None and self.spec.model.input is not None
         return build_mlp(
             {k: v for k, v in values.items() if not k.startswith("tuner/")},
@@ -98,7 +109,18 @@ class JobRuntime:
             label_kind=self.splits.label_kind,
             num_classes=self.splits.num_classes,
             normalization=self.normalization,
-        ), None
+        )
+
+    def grown_space(self, hp: Any | None) -> dict[str, Any] | None:
+        """``hp``'s config when the trial's code (``build_model``, the module's ``fit``)
+        declared hyperparameters the job's space does not hold yet (conditional ones,
+        such as ``units_{i}`` for each of ``num_layers``, or a ``batch_size`` that ``fit``
+        tunes): they took their defaults, and the chief adds them to the search space, as
+        KerasTuner's tuner does when a trial ends. None otherwise."""
+        if hp is None:
+            return None
+        known = {p["config"]["name"] for p in self.space.get("space", [])}
+        return hp.get_config() if any(p.name not in known for p in hp.space) else None
 
     def dataset(self, split: str, batch_size: int, shuffle: bool, seed: int) -> Any:
         """A batched, prefetched ``tf.data`` pipeline over a cached split."""

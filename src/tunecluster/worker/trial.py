@@ -33,11 +33,19 @@ from tunecluster.artifacts import CHECKPOINT, MODEL_FILE, attempt_dir, resume_di
 from tunecluster.errors import TrialFailed
 from tunecluster.store import codec
 from tunecluster.worker import precision, xla
+from tunecluster.worker.fitting import (
+    TRACKED,
+    Execution,
+    MeanReporter,
+    fit_once,
+    mean_rows,
+    summarize,
+    untracked_rows,
+)
 from tunecluster.worker.runtime import JobRuntime
-from tunecluster.worker.strategy import describe, pick_strategy, shard_by_data
+from tunecluster.worker.strategy import describe, pick_strategy
 
 AUTO_STEPS_PER_EXECUTION = 32
-VALIDATION_BATCH = 1024
 
 
 class Reporter(Protocol):
@@ -89,8 +97,11 @@ class TrialResult:
     distribution: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     # The trial's HyperParameters config when build_model declared ones the job's space
-    # lacked (JobRuntime.build_trial_model); None otherwise.
+    # lacked (JobRuntime.grown_space); None otherwise.
     hyperparameters: dict[str, Any] | None = None
+    # How many times the model was built and trained (train.executions_per_trial; fewer
+    # when the chief stopped the trial): epochs and metrics are their means.
+    executions: int = 1
     # The class of each of the model's outputs, in order (the labels as the data gave
     # them, before they were encoded onto 0..k-1); empty for regression.
     classes: list[str] = field(default_factory=list)
@@ -126,69 +137,70 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     seed = seed_trial(spec, request.trial_id)  # after clear_session, which drops Keras' seed
     t_build = time.perf_counter()
     build_at = time.time()
-    with strategy.scope():
-        model, grown_space = rt.build_trial_model(values)
-        _tune_step_overhead(model, rt, spec.train, strategy)
-    history: list[dict[str, float]] = []
-    resumed_from = 0
+    hp = rt.trial_hyperparameters(values)
+    executions = spec.train.executions_per_trial
+    who = f"{spec.model.fit}()" if rt.fit_fn is not None else "model.fit()"
     past = values.get("tuner/trial_id")
-    if past is not None:  # Hyperband: continue the earlier trial's best weights
-        parent = request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE)
-        with store.local_copy(store.key(parent)) as path:
-            if path is None:
-                raise FileNotFoundError(f"the model of trial {past}, which this one"
-                                        f" continues, is not at {store.url(store.key(parent))}")
-            model.load_weights(path)
-    # Only an interrupted trial resumes: a first run never trusts files it did not write.
-    checkpoint = None
-    if request.resumes:
-        dirs = resume_dirs(trial_path, request.attempt) if request.isolated else [trial_path]
-        checkpoint = next(filter(None, (read_checkpoint(d, store) for d in dirs)), None)
-    if checkpoint is not None and checkpoint[0]["epoch"] > initial_epoch:
-        meta, weights = checkpoint
-        model.set_weights(weights)
-        history = [{"epoch": int(row["epoch"]), **_metrics_only(row)} for row in meta["history"]]
-        resumed_from = initial_epoch = int(meta["epoch"])
-        for row in history:  # idempotent: the chief keeps one record per epoch
-            reporter.epoch(int(row["epoch"]), _metrics_only(row))
-
-    tracker = _EpochCallback(reporter, objective, direction, trial_dir, history,
-                             spec.train.early_stopping, store, request.rank == 0)
-    stopped_early = False
-    if initial_epoch < epochs:
-        t_fit = time.perf_counter()
-        model.fit(
-            shard_by_data(strategy, rt.dataset(
-                "train", spec.train.batch_size, spec.train.shuffle,
-                spec.data.split.seed if seed is None else seed)),
-            validation_data=shard_by_data(strategy, rt.dataset(
-                "valid", validation_batch_size(spec.train.batch_size), False, 0)),
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            callbacks=[tracker],
-            shuffle=False,  # the tf.data pipeline shuffles already
-            verbose=0,
-        )
-        stopped_early = tracker.stop_reason is not None
-    else:
-        t_fit = time.perf_counter()
-    if not history:
+    runs: list[Execution] = []
+    best: tuple[float, list[Any]] | None = None  # the best epoch's weights, any execution
+    resumed_from, stopped_early, t_fit, last_epoch_at = 0, False, None, None
+    for execution in range(executions):  # KerasTuner: a model built afresh for each
+        with strategy.scope():
+            model = rt.build_with(hp, values)
+            _tune_step_overhead(model, rt, spec.train, strategy)
+        if past is not None:  # Hyperband: continue the earlier trial's best weights
+            _load_parent(model, store, request.parent_model
+                         or str(rt.trial_dir(str(past)) / MODEL_FILE), past)
+        history: list[dict[str, float]] = []
+        start = initial_epoch
+        # Only an interrupted trial resumes (a first run never trusts files it did not
+        # write), and only a trial of one execution: the others' checkpoints are not kept.
+        if executions == 1 and request.resumes:
+            resumed = _resume(model, trial_path, request, store, initial_epoch, reporter)
+            if resumed is not None:
+                history, start = resumed
+                resumed_from = start
+        sink = reporter if execution == 0 else MeanReporter(reporter, [r.rows for r in runs])
+        tracker = _EpochCallback(sink, objective, direction, trial_dir, history,
+                                 spec.train.early_stopping, store,
+                                 request.rank == 0 and executions == 1)
+        t_fit = t_fit or time.perf_counter()
+        returned: Any = TRACKED
+        if start < epochs:
+            returned = fit_once(rt, hp, model, epochs=epochs, initial_epoch=start,
+                                callbacks=[tracker], seed=seed, strategy=strategy,
+                                hyperband="tuner/epochs" in values)
+            if rt.fit_fn is None:
+                returned = TRACKED  # Keras's own History: the epochs the tracker saw
+        if not history and returned is not TRACKED:  # a loop of the user's own
+            history.extend(untracked_rows(returned, objective, direction, who))
+            for row in history:
+                sink.epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+        runs.append(Execution(list(history), returned))
+        stopped_early = stopped_early or tracker.stop_reason is not None
+        last_epoch_at = tracker.last_epoch_at or last_epoch_at
+        if tracker.best_weights is not None and (best is None or tracker.best_value > best[0]):
+            best = (tracker.best_value, tracker.best_weights)
+        if (tracker.stop_reason or "").startswith("stopped by"):
+            break  # the chief (or the gang's rank 0) stopped the trial: no more executions
+    if not any(run.rows for run in runs):
         raise TrialFailed("the trial ran no epoch")
-    best = _best_row(history, objective, direction)
-    if tracker.best_weights is not None:  # None only if the best epoch predates a resume
-        model.set_weights(tracker.best_weights)
+    metrics, best_epoch = summarize(runs, objective, direction, who)
+    if best is not None:  # None only if the best epoch predates a resume
+        model.set_weights(best[1])
     t_save = time.perf_counter()
     model_path = trial_dir / MODEL_FILE
     if request.rank == 0:  # a gang's other members hold the same weights
         tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
         model.save(tmp)
         store.move_in(tmp, store.key(model_path))
+    assert t_fit is not None
     return TrialResult(
         trial_id=request.trial_id,
-        epochs=history,
-        best_epoch=int(best["epoch"]),
-        metrics=_metrics_only(best),
-        score=float(best[objective]),
+        epochs=runs[0].rows if len(runs) == 1 else mean_rows([r.rows for r in runs]),
+        best_epoch=best_epoch,
+        metrics=metrics,
+        score=metrics[objective],
         stopped_early=stopped_early,
         resumed_from_epoch=resumed_from,
         model_path=str(model_path),
@@ -202,9 +214,10 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
             "save_s": time.perf_counter() - t_save,
             # wall-clock marks, for the worker's overhead accounting around the trial
             "build_at": build_at,
-            "last_epoch_at": tracker.last_epoch_at or time.time(),
+            "last_epoch_at": last_epoch_at or time.time(),
         },
-        hyperparameters=grown_space,
+        hyperparameters=rt.grown_space(hp),
+        executions=len(runs),
         classes=list(rt.splits.class_names),
         input=model_input(spec, rt.splits),
     )
@@ -266,10 +279,31 @@ def seed_trial(spec: Any, trial_id: str) -> int | None:
     return seed
 
 
-def validation_batch_size(batch_size: int) -> int:
-    """Validation needs no small batches (no gradients): fewer, larger steps are faster,
-    and the metrics are the same sample-weighted means."""
-    return max(batch_size, VALIDATION_BATCH)
+def _load_parent(model: Any, store: ArtifactStore, parent: str, past: Any) -> None:
+    """Hyperband: load the best weights of the trial this one continues."""
+    with store.local_copy(store.key(parent)) as path:
+        if path is None:
+            raise FileNotFoundError(f"the model of trial {past}, which this one"
+                                    f" continues, is not at {store.url(store.key(parent))}")
+        model.load_weights(path)
+
+
+def _resume(model: Any, trial_path: Path, request: TrialRequest, store: ArtifactStore,
+            initial_epoch: int, reporter: Reporter,
+            ) -> tuple[list[dict[str, float]], int] | None:
+    """An interrupted trial's newest readable checkpoint past ``initial_epoch``, loaded
+    into ``model`` and its epochs reported again (idempotent: the chief keeps one record
+    per epoch): ``(history, epoch to start from)``; None when there is none."""
+    dirs = resume_dirs(trial_path, request.attempt) if request.isolated else [trial_path]
+    checkpoint = next(filter(None, (read_checkpoint(d, store) for d in dirs)), None)
+    if checkpoint is None or checkpoint[0]["epoch"] <= initial_epoch:
+        return None
+    meta, weights = checkpoint
+    model.set_weights(weights)
+    history = [{"epoch": int(row["epoch"]), **_metrics_only(row)} for row in meta["history"]]
+    for row in history:
+        reporter.epoch(int(row["epoch"]), _metrics_only(row))
+    return history, int(meta["epoch"])
 
 
 def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any, strategy: Any) -> None:
@@ -401,11 +435,6 @@ def read_checkpoint(trial_dir: Path, store: ArtifactStore | None = None,
     if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
         return None
     return meta, weights
-
-
-def _best_row(history: list[dict[str, float]], objective: str, direction: str) -> dict[str, float]:
-    pick = max if direction == "max" else min
-    return pick(history, key=lambda r: r[objective])
 
 
 def _metrics_only(row: Mapping[str, float | None]) -> dict[str, float]:

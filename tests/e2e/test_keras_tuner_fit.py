@@ -1,0 +1,87 @@
+"""A ``HyperModel``'s own ``fit`` and ``executions_per_trial`` through a real cluster: the
+user's code runs on the workers, as KerasTuner runs it (issue 24, points 1 and 3)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+import tunecluster.keras_tuner as kt
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+class TunesBatchSize(kt.HyperModel):
+    """KerasTuner's getting-started example: fit tunes shuffle and batch_size."""
+
+    def build(self, hp):
+        model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
+                                  keras.layers.Dense(hp.Int("units", 8, 32, step=8),
+                                                     activation="relu"),
+                                  keras.layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    def fit(self, hp, model, *args, **kwargs):
+        return model.fit(*args, shuffle=hp.Boolean("shuffle"),
+                         batch_size=hp.Choice("batch_size", [32, 64]), **kwargs)
+
+
+class ScoresItsOwnWay(TunesBatchSize):
+    """Trains with Keras (epochs reported live) but returns a score of its own."""
+
+    def fit(self, hp, model, *args, **kwargs):
+        model.fit(*args, **kwargs)
+        return {"val_accuracy": hp.get("units") / 100}
+
+
+def test_a_hypermodels_fit_runs_on_the_workers(cluster, tmp_path: Path, monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = kt.RandomSearch(TunesBatchSize(), objective="val_accuracy", max_trials=3,
+                            seed=1, executions_per_trial=2, directory=tmp_path,
+                            project_name="own-fit", cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=2, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    results = tuner.job.results()
+    trials = [t for t in results["trials"] if t["state"] == "COMPLETED"]
+    assert len(trials) == 3
+    for trial in trials:
+        # fit declared them: each trial records the values it trained with
+        assert trial["hyperparameters"]["batch_size"] in (32, 64), trial
+        assert isinstance(trial["hyperparameters"]["shuffle"], bool), trial
+    # two executions per trial, the score the mean of their best epochs
+    record = tuner.job.client.store.jobs.trial(tuner.job.id, trials[0]["trial"])
+    assert json.loads(record["result"])["executions"] == 2
+    best = tuner.get_best_hyperparameters(1)[0]
+    assert "batch_size" in best.values
+
+
+def test_a_fit_that_returns_its_own_score_is_what_the_oracle_ranks(cluster, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = kt.RandomSearch(ScoresItsOwnWay(), objective="val_accuracy", max_trials=3,
+                            seed=3, directory=tmp_path, project_name="own-score",
+                            cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=1, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    trials = [t for t in tuner.job.results()["trials"] if t["state"] == "COMPLETED"]
+    assert len(trials) == 3
+    for trial in trials:  # what fit returned, not the epochs' val_accuracy
+        assert trial["score"] == pytest.approx(trial["hyperparameters"]["units"] / 100)
+    # the chief's oracle holds the same scores: it ranks (and searches on) them
+    _, oracle_trials = tuner.job.client.store.jobs.oracle_state(tuner.job.id)
+    scores = {tid: json.loads(text).get("score") for tid, text in oracle_trials.items()}
+    for trial in trials:
+        assert scores[trial["trial"]] == pytest.approx(trial["score"]), scores
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert best.score == max(t["score"] for t in trials)

@@ -1,0 +1,146 @@
+"""A module's own fit (KerasTuner's HyperModel.fit) and executions_per_trial, in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from test_trial import ListReporter, runtime
+
+from tunecluster.errors import SpecError, TrialFailed
+from tunecluster.spec import parse_spec
+from tunecluster.worker.fitting import Execution, average, execution_metrics, summarize
+from tunecluster.worker.trial import TrialRequest, run_trial
+
+MODEL = '''
+import keras
+
+def build_model(hp):
+    model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
+                              keras.layers.Dense(hp.Int("units", 8, 16, default=8),
+                                                 activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+'''
+
+TUNES_FIT = MODEL + '''
+SEEN = []
+
+def fit(hp, model, *args, **kwargs):
+    SEEN.append((len(args), sorted(kwargs)))
+    return model.fit(*args, batch_size=hp.Choice("batch_size", [64, 128]),
+                     shuffle=hp.Boolean("shuffle"), **kwargs)
+'''
+
+
+def fit_model(source: str, **extra: Any) -> dict[str, Any]:
+    return {"module": "user_model.py", "source": source, "fit": "fit", **extra}
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    keras.utils.set_random_seed(1)
+
+
+def test_the_modules_fit_trains_and_its_hyperparameters_join_the_trial(tmp_path: Path) -> None:
+    rt = runtime(tmp_path, model=fit_model(TUNES_FIT, fit_kwargs=["validation_data", "epochs"]),
+                 epochs=2)
+    reporter = ListReporter()
+    result = run_trial(rt, TrialRequest("t1", {"units": 8}), reporter)
+    # x and y as arrays, then what the search gave, and the worker's callbacks
+    assert rt.fit_fn.__globals__["SEEN"] == [(2, ["callbacks", "epochs", "validation_data"])]
+    assert reporter.epochs == [1, 2]  # the epochs went through the callbacks it passed on
+    assert result.hyperparameters is not None  # the space grows by what fit declared
+    grown = {p["config"]["name"] for p in result.hyperparameters["space"]}
+    assert {"batch_size", "shuffle"} <= grown
+    assert result.hyperparameters["values"]["batch_size"] == 64  # its default
+    assert result.score == max(row["val_accuracy"] for row in result.epochs)
+
+
+OWN_LOOP = MODEL + '''
+def fit(hp, model, x, y, validation_data, **kwargs):
+    model.fit(x, y, epochs=1, verbose=0)  # the user's own loop: no callbacks passed on
+    loss, accuracy = model.evaluate(*validation_data, verbose=0)
+    return {"val_accuracy": 0.25, "val_loss": float(loss)}
+'''
+
+
+def test_a_fit_of_its_own_reports_what_it_returns(tmp_path: Path) -> None:
+    rt = runtime(tmp_path, model=fit_model(OWN_LOOP), epochs=3)
+    reporter = ListReporter()
+    result = run_trial(rt, TrialRequest("t1", {"units": 8}), reporter)
+    assert result.score == 0.25 and result.metrics["val_accuracy"] == 0.25
+    assert [e for e, _ in reporter.rows] == [1]  # one report, at its end
+    assert reporter.rows[0][1]["val_accuracy"] == 0.25
+    assert Path(result.model_path).is_file()
+
+
+COUNTING = MODEL + '''
+CALLS = []
+
+def fit(hp, model, *args, **kwargs):
+    CALLS.append(1)
+    model.fit(*args, **{**kwargs, "epochs": 1})
+    return 0.2 if len(CALLS) % 2 else 0.6
+'''
+
+
+def test_executions_per_trial_average_as_keras_tuner_does(tmp_path: Path) -> None:
+    rt = runtime(tmp_path, model=fit_model(COUNTING), epochs=1, executions_per_trial=2)
+    reporter = ListReporter()
+    result = run_trial(rt, TrialRequest("t1", {"units": 8}), reporter)
+    assert len(rt.fit_fn.__globals__["CALLS"]) == 2  # a model built and fit twice
+    assert result.executions == 2
+    assert result.score == pytest.approx(0.4)  # (0.2 + 0.6) / 2
+    # each epoch went out as the mean of the executions so far: the second report of
+    # epoch 1 is the mean of both executions' epoch 1
+    assert [e for e, _ in reporter.rows] == [1, 1]
+
+
+def test_executions_of_keras_fit_average_each_ones_best_epoch(tmp_path: Path) -> None:
+    rt = runtime(tmp_path, epochs=2, executions_per_trial=3)
+    reporter = ListReporter()
+    result = run_trial(rt, TrialRequest("t1", {"n_hidden": 1, "n_neurons": 16,
+                                               "learning_rate": 0.01}), reporter)
+    assert result.executions == 3 and len(reporter.rows) == 6
+    firsts = [m["val_accuracy"] for e, m in reporter.rows if e == 1]
+    # the rows of epoch 1 are running means: the 2nd lies between the 1st and the 3rd's
+    # raw value, which the mean of all three gives back
+    assert result.epochs[0]["val_accuracy"] == pytest.approx(firsts[-1])
+    assert 0 <= result.score <= 1 and result.best_epoch in (1, 2)
+
+
+@pytest.mark.parametrize(("returned", "message"), [
+    (None, "returned None: did you forget to return the metrics?"),
+    ({"accuracy": 0.5}, "without the objective 'val_accuracy'"),
+    ("good", "returned a str"),
+    ({"val_accuracy": "high"}, "returned metric 'val_accuracy' = 'high', not a number"),
+])
+def test_what_a_fit_returns_is_checked_as_keras_tuner_does(returned: Any, message: str) -> None:
+    with pytest.raises(TrialFailed, match=message):
+        execution_metrics(Execution([], returned), "val_accuracy", "max", "fit()")
+
+
+def test_a_list_and_numpy_values_are_read_as_keras_tuner_reads_them() -> None:
+    runs = [Execution([], [0.2, np.float32(0.4)]), Execution([], {"val_accuracy": 0.6,
+                                                                  "val_loss": 1.0})]
+    metrics, best_epoch = summarize(runs, "val_accuracy", "max", "fit()")
+    assert metrics["val_accuracy"] == pytest.approx(((0.2 + 0.4) / 2 + 0.6) / 2)
+    assert metrics["val_loss"] == 1.0 and best_epoch == 1
+    assert average([{"a": 1.0}, {"a": 3.0, "b": 2.0}]) == {"a": 2.0, "b": 2.0}
+
+
+def test_fit_is_for_module_models_and_one_worker_per_trial() -> None:
+    base = {"name": "j", "data": {"dataset": "digits"}}
+    with pytest.raises(SpecError, match="fit applies to module models only"):
+        parse_spec({**base, "model": {"builtin": "mlp", "fit": "fit"}})
+    with pytest.raises(SpecError, match="workers_per_trial to 1"):
+        parse_spec({**base, "model": fit_model(TUNES_FIT),
+                    "resources": {"workers_per_trial": 2}})
+    with pytest.raises(SpecError, match="executions_per_trial"):
+        parse_spec({**base, "model": {"builtin": "mlp"}, "train": {"executions_per_trial": 0}})
