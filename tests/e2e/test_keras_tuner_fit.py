@@ -20,7 +20,7 @@ class TunesBatchSize(kt.HyperModel):
     """KerasTuner's getting-started example: fit tunes shuffle and batch_size."""
 
     def build(self, hp):
-        model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
+        model = keras.Sequential([keras.Input((64,)),
                                   keras.layers.Dense(hp.Int("units", 8, 32, step=8),
                                                      activation="relu"),
                                   keras.layers.Dense(10, activation="softmax")])
