@@ -62,6 +62,18 @@ def test_a_hypermodels_fit_runs_on_the_workers(cluster, tmp_path: Path, monkeypa
     assert json.loads(record["result"])["executions"] == 2
     best = tuner.get_best_hyperparameters(1)[0]
     assert "batch_size" in best.values
+    # tuner.oracle and the tuner read as KerasTuner's do
+    oracle = tuner.oracle
+    assert oracle.max_trials == 3 and oracle.objective.name == "val_accuracy"
+    assert [p.name for p in oracle.get_space().space] == ["units"]  # found at submit
+    assert sorted(oracle.trials) == sorted(t["trial"] for t in trials)
+    top = oracle.get_best_trials(1)[0]
+    assert oracle.get_trial(top.trial_id).score == top.score
+    assert top.hyperparameters.values["units"] == best.values["units"]
+    model = tuner.load_model(top)
+    assert model.layers[0].units == best.values["units"]
+    assert Path(tuner.get_trial_dir(top.trial_id)).is_dir()
+    assert tuner.project_dir == str(tmp_path / "own-fit")
 
 
 def test_a_fit_that_returns_its_own_score_is_what_the_oracle_ranks(cluster, tmp_path: Path,

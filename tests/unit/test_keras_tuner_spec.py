@@ -151,7 +151,7 @@ def test_refusals_are_one_line() -> None:
 
 
 def test_labels_reach_the_model_unchanged() -> None:
-    from tunecluster.api.keras_tuner import _task
+    from tunecluster.api.tuner_inputs import task as _task
 
     assert _task(np.array([0, 1, 2]), np.array([1, 2])) == "classification"
     assert _task(np.array([1, 2, 3]), np.array([1])) == "regression"  # not 0..k-1: raw
@@ -180,7 +180,7 @@ def test_reloading_a_project_with_another_tuner_class_is_refused(tmp_path) -> No
     """KerasTuner refuses to reload a project another tuner made (RuntimeError naming
     overwrite=True); the same class reloads it, overwrite=True starts afresh
     (issue 24, point 6)."""
-    from tunecluster.api.keras_tuner import _write_project
+    from tunecluster.api.tuner_project import write_project as _write_project
 
     _write_project(str(tmp_path), "proj", "proj-abc123", "RandomSearch")
     with pytest.raises(RuntimeError, match="overwrite=True") as info:

@@ -18,22 +18,21 @@ The test split of the job is the validation data (the search never sees a test s
 
 from __future__ import annotations
 
-import io
 import os
-import re
 import shutil
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from keras_tuner import HyperModel, HyperParameters, Objective
 
 from tunecluster import defaults
 from tunecluster.api import progress
+from tunecluster.api import tuner_inputs as inputs
+from tunecluster.api import tuner_project as project
 from tunecluster.api.client import Client, Job
 from tunecluster.api.shipping import ship
+from tunecluster.api.tuner_oracle import ClusterOracle
 from tunecluster.errors import SpecError, TuneclusterError
 from tunecluster.states import JobState
 
@@ -64,7 +63,7 @@ class Tuner:
         if hypermodel is None:
             raise ValueError(f"{type(self).__name__}: hypermodel is required")  # as KerasTuner
         self.hypermodel = hypermodel
-        self.objective = _objective(objective)
+        self.objective = inputs.objective(objective)
         self.max_trials = max_trials
         self.seed = seed
         self.hyperparameters = hyperparameters
@@ -82,19 +81,19 @@ class Tuner:
         # each trial trained by this many workers at once (resources.workers_per_trial)
         self.workers_per_trial = workers_per_trial
         self.job: Job | None = None
-        self.oracle = _Oracle(self)
+        self.oracle = ClusterOracle(self)
         self._space: dict[str, Any] | None = None
         self._results: dict[str, Any] | None = None
         self._artifacts: Path | None = None
         # fails early, in the constructor; _fit: the name of a HyperModel's own fit
         self._source, self._function, self._fit = ship(hypermodel)
         if overwrite:
-            _project_file(self.directory, self.project_name).unlink(missing_ok=True)
+            project.project_file(self.directory, self.project_name).unlink(missing_ok=True)
             # the embedded cluster's data of an earlier search of this project
             shutil.rmtree(Path(self.directory, self.project_name, "cluster"),
                           ignore_errors=True)
         else:  # KerasTuner's reload: the project's job (by the same tuner class)
-            previous = _read_project(self.directory, self.project_name, type(self).__name__)
+            previous = project.read_project(self.directory, self.project_name, type(self).__name__)
             if previous is not None and self.cluster_url is not None:
                 self.job = Client(self.cluster_url).job(previous)
 
@@ -141,7 +140,7 @@ class Tuner:
         with LocalCluster(workers=self.workers, artifacts=self._artifacts,
                           redis_dir=project / "cluster") as local:
             client = Client(local.url, artifacts=self._artifacts)
-            previous = None if self.overwrite else _read_project(
+            previous = None if self.overwrite else project.read_project(
                 self.directory, self.project_name, type(self).__name__)
             if previous is not None and client.store.jobs.exists(previous):
                 self._continue(Job(client, previous), files, verbose)
@@ -155,7 +154,7 @@ class Tuner:
         self.job = client.submit(parse_spec(spec), files=files, space=space)
         if self._artifacts is None:
             self._artifacts = client.artifacts
-        _write_project(self.directory, self.project_name, self.job.id, type(self).__name__)
+        project.write_project(self.directory, self.project_name, self.job.id, type(self).__name__)
         self._wait(verbose)
 
     def _continue(self, job: Job, files: dict[str, bytes], verbose: int) -> None:
@@ -221,14 +220,14 @@ class Tuner:
         if fit_kwargs:
             names = ", ".join(sorted(fit_kwargs))
             raise SpecError("search", f"not supported on a cluster: {names}")
-        early = _early_stopping(callbacks, self.objective.name)
-        train_xy = (_array(x, "x"), _array(y, "y"))
+        early = inputs.early_stopping(callbacks, self.objective.name)
+        train_xy = (inputs.array(x, "x"), inputs.array(y, "y"))
         if validation_data is not None:
             if len(validation_data) != 2:
                 raise SpecError("validation_data", "give (x_valid, y_valid); sample weights"
                                                    " are not supported")
-            valid_xy = (_array(validation_data[0], "validation_data[0]"),
-                        _array(validation_data[1], "validation_data[1]"))
+            valid_xy = (inputs.array(validation_data[0], "validation_data[0]"),
+                        inputs.array(validation_data[1], "validation_data[1]"))
         elif validation_split:
             n_valid = int(len(train_xy[0]) * validation_split)  # Keras: the last rows
             if not 0 < n_valid < len(train_xy[0]):
@@ -240,13 +239,13 @@ class Tuner:
         else:
             raise SpecError("search", "give validation_data=(x, y) or validation_split: the"
                                       " objective is scored on validation data")
-        files = {"train.npz": _npz(*train_xy), "valid.npz": _npz(*valid_xy)}
+        files = {"train.npz": inputs.npz(*train_xy), "valid.npz": inputs.npz(*valid_xy)}
         model: dict[str, Any] = {"module": "hypermodel.py", "source": self._source,
                                  "function": self._function,
                                  "tune_new_entries": self.tune_new_entries}
         if self._fit is not None:  # the HyperModel's own fit, given what search() was
             model.update(fit=self._fit, fit_kwargs=list(given))
-        task = _task(train_xy[1], valid_xy[1])
+        task = inputs.task(train_xy[1], valid_xy[1])
         if task:
             model["task"] = task
         search: dict[str, Any] = {
@@ -263,7 +262,7 @@ class Tuner:
                                  "executions_per_trial": self.executions_per_trial}
         if early:
             train["early_stopping"] = early
-        spec = {"name": _job_name(self.project_name),
+        spec = {"name": project.job_name(self.project_name),
                 "data": {"files": {"train": "train.npz", "valid": "valid.npz",
                                    "test": "valid.npz"}},
                 "model": model, "search": search, "train": train}
@@ -319,32 +318,68 @@ class Tuner:
 
     def get_best_models(self, num_models: int = 1) -> list[Any]:
         """The best trials' models (at their best epoch), loaded from the artifacts."""
+        return [self.load_model(trial) for trial in self.oracle.get_best_trials(num_models)]
+
+    def load_model(self, trial: Any) -> Any:
+        """One trial's model (KerasTuner's ``Trial``, or its id) at its best epoch: read
+        from this machine's view of the artifacts root when it has one, else through
+        the cluster."""
         import keras
 
         from tunecluster.artifacts import trial_model
         from tunecluster.models.custom import objects_of
 
-        data = self.results()
+        trial_id = getattr(trial, "trial_id", trial)
+        rows = {t["trial"]: t for t in self.results()["trials"]}
         assert self.job is not None and self._artifacts is not None
-        rows = {t["trial"]: t for t in data["trials"]}
+        if trial_id not in rows:
+            raise KeyError(f"search {self.job.id} has no trial {trial_id!r}")
         # the classes and functions of the hypermodel this process holds: never the
         # source stored with the job, which whoever can write Redis could have written
         objects = objects_of(self.hypermodel)
-        models = []
-        for trial in self.oracle.get_best_trials(num_models):
-            path = trial_model(self._artifacts, self.job.id, trial.trial_id,
-                               rows[trial.trial_id].get("model"))
-            if path.is_file():
-                models.append(keras.models.load_model(path, custom_objects=objects))
-                continue
-            try:  # a cluster whose artifacts this machine cannot see: through Redis
-                models.append(self.job.trial_model(trial.trial_id,
-                                                   custom_objects=objects))
-            except TuneclusterError as exc:
-                raise TuneclusterError(
-                    f"cannot read trial {trial.trial_id}'s model here ({path}): {exc}; pass"
-                    f" the cluster's artifacts root as ${defaults.ARTIFACTS_ENV}") from None
-        return models
+        path = trial_model(self._artifacts, self.job.id, trial_id, rows[trial_id].get("model"))
+        if path.is_file():
+            return keras.models.load_model(path, custom_objects=objects)
+        try:  # a cluster whose artifacts this machine cannot see: through Redis
+            return self.job.trial_model(trial_id, custom_objects=objects)
+        except TuneclusterError as exc:
+            raise TuneclusterError(
+                f"cannot read trial {trial_id}'s model here ({path}): {exc}; pass"
+                f" the cluster's artifacts root as ${defaults.ARTIFACTS_ENV}") from None
+
+    @property
+    def project_dir(self) -> str:
+        """``directory/project_name``: where the project file (and an embedded cluster's
+        data and artifacts) live."""
+        return str(Path(self.directory, self.project_name))
+
+    def get_trial_dir(self, trial_id: str) -> str:
+        """Where a trial's files are on the cluster's artifacts root."""
+        from tunecluster.artifacts import trial_dir
+
+        if self.job is None or self._artifacts is None:
+            raise TuneclusterError("no search yet: call search() first")
+        return str(trial_dir(self._artifacts, self.job.id, trial_id))
+
+    def reload(self) -> None:
+        """Read the search's state again from the cluster (KerasTuner reads its oracle's
+        files); the oracle itself lives on the chief."""
+        import redis
+
+        if self.job is None:
+            return
+        try:
+            space, results = self.job.record().space, self.job.results()
+        except (TuneclusterError, redis.RedisError, OSError):
+            return  # an embedded cluster is gone after its search: what was read stays
+        self._space, self._results = space, results
+
+    def save(self) -> None:
+        """Write the project file naming the job (the chief persists the oracle itself
+        at every trial), so a tuner re-created with ``overwrite=False`` reattaches."""
+        if self.job is not None:
+            project.write_project(self.directory, self.project_name, self.job.id,
+                                  type(self).__name__)
 
     def results_summary(self, num_trials: int = 10) -> None:
         """Print the best trials, as KerasTuner does."""
@@ -369,43 +404,6 @@ class Tuner:
             name = config.pop("name")
             print(f"{name} ({p.__class__.__name__})")
             print(config)
-
-
-class _Oracle:
-    """What KerasTuner's ``tuner.oracle`` offers for reading results."""
-
-    def __init__(self, tuner: Tuner) -> None:
-        self.tuner = tuner
-
-    @property
-    def objective(self) -> Objective:
-        return self.tuner.objective
-
-    def get_best_trials(self, num_trials: int = 1) -> list[Any]:
-        """KerasTuner ``Trial`` objects (trial_id, score, hyperparameters, metrics)."""
-        from tunecluster.store.results import leaderboard
-
-        data = self.tuner.results()
-        ranked = leaderboard(data["trials"], data["objective"]["direction"])
-        return [self._trial(row) for row in ranked[:num_trials]]
-
-    def _trial(self, row: dict[str, Any]) -> Any:
-        from keras_tuner.engine.trial import Trial, TrialStatus
-
-        if self.tuner._space is None and self.tuner.job is not None:  # reattached
-            self.tuner._space = self.tuner.job.record().space
-        hp = HyperParameters.from_config(self.tuner._space or {"space": []})
-        # every value the trial used: those of hyperparameters its build declared beyond
-        # the space found at submit (conditional ones) too, so build_model(hp) rebuilds it
-        hp.values.update({**row["hyperparameters"], **(row.get("tuner") or {})})
-        trial = Trial(hp, trial_id=row["trial"], status=TrialStatus.COMPLETED)
-        trial.score = row["score"]
-        trial.best_step = (row.get("best_epoch") or 1) - 1
-        for name, value in (row.get("metrics") or {}).items():
-            if isinstance(value, (int, float)):
-                trial.metrics.register(name, direction="max" if "acc" in name else "min")
-                trial.metrics.update(name, value, step=trial.best_step)
-        return trial
 
 
 class RandomSearch(Tuner):
@@ -467,92 +465,11 @@ class Hyperband(Tuner):
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _objective(objective: Any) -> Objective:
-    from tunecluster.spec.objective import infer_direction
-
-    if objective is None:
-        objective = "val_loss"
-    if isinstance(objective, Objective):
-        return objective
-    if isinstance(objective, str):
-        direction = infer_direction(objective)
-        if direction is None:
-            raise SpecError("objective", f"cannot infer the direction of {objective!r}; give"
-                                         f" kt.Objective({objective!r}, 'min' or 'max')")
-        return Objective(objective, direction)
-    raise SpecError("objective", f"one objective (a name or kt.Objective), got"
-                                 f" {type(objective).__name__}")
-
-
-def _early_stopping(callbacks: Sequence[Any] | None, objective: str) -> dict[str, Any] | None:
-    import keras
-
-    early = None
-    refused = []
-    for cb in callbacks or ():
-        if isinstance(cb, keras.callbacks.EarlyStopping):
-            if cb.monitor != objective:
-                warnings.warn(f"EarlyStopping(monitor={cb.monitor!r}) monitors the objective"
-                              f" {objective!r} on the cluster", stacklevel=4)
-            early = {"patience": int(cb.patience), "min_delta": float(abs(cb.min_delta))}
-        else:
-            refused.append(type(cb).__name__)
-    if refused:
-        raise SpecError("callbacks", f"cannot run on the cluster's workers: {', '.join(refused)}"
-                                     " (only EarlyStopping is supported)")
-    return early
-
-
-def _array(value: Any, what: str) -> np.ndarray:
-    if value is None:
-        raise SpecError(what, "is required")
-    if hasattr(value, "to_numpy"):
-        value = value.to_numpy()
-    if isinstance(value, (list, tuple, dict)) and value and not np.isscalar(
-            next(iter(value))):
-        raise SpecError(what, "one array only: models with several inputs are not supported")
-    if not isinstance(value, (np.ndarray, list, tuple)):
-        raise SpecError(what, f"a numpy array or pandas object, got {type(value).__name__}"
-                              " (tf.data datasets do not travel)")
-    array = np.asarray(value)
-    if array.dtype.hasobject:
-        raise SpecError(what, "holds Python objects; give numeric arrays")
-    return array
-
-
-def _npz(x: np.ndarray, y: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x, y=y)
-    data = buffer.getvalue()
-    if len(data) > defaults.MAX_UPLOAD_BYTES:
-        raise SpecError("x", f"the arrays are {len(data) / 2**20:.0f} MiB, over the"
-                             f" {defaults.MAX_UPLOAD_BYTES // 2**20} MiB that travel with a job;"
-                             " save them as npz files under every worker's"
-                             f" ${defaults.DATA_ROOT_ENV} and submit a job file (data.files)")
-    return data
-
-
-def _task(y_train: np.ndarray, y_valid: np.ndarray) -> str | None:
-    """Labels reach the model unchanged: integer classes 0..k-1 and one-hot columns as
-    classification (the cluster's encoding is then the identity), anything numeric else as
-    regression (passed through as float32)."""
-    from tunecluster.data import infer_task
-
-    if y_train.dtype.kind not in "iufb":
-        raise SpecError("y", "labels must be numeric (encode string classes as 0..k-1)")
-    if y_train.ndim == 2 and y_train.shape[1] > 1:
-        return "classification"
-    return infer_task(np.concatenate([y_train.reshape(-1), y_valid.reshape(-1)]))
-
-
 def _up_cluster_url() -> str | None:
     """The local cluster of ``tunecluster up``, when one runs (warm workers: no start)."""
     from tunecluster.cluster.persistent import current_url
 
     return current_url()
-
-
-PROJECT_FILE = "tunecluster_job.json"
 
 
 def _refuse_what_would_be_ignored(tuner: type) -> None:
@@ -564,47 +481,3 @@ def _refuse_what_would_be_ignored(tuner: type) -> None:
             f"{tuner.__name__}.run_trial: a tuner's own run_trial does not run on the"
             " cluster yet (trials run the hypermodel's build and Keras's fit); use"
             " keras_tuner for this search, or move its logic into build_model")
-
-
-def _project_file(directory: str, project_name: str) -> Path:
-    """``directory/project_name/tunecluster_job.json``: the project's job on its cluster
-    (where KerasTuner keeps its oracle), so a tuner re-created with ``overwrite=False``
-    reattaches to it."""
-    return Path(directory, project_name, PROJECT_FILE)
-
-
-def _read_project(directory: str, project_name: str, tuner: str) -> str | None:
-    """The project's job id, or None; ``RuntimeError`` (KerasTuner's) when the project
-    was made by another tuner class: its oracle is not this one's."""
-    import json
-
-    from tunecluster.ids import is_job_id
-
-    path = _project_file(directory, project_name)
-    try:
-        saved = json.loads(path.read_text())
-        job, made_by = saved.get("job"), saved.get("tuner")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(made_by, str) and made_by != tuner:
-        raise RuntimeError(
-            f"Error reloading `Oracle` from existing project: it was made by {made_by}, not"
-            f" {tuner}. If you did not mean to reload from an existing project, change the"
-            f" `project_name` or pass `overwrite=True` when creating the `Tuner`. Found"
-            f" existing project at: {path.parent}")
-    return job if isinstance(job, str) and is_job_id(job) else None
-
-
-def _write_project(directory: str, project_name: str, job: str, tuner: str) -> None:
-    import json
-
-    path = _project_file(directory, project_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"job": job, "tuner": tuner}) + "\n")
-    tmp.replace(path)
-
-
-def _job_name(project_name: str) -> str:
-    name = re.sub(r"[^a-z0-9._-]+", "-", project_name.lower()).strip("-._")[:63]
-    return name or "search"

@@ -1,0 +1,94 @@
+"""What the drop-in's ``search()`` takes, turned into what a job holds: the objective,
+``EarlyStopping``, arrays as npz files (``allow_pickle=False`` on the other side), and the
+task the labels say."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from keras_tuner import Objective
+
+from tunecluster import defaults
+from tunecluster.errors import SpecError
+
+
+def objective(objective: Any) -> Objective:
+    from tunecluster.spec.objective import infer_direction
+
+    if objective is None:
+        objective = "val_loss"
+    if isinstance(objective, Objective):
+        return objective
+    if isinstance(objective, str):
+        direction = infer_direction(objective)
+        if direction is None:
+            raise SpecError("objective", f"cannot infer the direction of {objective!r}; give"
+                                         f" kt.Objective({objective!r}, 'min' or 'max')")
+        return Objective(objective, direction)
+    raise SpecError("objective", f"one objective (a name or kt.Objective), got"
+                                 f" {type(objective).__name__}")
+
+
+def early_stopping(callbacks: Sequence[Any] | None, objective: str) -> dict[str, Any] | None:
+    import keras
+
+    early = None
+    refused = []
+    for cb in callbacks or ():
+        if isinstance(cb, keras.callbacks.EarlyStopping):
+            if cb.monitor != objective:
+                warnings.warn(f"EarlyStopping(monitor={cb.monitor!r}) monitors the objective"
+                              f" {objective!r} on the cluster", stacklevel=4)
+            early = {"patience": int(cb.patience), "min_delta": float(abs(cb.min_delta))}
+        else:
+            refused.append(type(cb).__name__)
+    if refused:
+        raise SpecError("callbacks", f"cannot run on the cluster's workers: {', '.join(refused)}"
+                                     " (only EarlyStopping is supported)")
+    return early
+
+
+def array(value: Any, what: str) -> np.ndarray:
+    if value is None:
+        raise SpecError(what, "is required")
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    if isinstance(value, (list, tuple, dict)) and value and not np.isscalar(
+            next(iter(value))):
+        raise SpecError(what, "one array only: models with several inputs are not supported")
+    if not isinstance(value, (np.ndarray, list, tuple)):
+        raise SpecError(what, f"a numpy array or pandas object, got {type(value).__name__}"
+                              " (tf.data datasets do not travel)")
+    array = np.asarray(value)
+    if array.dtype.hasobject:
+        raise SpecError(what, "holds Python objects; give numeric arrays")
+    return array
+
+
+def npz(x: np.ndarray, y: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    data = buffer.getvalue()
+    if len(data) > defaults.MAX_UPLOAD_BYTES:
+        raise SpecError("x", f"the arrays are {len(data) / 2**20:.0f} MiB, over the"
+                             f" {defaults.MAX_UPLOAD_BYTES // 2**20} MiB that travel with a job;"
+                             " save them as npz files under every worker's"
+                             f" ${defaults.DATA_ROOT_ENV} and submit a job file (data.files)")
+    return data
+
+
+def task(y_train: np.ndarray, y_valid: np.ndarray) -> str | None:
+    """Labels reach the model unchanged: integer classes 0..k-1 and one-hot columns as
+    classification (the cluster's encoding is then the identity), anything numeric else as
+    regression (passed through as float32)."""
+    from tunecluster.data import infer_task
+
+    if y_train.dtype.kind not in "iufb":
+        raise SpecError("y", "labels must be numeric (encode string classes as 0..k-1)")
+    if y_train.ndim == 2 and y_train.shape[1] > 1:
+        return "classification"
+    return infer_task(np.concatenate([y_train.reshape(-1), y_valid.reshape(-1)]))
