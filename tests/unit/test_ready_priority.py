@@ -1,6 +1,6 @@
 """The ready queue against a real Redis: claimed highest job priority first, first in,
 first out within a priority, so trials kept ready ahead for a low-priority job never
-delay a higher-priority job's (chief/loop.py READY_AHEAD)."""
+delay a higher-priority job's (chief/top_up.py READY_AHEAD)."""
 
 from __future__ import annotations
 

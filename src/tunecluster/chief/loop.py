@@ -14,6 +14,10 @@ consumer name; the active one takes over what others left pending. Each round's 
 also checks a counter of committed rounds: if Redis restarted and lost the last writes
 (or was restored from an older copy), the chief reloads every job from Redis instead of
 writing from stale memory.
+
+The parts: ``leadership.py`` (the lock), ``inbox.py`` (the stream the chief reads),
+``jobs.py`` (loading the jobs it hosts), ``top_up.py`` (how many trials each round
+creates); this module runs the loop that ties them together.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,43 +35,21 @@ import redis
 
 from tunecluster import defaults
 from tunecluster.artifacts import file_resolver
-from tunecluster.engine.finalize import (
-    FinalizeRetry,
-    finalize,
-    is_redis_outage,
-    one_line,
-    summarize_errors,
-)
-from tunecluster.engine.oracle_host import OracleHost
-from tunecluster.errors import SpecError, StoreError
+from tunecluster.chief.inbox import ChiefInbox
+from tunecluster.chief.jobs import HostedJob, load_job
+from tunecluster.chief.leadership import ChiefLock
+from tunecluster.chief.top_up import top_up
+from tunecluster.engine.finalize import finalize, is_redis_outage, one_line, summarize_errors
+from tunecluster.errors import StoreError
 from tunecluster.shutdown import kill_children, on_stop_signal
-from tunecluster.spec import parse_spec
-from tunecluster.spec.models import JobSpec
 from tunecluster.states import OPEN_TRIAL_STATES, JobState, TrialState
 from tunecluster.store import Store, codec, telemetry
 from tunecluster.store.connection import Backoff, for_role, retryable, stop_retrying
 from tunecluster.store.fence import Fence, LostLeadership, StaleState, Writes
-from tunecluster.store.keys import CHIEF_GROUP
 from tunecluster.store.queue import server_ms
 from tunecluster.store.results import build_results
 
 log = logging.getLogger("tunecluster.chief")
-
-# Random and grid searches keep this fraction of the worker slots (rounded down, at
-# least one trial) ready beyond the free slots, so that a worker that ends a trial
-# claims its next one at once instead of waiting on the chief's round. On 2 workers
-# (bench/orchestration.py, 1,000 null trials): 3.4 ms per trial with none ready, 3.2
-# with one, 2.8 with two. At 1,000 simulated workers with 1 s trials (bench/scale.py,
-# 16 cores), where workers that end together ask for hundreds of trials at once: 0.84
-# efficiency with a tenth of the slots, 0.91 with half. Since the ready queue is ordered
-# by job priority (store/queue.py), trials kept ready for a job never delay a
-# higher-priority job's. Bayesian and Hyperband keep none (each suggestion sees the
-# latest results).
-# $TUNECLUSTER_READY_AHEAD overrides it (a fraction; 0 turns it off).
-READY_AHEAD = float(os.environ.get("TUNECLUSTER_READY_AHEAD", "0.5"))
-
-# At most this many trials are created per round; the next round follows at once.
-TOP_UP_CHUNK = 256
 
 # The worker census (total slots) runs every housekeeping, or every this many seconds
 # per slot counted when that is longer.
@@ -77,34 +58,6 @@ CENSUS_S_PER_SLOT = 0.005
 # A finished search's trial records are read at least this often (seconds) while the
 # oracle still counts trials running (_finish_jobs).
 TRIALS_READ_S = 5.0
-
-# A chief whose main loop has not finished a tick for this long is taken for stuck: its
-# lock keeper stops extending the lock, so a standby can take over.
-STUCK_AFTER_S = 600.0
-
-_RENEW_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-
-
-@dataclass
-class HostedJob:
-    id: str
-    spec: JobSpec
-    host: OracleHost | None
-    uploaded: list[str]
-    exhausted: bool = False
-    cancel: bool = False
-    failure: str | None = None
-    failure_saved: bool = False
-    dirty: bool = False
-    touched: set[str] = field(default_factory=set)
-    next_trials_read: float = 0.0  # monotonic time of _finish_jobs' next read of trials
-    waiting: str = ""  # why its trials cannot start, as last written to the job record
-    finalize_retry: FinalizeRetry = field(default_factory=FinalizeRetry)
 
 
 class _Resync(Exception):
@@ -122,9 +75,8 @@ class Chief:
         self.fence = Fence(store.keys.chief_lock, self.id)
         self.jobs: dict[str, HostedJob] = {}
         self.leader = False
-        self._renew_lock = store.client.register_script(_RENEW_LOCK)
+        self.inbox = ChiefInbox(store, self.id)
         self.stop_event = threading.Event()
-        self._progress = time.monotonic()  # last time the main loop got through a tick
         self._resync = True  # (re)load hosted jobs from Redis before the next round
         self._reclaim = False  # inbox entries taken over from other consumers are pending
         self._seq = 0  # committed rounds, as Redis counts them (``keys.chief_seq``)
@@ -138,14 +90,13 @@ class Chief:
         # Redis round trip on the tick is latency added to every trial's hand-out.
         self._housekeeping_s = min(1.0, lease_s / 4)
         self._next_housekeeping = 0.0
-        self._next_consumer_prune = 0.0
         self._active: list[str] = []
         self._slots = 0
         self._workers = 0  # live workers at the last census
         self._more = False  # the last top-up stopped at TOP_UP_CHUNK: more to create
         self._next_census = 0.0
-        self._lock_check_s = min(self._housekeeping_s, lock_s / 4)
-        self._next_lock_check = 0.0
+        self.lock = ChiefLock(store, self.fence, self.id, lock_s,
+                              check_s=min(self._housekeeping_s, lock_s / 4))
         # The reaper waits a full lease (plus a reconnect back-off) after any stall
         # longer than this: see TrialQueue.reap.
         self._stall_ms = int(max(self.lease_s * 250, 3000 * self._housekeeping_s))
@@ -169,11 +120,12 @@ class Chief:
 
         backoff = Backoff(stop=self.stop_event)
         log.info("chief %s starting", self.id)
-        keeper = threading.Thread(target=self._keep_lock, daemon=True, name="chief-lock")
+        keeper = threading.Thread(target=self.lock.keep, daemon=True, name="chief-lock",
+                                  args=(self.stop_event, lambda: self.leader))
         keeper.start()
         while not self.stop_event.is_set():
             try:
-                if not self._lock_checked():
+                if not self.lock.checked(self.leader):
                     if self.leader:
                         log.warning("lost the chief lock; standing by")
                         self._step_down()
@@ -186,7 +138,7 @@ class Chief:
                 if self._resync:
                     self._load_from_redis()
                 self.tick()
-                self._progress = time.monotonic()
+                self.lock.progress = time.monotonic()
                 backoff.ok()
             except LostLeadership:
                 log.warning("chief %s was deposed: nothing written; standing by", self.id)
@@ -201,7 +153,7 @@ class Chief:
                 else:
                     raise
         self.ray_jobs.stop_all()  # Ray scheduler hook: unfinished Ray runs resume elsewhere
-        self._release_lock()
+        self.lock.release()
         evaluator().stop()
 
     def tick(self) -> None:
@@ -234,7 +186,7 @@ class Chief:
             del self.jobs[gone]
         Writes().set(self.store.keys.chief_beat, server_ms(self.store.client),
                      px=int(self.lock_s * 3000)).apply(self.store.client, self.fence)
-        if self._take_over_inbox(min_idle_ms=max(2000, int(self.lock_s * 1000))):
+        if self.inbox.take_over(min_idle_ms=max(2000, int(self.lock_s * 1000))):
             self._reclaim = True
 
     def _say_who_waits(self) -> None:
@@ -264,58 +216,20 @@ class Chief:
 
     # --- leadership --------------------------------------------------------------------
 
-    def _hold_lock(self) -> bool:
-        return bool(self._renew_lock(keys=[self.store.keys.chief_lock],
-                                     args=[self.id, int(self.lock_s * 1000)]))
-
-    def _lock_checked(self) -> bool:
-        """Whether this chief holds the lock: asked of Redis before every tick while
-        standing by, and every ``_lock_check_s`` once active. Every write of an active
-        chief is fenced (checked inside the script that writes), so a lock lost between
-        checks costs nothing but that round; asking on every tick cost a round trip per
-        round."""
-        now = time.monotonic()
-        if self.leader and now < self._next_lock_check:
-            return True
-        self._next_lock_check = now + self._lock_check_s
-        return self._hold_lock()
-
-    def _keep_lock(self) -> None:
-        """Extend the lock between ticks, so a long step (finalize evaluating the test
-        split, a Bayesian oracle fitting its Gaussian process on a busy machine) does not
-        hand the cluster to a standby that would redo the same step. Only while the main
-        loop gets through ticks now and then: a chief stuck for good lets its lock lapse."""
-        while not self.stop_event.wait(self.lock_s / 3):
-            if not self.leader:
-                continue
-            if time.monotonic() - self._progress > STUCK_AFTER_S:
-                continue
-            try:
-                if not self.fence.extend(self.store.client, int(self.lock_s * 1000)):
-                    self._next_lock_check = 0.0  # lost: the main loop asks on its next tick
-            except Exception:  # noqa: BLE001 - the main loop sees the loss itself
-                pass
-
     def _step_down(self) -> None:
         self.leader = False
         self.jobs.clear()
         self._resync = True
         self.ray_jobs.stop_all()  # Ray scheduler hook: the new chief resumes
 
-    def _release_lock(self) -> None:
-        try:
-            self.fence.release(self.store.client)
-        except redis.RedisError:
-            pass
-
     def _load_from_redis(self) -> None:
         """Forget what we hold and start again from Redis: after becoming active, after an
         outage, after Redis restarted or lost writes."""
         self.jobs.clear()
-        self._ensure_group()
+        self.inbox.ensure_group()
         self._run_id = self._redis_run_id()
         self._seq = int(self.store.client.get(self.store.keys.chief_seq) or 0)
-        self._take_over_inbox(min_idle_ms=0)
+        self.inbox.take_over(min_idle_ms=0)
         self._next_housekeeping = 0.0
         self._next_census = 0.0
         self._resync = False
@@ -323,34 +237,6 @@ class Chief:
 
     def _redis_run_id(self) -> str:
         return str(self.store.client.info("server").get("run_id", ""))
-
-    def _ensure_group(self) -> None:
-        try:
-            self.store.client.xgroup_create(self.store.keys.inbox, CHIEF_GROUP, id="0",
-                                            mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    def _take_over_inbox(self, min_idle_ms: int) -> int:
-        """Move inbox entries another chief read but never acknowledged (it died, or was
-        deposed) to this chief's pending list; returns how many. Also forgets consumers
-        of chiefs long gone, so the group does not grow with every restart."""
-        inbox, taken, start = self.store.keys.inbox, 0, "0-0"
-        while True:
-            reply = self.store.client.xautoclaim(inbox, CHIEF_GROUP, self.id, min_idle_ms,
-                                                 start_id=start, count=500)
-            start, entries = reply[0], reply[1]
-            taken += len(entries)
-            if start in ("0-0", b"0-0"):
-                break
-        if time.monotonic() >= self._next_consumer_prune:
-            self._next_consumer_prune = time.monotonic() + 300
-            for consumer in self.store.client.xinfo_consumers(inbox, CHIEF_GROUP):
-                if (consumer["name"] != self.id and int(consumer["pending"]) == 0
-                        and int(consumer.get("idle", 0)) > 3_600_000):
-                    self.store.client.xgroup_delconsumer(inbox, CHIEF_GROUP, consumer["name"])
-        return taken
 
     # --- inbox ----------------------------------------------------------------------------
 
@@ -368,11 +254,11 @@ class Chief:
         keys = self.store.keys
         while True:
             try:
-                entries = self._read_inbox(pending, block_ms)
+                entries = self.inbox.read(pending, None if self._more else block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                self._ensure_group()
+                self.inbox.ensure_group()
                 continue
             round_started = time.monotonic()  # telemetry: the round's work, not its wait
             for _entry_id, fields in entries:
@@ -384,9 +270,7 @@ class Chief:
                 self._top_up(writes)
             self._stage_oracles(writes)
             if entries:
-                ack = [entry_id for entry_id, _ in entries]
-                writes.xack(keys.inbox, CHIEF_GROUP, *ack)
-                writes.xdel(keys.inbox, *ack)
+                self.inbox.acknowledge(writes, [entry_id for entry_id, _ in entries])
             if len(writes):
                 # Telemetry: the round's duration travels in its own commit (fenced, once).
                 writes.extend(telemetry.observe_ops(keys, telemetry.CHIEF_ROUND,
@@ -397,14 +281,6 @@ class Chief:
                 self._seq += 1
             if not (pending and entries):
                 return
-
-    def _read_inbox(self, pending: bool, block_ms: int | None) -> list[Any]:
-        """The inbox's next entries (``pending``: those read before but never
-        acknowledged)."""
-        rows = self.store.client.xreadgroup(
-            CHIEF_GROUP, self.id, {self.store.keys.inbox: "0" if pending else ">"},
-            count=500, block=None if pending or self._more else block_ms)
-        return [entry for _stream, items in rows or [] for entry in items]
 
     def _handle(self, msg: dict[str, str]) -> None:
         kind, job_id = msg.get("type"), msg.get("job", "")
@@ -475,61 +351,14 @@ class Chief:
     # --- jobs -------------------------------------------------------------------------------
 
     def _job(self, job_id: str) -> HostedJob | None:
+        """The hosted job ``job_id``, loaded from Redis on first use (None: not an
+        active job that can be loaded)."""
         hosted = self.jobs.get(job_id)
-        if hosted is not None:
-            return hosted
-        try:
-            record = self.store.jobs.get(job_id)
-        except StoreError as exc:
-            if self.store.jobs.exists(job_id):  # foreign or corrupt: one job's error
-                # Logged once: quarantine takes it out of the active set for good
-                # (failed with the reason where its keys can take that write).
-                log.error("job %s cannot be read, skipped: %s", job_id, exc)
-                self.store.jobs.quarantine(job_id, f"job cannot be read: {exc}", self.fence)
-            else:
-                Writes().zrem(self.store.keys.jobs_active, job_id).apply(
-                    self.store.client, self.fence)
-            return None
-        if record.state not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING):
-            # Every state change to a final state leaves the active set in the same
-            # write: one still there is foreign; not read again on every round.
-            Writes().zrem(self.store.keys.jobs_active, job_id).apply(
-                self.store.client, self.fence)
-            return None
-        try:
-            spec = parse_spec(record.spec)
-            host, seeded = None, []
-            if spec.scheduler == "native":
-                host, seeded = self._oracle(job_id, spec, record.space)
-        except (SpecError, StoreError, ValueError, KeyError) as exc:
-            log.error("job %s cannot be loaded: %s", job_id, exc)
-            self.store.jobs.quarantine(job_id, f"job cannot be loaded: {exc}", self.fence)
-            return None
-        failure = record.fields.get("failure") or None
-        hosted = HostedJob(job_id, spec, host, list(record.files),
-                           cancel=record.cancel_requested, failure=failure,
-                           failure_saved=failure is not None)
-        if seeded:  # a warm start: written with the round that creates the first trial
-            hosted.dirty = True
-            hosted.touched.update(seeded)
-        self.jobs[job_id] = hosted
-        if record.state == JobState.QUEUED and spec.scheduler == "native":
-            self.store.jobs.set_state(job_id, JobState.RUNNING, fence=self.fence)
+        if hosted is None:
+            hosted = load_job(self.store, job_id, self.fence)
+            if hosted is not None:
+                self.jobs[job_id] = hosted
         return hosted
-
-    def _oracle(self, job_id: str, spec: JobSpec,
-                space: dict[str, Any]) -> tuple[OracleHost, list[str]]:
-        """The job's persisted oracle, or a new one seeded by its ``warm_start`` source
-        (and the ids of the trials seeded now, not yet persisted)."""
-        state, trials = self.store.jobs.oracle_state(job_id)
-        warm = None
-        if not state and spec.warm_start is not None:
-            source = spec.warm_start.from_
-            if not self.store.jobs.exists(source):
-                raise StoreError(f"warm_start: job {source!r} no longer exists")
-            warm = self.store.jobs.oracle_state(source)[1]
-        host = OracleHost.create(spec, space, state, trials, warm_trials=warm)
-        return host, host.seeded if warm else []
 
     def _reap(self) -> None:
         reaped = self.store.queue.reap(self.fence, self._stall_ms, self._grace_ms)
@@ -539,66 +368,12 @@ class Chief:
         self.store.workers.prune(self.lease_s)
 
     def _top_up(self, writes: Writes) -> None:
-        """Stage new trials into ``writes`` for the free slots, no more.
-
-        A job with no trial in flight is asked once per round whether or not a slot is
-        free: that is how a search that is over gets noticed (and the job finalized)
-        while higher-priority jobs hold every slot or no worker is alive. Its trial, if
-        the search is not over, waits in the ready queue for the next free slot.
-
-        Random and grid searches, whose suggestions do not depend on results, keep a
-        few more trials ready than slots are free (``READY_AHEAD``): a worker that ends
-        a trial claims its next one at once instead of waiting for this round.
-
-        The busy slots are counted from the oracles, not from Redis: every trial an
-        oracle has not seen end (ready, forming or running) holds or waits for as many
-        slots as its job's ``resources.workers_per_trial`` (a running gang of N holds N).
-        Ends still in the inbox count until this chief reads them, which only errs
-        towards creating fewer trials for a round.
-        """
+        """Stage new trials into ``writes`` for the free slots, no more (``top_up``)."""
         self._more = False
         if not self._active:
             return
-        jobs = [(hosted, hosted.host) for hosted in map(self._job, list(self._active))
-                if hosted is not None and hosted.host is not None]
-        busy = sum(host.ongoing() * hosted.spec.resources.workers_per_trial
-                   for hosted, host in jobs)
-        free = self._slots - busy if self._slots > 0 else 0
-        ahead = max(1, int(self._slots * READY_AHEAD)) if READY_AHEAD > 0 else 0
-        created = 0
-        for hosted, host in jobs:
-            job_id = hosted.id
-            if hosted.exhausted or hosted.failure or hosted.cancel:
-                continue
-            extra = ahead if hosted.spec.search.algorithm in ("random", "grid") else 0
-            need = hosted.spec.resources.workers_per_trial  # slots one trial takes
-            budget = free + extra if host.ongoing() > 0 else max(free + extra, 1)
-            while budget > 0:
-                if created >= TOP_UP_CHUNK:
-                    # Commit these now and make the rest on the next round at once
-                    # (no wait on the inbox): the first trials start without waiting
-                    # for a thousand suggestions.
-                    self._more = True
-                    return
-                status, trial, values = host.create_trial()
-                if status == TrialState.RUNNING and trial is not None:
-                    # The oracle that made it is written once per round by _stage_oracles,
-                    # later in this same step, not once per trial here.
-                    self.store.queue.enqueue(job_id, trial, values,
-                                             hosted.spec.search.max_retries_per_trial,
-                                             None, pipe=writes, gang_size=need,
-                                             priority=hosted.spec.priority)
-                    hosted.dirty = True
-                    hosted.touched.add(trial)
-                    budget -= need
-                    free -= need
-                    created += 1
-                elif status == "IDLE":
-                    break
-                else:
-                    hosted.exhausted = True
-                    hosted.dirty = True
-                    break
+        jobs = [hosted for hosted in map(self._job, list(self._active)) if hosted is not None]
+        self._more = top_up(self.store.queue, jobs, self._slots, writes)
 
     def _finish_jobs(self) -> None:
         for job_id in list(self._active):

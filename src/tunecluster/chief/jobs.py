@@ -1,0 +1,97 @@
+"""The jobs a chief hosts: a ``HostedJob`` per active job, loaded from Redis.
+
+Loading a job reads its record, parses its spec and, for a ``scheduler: native`` job,
+restores its oracle (or seeds a new one from its ``warm_start`` source). A job that
+cannot be read or loaded is quarantined (failed with the reason, out of the active
+set); one that is no longer active leaves the active set. Every write is fenced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunecluster.engine.finalize import FinalizeRetry
+from tunecluster.engine.oracle_host import OracleHost
+from tunecluster.errors import SpecError, StoreError
+from tunecluster.spec import parse_spec
+from tunecluster.spec.models import JobSpec
+from tunecluster.states import JobState
+from tunecluster.store import Store
+from tunecluster.store.fence import Fence, Writes
+
+log = logging.getLogger("tunecluster.chief")
+
+
+@dataclass
+class HostedJob:
+    id: str
+    spec: JobSpec
+    host: OracleHost | None
+    uploaded: list[str]
+    exhausted: bool = False
+    cancel: bool = False
+    failure: str | None = None
+    failure_saved: bool = False
+    dirty: bool = False
+    touched: set[str] = field(default_factory=set)
+    next_trials_read: float = 0.0  # monotonic time of Chief._finish_jobs' next read of trials
+    waiting: str = ""  # why its trials cannot start, as last written to the job record
+    finalize_retry: FinalizeRetry = field(default_factory=FinalizeRetry)
+
+
+def load_job(store: Store, job_id: str, fence: Fence) -> HostedJob | None:
+    """Job ``job_id`` as the chief hosts it, or None when it is not an active job that
+    can be loaded (it is then quarantined, or taken out of the active set). A queued
+    native job becomes running."""
+    try:
+        record = store.jobs.get(job_id)
+    except StoreError as exc:
+        if store.jobs.exists(job_id):  # foreign or corrupt: one job's error
+            # Logged once: quarantine takes it out of the active set for good
+            # (failed with the reason where its keys can take that write).
+            log.error("job %s cannot be read, skipped: %s", job_id, exc)
+            store.jobs.quarantine(job_id, f"job cannot be read: {exc}", fence)
+        else:
+            Writes().zrem(store.keys.jobs_active, job_id).apply(store.client, fence)
+        return None
+    if record.state not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING):
+        # Every state change to a final state leaves the active set in the same
+        # write: one still there is foreign; not read again on every round.
+        Writes().zrem(store.keys.jobs_active, job_id).apply(store.client, fence)
+        return None
+    try:
+        spec = parse_spec(record.spec)
+        host, seeded = None, []
+        if spec.scheduler == "native":
+            host, seeded = load_oracle(store, job_id, spec, record.space)
+    except (SpecError, StoreError, ValueError, KeyError) as exc:
+        log.error("job %s cannot be loaded: %s", job_id, exc)
+        store.jobs.quarantine(job_id, f"job cannot be loaded: {exc}", fence)
+        return None
+    failure = record.fields.get("failure") or None
+    hosted = HostedJob(job_id, spec, host, list(record.files),
+                       cancel=record.cancel_requested, failure=failure,
+                       failure_saved=failure is not None)
+    if seeded:  # a warm start: written with the round that creates the first trial
+        hosted.dirty = True
+        hosted.touched.update(seeded)
+    if record.state == JobState.QUEUED and spec.scheduler == "native":
+        store.jobs.set_state(job_id, JobState.RUNNING, fence=fence)
+    return hosted
+
+
+def load_oracle(store: Store, job_id: str, spec: JobSpec,
+                space: dict[str, Any]) -> tuple[OracleHost, list[str]]:
+    """The job's persisted oracle, or a new one seeded by its ``warm_start`` source
+    (and the ids of the trials seeded now, not yet persisted)."""
+    state, trials = store.jobs.oracle_state(job_id)
+    warm = None
+    if not state and spec.warm_start is not None:
+        source = spec.warm_start.from_
+        if not store.jobs.exists(source):
+            raise StoreError(f"warm_start: job {source!r} no longer exists")
+        warm = store.jobs.oracle_state(source)[1]
+    host = OracleHost.create(spec, space, state, trials, warm_trials=warm)
+    return host, host.seeded if warm else []

@@ -1,0 +1,85 @@
+"""The chief lock: which chief is active, and how the active one keeps the lock.
+
+One chief holds the lock (a key with a lease in Redis, ``keys.chief_lock``); the others
+stand by and ask for it on every tick. The active chief asks Redis only every
+``check_s``: every write it makes is fenced (checked inside the script that writes), so
+a lock lost between checks costs nothing but that round. A keeper thread extends the
+lock between ticks while the main loop gets through them, so a long step does not hand
+the cluster to a standby; a chief stuck for good lets its lock lapse.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from tunecluster.store import Store
+from tunecluster.store.fence import Fence
+
+# A chief whose main loop has not finished a tick for this long is taken for stuck: its
+# lock keeper stops extending the lock, so a standby can take over.
+STUCK_AFTER_S = 600.0
+
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+class ChiefLock:
+    """The lock of chief ``chief_id`` (whose token is ``fence``'s), held for ``lock_s``."""
+
+    def __init__(self, store: Store, fence: Fence, chief_id: str, lock_s: float,
+                 check_s: float) -> None:
+        self.store = store
+        self.fence = fence
+        self.id = chief_id
+        self.lock_s = lock_s
+        self.check_s = check_s
+        self._renew_lock = store.client.register_script(_RENEW_LOCK)
+        self.progress = time.monotonic()  # last time the main loop got through a tick
+        self.next_check = 0.0
+
+    def hold(self) -> bool:
+        """Take the lock, or extend it if this chief holds it; whether it does now."""
+        return bool(self._renew_lock(keys=[self.store.keys.chief_lock],
+                                     args=[self.id, int(self.lock_s * 1000)]))
+
+    def checked(self, leader: bool) -> bool:
+        """Whether this chief holds the lock: asked of Redis before every tick while
+        standing by, and every ``check_s`` once active (``leader``). Every write of an
+        active chief is fenced, so a lock lost between checks costs nothing but that
+        round; asking on every tick cost a round trip per round."""
+        now = time.monotonic()
+        if leader and now < self.next_check:
+            return True
+        self.next_check = now + self.check_s
+        return self.hold()
+
+    def keep(self, stop_event: threading.Event, leading: Callable[[], bool]) -> None:
+        """The keeper thread: extend the lock between ticks, so a long step (finalize
+        evaluating the test split, a Bayesian oracle fitting its Gaussian process on a
+        busy machine) does not hand the cluster to a standby that would redo the same
+        step. Only while the main loop gets through ticks now and then (``progress``): a
+        chief stuck for good lets its lock lapse."""
+        while not stop_event.wait(self.lock_s / 3):
+            if not leading():
+                continue
+            if time.monotonic() - self.progress > STUCK_AFTER_S:
+                continue
+            try:
+                if not self.fence.extend(self.store.client, int(self.lock_s * 1000)):
+                    self.next_check = 0.0  # lost: the main loop asks on its next tick
+            except Exception:  # noqa: BLE001 - the main loop sees the loss itself
+                pass
+
+    def release(self) -> None:
+        try:
+            self.fence.release(self.store.client)
+        except redis.RedisError:
+            pass
