@@ -155,7 +155,7 @@ def _last_line(exc: BaseException) -> str:
 
 def discover_space(source: str, function: str, declared: Any, filename: str = "model.py",
                    data: Callable[[], Any] | None = None, objective: str | None = None,
-                   fit: str | None = None) -> Any:
+                   fit: tuple[str | None, ...] | None = None) -> Any:
     """Run ``build_model`` once, as KerasTuner's tuner does, to register its search space.
 
     ``declared`` is a HyperParameters already holding the spec's own hyperparameters;
@@ -163,14 +163,16 @@ def discover_space(source: str, function: str, declared: Any, filename: str = "m
     that the module imports and returns a compiled model. ``data`` loads the job's
     ``TrainingData`` for a ``build_model(hp, data)`` (only such a one makes it load).
     ``objective``: refused (``SpecError``) unless the compiled model reports it.
-    ``fit``: the module's own ``fit(hp, model, *args, **kwargs)``, which must exist (the
-    hyperparameters it declares join the space when a trial ends, as in KerasTuner).
+    ``fit``: names of the module's own ``fit(hp, model, *args, **kwargs)`` and
+    ``run_trial(trial, *args, **kwargs)``, which must exist (the hyperparameters they
+    declare join the space when a trial ends, as in KerasTuner).
     """
     import keras
 
     from tunecluster.models.training_data import takes_data
 
-    build = load_functions(source, [function, *([fit] if fit else [])], filename)[0]
+    build = load_functions(source, [function, *(name for name in fit or () if name)],
+                           filename)[0]
     given = data() if data is not None and takes_data(build) else None
     try:
         model = build_checked(build, declared, function, given)
@@ -323,7 +325,7 @@ def _discover_main() -> None:
         assert model.source is not None
         hp = discover_space(model.source, model.function, build_space(model.hyperparameters),
                             model.module or "model.py", training_data,
-                            request.get("objective"), model.fit)
+                            request.get("objective"), (model.fit, model.run_trial))
         answer: dict[str, Any] = {"space": space_to_json(hp)}
     except TrialFailed as exc:
         answer = {"error": str(exc)}

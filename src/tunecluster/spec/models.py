@@ -208,6 +208,9 @@ class Model(_Strict):
     # gives HyperModel.fit those its user gave search()); None: all of them.
     fit_kwargs: list[Literal["validation_data", "epochs", "batch_size", "shuffle",
                              "verbose"]] | None = None
+    # A function of the module run_trial(trial, *args, **kwargs): a KerasTuner tuner's own
+    # run_trial, which the drop-in ships; trials call it instead of building and fitting.
+    run_trial: str | None = None
 
     @field_validator("hyperparameters")
     @classmethod
@@ -234,13 +237,16 @@ class Model(_Strict):
             raise ValueError("tune_new_entries applies to module models only")
         if not self.function.isidentifier():
             raise ValueError(f"function {self.function!r} is not a Python identifier")
-        if self.fit is not None:
+        for name in ("fit", "run_trial"):
+            value = getattr(self, name)
+            if value is None:
+                continue
             if self.builtin is not None:
-                raise ValueError("fit applies to module models only")
-            if not self.fit.isidentifier():
-                raise ValueError(f"fit {self.fit!r} is not a Python identifier")
-        elif self.fit_kwargs is not None:
-            raise ValueError("fit_kwargs applies with fit only")
+                raise ValueError(f"{name} applies to module models only")
+            if not value.isidentifier():
+                raise ValueError(f"{name} {value!r} is not a Python identifier")
+        if self.fit_kwargs is not None and self.fit is None and self.run_trial is None:
+            raise ValueError("fit_kwargs applies with fit or run_trial only")
         return self
 
     @property
@@ -467,10 +473,11 @@ class JobSpec(_Strict):
                 f"resources.workers_per_trial: {self.resources.workers_per_trial} workers"
                 f" per trial needs scheduler native (the {self.scheduler} scheduler trains"
                 " each trial on one worker); use 1 or scheduler native")
-        if self.resources.workers_per_trial > 1 and self.model.fit is not None:
+        own = self.model.fit or self.model.run_trial
+        if self.resources.workers_per_trial > 1 and own is not None:
             raise ValueError(
-                f"model.fit: the module's own {self.model.fit}() trains each trial on one"
-                " worker (it is given arrays, not a gang's sharded dataset); set"
+                f"model: the module's own {own}() trains each trial on one worker (it is"
+                " given arrays, not a gang's sharded dataset); set"
                 " resources.workers_per_trial to 1")
         return self
 

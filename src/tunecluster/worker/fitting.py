@@ -45,10 +45,11 @@ class Execution:
     returned: Any
 
 
-def fit_once(rt: Any, hp: Any, model: Any, *, epochs: int, initial_epoch: int,
-             callbacks: list[Any], seed: int | None, strategy: Any,
-             hyperband: bool) -> Any:
-    """Train ``model`` once: the module's ``fit`` when the job names one, else Keras's."""
+def fit_once(rt: Any, hp: Any, model: Any, callbacks: list[Any],
+             epoch_kwargs: dict[str, Any], *, epochs: int, seed: int | None,
+             strategy: Any) -> Any:
+    """Train ``model`` once: the module's ``fit`` when the job names one, else Keras's.
+    ``epoch_kwargs``: ``initial_epoch`` (a resume, Hyperband) and Hyperband's ``epochs``."""
     from tunecluster.worker.strategy import shard_by_data
 
     spec = rt.spec
@@ -59,21 +60,24 @@ def fit_once(rt: Any, hp: Any, model: Any, *, epochs: int, initial_epoch: int,
                 spec.data.split.seed if seed is None else seed)),
             validation_data=shard_by_data(strategy, rt.dataset(
                 "valid", validation_batch_size(spec.train.batch_size), False, 0)),
-            epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+            epochs=epochs, initial_epoch=epoch_kwargs.get("initial_epoch", 0),
+            callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles already
             verbose=0)
-    splits = rt.splits
+    args, kwargs = search_arguments(rt, epochs)
+    return rt.fit_fn(hp, model, *args, **{**kwargs, **epoch_kwargs, "callbacks": callbacks})
+
+
+def search_arguments(rt: Any, epochs: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """What KerasTuner's ``search()`` hands ``run_trial`` and ``HyperModel.fit``: ``x`` and
+    ``y`` as arrays, and those of its arguments the job names (``model.fit_kwargs``)."""
+    spec, splits = rt.spec, rt.splits
     given = spec.model.fit_kwargs if spec.model.fit_kwargs is not None else FIT_KWARGS
     values = {"validation_data": (splits.x_valid, splits.y_valid), "epochs": epochs,
               "batch_size": spec.train.batch_size, "shuffle": spec.train.shuffle,
               "verbose": 0}  # a worker's log is no terminal: no progress bars
-    kwargs = {name: values[name] for name in FIT_KWARGS if name in given}
-    if hyperband:  # KerasTuner's Hyperband sets both for every trial
-        kwargs["epochs"] = epochs
-    if hyperband or initial_epoch:
-        kwargs["initial_epoch"] = initial_epoch
-    kwargs["callbacks"] = callbacks
-    return rt.fit_fn(hp, model, splits.x_train, splits.y_train, **kwargs)
+    return ((splits.x_train, splits.y_train),
+            {name: values[name] for name in FIT_KWARGS if name in given})
 
 
 def summarize(executions: Sequence[Execution], objective: str, direction: str,

@@ -40,6 +40,9 @@ class JobRuntime:
     # The module's own fit(hp, model, *args, **kwargs) (model.fit), KerasTuner's
     # HyperModel.fit: trials call it instead of model.fit.
     fit_fn: Callable[..., Any] | None = None
+    # The module's run_trial(trial, *args, **kwargs) (model.run_trial): a KerasTuner
+    # tuner's own, shipped by the drop-in; trials call it (worker/session.py).
+    run_trial_fn: Callable[..., Any] | None = None
     datasets: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -53,16 +56,18 @@ class JobRuntime:
     ) -> JobRuntime:
         splits = load_splits(spec.data, spec.model.task, resolve)
         normalization = None
-        build_fn = fit_fn = None
+        build_fn = fit_fn = run_trial_fn = None
         if spec.model.is_builtin:
             if spec.model.input == "normalize":
                 normalization = adapt_normalization(splits.x_train)
         else:
             assert spec.model.source is not None
-            names = [spec.model.function, *([spec.model.fit] if spec.model.fit else [])]
-            build_fn, *fit = load_functions(spec.model.source, names,
-                                            spec.model.module or "model.py")
-            fit_fn = fit[0] if fit else None
+            own = {"fit": spec.model.fit, "run_trial": spec.model.run_trial}
+            names = [spec.model.function, *filter(None, own.values())]
+            build_fn, *found = load_functions(spec.model.source, names,
+                                              spec.model.module or "model.py")
+            loaded = iter(found)
+            fit_fn, run_trial_fn = (next(loaded) if name else None for name in own.values())
         return cls(
             job_id=job_id,
             spec=spec,
@@ -72,6 +77,7 @@ class JobRuntime:
             normalization=normalization,
             build_fn=build_fn,
             fit_fn=fit_fn,
+            run_trial_fn=run_trial_fn,
         )
 
     def trial_dir(self, trial_id: str) -> Path:

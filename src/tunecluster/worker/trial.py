@@ -35,14 +35,13 @@ from tunecluster.store import codec
 from tunecluster.worker import precision, xla
 from tunecluster.worker.fitting import (
     TRACKED,
-    Execution,
-    MeanReporter,
     fit_once,
     mean_rows,
+    search_arguments,
     summarize,
-    untracked_rows,
 )
 from tunecluster.worker.runtime import JobRuntime
+from tunecluster.worker.session import TrialSession
 from tunecluster.worker.strategy import describe, pick_strategy
 
 AUTO_STEPS_PER_EXECUTION = 32
@@ -138,71 +137,60 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     t_build = time.perf_counter()
     build_at = time.time()
     hp = rt.trial_hyperparameters(values)
-    executions = spec.train.executions_per_trial
-    who = f"{spec.model.fit}()" if rt.fit_fn is not None else "model.fit()"
     past = values.get("tuner/trial_id")
-    runs: list[Execution] = []
-    best: tuple[float, list[Any]] | None = None  # the best epoch's weights, any execution
-    resumed_from, stopped_early, t_fit, last_epoch_at = 0, False, None, None
-    for execution in range(executions):  # KerasTuner: a model built afresh for each
-        with strategy.scope():
-            model = rt.build_with(hp, values)
-            _tune_step_overhead(model, rt, spec.train, strategy)
-        if past is not None:  # Hyperband: continue the earlier trial's best weights
-            _load_parent(model, store, request.parent_model
-                         or str(rt.trial_dir(str(past)) / MODEL_FILE), past)
-        history: list[dict[str, float]] = []
-        start = initial_epoch
-        # Only an interrupted trial resumes (a first run never trusts files it did not
-        # write), and only a trial of one execution: the others' checkpoints are not kept.
-        if executions == 1 and request.resumes:
-            resumed = _resume(model, trial_path, request, store, initial_epoch, reporter)
-            if resumed is not None:
-                history, start = resumed
-                resumed_from = start
-        sink = reporter if execution == 0 else MeanReporter(reporter, [r.rows for r in runs])
-        tracker = _EpochCallback(sink, objective, direction, trial_dir, history,
-                                 spec.train.early_stopping, store,
-                                 request.rank == 0 and executions == 1)
-        t_fit = t_fit or time.perf_counter()
-        returned: Any = TRACKED
-        if start < epochs:
-            returned = fit_once(rt, hp, model, epochs=epochs, initial_epoch=start,
-                                callbacks=[tracker], seed=seed, strategy=strategy,
-                                hyperband="tuner/epochs" in values)
-            if rt.fit_fn is None:
-                returned = TRACKED  # Keras's own History: the epochs the tracker saw
-        if not history and returned is not TRACKED:  # a loop of the user's own
-            history.extend(untracked_rows(returned, objective, direction, who))
-            for row in history:
-                sink.epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
-        runs.append(Execution(list(history), returned))
-        stopped_early = stopped_early or tracker.stop_reason is not None
-        last_epoch_at = tracker.last_epoch_at or last_epoch_at
-        if tracker.best_weights is not None and (best is None or tracker.best_value > best[0]):
-            best = (tracker.best_value, tracker.best_weights)
-        if (tracker.stop_reason or "").startswith("stopped by"):
-            break  # the chief (or the gang's rank 0) stopped the trial: no more executions
+    parent = request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE)
+    session = TrialSession(
+        rt, request, reporter, hp=hp, store=store, trial_path=trial_path,
+        trial_dir=trial_dir, strategy=strategy, epochs=epochs, initial_epoch=initial_epoch,
+        tracker=lambda sink, history, checkpoints: _EpochCallback(
+            sink, objective, direction, trial_dir, history, spec.train.early_stopping,
+            store, request.rank == 0 and checkpoints),
+        tune=lambda model: _tune_step_overhead(model, rt, spec.train, strategy),
+        resume=lambda model: _resume(model, trial_path, request, store, initial_epoch,
+                                     reporter),
+        # Hyperband: continue the earlier trial's best weights
+        load_parent=None if past is None else lambda model: _load_parent(
+            model, store, parent, past))
+    with session.active():
+        if rt.run_trial_fn is not None:  # a tuner's own run_trial (the drop-in ships it)
+            who = "run_trial()"
+            args, kwargs = search_arguments(rt, epochs)
+            returned = rt.run_trial_fn(keras_tuner_trial(hp, request.trial_id), *args,
+                                       **kwargs, callbacks=[])
+        else:
+            who = session.who
+
+            def fit(model: Any, callbacks: list[Any], epoch_kwargs: dict[str, Any]) -> Any:
+                returned = fit_once(rt, hp, model, callbacks, epoch_kwargs, epochs=epochs,
+                                    seed=seed, strategy=strategy)
+                # Keras's own History: the epochs the tracker saw (resumed ones too)
+                return returned if rt.fit_fn is not None else TRACKED
+
+            returned = TRACKED
+            session.run(lambda: session.build(lambda: rt.build_with(hp, values)), fit,
+                        spec.train.executions_per_trial)
+    runs = session.outcome(returned, who)
     if not any(run.rows for run in runs):
         raise TrialFailed("the trial ran no epoch")
     metrics, best_epoch = summarize(runs, objective, direction, who)
-    if best is not None:  # None only if the best epoch predates a resume
-        model.set_weights(best[1])
+    model = session.model
+    if session.best is not None:  # None only if the best epoch predates a resume
+        model.set_weights(session.best[1])
+    t_fit = session.fit_started or time.perf_counter()
     t_save = time.perf_counter()
     model_path = trial_dir / MODEL_FILE
     if request.rank == 0:  # a gang's other members hold the same weights
         tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
         model.save(tmp)
         store.move_in(tmp, store.key(model_path))
-    assert t_fit is not None
     return TrialResult(
         trial_id=request.trial_id,
         epochs=runs[0].rows if len(runs) == 1 else mean_rows([r.rows for r in runs]),
         best_epoch=best_epoch,
         metrics=metrics,
         score=metrics[objective],
-        stopped_early=stopped_early,
-        resumed_from_epoch=resumed_from,
+        stopped_early=session.stopped_early,
+        resumed_from_epoch=session.resumed_from,
         model_path=str(model_path),
         distribution={**describe(strategy, spec.train.batch_size), "dtype_policy": policy,
                       "steps_per_execution": int(getattr(model, "steps_per_execution", 1) or 1),
@@ -214,10 +202,10 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
             "save_s": time.perf_counter() - t_save,
             # wall-clock marks, for the worker's overhead accounting around the trial
             "build_at": build_at,
-            "last_epoch_at": last_epoch_at or time.time(),
+            "last_epoch_at": session.last_epoch_at or time.time(),
         },
         hyperparameters=rt.grown_space(hp),
-        executions=len(runs),
+        executions=max(1, len(session.executions)),
         classes=list(rt.splits.class_names),
         input=model_input(spec, rt.splits),
     )
@@ -277,6 +265,13 @@ def seed_trial(spec: Any, trial_id: str) -> int | None:
     keras.utils.set_random_seed(seed)
     tf_config.enable_op_determinism()
     return seed
+
+
+def keras_tuner_trial(hp: Any, trial_id: str) -> Any:
+    """The KerasTuner ``Trial`` a tuner's own ``run_trial`` is given."""
+    from keras_tuner.engine.trial import Trial
+
+    return Trial(hp, trial_id=trial_id, status="RUNNING")
 
 
 def _load_parent(model: Any, store: ArtifactStore, parent: str, past: Any) -> None:
