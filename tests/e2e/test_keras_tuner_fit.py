@@ -97,3 +97,78 @@ def test_a_fit_that_returns_its_own_score_is_what_the_oracle_ranks(cluster, tmp_
         assert scores[trial["trial"]] == pytest.approx(trial["score"]), scores
     best = tuner.oracle.get_best_trials(1)[0]
     assert best.score == max(t["score"] for t in trials)
+
+
+def build_digits(hp):
+    model = keras.Sequential([keras.Input((64,)),
+                              keras.layers.Dense(hp.Int("units", 8, 32, step=8),
+                                                 activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+class TunesBatchSizeInRunTrial(kt.RandomSearch):
+    """KerasTuner's guide: a tuner whose run_trial tunes a fit argument, then trains
+    through the base class's run_trial."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        kwargs["batch_size"] = trial.hyperparameters.Choice("batch_size", [32, 64])
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().run_trial(trial, *args, **kwargs)
+
+
+class OwnScoring(kt.RandomSearch):
+    """A run_trial that trains through self.hypermodel and scores its own way."""
+
+    def __init__(self, *args, weight=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight = weight
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        model = self.hypermodel.build(hp)
+        self.hypermodel.fit(hp, model, *args, **kwargs)
+        return self.weight * hp.get("units")
+
+
+def test_a_tuners_own_run_trial_runs_on_the_workers(cluster, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = TunesBatchSizeInRunTrial(build_digits, objective="val_accuracy", max_trials=2,
+                                     seed=4, executions_per_trial=2, directory=tmp_path,
+                                     project_name="own-run-trial", cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=2, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    results = tuner.job.results()
+    trials = [t for t in results["trials"] if t["state"] == "COMPLETED"]
+    assert len(trials) == 2
+    store = tuner.job.client.store
+    for trial in trials:
+        assert trial["hyperparameters"]["batch_size"] in (32, 64), trial  # run_trial's
+        record = json.loads(store.jobs.trial(tuner.job.id, trial["trial"])["result"])
+        assert record["executions"] == 2  # super().run_trial: executions_per_trial
+        assert len(store.jobs.epochs(tuner.job.id, trial["trial"])) == 2  # live epochs
+    assert tuner.get_best_models(1)[0].layers[0].units == \
+        tuner.get_best_hyperparameters(1)[0].values["units"]
+
+
+def test_a_run_trial_that_scores_its_own_way_is_ranked_by_it(cluster, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = OwnScoring(build_digits, objective=kt.Objective("units_score", "max"),
+                       max_trials=3, seed=5, weight=0.5, directory=tmp_path,
+                       project_name="own-scoring", cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=1, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    trials = [t for t in tuner.job.results()["trials"] if t["state"] == "COMPLETED"]
+    assert len(trials) == 3
+    for trial in trials:  # the user's attribute (weight) travelled with its run_trial
+        assert trial["score"] == pytest.approx(0.5 * trial["hyperparameters"]["units"])
+    best = tuner.get_best_models(1)[0]  # the model run_trial trained is the trial's
+    assert best.layers[0].units == max(t["hyperparameters"]["units"] for t in trials)

@@ -6,6 +6,7 @@ import io
 import zipfile
 
 import keras
+import keras_tuner
 import numpy as np
 import pytest
 
@@ -39,7 +40,7 @@ def _npz(data: bytes) -> dict[str, np.ndarray]:
 
 
 def test_the_hypermodel_ships_as_source_with_its_globals() -> None:
-    source, function, fit = ship(build_model)
+    source, function, fit, _ = ship(build_model)
     assert function == "build_model" and fit is None  # Keras's own fit
     assert "SCALE = 2.0" in source and "LOOKUP = {'small': 8, 'large': 16}" in source
     assert "def _width(hp):" in source and "import keras as keras" in source
@@ -74,7 +75,7 @@ def test_a_hypermodel_instance_ships_with_its_state() -> None:
         def build(self, hp):
             return keras.layers.Dense(self.units + hp.Int("extra", 0, 2))
 
-    source, function, _ = ship(Wide(units=5))
+    source, function, *_ = ship(Wide(units=5))
     layer = load_build_function(source, function)(kt.HyperParameters())
     assert layer.units == 5
 
@@ -89,7 +90,7 @@ class CallsBuildModel(kt.HyperModel):
 def test_a_hypermodel_that_calls_its_modules_build_model_ships() -> None:
     """The shipped wrapper must not shadow the user's own ``build_model``: it did, and
     build() then called the wrapper itself (RecursionError)."""
-    source, function, _ = ship(CallsBuildModel())
+    source, function, *_ = ship(CallsBuildModel())
     model = load_build_function(source, function)(kt.HyperParameters())
     assert model.layers[1].units == 8
 
@@ -206,7 +207,7 @@ def test_a_hypermodels_own_fit_travels_with_it() -> None:
 
     tuner = kt.RandomSearch(TunesBatchSize(), objective="val_accuracy", max_trials=1,
                             executions_per_trial=2)
-    source, build, fit = ship(TunesBatchSize())
+    source, build, fit, _ = ship(TunesBatchSize())
     assert fit == "TunesBatchSize_fit" and tuner._fit == fit
     build_fn, fit_fn = load_functions(source, [build, fit])
     hp = kt.HyperParameters()
@@ -221,15 +222,60 @@ def test_a_hypermodels_own_fit_travels_with_it() -> None:
     assert job.train.executions_per_trial == 2
 
 
-def test_a_tuners_own_run_trial_is_refused_not_ignored() -> None:
-    """A tuner subclass's run_trial() does not run on the cluster yet: refused in one
-    line at construction, where it was silently ignored (issue 24, point 2)."""
+def test_a_tuners_own_run_trial_travels_with_its_attributes() -> None:
+    """A tuner subclass's run_trial() runs on the workers (it was silently ignored, then
+    refused; issue 24, point 2): its class travels as source, with the attributes it set
+    itself, and the job names the shipped run_trial."""
+    class Scaled(kt.RandomSearch):
+        def __init__(self, *args, scale=1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scale = scale  # set after the base class's __init__
+
+        def run_trial(self, trial, *args, **kwargs):
+            return {"val_accuracy": self.scale * trial.hyperparameters.get("size_len")}
+
+    tuner = Scaled(build_model, objective="val_accuracy", max_trials=1, scale=0.5,
+                   executions_per_trial=2, cluster="redis://127.0.0.1:1/0")
+    assert tuner.user_attributes() == {"scale": 0.5}
+    x = np.zeros((4, 2), dtype="float32")
+    spec = parse_spec(tuner._job_spec(x, np.arange(4) % 3, None, 0.5, 1, 8, None, True, {},
+                                      ["epochs"])[0])
+    assert spec.model.run_trial == "Scaled_run_trial" and spec.model.fit is None
+    assert spec.model.fit_kwargs == ["epochs"]
+    build_fn, run_trial = load_functions(spec.model.source,
+                                         [spec.model.function, spec.model.run_trial])
+    shipped = run_trial.__globals__["_tc_tuner"]
+    assert shipped.scale == 0.5 and shipped.executions_per_trial == 2
+    assert shipped.objective.name == "val_accuracy"
+    hp = kt.HyperParameters()
+    hp.Fixed("size_len", 4)
+    trial = keras_tuner.engine.trial.Trial(hp, trial_id="0")
+    assert run_trial(trial) == {"val_accuracy": 2.0}  # the user's own code, shipped
+
+
+def test_what_a_tuners_run_trial_would_not_reach_is_refused() -> None:
+    class Hooked(kt.RandomSearch):
+        def on_epoch_end(self, trial, model, epoch, logs=None):
+            pass
+
+    with pytest.raises(NotImplementedError, match="Hooked.on_epoch_end") as info:
+        Hooked(build_model, objective="val_accuracy", max_trials=1)
+    assert "\n" not in str(info.value)
+
     class OwnLoop(kt.RandomSearch):
         def run_trial(self, trial, *args, **kwargs):
             return {"val_accuracy": 0.123}
 
-    with pytest.raises(NotImplementedError, match="run_trial") as info:
-        OwnLoop(build_model, objective="val_accuracy", max_trials=1)
-    assert "\n" not in str(info.value)
-    with pytest.raises(NotImplementedError, match="run_trial"):
+    with pytest.raises(NotImplementedError, match="without a hypermodel"):
         OwnLoop(objective="val_accuracy", max_trials=1)  # its search space in run_trial
+
+
+def test_the_tuners_own_attributes_are_known() -> None:
+    """CLUSTER_ATTRIBUTES names every attribute the drop-in's tuners set themselves: an
+    attribute missing from it would travel with a subclass's run_trial as the user's."""
+    from tunecluster.api.tuner_on_worker import CLUSTER_ATTRIBUTES
+
+    for cls in (kt.RandomSearch, kt.GridSearch, kt.BayesianOptimization, kt.Hyperband):
+        tuner = cls(build_model, objective="val_accuracy", cluster="redis://127.0.0.1:1/0")
+        assert set(vars(tuner)) <= CLUSTER_ATTRIBUTES, set(vars(tuner)) - CLUSTER_ATTRIBUTES
+        assert tuner.user_attributes() == {}

@@ -202,3 +202,23 @@ def test_a_grid_over_a_log_stepped_int_hands_out_ints() -> None:
         host.update(trial, 1, {"val_accuracy": 0.5})
         host.end(trial, completed=True)
     assert handed == [4, 16, 64] and all(type(v) is int for v in handed)
+
+
+def test_a_trials_final_metrics_replace_the_epochs_the_oracle_saw() -> None:
+    """The mean of several executions (or a score a fit returned) is the trial's score in
+    the oracle, as KerasTuner's oracle takes what run_trial returns; the usual case (the
+    best epoch reported) changes nothing; what does not parse is ignored, never raised."""
+    host = _host()
+    first, second, third = _run(host, 3, finish=False)
+    host.update(first, 2, {"val_loss": 0.3})
+    host.end(first, completed=True, final=({"val_loss": 0.3, "val_mae": 1.0}, "2"))
+    trial = host.oracle.trials[first]
+    assert trial.score == pytest.approx(0.3)
+    assert [o.step for o in trial.metrics.get_history("val_loss")] == [1, 2]  # kept
+    host.end(second, completed=True, final=({"val_loss": 0.42, "val_mae": 2.0}, "1"))
+    trial = host.oracle.trials[second]
+    assert trial.score == pytest.approx(0.42) and trial.best_step == 1
+    assert trial.metrics.get_best_value("val_mae") == pytest.approx(2.0)
+    assert host.oracle.trials[second].metrics.get_history("val_loss")[0].step == 1
+    host.end(third, completed=True, final=({"val_loss": "NaN?", "x": [1]}, "one"))
+    assert host.oracle.trials[third].score == pytest.approx(0.5)  # what it saw stays

@@ -27,7 +27,7 @@ from typing import Any
 from keras_tuner import HyperModel, HyperParameters, Objective
 
 from tunecluster import defaults
-from tunecluster.api import progress
+from tunecluster.api import progress, tuner_on_worker
 from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api import tuner_project as project
 from tunecluster.api.client import Client, Job
@@ -59,8 +59,13 @@ class Tuner:
         if unsupported:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
                             f" {', '.join(sorted(unsupported))}")
-        _refuse_what_would_be_ignored(type(self))
+        tuner_on_worker.refuse_what_would_be_ignored(type(self))
         if hypermodel is None:
+            if tuner_on_worker.own_run_trial(type(self)):
+                raise NotImplementedError(
+                    f"{type(self).__name__}: a run_trial without a hypermodel does not run"
+                    " on the cluster yet (the cluster keeps each trial's model); give the"
+                    " hypermodel whose models run_trial trains")
             raise ValueError(f"{type(self).__name__}: hypermodel is required")  # as KerasTuner
         self.hypermodel = hypermodel
         self.objective = inputs.objective(objective)
@@ -86,7 +91,7 @@ class Tuner:
         self._results: dict[str, Any] | None = None
         self._artifacts: Path | None = None
         # fails early, in the constructor; _fit: the name of a HyperModel's own fit
-        self._source, self._function, self._fit = ship(hypermodel)
+        self._source, self._function, self._fit, _ = ship(hypermodel)
         if overwrite:
             project.project_file(self.directory, self.project_name).unlink(missing_ok=True)
             # the embedded cluster's data of an earlier search of this project
@@ -243,7 +248,12 @@ class Tuner:
         model: dict[str, Any] = {"module": "hypermodel.py", "source": self._source,
                                  "function": self._function,
                                  "tune_new_entries": self.tune_new_entries}
-        if self._fit is not None:  # the HyperModel's own fit, given what search() was
+        if tuner_on_worker.own_run_trial(type(self)):  # shipped now: with its attributes
+            shipped = ship(self.hypermodel, self, f", {self.executions_per_trial!r},"
+                           f" {(self.objective.name, self.objective.direction)!r}")
+            model.update(source=shipped.source, run_trial=shipped.run_trial,
+                         fit_kwargs=list(given))
+        elif self._fit is not None:  # the HyperModel's own fit, given what search() was
             model.update(fit=self._fit, fit_kwargs=list(given))
         task = inputs.task(train_xy[1], valid_xy[1])
         if task:
@@ -284,8 +294,10 @@ class Tuner:
                     if self.hyperparameters is not None else HyperParameters())
         given = {p.name for p in declared.space}
         try:
+            # a fit or run_trial of the user's own may return the objective itself
+            own = self._fit is not None or tuner_on_worker.own_run_trial(type(self))
             hp = discover_space(self._source, self._function, declared, "hypermodel.py",
-                                objective=self.objective.name)
+                                objective=None if own else self.objective.name)
         except ModelCodeError as exc:
             raise SpecError("hypermodel", str(exc)) from None
         new = [p for p in hp.space if p.name not in given]
@@ -302,6 +314,22 @@ class Tuner:
             hp = fixed
         self._space = hp.get_config()
         return self._space
+
+    # --- on a worker (a class with its own run_trial) -------------------------------------
+
+    def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        """KerasTuner's ``Tuner.run_trial``: what a subclass's ``super().run_trial``
+        calls. It runs on the cluster's workers (``tuner_on_worker.py``)."""
+        return tuner_on_worker.run_trial(self, trial, args, kwargs)
+
+    def on_worker(self, hypermodel: Any, executions_per_trial: int,
+                  objective: tuple[str, str]) -> None:
+        tuner_on_worker.on_worker(self, hypermodel, executions_per_trial, objective)
+
+    def user_attributes(self) -> dict[str, Any]:
+        """The attributes a subclass set of its own: they travel with its run_trial."""
+        ours = tuner_on_worker.CLUSTER_ATTRIBUTES
+        return {k: v for k, v in vars(self).items() if k not in ours}
 
     # --- results (KerasTuner's API) ---------------------------------------------------------
 
@@ -470,14 +498,3 @@ def _up_cluster_url() -> str | None:
     from tunecluster.cluster.persistent import current_url
 
     return current_url()
-
-
-def _refuse_what_would_be_ignored(tuner: type) -> None:
-    """The user's code that trials would not run: refused in one line, never ignored
-    (a search that trains without it gives wrong results and no error)."""
-    own = [c for c in tuner.__mro__ if issubclass(c, Tuner) and c.__module__ != __name__]
-    if any("run_trial" in vars(c) for c in own):
-        raise NotImplementedError(
-            f"{tuner.__name__}.run_trial: a tuner's own run_trial does not run on the"
-            " cluster yet (trials run the hypermodel's build and Keras's fit); use"
-            " keras_tuner for this search, or move its logic into build_model")

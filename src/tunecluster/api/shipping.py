@@ -32,7 +32,7 @@ import sysconfig
 import textwrap
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,30 +45,39 @@ FIELD = "hypermodel"
 _LITERALS = (int, float, str, bool, type(None), bytes)
 
 
-def ship(hypermodel: Any) -> tuple[str, str, str | None]:
-    """``(source, function, fit)``: a module's text, the name of its ``build(hp)``, and
-    the name of its ``fit(hp, model, *args, **kwargs)`` when the hypermodel is a
-    ``HyperModel`` with a ``fit`` of its own (None: trials call Keras's ``fit``)."""
+class Shipped(NamedTuple):
+    """A hypermodel (and a tuner's own ``run_trial``) as one module's source."""
+
+    source: str
+    function: str  # its build(hp)
+    fit: str | None = None  # a HyperModel's own fit(hp, model, *args, **kwargs)
+    run_trial: str | None = None  # a tuner's own run_trial(trial, *args, **kwargs)
+
+
+def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "") -> Shipped:
+    """The module's text and the names of its ``build(hp)``, of the ``fit`` of a
+    ``HyperModel`` with a ``fit`` of its own (None: trials call Keras's ``fit``), and with
+    ``tuner`` (a drop-in tuner whose class has its own ``run_trial``) of a
+    ``run_trial(trial, *args, **kwargs)`` calling that tuner's: its class travels as
+    source, its own attributes (``tuner.user_attributes()``) as values, and on the worker
+    ``tuner.on_worker(hypermodel, <worker_settings>)`` gives it the hypermodel."""
     from keras_tuner import HyperModel
 
     shipper = _Shipper()
-    fit = None
+    fit = run_trial = None
     if inspect.isfunction(hypermodel):
         if hypermodel.__name__ == "<lambda>":
             raise SpecError(FIELD, "a lambda cannot travel; define build_model(hp) with def")
         shipper.add_callable(hypermodel.__name__, hypermodel)
-        function = hypermodel.__name__
+        function = held = hypermodel.__name__
     elif hasattr(hypermodel, "build") and callable(hypermodel.build):
         cls = type(hypermodel)
         shipper.add_callable(cls.__name__, cls)
-        state = {k: f"_tc_hypermodel.{v.__func__.__name__}"  # self.build = self._wrapper
-                 if inspect.ismethod(v) and v.__self__ is hypermodel
-                 else shipper.value_expr(f"_tc_self_{k}", v, f"{cls.__name__}.{k}")
-                 for k, v in vars(hypermodel).items()}
-        items = ", ".join(f"{k!r}: {expr}" for k, expr in state.items())
+        items = _state(shipper, "_tc_hypermodel", hypermodel, vars(hypermodel))
         # The wrapper is named after the class, never after a global the shipped module
         # holds: a build() that calls the module's own build_model() must reach that one.
         function = _free_name(f"{cls.__name__}_build", shipper.bound)
+        held = "_tc_hypermodel"
         shipper.tail.append(
             f"_tc_hypermodel = {cls.__name__}.__new__({cls.__name__})\n"
             f"_tc_hypermodel.__dict__.update({{{items}}})\n\n\n"
@@ -81,7 +90,29 @@ def ship(hypermodel: Any) -> tuple[str, str, str | None]:
     else:
         raise SpecError(FIELD, f"expected a build_model(hp) function or a"
                                f" keras_tuner.HyperModel, got {type(hypermodel).__name__}")
-    return shipper.source(), function, fit
+    if tuner is not None:
+        cls = type(tuner)
+        shipper.add_callable(cls.__name__, cls)
+        items = _state(shipper, "_tc_tuner", tuner, tuner.user_attributes())
+        run_trial = _free_name(f"{cls.__name__}_run_trial",
+                               {**shipper.bound, function: None, fit: None})
+        shipper.tail.append(
+            f"\n\n_tc_tuner = {cls.__name__}.__new__({cls.__name__})\n"
+            f"_tc_tuner.__dict__.update({{{items}}})\n"
+            f"_tc_tuner.on_worker({held}{worker_settings})\n\n\n"
+            f"def {run_trial}(trial, *args, **kwargs):\n"
+            "    return _tc_tuner.run_trial(trial, *args, **kwargs)\n")
+    return Shipped(shipper.source(), function, fit, run_trial)
+
+
+def _state(shipper: _Shipper, name: str, instance: Any, attributes: dict[str, Any]) -> str:
+    """The ``{attribute: expression}`` items that rebuild an instance's state."""
+    cls = type(instance).__name__
+    state = {k: f"{name}.{v.__func__.__name__}"  # self.build = self._wrapper
+             if inspect.ismethod(v) and v.__self__ is instance
+             else shipper.value_expr(f"{name}_{k}", v, f"{cls}.{k}")
+             for k, v in attributes.items()}
+    return ", ".join(f"{k!r}: {expr}" for k, expr in state.items())
 
 
 def _free_name(name: str, taken: dict[str, Any]) -> str:

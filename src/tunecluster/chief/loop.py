@@ -322,7 +322,8 @@ class Chief:
         # Its epochs came through this same stream, before its end: the oracle has them.
         try:
             hosted.host.end(trial, completed=state == TrialState.COMPLETED, message=error or None,
-                            grown_space=msg.get("hyperparameters") or None)
+                            grown_space=msg.get("hyperparameters") or None,
+                            final=_final_metrics(msg))
         except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
             hosted.failure = (f"{hosted.spec.search.max_consecutive_failed_trials} consecutive"
                               f" trials failed: {str(exc).splitlines()[-1][:300]}")
@@ -438,3 +439,13 @@ def run_chief(store: Store, artifacts_root: str | Path, **kwargs: Any) -> Chief:
     chief = Chief(store, artifacts_root, **kwargs)
     chief.run()
     return chief
+
+
+def _final_metrics(msg: dict[str, str]) -> tuple[dict[str, Any], str] | None:
+    """A completed trial's ``(metrics, best epoch)`` as its end message carries them (the
+    oracle checks the values), or None when absent or not a JSON object."""
+    try:
+        metrics = codec.loads_object(msg.get("metrics") or "", "trial metrics")
+    except (StoreError, ValueError):
+        return None
+    return metrics, msg.get("best_epoch", "")

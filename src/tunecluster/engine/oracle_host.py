@@ -287,14 +287,16 @@ class OracleHost:
         if grown_space:
             _add_new_entries(trial, grown_space)
         if completed and final is not None:
-            self._take_final(trial, *final)
+            try:
+                self._take_final(trial, *final)
+            except Exception as exc:  # noqa: BLE001 - foreign data never stops the chief
+                log.warning("trial %s: ignoring the final metrics its worker reported: %s",
+                            trial_id, str(exc).splitlines()[0][:200] if str(exc) else exc)
         trial.status = "COMPLETED" if completed else "FAILED"
         trial.message = message
         self.oracle.end_trial(trial)
 
     def _take_final(self, trial: Any, metrics: Mapping[str, Any], best_epoch: Any) -> None:
-        from keras_tuner.engine.metrics_tracking import MetricsTracker
-
         objective = self.spec.search.objective_name
         clean = {str(k): float(v) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -308,7 +310,7 @@ class OracleHost:
             return  # the usual case: the best epoch reported
         step = int(best_epoch) if isinstance(best_epoch, (int, str)) and \
             str(best_epoch).isdigit() else 0
-        trial.metrics = MetricsTracker()
+        trial.metrics = type(trial.metrics)()  # KerasTuner's MetricsTracker
         trial.metrics.register(objective, direction=self.spec.search.direction)
         for name, value in clean.items():
             trial.metrics.update(name, value, step=step)

@@ -159,8 +159,13 @@ def mean_rows(executions: Sequence[Sequence[Mapping[str, float]]]) -> list[dict[
 
 def best_row(rows: Sequence[Mapping[str, float]], objective: str,
              direction: str) -> dict[str, float]:
+    scored = [row for row in rows if objective in row]
+    if not scored:
+        names = sorted({k for row in rows for k in row if k != "epoch"})
+        raise TrialFailed(f"objective {objective!r} is not reported by the model; it"
+                          f" reports: {', '.join(names) or 'nothing'}")
     pick = max if direction == "max" else min
-    return dict(pick(rows, key=lambda r: r[objective]))
+    return dict(pick(scored, key=lambda r: r[objective]))
 
 
 class MeanReporter:

@@ -144,7 +144,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         trial_dir=trial_dir, strategy=strategy, epochs=epochs, initial_epoch=initial_epoch,
         tracker=lambda sink, history, checkpoints: _EpochCallback(
             sink, objective, direction, trial_dir, history, spec.train.early_stopping,
-            store, request.rank == 0 and checkpoints),
+            store, request.rank == 0 and checkpoints,
+            rt.fit_fn is None and rt.run_trial_fn is None),
         tune=lambda model: _tune_step_overhead(model, rt, spec.train, strategy),
         resume=lambda model: _resume(model, trial_path, request, store, initial_epoch,
                                      reporter),
@@ -333,9 +334,12 @@ class _EpochCallback:
             def __init__(self, reporter: Reporter, objective: str, direction: str,
                          trial_dir: Path, history: list[dict[str, float]],
                          early_stopping: Any, store: ArtifactStore,
-                         writes_files: bool = True) -> None:
+                         writes_files: bool = True, needs_objective: bool = True) -> None:
                 super().__init__()
                 self.writes_files = writes_files
+                # False under the user's own fit or run_trial, whose returned metrics may
+                # hold the objective where the epochs' logs do not (KerasTuner's way)
+                self.needs_objective = needs_objective
                 self.reporter = reporter
                 self.objective = objective
                 self.sign = 1.0 if direction == "max" else -1.0
@@ -344,7 +348,8 @@ class _EpochCallback:
                 self.history = history
                 self.patience = early_stopping.patience if early_stopping else None
                 self.min_delta = early_stopping.min_delta if early_stopping else 0.0
-                self.best_value = max((self.sign * r[objective] for r in history), default=None)
+                self.best_value = max((self.sign * r[objective] for r in history
+                                       if objective in r), default=None)
                 # Patience counts from the last improvement by more than min_delta; the
                 # saved weights are those of the best epoch, as the result reports it.
                 self.reference = self.best_value
@@ -356,7 +361,7 @@ class _EpochCallback:
             def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
                 logs = {k: float(v) for k, v in (logs or {}).items()}
                 number = epoch + 1
-                if self.objective not in logs:
+                if self.objective not in logs and self.needs_objective:
                     raise TrialFailed(
                         f"objective {self.objective!r} is not reported by the model;"
                         f" it reports: {', '.join(sorted(logs)) or 'nothing'}"
@@ -365,16 +370,17 @@ class _EpochCallback:
                        if k in logs and not math.isfinite(logs[k])]
                 if bad:
                     raise TrialFailed(f"{bad[0]} is {logs[bad[0]]} at epoch {number}")
-                value = self.sign * logs[self.objective]
                 weights = self.model.get_weights()
-                if self.best_value is None or value > self.best_value:
-                    self.best_value = value
-                    self.best_weights = weights
-                if self.reference is None or value > self.reference + self.min_delta:
-                    self.reference = value
-                    self.since_best = 0
-                else:
-                    self.since_best += 1
+                if self.objective in logs:
+                    value = self.sign * logs[self.objective]
+                    if self.best_value is None or value > self.best_value:
+                        self.best_value = value
+                        self.best_weights = weights
+                    if self.reference is None or value > self.reference + self.min_delta:
+                        self.reference = value
+                        self.since_best = 0
+                    else:
+                        self.since_best += 1
                 row = {"epoch": number, **logs}
                 self.history.append(row)
                 if self.writes_files:

@@ -1,0 +1,116 @@
+"""A drop-in tuner on a worker: its class's own ``run_trial`` runs there, as KerasTuner's
+distributed mode runs a tuner on each of its workers.
+
+The drop-in ships the tuner's class and its own attributes with the hypermodel
+(``shipping.py``); the worker's trial calls its ``run_trial(trial, x, y, **kwargs)``. There
+``self.hypermodel`` builds through the trial's session (``worker/session.py``: strategy
+scope, a Hyperband parent's weights, the model the trial keeps) and ``super().run_trial``
+is KerasTuner's: ``executions_per_trial`` executions, each a fresh model trained by
+``self.hypermodel.fit`` with the search's callbacks copied and the worker's epoch
+reporter added, returning the executions' results for the worker to average.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from keras_tuner import HyperModel, Objective
+
+
+def run_trial(tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """KerasTuner's ``Tuner.run_trial`` on the trial's session."""
+    from tunecluster.worker.session import current
+
+    session = current()
+    if session is None:
+        raise RuntimeError(f"{type(tuner).__name__}.run_trial runs on the cluster's"
+                           " workers: search() sends it there")
+    hp = trial.hyperparameters
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+
+    def fit(model: Any, reporters: list[Any], epoch_kwargs: dict[str, Any]) -> Any:
+        each = {**kwargs, **epoch_kwargs,
+                "callbacks": [*copy.deepcopy(callbacks), *reporters]}  # per execution
+        return tuner.hypermodel.fit(hp, model, *args, **each)
+
+    return session.run(lambda: tuner.hypermodel.build(hp), fit,
+                       int(getattr(tuner, "executions_per_trial", 1)))
+
+
+class WorkerHyperModel(HyperModel):
+    """``self.hypermodel`` of a tuner on a worker: the user's hypermodel (a ``HyperModel``
+    or a ``build_model`` function, which KerasTuner wraps alike) whose models are built
+    through the trial's session, so the trial keeps the model its ``run_trial`` trained."""
+
+    def __init__(self, hypermodel: Any) -> None:
+        super().__init__()
+        self.user = hypermodel
+        self.name = getattr(hypermodel, "name", None)
+
+    def build(self, hp: Any) -> Any:
+        from tunecluster.models.custom import build_checked
+        from tunecluster.worker.session import current
+
+        build = self.user if callable(self.user) and not isinstance(
+            self.user, HyperModel) else self.user.build
+        name = getattr(build, "__name__", "build")
+        session = current()
+        if session is None:
+            return build_checked(build, hp, name)
+        return session.build(lambda: build_checked(build, hp, name))
+
+    def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self.user, HyperModel):
+            return self.user.fit(hp, model, *args, **kwargs)
+        return model.fit(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # the user's own attributes and methods
+        if name == "user":
+            raise AttributeError(name)
+        return getattr(self.user, name)
+
+
+def on_worker(tuner: Any, hypermodel: Any, executions_per_trial: int,
+              objective: tuple[str, str]) -> None:
+    """What a shipped tuner holds on a worker besides its own attributes."""
+    tuner.hypermodel = WorkerHyperModel(hypermodel)
+    tuner.executions_per_trial = executions_per_trial
+    tuner.objective = Objective(*objective)
+
+
+# What the drop-in's tuners hold themselves; a subclass's other attributes are its own
+# and travel with its run_trial (user_attributes).
+CLUSTER_ATTRIBUTES = frozenset({
+    "hypermodel", "objective", "max_trials", "seed", "hyperparameters", "tune_new_entries",
+    "allow_new_entries", "max_retries_per_trial", "max_consecutive_failed_trials",
+    "executions_per_trial", "directory", "project_name", "overwrite", "cluster_url",
+    "workers", "workers_per_trial", "job", "oracle", "_space", "_results", "_artifacts",
+    "_source", "_function", "_fit", "num_initial_points", "max_epochs", "factor"})
+# KerasTuner's hooks that its own run_trial and callbacks call, which the cluster's do not
+_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
+          "on_trial_begin", "on_trial_end", "on_search_begin", "on_search_end",
+          "_build_and_fit_model", "save_model")
+
+
+def own_classes(tuner: type) -> list[type]:
+    """The classes of a drop-in tuner's MRO that its user wrote."""
+    from tunecluster.api.keras_tuner import Tuner
+
+    return [c for c in tuner.__mro__
+            if issubclass(c, Tuner) and c.__module__ != Tuner.__module__]
+
+
+def own_run_trial(tuner: type) -> bool:
+    return any("run_trial" in vars(c) for c in own_classes(tuner))
+
+
+def refuse_what_would_be_ignored(tuner: type) -> None:
+    """The user's code that trials would not run: refused in one line, never ignored
+    (a search that trains without it gives wrong results and no error)."""
+    hooks = sorted({h for c in own_classes(tuner) for h in _HOOKS if h in vars(c)})
+    if hooks:
+        raise NotImplementedError(
+            f"{tuner.__name__}.{hooks[0]}: a tuner's own {', '.join(hooks)} do not run on"
+            " the cluster (its run_trial does); move the logic into run_trial, or use"
+            " keras_tuner for this search")
