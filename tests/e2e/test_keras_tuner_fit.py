@@ -172,3 +172,51 @@ def test_a_run_trial_that_scores_its_own_way_is_ranked_by_it(cluster, tmp_path: 
         assert trial["score"] == pytest.approx(0.5 * trial["hyperparameters"]["units"])
     best = tuner.get_best_models(1)[0]  # the model run_trial trained is the trial's
     assert best.layers[0].units == max(t["hyperparameters"]["units"] for t in trials)
+
+
+def build_subclassed(hp):
+    class Net(keras.Model):  # defined inside build_model: Keras cannot serialize it
+        def __init__(self, units):
+            super().__init__()
+            self.hidden = keras.layers.Dense(units, activation="relu")
+            self.out = keras.layers.Dense(10, activation="softmax")
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    model = Net(hp.Int("units", 8, 32, step=8))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def build_with_lambda(hp):
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Lambda(lambda t: t / 16.0),
+                              keras.layers.Dense(hp.Int("units", 8, 32, step=8),
+                                                 activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize("build", [build_subclassed, build_with_lambda])
+def test_models_keras_cannot_deserialize_come_back_rebuilt(cluster, tmp_path: Path,
+                                                          monkeypatch, build) -> None:
+    """The search used to fail at its end (the chief could not load the best model to
+    score it on the test split) and get_best_models with it (issue 24, point 4): now the
+    model is rebuilt by the hypermodel and given the trial's weights, as in KerasTuner."""
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = kt.RandomSearch(build, objective="val_accuracy", max_trials=2, seed=6,
+                            directory=tmp_path, project_name=build.__name__,
+                            cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=2, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    results = tuner.job.results()
+    assert results["state"] == "completed" and results["test"]["accuracy"] > 0.2
+    best = tuner.get_best_models(1)[0]
+    _, accuracy = best.evaluate(example.X_valid, example.y_valid, verbose=0)
+    # the test split of a drop-in job is its validation data: the same score
+    assert accuracy == pytest.approx(results["test"]["accuracy"], abs=1e-6)

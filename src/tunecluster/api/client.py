@@ -18,7 +18,7 @@ Contract:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,7 +254,8 @@ class Job:
     def best_model(self, compile: bool = True, *,
                    custom_objects: Mapping[str, Any] | None = None,
                    module: str | os.PathLike[str] | None = None,
-                   trust_job_code: bool = False) -> Any:
+                   trust_job_code: bool = False,
+                   build: Callable[..., Any] | None = None) -> Any:
         """The job's exported best model, loaded (``keras.Model``): read from this
         machine's view of the artifacts root (``Client(artifacts=...)``) when it holds
         the job's file, else downloaded through Redis (checksum verified);
@@ -265,19 +266,26 @@ class Job:
         the path of your own copy of the model's module (its classes and functions are
         used), or ``trust_job_code=True`` to run the module's source stored with the
         job in Redis. That source is never run otherwise: whoever can write Redis could
-        have written it."""
+        have written it. ``build``: your ``build_model(hp)``; the model is then built by
+        it with the trial's hyperparameters and given the trained weights, as KerasTuner
+        brings models back (for models Keras cannot deserialize: ``Lambda`` layers,
+        model subclasses, which the cluster keeps as weights)."""
         from tunecluster.artifacts import BEST_MODEL
 
         data = self.results()
         if data["state"] != JobState.COMPLETED:
             raise StoreError(f"job {self.id} has no exported best model (state"
                              f" {data['state']}); wait() for it to complete")
-        return self._load(BEST_MODEL, compile, custom_objects, module, trust_job_code)
+        best = data.get("best") or {}
+        values = {**(best.get("hyperparameters") or {}), **(best.get("tuner") or {})}
+        return self._load(BEST_MODEL, compile, custom_objects, module, trust_job_code,
+                          build, values)
 
     def trial_model(self, trial: str, compile: bool = True, *,
                     custom_objects: Mapping[str, Any] | None = None,
                     module: str | os.PathLike[str] | None = None,
-                    trust_job_code: bool = False) -> Any:
+                    trust_job_code: bool = False,
+                    build: Callable[..., Any] | None = None) -> Any:
         """One finished trial's model (its best epoch), loaded; from the artifacts root
         or, for the job's best few trials, through Redis. The code it needs: as for
         ``best_model``."""
@@ -287,7 +295,14 @@ class Job:
         if row.get("state") != TrialState.COMPLETED:
             raise StoreError(f"trial {trial} of job {self.id} is not completed"
                              f" ({row.get('state', 'no such trial')})")
-        return self._load(trial_name(trial), compile, custom_objects, module, trust_job_code)
+        from tunecluster.store import codec
+
+        try:
+            values = {**codec.loads_object(row.get("values") or "{}", "trial values")}
+        except (StoreError, ValueError):
+            values = {}
+        return self._load(trial_name(trial), compile, custom_objects, module, trust_job_code,
+                          build, values)
 
     def _objects(self, custom_objects: Mapping[str, Any] | None,
                  module: str | os.PathLike[str] | None,
@@ -308,12 +323,13 @@ class Job:
         return objects or None, unmet
 
     def _load(self, name: str, compile: bool, custom_objects: Mapping[str, Any] | None,
-              module: str | os.PathLike[str] | None, trust_job_code: bool) -> Any:
+              module: str | os.PathLike[str] | None, trust_job_code: bool,
+              build: Callable[..., Any] | None = None,
+              values: Mapping[str, Any] | None = None) -> Any:
         import logging
         import tempfile
 
-        import keras
-
+        from tunecluster.models.saved import load_model
         from tunecluster.store.downloads import DownloadError, retrieve
 
         objects, unmet = self._objects(custom_objects, module, trust_job_code)
@@ -325,9 +341,10 @@ class Job:
                 raise StoreError(f"job {self.id}: cannot read its model here: {exc}") from None
             self.last_fetch = got.message
             logging.getLogger("tunecluster").info("%s", got.message)
+            if build is not None:  # KerasTuner's way: the user's build, the weights
+                return load_model(got.path, build=build, values=values or {})
             try:
-                return keras.models.load_model(got.path, compile=compile,
-                                               custom_objects=objects)
+                return load_model(got.path, compile=compile, custom_objects=objects)
             except (TypeError, ValueError) as exc:
                 if unmet is None:
                     raise

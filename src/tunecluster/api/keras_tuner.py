@@ -349,27 +349,30 @@ class Tuner:
         return [self.load_model(trial) for trial in self.oracle.get_best_trials(num_models)]
 
     def load_model(self, trial: Any) -> Any:
-        """One trial's model (KerasTuner's ``Trial``, or its id) at its best epoch: read
-        from this machine's view of the artifacts root when it has one, else through
-        the cluster."""
-        import keras
-
+        """One trial's model (KerasTuner's ``Trial``, or its id) at its best epoch, as
+        KerasTuner brings it back: built by the hypermodel with the trial's
+        hyperparameters, then given the trial's weights, read from this machine's view
+        of the artifacts root when it has one, else through the cluster. (So models
+        Keras cannot deserialize, a ``Lambda`` layer, a model subclass, come back too.)"""
         from tunecluster.artifacts import trial_model
-        from tunecluster.models.custom import objects_of
+        from tunecluster.models.saved import load_model
 
         trial_id = getattr(trial, "trial_id", trial)
         rows = {t["trial"]: t for t in self.results()["trials"]}
         assert self.job is not None and self._artifacts is not None
         if trial_id not in rows:
             raise KeyError(f"search {self.job.id} has no trial {trial_id!r}")
-        # the classes and functions of the hypermodel this process holds: never the
-        # source stored with the job, which whoever can write Redis could have written
-        objects = objects_of(self.hypermodel)
+        # the hypermodel this process holds: never the source stored with the job,
+        # which whoever can write Redis could have written
+        build = (self.hypermodel.build if hasattr(self.hypermodel, "build")
+                 else self.hypermodel)
+        values = {**(rows[trial_id].get("hyperparameters") or {}),
+                  **(rows[trial_id].get("tuner") or {})}
         path = trial_model(self._artifacts, self.job.id, trial_id, rows[trial_id].get("model"))
         if path.is_file():
-            return keras.models.load_model(path, custom_objects=objects)
+            return load_model(path, build=build, values=values)
         try:  # a cluster whose artifacts this machine cannot see: through Redis
-            return self.job.trial_model(trial_id, custom_objects=objects)
+            return self.job.trial_model(trial_id, build=build)
         except TuneclusterError as exc:
             raise TuneclusterError(
                 f"cannot read trial {trial_id}'s model here ({path}): {exc}; pass"

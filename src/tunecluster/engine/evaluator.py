@@ -64,15 +64,17 @@ class Evaluator:
         child.close()
         self._conn = parent
 
-    def evaluate(self, spec_json: str, model_path: str | Path,
-                 files: Mapping[str, str]) -> dict[str, float]:
+    def evaluate(self, spec_json: str, model_path: str | Path, files: Mapping[str, str],
+                 values: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Test metrics of the model at ``model_path`` (``files``: the job's data paths,
         already resolved to local files)."""
         with self._lock:
             self._ensure()
             assert self._conn is not None
             self._conn.send_bytes(json.dumps({"spec": spec_json, "model": str(model_path),
-                                              "files": dict(files)}).encode())
+                                              "files": dict(files),
+                                              "values": None if values is None
+                                              else dict(values)}).encode())
             deadline = time.monotonic() + EVALUATE_TIMEOUT_S
             while not self._conn.poll(0.2):
                 if not self._process.is_alive():
@@ -138,8 +140,10 @@ def _evaluate(request: Mapping[str, Any]) -> dict[str, float]:
     from tunecluster.spec.load import spec_from_json
 
     files = dict(request.get("files") or {})
+    values = request.get("values")
     return score_on_test(spec_from_json(request["spec"]), Path(request["model"]),
-                         lambda path: files.get(path, path))
+                         lambda path: files.get(path, path),
+                         dict(values) if isinstance(values, dict) else None)
 
 
 def _die_with(parent: int) -> None:

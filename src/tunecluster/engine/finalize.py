@@ -106,7 +106,8 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
             if path is None:  # missing for good (not an outage): the job fails, once
                 raise ArtifactsError(f"the best trial's model is not at"
                                      f" {artifacts.url(source)}")
-            final["test"] = evaluate_on_test(spec, path, resolve)
+            final["test"] = evaluate_on_test(spec, path, resolve, {
+                **(best.get("hyperparameters") or {}), **(best.get("tuner") or {})})
         artifacts.copy(source, f"{job_key}/{BEST_MODEL}")
         final["artifacts"]["best_model"] = artifacts.url(f"{job_key}/{BEST_MODEL}")
     final["artifacts"]["results"] = artifacts.url(f"{job_key}/{RESULTS}")
@@ -170,7 +171,8 @@ def _publish_remote(store: Store, job: str, artifacts: ArtifactStore,
     return pub
 
 
-def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[str, float]:
+def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str,
+                     values: dict[str, Any] | None = None) -> dict[str, float]:
     """The only place the test split is used: one evaluation of the chosen model.
 
     It runs in the chief's evaluation process (``evaluator.py``), where Keras is warm,
@@ -180,22 +182,47 @@ def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dic
     from tunecluster.spec import spec_to_json
 
     files = {p: resolve(p) for p in spec.data.file_paths if p}
-    return evaluator().evaluate(spec_to_json(spec), model_path, files)
+    return evaluator().evaluate(spec_to_json(spec), model_path, files, values)
 
 
-def score_on_test(spec: JobSpec, model_path: Path, resolve: Any = str) -> dict[str, float]:
-    """Load the model with Keras and score it on the test split (in the evaluation
-    process)."""
-    import keras
-
+def score_on_test(spec: JobSpec, model_path: Path, resolve: Any = str,
+                  values: dict[str, Any] | None = None) -> dict[str, float]:
+    """Load the model and score it on the test split (in the evaluation process). A
+    module's model Keras cannot bring back from its file (a ``Lambda`` layer, a model
+    subclass, saved as weights only) is rebuilt by the module's ``build_model`` with the
+    trial's ``values`` and given its weights, as KerasTuner brings models back."""
     from tunecluster.models import user_objects
+    from tunecluster.models.saved import load_model, weights_only
 
     splits = load_splits(spec.data, spec.model.task, resolve)
-    model = keras.models.load_model(model_path, compile=True,
-                                    custom_objects=user_objects(spec))
+    objects = user_objects(spec)  # None where the job's code may not run here
+    rebuildable = objects is not None and values is not None
+    if rebuildable and weights_only(model_path):
+        model = _rebuilt(spec, model_path, values or {}, splits)
+    else:
+        try:
+            model = load_model(model_path, custom_objects=objects)
+        except (TypeError, ValueError) as exc:  # Keras refused to deserialize it
+            if not rebuildable:
+                raise
+            log.info("rebuilding the best model with %s: %s", spec.model.function,
+                     one_line(exc))
+            model = _rebuilt(spec, model_path, values or {}, splits)
     scores = model.evaluate(splits.x_test, splits.y_test, batch_size=spec.train.batch_size,
                             verbose=0, return_dict=True)
     return {k: float(v) for k, v in scores.items()}
+
+
+def _rebuilt(spec: JobSpec, model_path: Path, values: dict[str, Any], splits: Any) -> Any:
+    from tunecluster.models.custom import load_build_function
+    from tunecluster.models.saved import load_model
+    from tunecluster.models.training_data import TrainingData
+
+    assert spec.model.source is not None
+    build = load_build_function(spec.model.source, spec.model.function,
+                                spec.model.module or "model.py")
+    return load_model(model_path, build=build, values=values,
+                      data=TrainingData.from_splits(splits))
 
 
 def summarize_errors(trials: list[dict[str, Any]]) -> str:

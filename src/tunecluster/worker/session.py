@@ -81,6 +81,10 @@ class TrialSession:
         keeps the last one: the trial's model."""
         with self.strategy.scope():
             model = make()
+            if not model.weights and not type(model).__module__.startswith("keras."):
+                # a Model subclass of the user's builds its variables when first called:
+                # now, so a resume, a Hyperband parent's weights and checkpoints find them
+                model.build((None, *self.rt.splits.x_train.shape[1:]))
             self._tune(model)
         if self._load_parent is not None:
             self._load_parent(model)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from tunecluster.artifact_store import ArtifactStore, LocalStore, open_store
 from tunecluster.artifacts import CHECKPOINT, MODEL_FILE, attempt_dir, resume_dirs
 from tunecluster.errors import TrialFailed
+from tunecluster.models.saved import save_model
 from tunecluster.store import codec
 from tunecluster.worker import precision, xla
 from tunecluster.worker.fitting import (
@@ -182,7 +183,9 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     model_path = trial_dir / MODEL_FILE
     if request.rank == 0:  # a gang's other members hold the same weights
         tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
-        model.save(tmp)
+        # a model Keras cannot serialize (a Model subclass defined in build_model) keeps
+        # its weights: it comes back rebuilt by its build_model (models/saved.py)
+        save_model(model, tmp, example=rt.splits.x_train[:1])
         store.move_in(tmp, store.key(model_path))
     return TrialResult(
         trial_id=request.trial_id,
