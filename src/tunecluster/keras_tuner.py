@@ -4,16 +4,8 @@
 of the code stays. See ``tunecluster.api.keras_tuner``.
 """
 
-from tunecluster.api.keras_tuner import (
-    BayesianOptimization,
-    GridSearch,
-    Hyperband,
-    HyperModel,
-    HyperParameters,
-    Objective,
-    RandomSearch,
-    Tuner,
-)
+from tunecluster.api.keras_tuner import HyperModel, HyperParameters, Objective, Tuner
+from tunecluster.api.tuners import BayesianOptimization, GridSearch, Hyperband, RandomSearch
 
 __all__ = ["BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
            "Hyperband", "Objective", "RandomSearch", "Tuner"]

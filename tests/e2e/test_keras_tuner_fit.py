@@ -220,3 +220,23 @@ def test_models_keras_cannot_deserialize_come_back_rebuilt(cluster, tmp_path: Pa
     _, accuracy = best.evaluate(example.X_valid, example.y_valid, verbose=0)
     # the test split of a drop-in job is its validation data: the same score
     assert accuracy == pytest.approx(results["test"]["accuracy"], abs=1e-6)
+
+
+def test_compile_overrides_reach_the_workers(cluster, tmp_path: Path, monkeypatch) -> None:
+    """Tuner(optimizer=, loss=, metrics=), as KerasTuner: every trial's model is compiled
+    again with them; the objective may be a metric only the override adds."""
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = kt.RandomSearch(build_digits, objective=kt.Objective(
+                                "val_sparse_top_k_categorical_accuracy", "max"),
+                            max_trials=1, optimizer=keras.optimizers.SGD(learning_rate=0.05),
+                            metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=3)],
+                            directory=tmp_path, project_name="overrides", cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=1, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    trial = tuner.job.results()["trials"][0]
+    assert trial["state"] == "COMPLETED"
+    assert trial["score"] == trial["metrics"]["val_sparse_top_k_categorical_accuracy"]
+    model = tuner.get_best_models(1)[0]
+    assert type(model.optimizer).__name__ == "SGD"

@@ -279,3 +279,38 @@ def test_the_tuners_own_attributes_are_known() -> None:
         tuner = cls(build_model, objective="val_accuracy", cluster="redis://127.0.0.1:1/0")
         assert set(vars(tuner)) <= CLUSTER_ATTRIBUTES, set(vars(tuner)) - CLUSTER_ATTRIBUTES
         assert tuner.user_attributes() == {}
+
+
+def test_compile_overrides_travel_as_kerass_own_config() -> None:
+    """KerasTuner's Tuner(optimizer=, loss=, metrics=) (refused before, issue 24 point
+    3): the built model is compiled again with them, on the workers as here."""
+    tuner = kt.RandomSearch(build_model, objective="val_sparse_top_k_categorical_accuracy",
+                            optimizer=keras.optimizers.Adam(learning_rate=0.05),
+                            loss="sparse_categorical_crossentropy",
+                            metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=2)],
+                            cluster="redis://127.0.0.1:1/0")
+    build = load_build_function(tuner._source, tuner._function)
+    model = build(kt.HyperParameters())
+    assert type(model.optimizer).__name__ == "Adam"
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
+    assert model.get_compile_config()["metrics"][0]["class_name"] == \
+        "SparseTopKCategoricalAccuracy"
+
+    def my_loss(y_true, y_pred):
+        return y_pred
+
+    with pytest.raises(SpecError, match="loss: function is not one of Keras's own") as info:
+        kt.RandomSearch(build_model, objective="val_loss", loss=my_loss)
+    assert "\n" not in str(info.value)
+
+
+def test_hyperband_iterations_alpha_and_beta_are_the_jobs() -> None:
+    x, y = np.zeros((8, 2), dtype="float32"), np.arange(8) % 3
+    hyperband = kt.Hyperband(build_model, objective="val_accuracy", max_epochs=4,
+                             hyperband_iterations=2, cluster="redis://127.0.0.1:1/0")
+    spec = parse_spec(hyperband._job_spec(x, y, None, 0.5, 1, 8, None, True, {})[0])
+    assert spec.search.hyperband_iterations == 2
+    bayes = kt.BayesianOptimization(build_model, objective="val_accuracy", alpha=1e-3,
+                                    beta=3.0, cluster="redis://127.0.0.1:1/0")
+    spec = parse_spec(bayes._job_spec(x, y, None, 0.5, 1, 8, None, True, {})[0])
+    assert (spec.search.bayesian_alpha, spec.search.bayesian_beta) == (1e-3, 3.0)

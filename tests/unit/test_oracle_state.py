@@ -222,3 +222,13 @@ def test_a_trials_final_metrics_replace_the_epochs_the_oracle_saw() -> None:
     assert host.oracle.trials[second].metrics.get_history("val_loss")[0].step == 1
     host.end(third, completed=True, final=({"val_loss": "NaN?", "x": [1]}, "one"))
     assert host.oracle.trials[third].score == pytest.approx(0.5)  # what it saw stays
+
+
+def test_hyperband_iterations_and_bayesian_alpha_beta_reach_keras_tuners_oracles() -> None:
+    """Refused by the drop-in before (issue 24, point 3): now job settings."""
+    hyperband = _host("hyperband", hyperband_iterations=3)
+    assert hyperband.oracle.hyperband_iterations == 3
+    bayesian = _host("bayesian", bayesian_alpha=0.01, bayesian_beta=5.0)
+    assert (bayesian.oracle.alpha, bayesian.oracle.beta) == (0.01, 5.0)
+    with pytest.raises(Exception, match="bayesian_alpha"):
+        _host("bayesian", bayesian_alpha=0)

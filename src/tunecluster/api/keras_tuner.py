@@ -36,8 +36,7 @@ from tunecluster.api.tuner_oracle import ClusterOracle
 from tunecluster.errors import SpecError, TuneclusterError
 from tunecluster.states import JobState
 
-__all__ = ["BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
-           "Hyperband", "Objective", "RandomSearch", "Tuner"]
+__all__ = ["HyperModel", "HyperParameters", "Objective", "Tuner"]
 
 _FINAL = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
@@ -53,7 +52,8 @@ class Tuner:
                  allow_new_entries: bool = True, max_retries_per_trial: int = 0,
                  max_consecutive_failed_trials: int = 3, directory: str | None = None,
                  project_name: str | None = None, overwrite: bool = False,
-                 executions_per_trial: int = 1, cluster: str | None = None,
+                 executions_per_trial: int = 1, optimizer: Any = None, loss: Any = None,
+                 metrics: Any = None, cluster: str | None = None,
                  workers: int = 2, workers_per_trial: int = 1,
                  **unsupported: Any) -> None:
         if unsupported:
@@ -90,8 +90,11 @@ class Tuner:
         self._space: dict[str, Any] | None = None
         self._results: dict[str, Any] | None = None
         self._artifacts: Path | None = None
+        self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
+        self._compile = inputs.compile_overrides(optimizer, loss, metrics)
         # fails early, in the constructor; _fit: the name of a HyperModel's own fit
-        self._source, self._function, self._fit, _ = ship(hypermodel)
+        self._source, self._function, self._fit, _ = ship(
+            hypermodel, compile_overrides=self._compile)
         if overwrite:
             project.project_file(self.directory, self.project_name).unlink(missing_ok=True)
             # the embedded cluster's data of an earlier search of this project
@@ -250,7 +253,8 @@ class Tuner:
                                  "tune_new_entries": self.tune_new_entries}
         if tuner_on_worker.own_run_trial(type(self)):  # shipped now: with its attributes
             shipped = ship(self.hypermodel, self, f", {self.executions_per_trial!r},"
-                           f" {(self.objective.name, self.objective.direction)!r}")
+                           f" {(self.objective.name, self.objective.direction)!r}",
+                           self._compile)
             model.update(source=shipped.source, run_trial=shipped.run_trial,
                          fit_kwargs=list(given))
         elif self._fit is not None:  # the HyperModel's own fit, given what search() was
@@ -322,9 +326,9 @@ class Tuner:
         calls. It runs on the cluster's workers (``tuner_on_worker.py``)."""
         return tuner_on_worker.run_trial(self, trial, args, kwargs)
 
-    def on_worker(self, hypermodel: Any, executions_per_trial: int,
+    def on_worker(self, hypermodel: Any, build: Any, executions_per_trial: int,
                   objective: tuple[str, str]) -> None:
-        tuner_on_worker.on_worker(self, hypermodel, executions_per_trial, objective)
+        tuner_on_worker.on_worker(self, hypermodel, build, executions_per_trial, objective)
 
     def user_attributes(self) -> dict[str, Any]:
         """The attributes a subclass set of its own: they travel with its run_trial."""
@@ -366,6 +370,8 @@ class Tuner:
         # which whoever can write Redis could have written
         build = (self.hypermodel.build if hasattr(self.hypermodel, "build")
                  else self.hypermodel)
+        if self._compile:  # Tuner(optimizer=, loss=, metrics=): as the trials compiled it
+            build = tuner_on_worker.compiled_with(build, self._compile)
         values = {**(rows[trial_id].get("hyperparameters") or {}),
                   **(rows[trial_id].get("tuner") or {})}
         path = trial_model(self._artifacts, self.job.id, trial_id, rows[trial_id].get("model"))
@@ -435,62 +441,6 @@ class Tuner:
             name = config.pop("name")
             print(f"{name} ({p.__class__.__name__})")
             print(config)
-
-
-class RandomSearch(Tuner):
-    """``keras_tuner.RandomSearch`` on the cluster."""
-
-    algorithm = "random"
-
-
-class GridSearch(Tuner):
-    """``keras_tuner.GridSearch`` on the cluster (``max_trials=None``: the whole grid)."""
-
-    algorithm = "grid"
-
-    def __init__(self, hypermodel: Any = None, objective: Any = None,
-                 max_trials: int | None = None, **kwargs: Any) -> None:
-        super().__init__(hypermodel, objective, max_trials, **kwargs)
-
-
-class BayesianOptimization(Tuner):
-    """``keras_tuner.BayesianOptimization`` on the cluster (``alpha``/``beta``: defaults only)."""
-
-    algorithm = "bayesian"
-
-    def __init__(self, hypermodel: Any = None, objective: Any = None, max_trials: int = 10,
-                 num_initial_points: int | None = None, alpha: float = 1e-4,
-                 beta: float = 2.6, **kwargs: Any) -> None:
-        if (alpha, beta) != (1e-4, 2.6):
-            raise TypeError("BayesianOptimization: alpha and beta keep KerasTuner's defaults"
-                            " on a cluster")
-        self.num_initial_points = num_initial_points
-        super().__init__(hypermodel, objective, max_trials, **kwargs)
-
-    def _search_extra(self) -> dict[str, Any]:
-        return ({"num_initial_points": self.num_initial_points}
-                if self.num_initial_points else {})
-
-
-class Hyperband(Tuner):
-    """``keras_tuner.Hyperband`` on the cluster: ``max_epochs`` replaces ``search(epochs=)``."""
-
-    algorithm = "hyperband"
-
-    def __init__(self, hypermodel: Any = None, objective: Any = None, max_epochs: int = 100,
-                 factor: int = 3, hyperband_iterations: int = 1, **kwargs: Any) -> None:
-        if hyperband_iterations != 1:
-            raise TypeError("Hyperband: hyperband_iterations must be 1 on a cluster")
-        self.max_epochs = max_epochs
-        self.factor = factor
-        kwargs.setdefault("max_trials", None)
-        super().__init__(hypermodel, objective, **kwargs)
-
-    def _search_extra(self) -> dict[str, Any]:
-        return {"hyperband_factor": self.factor}
-
-    def _epochs(self, epochs: int) -> int:
-        return self.max_epochs
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -54,13 +54,16 @@ class Shipped(NamedTuple):
     run_trial: str | None = None  # a tuner's own run_trial(trial, *args, **kwargs)
 
 
-def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "") -> Shipped:
+def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
+         compile_overrides: dict[str, Any] | None = None) -> Shipped:
     """The module's text and the names of its ``build(hp)``, of the ``fit`` of a
     ``HyperModel`` with a ``fit`` of its own (None: trials call Keras's ``fit``), and with
     ``tuner`` (a drop-in tuner whose class has its own ``run_trial``) of a
     ``run_trial(trial, *args, **kwargs)`` calling that tuner's: its class travels as
     source, its own attributes (``tuner.user_attributes()``) as values, and on the worker
-    ``tuner.on_worker(hypermodel, <worker_settings>)`` gives it the hypermodel."""
+    ``tuner.on_worker(hypermodel, build, <worker_settings>)`` gives it the hypermodel.
+    ``compile_overrides`` (Keras's serialized configs): the built model is compiled again
+    with them (KerasTuner's ``Tuner(optimizer=, loss=, metrics=)``)."""
     from keras_tuner import HyperModel
 
     shipper = _Shipper()
@@ -90,6 +93,14 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "") -> Shipp
     else:
         raise SpecError(FIELD, f"expected a build_model(hp) function or a"
                                f" keras_tuner.HyperModel, got {type(hypermodel).__name__}")
+    if compile_overrides:
+        inner = function
+        function = _free_name(f"{inner}_compiled", {**shipper.bound, fit: None})
+        shipper.imports.append("from tunecluster.api.tuner_on_worker import override_compile"
+                               " as _tc_override_compile")
+        shipper.tail.append(
+            f"\n\ndef {function}(hp):\n"
+            f"    return _tc_override_compile({inner}(hp), {compile_overrides!r})\n")
     if tuner is not None:
         cls = type(tuner)
         shipper.add_callable(cls.__name__, cls)
@@ -99,7 +110,7 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "") -> Shipp
         shipper.tail.append(
             f"\n\n_tc_tuner = {cls.__name__}.__new__({cls.__name__})\n"
             f"_tc_tuner.__dict__.update({{{items}}})\n"
-            f"_tc_tuner.on_worker({held}{worker_settings})\n\n\n"
+            f"_tc_tuner.on_worker({held}, {function}{worker_settings})\n\n\n"
             f"def {run_trial}(trial, *args, **kwargs):\n"
             "    return _tc_tuner.run_trial(trial, *args, **kwargs)\n")
     return Shipped(shipper.source(), function, fit, run_trial)

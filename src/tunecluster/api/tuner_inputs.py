@@ -92,3 +92,32 @@ def task(y_train: np.ndarray, y_valid: np.ndarray) -> str | None:
     if y_train.ndim == 2 and y_train.shape[1] > 1:
         return "classification"
     return infer_task(np.concatenate([y_train.reshape(-1), y_valid.reshape(-1)]))
+
+
+def compile_overrides(optimizer: Any, loss: Any, metrics: Any) -> dict[str, Any] | None:
+    """KerasTuner's ``Tuner(optimizer=, loss=, metrics=)``, as Keras's own serialized
+    config (a JSON literal that travels in the hypermodel's source); None when none is
+    given. Keras's own optimizers, losses and metrics travel, and names; an object of the
+    user's own is refused in one line (compile it in ``build_model`` instead)."""
+    import keras
+
+    out: dict[str, Any] = {}
+    for field, value, module in (("optimizer", optimizer, keras.optimizers),
+                                 ("loss", loss, keras.losses)):
+        if value is not None:
+            out[field] = _serialized(field, value, module)
+    if metrics is not None:
+        if not isinstance(metrics, (list, tuple)):
+            raise SpecError("metrics", f"a list of metrics, got {type(metrics).__name__}")
+        out["metrics"] = [_serialized("metrics", m, keras.metrics) for m in metrics]
+    return out or None
+
+
+def _serialized(field: str, value: Any, module: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if not type(value).__module__.startswith("keras."):
+        raise SpecError(field, f"{type(value).__name__} is not one of Keras's own and cannot"
+                               " travel to the workers; give its name, a Keras object, or"
+                               " compile it in build_model")
+    return module.serialize(value)

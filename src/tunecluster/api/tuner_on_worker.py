@@ -43,18 +43,18 @@ class WorkerHyperModel(HyperModel):
     or a ``build_model`` function, which KerasTuner wraps alike) whose models are built
     through the trial's session, so the trial keeps the model its ``run_trial`` trained."""
 
-    def __init__(self, hypermodel: Any) -> None:
+    def __init__(self, hypermodel: Any, build: Any) -> None:
         super().__init__()
         self.user = hypermodel
+        self.user_build = build  # the shipped build(hp): the compile overrides applied
         self.name = getattr(hypermodel, "name", None)
 
     def build(self, hp: Any) -> Any:
         from tunecluster.models.custom import build_checked
         from tunecluster.worker.session import current
 
-        build = self.user if callable(self.user) and not isinstance(
-            self.user, HyperModel) else self.user.build
-        name = getattr(build, "__name__", "build")
+        build = self.user_build
+        name = getattr(self.user, "__name__", type(self.user).__name__ + ".build")
         session = current()
         if session is None:
             return build_checked(build, hp, name)
@@ -66,15 +66,31 @@ class WorkerHyperModel(HyperModel):
         return model.fit(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # the user's own attributes and methods
-        if name == "user":
+        if name in ("user", "user_build"):
             raise AttributeError(name)
         return getattr(self.user, name)
 
 
-def on_worker(tuner: Any, hypermodel: Any, executions_per_trial: int,
+def override_compile(model: Any, overrides: dict[str, Any]) -> Any:
+    """KerasTuner's ``Tuner(optimizer=, loss=, metrics=)``: the built model compiled again
+    with these in place of its own (Keras's serialized configs)."""
+    config = model.get_compile_config() or {}
+    model.compile_from_config({**config, **overrides})
+    return model
+
+
+def compiled_with(build: Any, overrides: dict[str, Any]) -> Any:
+    """``build`` whose models are compiled again with ``overrides``."""
+    def build_model(hp: Any) -> Any:
+        return override_compile(build(hp), overrides)
+
+    return build_model
+
+
+def on_worker(tuner: Any, hypermodel: Any, build: Any, executions_per_trial: int,
               objective: tuple[str, str]) -> None:
     """What a shipped tuner holds on a worker besides its own attributes."""
-    tuner.hypermodel = WorkerHyperModel(hypermodel)
+    tuner.hypermodel = WorkerHyperModel(hypermodel, build)
     tuner.executions_per_trial = executions_per_trial
     tuner.objective = Objective(*objective)
 
@@ -86,7 +102,8 @@ CLUSTER_ATTRIBUTES = frozenset({
     "allow_new_entries", "max_retries_per_trial", "max_consecutive_failed_trials",
     "executions_per_trial", "directory", "project_name", "overwrite", "cluster_url",
     "workers", "workers_per_trial", "job", "oracle", "_space", "_results", "_artifacts",
-    "_source", "_function", "_fit", "num_initial_points", "max_epochs", "factor"})
+    "_source", "_function", "_fit", "num_initial_points", "max_epochs", "factor",
+    "optimizer", "loss", "metrics", "_compile", "alpha", "beta", "hyperband_iterations"})
 # KerasTuner's hooks that its own run_trial and callbacks call, which the cluster's do not
 _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
           "on_trial_begin", "on_trial_end", "on_search_begin", "on_search_end",
@@ -98,7 +115,7 @@ def own_classes(tuner: type) -> list[type]:
     from tunecluster.api.keras_tuner import Tuner
 
     return [c for c in tuner.__mro__
-            if issubclass(c, Tuner) and c.__module__ != Tuner.__module__]
+            if issubclass(c, Tuner) and not c.__module__.startswith("tunecluster.")]
 
 
 def own_run_trial(tuner: type) -> bool:

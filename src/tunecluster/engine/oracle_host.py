@@ -145,12 +145,13 @@ class OracleHost:
         }
         cls_ = _oracle_class(search.algorithm)
         if search.algorithm == "hyperband":
-            oracle = cls_(max_epochs=spec.train.epochs, factor=search.hyperband_factor, **common)
+            oracle = cls_(max_epochs=spec.train.epochs, factor=search.hyperband_factor,
+                          hyperband_iterations=search.hyperband_iterations, **common)
             oracle.max_trials = search.max_trials
         elif search.algorithm == "bayesian":
             oracle = cls_(max_trials=search.max_trials,
                           num_initial_points=min(search.num_initial_points, search.max_trials),
-                          **common)
+                          alpha=search.bayesian_alpha, beta=search.bayesian_beta, **common)
             oracle.max_fit_trials = search.bayesian_max_fit_trials
         else:
             oracle = cls_(max_trials=search.max_trials, **common)

@@ -274,6 +274,12 @@ class Search(_Strict):
     max_consecutive_failed_trials: int = Field(defaults.MAX_CONSECUTIVE_FAILED_TRIALS, ge=1)
     seed: int | None = None
     hyperband_factor: int = Field(defaults.HYPERBAND_FACTOR, ge=2)
+    # KerasTuner's Hyperband(hyperband_iterations=): how many times its bracket cycle runs
+    hyperband_iterations: int = Field(1, ge=1, le=1000)
+    # KerasTuner's BayesianOptimization(alpha=, beta=): the Gaussian process's noise
+    # (added to its kernel's diagonal) and the upper confidence bound's exploration weight
+    bayesian_alpha: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    bayesian_beta: float = Field(2.6, ge=0, allow_inf_nan=False)
     num_initial_points: int = Field(defaults.BAYESIAN_INITIAL_POINTS, ge=1)
     # Bayesian only: fit the Gaussian process on at most this many trials (the best and
     # the most recent, see engine/oracle_host.py); 0 fits on every trial, as KerasTuner.
