@@ -240,3 +240,19 @@ def test_compile_overrides_reach_the_workers(cluster, tmp_path: Path, monkeypatc
     assert trial["score"] == trial["metrics"]["val_sparse_top_k_categorical_accuracy"]
     model = tuner.get_best_models(1)[0]
     assert type(model.optimizer).__name__ == "SGD"
+
+
+def test_the_base_tuner_with_an_oracle_object_searches(cluster, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    oracle = kt.oracles.GridSearchOracle(objective=kt.Objective("val_accuracy", "max"),
+                                         max_trials=2)
+    tuner = kt.Tuner(oracle=oracle, hypermodel=build_digits, directory=tmp_path,
+                     project_name="base-tuner", cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=1, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    trials = tuner.job.results()["trials"]
+    # the grid's first two points, as KerasTuner's GridSearchOracle walks it
+    assert sorted(t["hyperparameters"]["units"] for t in trials) == [8, 16]

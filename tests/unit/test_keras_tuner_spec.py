@@ -314,3 +314,27 @@ def test_hyperband_iterations_alpha_and_beta_are_the_jobs() -> None:
                                     beta=3.0, cluster="redis://127.0.0.1:1/0")
     spec = parse_spec(bayes._job_spec(x, y, None, 0.5, 1, 8, None, True, {})[0])
     assert (spec.search.bayesian_alpha, spec.search.bayesian_beta) == (1e-3, 3.0)
+
+
+def test_keras_tuners_base_tuner_takes_an_oracle_object() -> None:
+    """Tuner(oracle=..., hypermodel=...) as in KerasTuner (refused before, issue 24 point
+    3): the oracle's configuration becomes the job's search; the chief hosts the same."""
+    oracle = kt.oracles.BayesianOptimizationOracle(
+        objective=kt.Objective("val_accuracy", "max"), max_trials=3, num_initial_points=2,
+        alpha=1e-3, beta=4.0, seed=11)
+    tuner = kt.Tuner(oracle=oracle, hypermodel=build_model, cluster="redis://127.0.0.1:1/0")
+    x, y = np.zeros((8, 2), dtype="float32"), np.arange(8) % 3
+    search = parse_spec(tuner._job_spec(x, y, None, 0.5, 1, 8, None, True, {})[0]).search
+    assert (search.algorithm, search.max_trials, search.seed) == ("bayesian", 3, 11)
+    assert (search.num_initial_points, search.bayesian_alpha, search.bayesian_beta) == \
+        (2, 1e-3, 4.0)
+    assert search.objective_name == "val_accuracy"
+
+    class MyOracle(kt.oracles.RandomSearchOracle):
+        pass
+
+    with pytest.raises(NotImplementedError, match="MyOracle: an oracle of your own") as info:
+        kt.Tuner(MyOracle(objective="val_loss", max_trials=1), build_model)
+    assert "\n" not in str(info.value)
+    with pytest.raises(TypeError, match="oracle must be a KerasTuner oracle"):
+        kt.Tuner("random", build_model)

@@ -42,19 +42,15 @@ _FINAL = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
 class Tuner:
-    """The common part of the four tuners; use one of them."""
+    """KerasTuner's ``Tuner`` on the cluster: ``Tuner(oracle, hypermodel, ...)`` with one of
+    KerasTuner's oracle objects (its configuration becomes the job's search settings;
+    the chief hosts the same oracle), or one of the four tuners built on it."""
 
-    algorithm = "random"
-
-    def __init__(self, hypermodel: Any = None, objective: Any = None,
-                 max_trials: int | None = 10, *, seed: int | None = None,
-                 hyperparameters: HyperParameters | None = None, tune_new_entries: bool = True,
-                 allow_new_entries: bool = True, max_retries_per_trial: int = 0,
-                 max_consecutive_failed_trials: int = 3, directory: str | None = None,
-                 project_name: str | None = None, overwrite: bool = False,
-                 executions_per_trial: int = 1, optimizer: Any = None, loss: Any = None,
-                 metrics: Any = None, cluster: str | None = None,
-                 workers: int = 2, workers_per_trial: int = 1,
+    def __init__(self, oracle: Any = None, hypermodel: Any = None, *,
+                 directory: str | None = None, project_name: str | None = None,
+                 overwrite: bool = False, executions_per_trial: int = 1,
+                 optimizer: Any = None, loss: Any = None, metrics: Any = None,
+                 cluster: str | None = None, workers: int = 2, workers_per_trial: int = 1,
                  **unsupported: Any) -> None:
         if unsupported:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
@@ -67,15 +63,19 @@ class Tuner:
                     " on the cluster yet (the cluster keeps each trial's model); give the"
                     " hypermodel whose models run_trial trains")
             raise ValueError(f"{type(self).__name__}: hypermodel is required")  # as KerasTuner
+        settings = inputs.oracle_settings(oracle)
         self.hypermodel = hypermodel
-        self.objective = inputs.objective(objective)
-        self.max_trials = max_trials
-        self.seed = seed
-        self.hyperparameters = hyperparameters
-        self.tune_new_entries = tune_new_entries
-        self.allow_new_entries = allow_new_entries
-        self.max_retries_per_trial = max_retries_per_trial
-        self.max_consecutive_failed_trials = max_consecutive_failed_trials
+        self.algorithm: str = settings["algorithm"]
+        self.objective = inputs.objective(settings["objective"])
+        self.max_trials = settings["max_trials"]
+        self.seed = settings["seed"]
+        self.hyperparameters = settings["hyperparameters"]
+        self.tune_new_entries = settings["tune_new_entries"]
+        self.allow_new_entries = settings["allow_new_entries"]
+        self.max_retries_per_trial = settings["max_retries_per_trial"]
+        self.max_consecutive_failed_trials = settings["max_consecutive_failed_trials"]
+        self._search_settings = settings["extra"]
+        self._max_epochs = settings.get("max_epochs")  # Hyperband: search(epochs=) unused
         self.executions_per_trial = executions_per_trial
         self.directory = directory or "."
         self.project_name = project_name or "untitled_project"
@@ -285,10 +285,10 @@ class Tuner:
         return spec, files
 
     def _search_extra(self) -> dict[str, Any]:
-        return {}
+        return dict(self._search_settings)
 
     def _epochs(self, epochs: int) -> int:
-        return epochs
+        return epochs if self._max_epochs is None else int(self._max_epochs)
 
     def _discover_space(self) -> dict[str, Any]:
         """Run the shipped ``build_model`` once here, as KerasTuner does, to learn the space."""

@@ -121,3 +121,43 @@ def _serialized(field: str, value: Any, module: Any) -> Any:
                                " travel to the workers; give its name, a Keras object, or"
                                " compile it in build_model")
     return module.serialize(value)
+
+
+# KerasTuner's oracle classes, by the algorithm the chief hosts for each
+ORACLES = {"RandomSearchOracle": "random", "GridSearchOracle": "grid",
+           "BayesianOptimizationOracle": "bayesian", "HyperbandOracle": "hyperband"}
+
+
+def oracle_settings(oracle: Any) -> dict[str, Any]:
+    """What a KerasTuner oracle object (``Tuner(oracle=...)``) says, as the job's search
+    settings: its class becomes the algorithm the chief hosts, its configuration the
+    search section. The object itself never travels. An oracle class of the user's own
+    is refused in one line (the chief hosts KerasTuner's four)."""
+    import keras_tuner
+
+    cls = type(oracle)
+    if not isinstance(oracle, keras_tuner.Oracle):
+        raise TypeError(f"Tuner: oracle must be a KerasTuner oracle, got {cls.__name__}")
+    if cls.__name__ not in ORACLES or not cls.__module__.startswith("keras_tuner."):
+        raise NotImplementedError(
+            f"{cls.__name__}: an oracle of your own does not run on the cluster's chief"
+            f" yet; use one of KerasTuner's: {', '.join(ORACLES)}")
+    settings: dict[str, Any] = {
+        "algorithm": ORACLES[cls.__name__], "objective": oracle.objective,
+        "max_trials": oracle.max_trials, "seed": oracle.seed,
+        "hyperparameters": oracle.hyperparameters,
+        "tune_new_entries": oracle.tune_new_entries,
+        "allow_new_entries": oracle.allow_new_entries,
+        "max_retries_per_trial": oracle.max_retries_per_trial,
+        "max_consecutive_failed_trials": oracle.max_consecutive_failed_trials, "extra": {}}
+    if getattr(oracle.objective, "name", None) == "default_objective":
+        settings["objective"] = None  # KerasTuner's default: the cluster's (val_loss)
+    if settings["algorithm"] == "bayesian":
+        settings["extra"] = {"bayesian_alpha": oracle.alpha, "bayesian_beta": oracle.beta}
+        if oracle.num_initial_points:
+            settings["extra"]["num_initial_points"] = oracle.num_initial_points
+    elif settings["algorithm"] == "hyperband":
+        settings["extra"] = {"hyperband_factor": oracle.factor,
+                             "hyperband_iterations": oracle.hyperband_iterations}
+        settings["max_epochs"] = oracle.max_epochs
+    return settings

@@ -98,12 +98,12 @@ def on_worker(tuner: Any, hypermodel: Any, build: Any, executions_per_trial: int
 # What the drop-in's tuners hold themselves; a subclass's other attributes are its own
 # and travel with its run_trial (user_attributes).
 CLUSTER_ATTRIBUTES = frozenset({
-    "hypermodel", "objective", "max_trials", "seed", "hyperparameters", "tune_new_entries",
-    "allow_new_entries", "max_retries_per_trial", "max_consecutive_failed_trials",
-    "executions_per_trial", "directory", "project_name", "overwrite", "cluster_url",
-    "workers", "workers_per_trial", "job", "oracle", "_space", "_results", "_artifacts",
-    "_source", "_function", "_fit", "num_initial_points", "max_epochs", "factor",
-    "optimizer", "loss", "metrics", "_compile", "alpha", "beta", "hyperband_iterations"})
+    "hypermodel", "algorithm", "objective", "max_trials", "seed", "hyperparameters",
+    "tune_new_entries", "allow_new_entries", "max_retries_per_trial",
+    "max_consecutive_failed_trials", "executions_per_trial", "directory", "project_name",
+    "overwrite", "cluster_url", "workers", "workers_per_trial", "job", "oracle", "_space",
+    "_results", "_artifacts", "_source", "_function", "_fit", "_search_settings",
+    "_max_epochs", "optimizer", "loss", "metrics", "_compile"})
 # KerasTuner's hooks that its own run_trial and callbacks call, which the cluster's do not
 _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
           "on_trial_begin", "on_trial_end", "on_search_begin", "on_search_end",

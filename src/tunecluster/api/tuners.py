@@ -1,64 +1,84 @@
-"""KerasTuner's four tuners on the cluster: each one ``Tuner`` whose job names its
-algorithm (the oracle the chief hosts) and the settings that algorithm takes."""
+"""KerasTuner's four tuners on the cluster, each built as KerasTuner builds it: one of its
+oracle objects (whose configuration becomes the job's search settings; the chief hosts
+the same oracle) handed to ``Tuner``."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from keras_tuner import oracles
+
+from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api.keras_tuner import Tuner
+
+
+def _common(objective: Any, seed: int | None, hyperparameters: Any, tune_new_entries: bool,
+            allow_new_entries: bool, max_retries_per_trial: int,
+            max_consecutive_failed_trials: int) -> dict[str, Any]:
+    """An oracle's common arguments; the objective checked here (a one-line error that
+    says how to give its direction), not by KerasTuner's oracle."""
+    return {"objective": inputs.objective(objective), "seed": seed,
+            "hyperparameters": hyperparameters, "tune_new_entries": tune_new_entries,
+            "allow_new_entries": allow_new_entries,
+            "max_retries_per_trial": max_retries_per_trial,
+            "max_consecutive_failed_trials": max_consecutive_failed_trials}
 
 
 class RandomSearch(Tuner):
     """``keras_tuner.RandomSearch`` on the cluster."""
 
-    algorithm = "random"
+    def __init__(self, hypermodel: Any = None, objective: Any = None,
+                 max_trials: int | None = 10, seed: int | None = None,
+                 hyperparameters: Any = None, tune_new_entries: bool = True,
+                 allow_new_entries: bool = True, max_retries_per_trial: int = 0,
+                 max_consecutive_failed_trials: int = 3, **kwargs: Any) -> None:
+        oracle = oracles.RandomSearchOracle(max_trials=max_trials, **_common(
+            objective, seed, hyperparameters, tune_new_entries, allow_new_entries,
+            max_retries_per_trial, max_consecutive_failed_trials))
+        super().__init__(oracle, hypermodel, **kwargs)
 
 
 class GridSearch(Tuner):
     """``keras_tuner.GridSearch`` on the cluster (``max_trials=None``: the whole grid)."""
 
-    algorithm = "grid"
-
     def __init__(self, hypermodel: Any = None, objective: Any = None,
-                 max_trials: int | None = None, **kwargs: Any) -> None:
-        super().__init__(hypermodel, objective, max_trials, **kwargs)
+                 max_trials: int | None = None, seed: int | None = None,
+                 hyperparameters: Any = None, tune_new_entries: bool = True,
+                 allow_new_entries: bool = True, max_retries_per_trial: int = 0,
+                 max_consecutive_failed_trials: int = 3, **kwargs: Any) -> None:
+        oracle = oracles.GridSearchOracle(max_trials=max_trials, **_common(
+            objective, seed, hyperparameters, tune_new_entries, allow_new_entries,
+            max_retries_per_trial, max_consecutive_failed_trials))
+        super().__init__(oracle, hypermodel, **kwargs)
 
 
 class BayesianOptimization(Tuner):
     """``keras_tuner.BayesianOptimization`` on the cluster."""
 
-    algorithm = "bayesian"
-
     def __init__(self, hypermodel: Any = None, objective: Any = None, max_trials: int = 10,
                  num_initial_points: int | None = None, alpha: float = 1e-4,
-                 beta: float = 2.6, **kwargs: Any) -> None:
-        self.num_initial_points = num_initial_points
-        self.alpha, self.beta = alpha, beta
-        super().__init__(hypermodel, objective, max_trials, **kwargs)
-
-    def _search_extra(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {"bayesian_alpha": self.alpha, "bayesian_beta": self.beta}
-        if self.num_initial_points:
-            extra["num_initial_points"] = self.num_initial_points
-        return extra
+                 beta: float = 2.6, seed: int | None = None, hyperparameters: Any = None,
+                 tune_new_entries: bool = True, allow_new_entries: bool = True,
+                 max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3,
+                 **kwargs: Any) -> None:
+        oracle = oracles.BayesianOptimizationOracle(
+            max_trials=max_trials, num_initial_points=num_initial_points, alpha=alpha,
+            beta=beta, **_common(objective, seed, hyperparameters, tune_new_entries,
+                                 allow_new_entries, max_retries_per_trial,
+                                 max_consecutive_failed_trials))
+        super().__init__(oracle, hypermodel, **kwargs)
 
 
 class Hyperband(Tuner):
     """``keras_tuner.Hyperband`` on the cluster: ``max_epochs`` replaces ``search(epochs=)``."""
 
-    algorithm = "hyperband"
-
     def __init__(self, hypermodel: Any = None, objective: Any = None, max_epochs: int = 100,
-                 factor: int = 3, hyperband_iterations: int = 1, **kwargs: Any) -> None:
-        self.max_epochs = max_epochs
-        self.factor = factor
-        self.hyperband_iterations = hyperband_iterations
-        kwargs.setdefault("max_trials", None)
-        super().__init__(hypermodel, objective, **kwargs)
-
-    def _search_extra(self) -> dict[str, Any]:
-        return {"hyperband_factor": self.factor,
-                "hyperband_iterations": self.hyperband_iterations}
-
-    def _epochs(self, epochs: int) -> int:
-        return self.max_epochs
+                 factor: int = 3, hyperband_iterations: int = 1, seed: int | None = None,
+                 hyperparameters: Any = None, tune_new_entries: bool = True,
+                 allow_new_entries: bool = True, max_retries_per_trial: int = 0,
+                 max_consecutive_failed_trials: int = 3, **kwargs: Any) -> None:
+        oracle = oracles.HyperbandOracle(
+            max_epochs=max_epochs, factor=factor, hyperband_iterations=hyperband_iterations,
+            **_common(objective, seed, hyperparameters, tune_new_entries, allow_new_entries,
+                      max_retries_per_trial, max_consecutive_failed_trials))
+        super().__init__(oracle, hypermodel, **kwargs)
