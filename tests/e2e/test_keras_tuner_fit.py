@@ -256,3 +256,20 @@ def test_the_base_tuner_with_an_oracle_object_searches(cluster, tmp_path: Path,
     trials = tuner.job.results()["trials"]
     # the grid's first two points, as KerasTuner's GridSearchOracle walks it
     assert sorted(t["hyperparameters"]["units"] for t in trials) == [8, 16]
+
+
+def test_a_tf_data_search_with_class_weights(cluster, tmp_path: Path, monkeypatch) -> None:
+    import dropin_notebook_style as example
+    import tensorflow as tf
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    train = tf.data.Dataset.from_tensor_slices((example.X_train, example.y_train)).batch(16)
+    valid = tf.data.Dataset.from_tensor_slices((example.X_valid, example.y_valid)).batch(64)
+    tuner = kt.RandomSearch(build_digits, objective="val_accuracy", max_trials=1,
+                            directory=tmp_path, project_name="tf-data", cluster=cluster.url)
+    tuner.search(train, validation_data=valid, epochs=1, verbose=0,
+                 class_weight={k: 1.0 for k in range(10)})
+    record = tuner.job.record()
+    assert record.spec["train"]["batch_size"] == 16  # the dataset's batches
+    assert record.spec["train"]["class_weight"] == {str(k): 1.0 for k in range(10)}
+    assert tuner.job.results()["state"] == "completed"

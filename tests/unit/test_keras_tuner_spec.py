@@ -143,8 +143,10 @@ def test_refusals_are_one_line() -> None:
                         True, {})
     with pytest.raises(SpecError, match="validation_data=\\(x, y\\) or validation_split"):
         tuner._job_spec(x, y, None, None, 1, 8, None, True, {})
-    with pytest.raises(SpecError, match="not supported on a cluster: class_weight"):
-        tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"class_weight": {}})
+    with pytest.raises(SpecError, match="not supported on a cluster: sample_weight"):
+        tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"sample_weight": y})
+    spec, _ = tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"class_weight": {0: 2}})
+    assert parse_spec(spec).train.class_weight == {0: 2.0}
     with pytest.raises(SpecError, match="labels must be numeric"):
         tuner._job_spec(x, np.array(["a", "b"] * 5), (x, y), None, 1, 8, None, True, {})
     with pytest.raises(TypeError, match="not supported on a cluster: distribution_strategy"):
@@ -338,3 +340,25 @@ def test_keras_tuners_base_tuner_takes_an_oracle_object() -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(TypeError, match="oracle must be a KerasTuner oracle"):
         kt.Tuner("random", build_model)
+
+
+def test_a_tf_data_dataset_travels_as_arrays() -> None:
+    """tf.data datasets (refused before, issue 24 point 9) are materialized into the
+    upload, batches as Keras reads them; an endless one is refused in one line."""
+    import tensorflow as tf
+
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy",
+                            cluster="redis://127.0.0.1:1/0")
+    x = np.arange(40, dtype="float32").reshape(20, 2)
+    y = np.arange(20) % 3
+    train = tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(5)
+    valid = tf.data.Dataset.from_tensor_slices((x[16:], y[16:])).batch(5)
+    spec, files = tuner._job_spec(train, None, valid, None, 1, 32, None, True, {})
+    assert spec["train"]["batch_size"] == 5  # the dataset's batches
+    assert np.array_equal(_npz(files["train.npz"])["x"], x[:16])
+    assert np.array_equal(_npz(files["valid.npz"])["y"], y[16:])
+    with pytest.raises(SpecError, match="endless dataset") as info:
+        tuner._job_spec(train.repeat(), None, valid, None, 1, 32, None, True, {})
+    assert "\n" not in str(info.value)
+    with pytest.raises(SpecError, match="give y=None"):
+        tuner._job_spec(train, y, valid, None, 1, 32, None, True, {})

@@ -144,3 +144,13 @@ def test_fit_is_for_module_models_and_one_worker_per_trial() -> None:
                     "resources": {"workers_per_trial": 2}})
     with pytest.raises(SpecError, match="executions_per_trial"):
         parse_spec({**base, "model": {"builtin": "mlp"}, "train": {"executions_per_trial": 0}})
+
+
+def test_class_weight_reaches_kerass_fit(tmp_path: Path) -> None:
+    """train.class_weight (the drop-in's search(class_weight=)): every class weighted 0
+    leaves nothing to learn from, so the training loss is 0."""
+    rt = runtime(tmp_path, epochs=1, class_weight={k: 0.0 for k in range(10)})
+    result = run_trial(rt, TrialRequest("t1", {"n_hidden": 1, "n_neurons": 16,
+                                               "learning_rate": 0.01}), ListReporter())
+    assert result.epochs[0]["loss"] == 0.0
+    assert result.epochs[0]["val_loss"] > 0  # validation is not weighted

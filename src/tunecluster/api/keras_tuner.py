@@ -225,12 +225,22 @@ class Tuner:
                   epochs: int, batch_size: int, callbacks: Sequence[Any] | None,
                   shuffle: bool, fit_kwargs: dict[str, Any], given: Sequence[str] = (),
                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        fit_kwargs = dict(fit_kwargs)
+        class_weight = fit_kwargs.pop("class_weight", None)
         if fit_kwargs:
             names = ", ".join(sorted(fit_kwargs))
             raise SpecError("search", f"not supported on a cluster: {names}")
+        if class_weight is not None:
+            given = [*given, "class_weight"]
         early = inputs.early_stopping(callbacks, self.objective.name)
-        train_xy = (inputs.array(x, "x"), inputs.array(y, "y"))
-        if validation_data is not None:
+        *train_xy, batch = inputs.xy(x, y, "x")
+        if batch is not None and "batch_size" not in given:
+            # a dataset's batches: Keras trains on them as they are, so the workers train
+            # on batches of that size (and a fit of the user's own is given it)
+            batch_size, given = batch, [*given, "batch_size"]
+        if validation_data is not None and inputs.is_dataset(validation_data):
+            valid_xy = inputs.dataset_arrays(validation_data, "validation_data")[:2]
+        elif validation_data is not None:
             if len(validation_data) != 2:
                 raise SpecError("validation_data", "give (x_valid, y_valid); sample weights"
                                                    " are not supported")
@@ -276,6 +286,8 @@ class Tuner:
                                  "executions_per_trial": self.executions_per_trial}
         if early:
             train["early_stopping"] = early
+        if class_weight is not None:
+            train["class_weight"] = inputs.class_weight(class_weight)
         spec = {"name": project.job_name(self.project_name),
                 "data": {"files": {"train": "train.npz", "valid": "valid.npz",
                                    "test": "valid.npz"}},

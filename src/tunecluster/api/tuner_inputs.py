@@ -61,12 +61,63 @@ def array(value: Any, what: str) -> np.ndarray:
             next(iter(value))):
         raise SpecError(what, "one array only: models with several inputs are not supported")
     if not isinstance(value, (np.ndarray, list, tuple)):
-        raise SpecError(what, f"a numpy array or pandas object, got {type(value).__name__}"
-                              " (tf.data datasets do not travel)")
+        raise SpecError(what, f"a numpy array, a pandas object or a tf.data dataset of"
+                              f" (x, y) batches, got {type(value).__name__}")
     array = np.asarray(value)
     if array.dtype.hasobject:
         raise SpecError(what, "holds Python objects; give numeric arrays")
     return array
+
+
+def xy(x: Any, y: Any, what: str = "x") -> tuple[np.ndarray, np.ndarray, int | None]:
+    """``(x, y, batch size)`` from what Keras's ``fit`` takes as data: arrays (batch size
+    None: the search's), or a ``tf.data`` dataset of ``(x, y)`` batches, materialized
+    here to travel as arrays (its batch size: its first batch's)."""
+    if is_dataset(x):
+        if y is not None:
+            raise SpecError(what, "a dataset holds its labels: give y=None, as Keras does")
+        return dataset_arrays(x, what)
+    return array(x, "x"), array(y, "y"), None
+
+
+def dataset_arrays(dataset: Any, what: str) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """A finite ``tf.data`` dataset of ``(x, y)`` batches (Keras's reading: every element
+    is a batch) as two arrays, refused in one line past the upload limit."""
+    import tensorflow as tf
+
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise SpecError(what, "an endless dataset (repeat()) cannot travel; give it without"
+                              " repeat(): the workers run the epochs")
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2
+            and all(isinstance(s, tf.TensorSpec) for s in spec)):
+        raise SpecError(what, "a dataset of (x, y) batches of single tensors travels; this"
+                              " one's elements are " + type(spec).__name__)
+    xs, ys, size = [], [], 0
+    for x_batch, y_batch in dataset.as_numpy_iterator():
+        xs.append(np.asarray(x_batch))
+        ys.append(np.asarray(y_batch))
+        size += xs[-1].nbytes + ys[-1].nbytes
+        if size > defaults.MAX_UPLOAD_BYTES:
+            raise SpecError(what, f"the dataset is over the {defaults.MAX_UPLOAD_BYTES // 2**20}"
+                                  " MiB that travel with a job; save it as npz files under"
+                                  f" every worker's ${defaults.DATA_ROOT_ENV} and submit a"
+                                  " job file (data.files)")
+    if not xs:
+        raise SpecError(what, "the dataset is empty")
+    if xs[0].ndim == 0:
+        raise SpecError(what, "the dataset's elements are single examples; batch() it,"
+                              " as Keras's fit expects")
+    return np.concatenate(xs), np.concatenate(ys), len(xs[0])
+
+
+def is_dataset(value: Any) -> bool:
+    module = type(value).__module__
+    if not module.startswith("tensorflow"):
+        return False
+    import tensorflow as tf
+
+    return isinstance(value, tf.data.Dataset)
 
 
 def npz(x: np.ndarray, y: np.ndarray) -> bytes:
@@ -161,3 +212,14 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
                              "hyperband_iterations": oracle.hyperband_iterations}
         settings["max_epochs"] = oracle.max_epochs
     return settings
+
+
+def class_weight(value: Any) -> dict[int, float]:
+    """Keras's ``class_weight`` (class index -> weight) as JSON numbers."""
+    if not isinstance(value, dict):
+        raise SpecError("class_weight", f"a dict of class index -> weight, got"
+                                        f" {type(value).__name__}")
+    try:
+        return {int(k): float(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise SpecError("class_weight", "class indices and weights must be numbers") from None

@@ -207,7 +207,7 @@ class Model(_Strict):
     # The search() arguments that fit is given besides x, y and callbacks (KerasTuner
     # gives HyperModel.fit those its user gave search()); None: all of them.
     fit_kwargs: list[Literal["validation_data", "epochs", "batch_size", "shuffle",
-                             "verbose"]] | None = None
+                             "verbose", "class_weight"]] | None = None
     # A function of the module run_trial(trial, *args, **kwargs): a KerasTuner tuner's own
     # run_trial, which the drop-in ships; trials call it instead of building and fitting.
     run_trial: str | None = None
@@ -345,6 +345,17 @@ class Train(_Strict):
     # KerasTuner's executions_per_trial: the model is built and trained this many times,
     # and the trial's metrics are the mean of each execution's best epoch (less noise).
     executions_per_trial: int = Field(1, ge=1, le=100)
+    # Keras's fit(class_weight=): a class index's weight in the training loss
+    class_weight: dict[int, float] | None = None
+
+    @field_validator("class_weight")
+    @classmethod
+    def _class_weight(cls, value: dict[int, float] | None) -> dict[int, float] | None:
+        for index, weight in (value or {}).items():
+            if index < 0 or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"class {index}: {weight!r}; give class indices >= 0 and"
+                                 " finite weights >= 0")
+        return value
 
     @field_validator("deterministic", mode="before")
     @classmethod

@@ -27,7 +27,8 @@ from typing import Any
 from tunecluster.errors import TrialFailed
 
 # The search() arguments the module's fit may be given, in KerasTuner's order.
-FIT_KWARGS = ("validation_data", "epochs", "batch_size", "shuffle", "verbose")
+FIT_KWARGS = ("validation_data", "epochs", "batch_size", "shuffle", "verbose",
+              "class_weight")
 VALIDATION_BATCH = 1024
 
 
@@ -61,7 +62,7 @@ def fit_once(rt: Any, hp: Any, model: Any, callbacks: list[Any],
             validation_data=shard_by_data(strategy, rt.dataset(
                 "valid", validation_batch_size(spec.train.batch_size), False, 0)),
             epochs=epochs, initial_epoch=epoch_kwargs.get("initial_epoch", 0),
-            callbacks=callbacks,
+            callbacks=callbacks, class_weight=spec.train.class_weight,
             shuffle=False,  # the tf.data pipeline shuffles already
             verbose=0)
     args, kwargs = search_arguments(rt, epochs)
@@ -75,9 +76,11 @@ def search_arguments(rt: Any, epochs: int) -> tuple[tuple[Any, ...], dict[str, A
     given = spec.model.fit_kwargs if spec.model.fit_kwargs is not None else FIT_KWARGS
     values = {"validation_data": (splits.x_valid, splits.y_valid), "epochs": epochs,
               "batch_size": spec.train.batch_size, "shuffle": spec.train.shuffle,
-              "verbose": 0}  # a worker's log is no terminal: no progress bars
+              "verbose": 0,  # a worker's log is no terminal: no progress bars
+              "class_weight": spec.train.class_weight}
     return ((splits.x_train, splits.y_train),
-            {name: values[name] for name in FIT_KWARGS if name in given})
+            {name: values[name] for name in FIT_KWARGS if name in given
+             and (name != "class_weight" or values[name] is not None)})
 
 
 def summarize(executions: Sequence[Execution], objective: str, direction: str,
