@@ -71,7 +71,7 @@ def search_space(spec: JobSpec, *, discover: bool = True,
                     Path(paths[name]).write_bytes(blob)
             try:
                 return discover_space_isolated(spec.model, data=spec.data, files=paths,
-                                               objective=spec.search.objective_name)
+                                               objective=objective_names(spec))
             except TrialFailed as exc:
                 raise SpecError("model.module", str(exc)) from None
     # KerasTuner's own config, written without importing it (and so TensorFlow): a
@@ -120,6 +120,12 @@ def wait(store: Store, job: str, timeout_s: float | None = None,
         events = store.events.read(job, after, block_ms=int(poll_s * 1000), count=1000)
         if events:
             after = events[-1].id
+
+
+def objective_names(spec: JobSpec) -> list[str]:
+    """The metric names a job's objective reads: its own, or a multi-objective's parts."""
+    parts = spec.search.objective_parts
+    return [n for n, _ in parts] if parts else [spec.search.objective_name]
 
 
 def check_warm_start(store: Store, spec: JobSpec) -> None:

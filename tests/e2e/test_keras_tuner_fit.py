@@ -273,3 +273,21 @@ def test_a_tf_data_search_with_class_weights(cluster, tmp_path: Path, monkeypatc
     assert record.spec["train"]["batch_size"] == 16  # the dataset's batches
     assert record.spec["train"]["class_weight"] == {str(k): 1.0 for k in range(10)}
     assert tuner.job.results()["state"] == "completed"
+
+
+def test_a_multi_objective_search(cluster, tmp_path: Path, monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = kt.RandomSearch(build_digits, objective=["val_loss", "val_accuracy"],
+                            max_trials=2, directory=tmp_path, project_name="multi",
+                            cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=2, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    results = tuner.job.results()
+    assert results["objective"] == {"name": "multi_objective", "direction": "min"}
+    for trial in results["trials"]:  # KerasTuner's sum: losses as they are, accuracy negated
+        metrics = trial["metrics"]
+        assert trial["score"] == pytest.approx(metrics["val_loss"] - metrics["val_accuracy"])
+    best = min(results["trials"], key=lambda t: t["score"])
+    assert tuner.oracle.get_best_trials(1)[0].trial_id == best["trial"]

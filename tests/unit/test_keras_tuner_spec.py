@@ -362,3 +362,23 @@ def test_a_tf_data_dataset_travels_as_arrays() -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(SpecError, match="give y=None"):
         tuner._job_spec(train, y, valid, None, 1, 32, None, True, {})
+
+
+def test_a_list_objective_is_keras_tuners_multi_objective() -> None:
+    """A list objective (refused before, issue 24 point 3): the sum of the parts, each
+    negated where bigger is better, minimized, as KerasTuner's MultiObjective."""
+    from tunecluster.spec.objective import with_objective
+
+    tuner = kt.RandomSearch(build_model, objective=["val_loss", "val_accuracy"],
+                            cluster="redis://127.0.0.1:1/0")
+    assert tuner.objective.name == "multi_objective"
+    x, y = np.zeros((8, 2), dtype="float32"), np.arange(8) % 3
+    search = parse_spec(tuner._job_spec(x, y, None, 0.5, 1, 8, None, True, {})[0]).search
+    assert (search.objective_name, search.direction) == ("multi_objective", "min")
+    assert search.objective_parts == [("val_loss", "min"), ("val_accuracy", "max")]
+    logs = with_objective({"val_loss": 0.5, "val_accuracy": 0.75}, "multi_objective",
+                          search.objective_parts)
+    assert logs["multi_objective"] == pytest.approx(0.5 - 0.75)
+    with pytest.raises(SpecError, match="'val_nope_loss' is not reported by the builtin"):
+        parse_spec({"name": "j", "data": {"dataset": "digits"}, "model": {"builtin": "mlp"},
+                    "search": {"objective": ["val_loss", "val_nope_loss"]}})

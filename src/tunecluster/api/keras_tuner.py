@@ -274,7 +274,7 @@ class Tuner:
             model["task"] = task
         search: dict[str, Any] = {
             "algorithm": self.algorithm,
-            "objective": {"name": self.objective.name, "direction": self.objective.direction},
+            "objective": inputs.objective_spec(self.objective),
             "max_trials": self.max_trials or 10_000,
             "max_retries_per_trial": self.max_retries_per_trial,
             "max_consecutive_failed_trials": self.max_consecutive_failed_trials,
@@ -313,7 +313,8 @@ class Tuner:
             # a fit or run_trial of the user's own may return the objective itself
             own = self._fit is not None or tuner_on_worker.own_run_trial(type(self))
             hp = discover_space(self._source, self._function, declared, "hypermodel.py",
-                                objective=None if own else self.objective.name)
+                                objective=None if own else inputs.objective_names(
+                                    self.objective))
         except ModelCodeError as exc:
             raise SpecError("hypermodel", str(exc)) from None
         new = [p for p in hp.space if p.name not in given]

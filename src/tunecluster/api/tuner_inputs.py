@@ -16,21 +16,44 @@ from tunecluster import defaults
 from tunecluster.errors import SpecError
 
 
-def objective(objective: Any) -> Objective:
+def objective(value: Any) -> Objective:
+    """KerasTuner's objective from what a tuner is given: a name (its direction
+    inferred), a ``kt.Objective``, or a list of them (KerasTuner's multi-objective: the
+    sum of the parts, each to minimize); None is ``val_loss``."""
+    # KerasTuner 1.4 (pinned) keeps it out of its public modules
+    from keras_tuner.src.engine.objective import MultiObjective
+
     from tunecluster.spec.objective import infer_direction
 
-    if objective is None:
-        objective = "val_loss"
-    if isinstance(objective, Objective):
-        return objective
-    if isinstance(objective, str):
-        direction = infer_direction(objective)
+    if value is None:
+        value = "val_loss"
+    if isinstance(value, Objective):
+        return value
+    if isinstance(value, str):
+        direction = infer_direction(value)
         if direction is None:
-            raise SpecError("objective", f"cannot infer the direction of {objective!r}; give"
-                                         f" kt.Objective({objective!r}, 'min' or 'max')")
-        return Objective(objective, direction)
-    raise SpecError("objective", f"one objective (a name or kt.Objective), got"
-                                 f" {type(objective).__name__}")
+            raise SpecError("objective", f"cannot infer the direction of {value!r}; give"
+                                         f" kt.Objective({value!r}, 'min' or 'max')")
+        return Objective(value, direction)
+    if isinstance(value, (list, tuple)) and len(value) >= 2:
+        return MultiObjective([objective(part) for part in value])
+    raise SpecError("objective", f"a name, a kt.Objective or a list of two or more, got"
+                                 f" {type(value).__name__}")
+
+
+def objective_spec(obj: Any) -> dict[str, Any]:
+    """The job's ``search.objective`` for a KerasTuner objective."""
+    spec: dict[str, Any] = {"name": obj.name, "direction": obj.direction}
+    parts = getattr(obj, "objectives", None)
+    if parts:
+        spec["parts"] = [{"name": p.name, "direction": p.direction} for p in parts]
+    return spec
+
+
+def objective_names(obj: Any) -> list[str]:
+    """The metric names an objective reads (a multi-objective's parts)."""
+    parts = getattr(obj, "objectives", None)
+    return [p.name for p in parts] if parts else [obj.name]
 
 
 def early_stopping(callbacks: Sequence[Any] | None, objective: str) -> dict[str, Any] | None:

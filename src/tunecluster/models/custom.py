@@ -154,7 +154,8 @@ def _last_line(exc: BaseException) -> str:
 
 
 def discover_space(source: str, function: str, declared: Any, filename: str = "model.py",
-                   data: Callable[[], Any] | None = None, objective: str | None = None,
+                   data: Callable[[], Any] | None = None,
+                   objective: str | list[str] | None = None,
                    fit: tuple[str | None, ...] | None = None) -> Any:
     """Run ``build_model`` once, as KerasTuner's tuner does, to register its search space.
 
@@ -210,7 +211,7 @@ def discover_timeout() -> float:
 
 def discover_space_isolated(model: Any, timeout_s: float | None = None,
                             data: Any = None, files: dict[str, str] | None = None,
-                            objective: str | None = None) -> dict[str, Any]:
+                            objective: str | list[str] | None = None) -> dict[str, Any]:
     """``discover_space`` in a child process, with a limit; returns the space's config.
 
     The user's module runs in a process of its own, so a ``build_model`` that hangs,

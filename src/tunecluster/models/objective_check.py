@@ -51,12 +51,15 @@ def _name(metric: Any) -> str:
     return metric if isinstance(metric, str) else str(get_object_name(metric))
 
 
-def check_objective(model: Any, objective: str, function: str = "build_model") -> None:
+def check_objective(model: Any, objective: str | list[str],
+                    function: str = "build_model") -> None:
     """``SpecError`` (one line, the names that would work) when the compiled ``model``
-    does not report ``objective``."""
+    does not report ``objective`` (each of a multi-objective's parts)."""
     names = reported_names(model)
-    if names is None or objective in names:
+    if names is None:
         return
-    raise SpecError("search.objective",
-                    f"{objective!r} is not reported by the model {function}(hp) compiles;"
-                    f" it reports: {', '.join(names)}")
+    for wanted in [objective] if isinstance(objective, str) else objective:
+        if wanted not in names:
+            raise SpecError("search.objective",
+                            f"{wanted!r} is not reported by the model {function}(hp)"
+                            f" compiles; it reports: {', '.join(names)}")

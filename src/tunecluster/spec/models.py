@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunecluster import defaults
-from tunecluster.spec.objective import infer_direction
+from tunecluster.spec.objective import MULTI_OBJECTIVE, infer_direction
 
 ALGORITHMS = ("random", "grid", "bayesian", "hyperband")
 TASKS = ("classification", "regression")
@@ -257,9 +257,17 @@ class Model(_Strict):
 # --- search -------------------------------------------------------------------------
 
 
+class ObjectivePart(_Strict):
+    name: str
+    direction: Literal["min", "max"] | None = None
+
+
 class Objective(_Strict):
     name: str
     direction: Literal["min", "max"] | None = None
+    # KerasTuner's multi-objective (a list of objectives): the trial's score is the sum
+    # of these, each negated where bigger is better (name multi_objective, minimized)
+    parts: list[ObjectivePart] | None = None
 
 
 MIN_FIT_TRIALS = 10  # fewer points than this would leave the Gaussian process blind
@@ -294,24 +302,45 @@ class Search(_Strict):
                              " the Gaussian process on every trial")
         return value
 
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objectives(cls, value: object) -> object:
+        if isinstance(value, list):  # KerasTuner's list of objectives
+            if len(value) < 2:
+                raise ValueError("a list of objectives holds two or more")
+            parts = [{"name": v} if isinstance(v, str) else v for v in value]
+            return {"name": MULTI_OBJECTIVE, "direction": "min", "parts": parts}
+        return value
+
     @field_validator("objective", mode="after")
     @classmethod
     def _objective(cls, value: Objective | str) -> Objective:
         obj = Objective(name=value) if isinstance(value, str) else value
-        if obj.direction is None:
-            direction = infer_direction(obj.name)
-            if direction is None:
-                raise ValueError(
-                    f"cannot infer the direction of {obj.name!r}; give"
-                    " objective: {name: ..., direction: min|max}"
-                )
-            obj.direction = direction
+        for part in [obj, *(obj.parts or [])]:
+            if part.direction is None:
+                direction = infer_direction(part.name)
+                if direction is None:
+                    raise ValueError(
+                        f"cannot infer the direction of {part.name!r}; give"
+                        " objective: {name: ..., direction: min|max}"
+                    )
+                part.direction = direction
+        if obj.parts is not None and (obj.name, obj.direction) != (MULTI_OBJECTIVE, "min"):
+            raise ValueError(f"objectives with parts are named {MULTI_OBJECTIVE} and"
+                             " minimized (KerasTuner's multi-objective)")
         return obj
 
     @property
     def objective_name(self) -> str:
         assert isinstance(self.objective, Objective)
         return self.objective.name
+
+    @property
+    def objective_parts(self) -> list[tuple[str, str]] | None:
+        """A multi-objective's ``(name, direction)`` parts; None for one objective."""
+        assert isinstance(self.objective, Objective)
+        parts = self.objective.parts
+        return None if parts is None else [(p.name, p.direction or "min") for p in parts]
 
     @property
     def direction(self) -> str:

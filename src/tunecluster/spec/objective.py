@@ -21,3 +21,18 @@ def infer_direction(name: str) -> str | None:
 def builtin_metrics(task: str) -> tuple[str, ...]:
     """Metric names the builtin MLP compiles for a task (besides ``loss``)."""
     return ("accuracy",) if task == "classification" else ("mae", "mse", "rmse")
+
+
+MULTI_OBJECTIVE = "multi_objective"  # KerasTuner's name for a list of objectives
+
+
+def with_objective(metrics: dict[str, float], objective: str,
+                   parts: list[tuple[str, str]] | None) -> dict[str, float]:
+    """``metrics`` with the value of a multi-objective added (KerasTuner's
+    ``MultiObjective``: the sum of its parts, each negated where bigger is better, to
+    minimize) when all its parts are there; unchanged otherwise."""
+    if not parts or objective in metrics or not all(name in metrics for name, _ in parts):
+        return metrics
+    value = sum(metrics[name] if direction == "min" else -metrics[name]
+                for name, direction in parts)
+    return {**metrics, objective: float(value)}

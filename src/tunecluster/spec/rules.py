@@ -59,24 +59,26 @@ def _check_task_fits_data(spec: JobSpec) -> None:
 
 
 def _check_objective(spec: JobSpec) -> None:
-    name = spec.search.objective_name
+    parts = spec.search.objective_parts
+    names = [n for n, _ in parts] if parts else [spec.search.objective_name]
     # a fit or run_trial of the user's own scores trials as it likes (KerasTuner's way)
     own = spec.model.fit is not None or spec.model.run_trial is not None
-    if not name.startswith("val_") and not own:
-        raise SpecError(
-            "search.objective",
-            f"{name!r} is not a validation metric; the search must be judged on held-out"
-            " data (use val_ + a compiled metric or loss, e.g. val_loss)",
-        )
-    if spec.model.is_builtin:
-        assert spec.model.task is not None
-        allowed = ["val_loss"] + [f"val_{m}" for m in builtin_metrics(spec.model.task)]
-        if name not in allowed:
+    for name in names:
+        if not name.startswith("val_") and not own:
             raise SpecError(
                 "search.objective",
-                f"{name!r} is not reported by the builtin {spec.model.task} model;"
-                f" allowed: {', '.join(allowed)}",
+                f"{name!r} is not a validation metric; the search must be judged on"
+                " held-out data (use val_ + a compiled metric or loss, e.g. val_loss)",
             )
+        if spec.model.is_builtin:
+            assert spec.model.task is not None
+            allowed = ["val_loss"] + [f"val_{m}" for m in builtin_metrics(spec.model.task)]
+            if name not in allowed:
+                raise SpecError(
+                    "search.objective",
+                    f"{name!r} is not reported by the builtin {spec.model.task} model;"
+                    f" allowed: {', '.join(allowed)}",
+                )
 
 
 def _check_builtin_hyperparameters(spec: JobSpec) -> None:

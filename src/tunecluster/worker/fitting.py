@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunecluster.errors import TrialFailed
+from tunecluster.spec.objective import with_objective
+
+# A multi-objective's (name, direction) parts, or None (spec Search.objective_parts)
+Parts = list[tuple[str, str]] | None
 
 # The search() arguments the module's fit may be given, in KerasTuner's order.
 FIT_KWARGS = ("validation_data", "epochs", "batch_size", "shuffle", "verbose",
@@ -84,16 +88,16 @@ def search_arguments(rt: Any, epochs: int) -> tuple[tuple[Any, ...], dict[str, A
 
 
 def summarize(executions: Sequence[Execution], objective: str, direction: str,
-              who: str) -> tuple[dict[str, float], int]:
+              who: str, parts: Parts = None) -> tuple[dict[str, float], int]:
     """``(metrics, best epoch)`` of the trial: the mean over its executions of each one's
     metrics (KerasTuner's ``average_metrics_dicts``) and the mean of their best epochs
     (1-based, rounded down as KerasTuner does)."""
-    read = [execution_metrics(e, objective, direction, who) for e in executions]
+    read = [execution_metrics(e, objective, direction, who, parts) for e in executions]
     return average([m for m, _ in read]), int(sum(b for _, b in read) / len(read))
 
 
 def execution_metrics(execution: Execution, objective: str, direction: str,
-                      who: str) -> tuple[dict[str, float], int]:
+                      who: str, parts: Parts = None) -> tuple[dict[str, float], int]:
     """One execution's metrics and best epoch, from what its training returned."""
     returned = execution.returned
     if returned is TRACKED:
@@ -102,15 +106,17 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
     if isinstance(returned, list):
         if not returned:
             raise TrialFailed(f"{who} returned an empty list; return its metrics")
-        parts = [execution_metrics(Execution(execution.rows, r), objective, direction, who)
-                 for r in returned]
-        return average([m for m, _ in parts]), int(sum(b for _, b in parts) / len(parts))
+        each = [execution_metrics(Execution(execution.rows, r), objective, direction, who,
+                                  parts) for r in returned]
+        return average([m for m, _ in each]), int(sum(b for _, b in each) / len(each))
     if _is_history(returned):
-        rows = execution.rows or _history_rows(returned)
+        rows = execution.rows or [with_objective(r, objective, parts)
+                                  for r in _history_rows(returned)]
         if not rows:
             raise TrialFailed(f"{who} returned a History of no epoch")
         best = best_row(rows, objective, direction)
-        return _numbers({k: v for k, v in best.items() if k != "epoch"}, objective, who), \
+        return _numbers({k: v for k, v in best.items() if k != "epoch"}, objective, who,
+                        parts), \
             int(best["epoch"])
     last = int(execution.rows[-1]["epoch"]) if execution.rows else 1
     if isinstance(returned, (int, float)) and not isinstance(returned, bool):
@@ -118,7 +124,7 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
     if _is_number(returned):  # numpy scalars
         return _numbers({objective: float(returned)}, objective, who), last
     if isinstance(returned, Mapping):
-        return _numbers(dict(returned), objective, who), last
+        return _numbers(dict(returned), objective, who, parts), last
     if returned is None:
         raise TrialFailed(f"{who} returned None: did you forget to return the metrics?"
                           " (a History, a dict of metrics, or the objective's value)")
@@ -127,13 +133,14 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
 
 
 def untracked_rows(returned: Any, objective: str, direction: str,
-                   who: str) -> list[dict[str, float]]:
+                   who: str, parts: Parts = None) -> list[dict[str, float]]:
     """The epochs of an execution that trained without the worker's callback (the user's
     own loop, a fit that dropped ``callbacks``), from what it returned: a History's
     epochs, else one row of the metrics returned."""
     if _is_history(returned) and _history_rows(returned):
-        return _history_rows(returned)
-    metrics, epoch = execution_metrics(Execution([], returned), objective, direction, who)
+        return [with_objective(r, objective, parts) for r in _history_rows(returned)]
+    metrics, epoch = execution_metrics(Execution([], returned), objective, direction, who,
+                                       parts)
     return [{"epoch": epoch, **metrics}]
 
 
@@ -191,7 +198,11 @@ class MeanReporter:
         return getattr(self.reporter, name)
 
 
-def _numbers(metrics: dict[str, Any], objective: str, who: str) -> dict[str, float]:
+def _numbers(metrics: dict[str, Any], objective: str, who: str,
+             parts: Parts = None) -> dict[str, float]:
+    numeric = {k: v for k, v in metrics.items() if _is_number(v)}
+    metrics = {**metrics, **with_objective(
+        {str(k): float(v) for k, v in numeric.items()}, objective, parts)}
     if objective not in metrics:
         raise TrialFailed(f"{who} returned metrics without the objective {objective!r}:"
                           f" {', '.join(sorted(map(str, metrics))) or 'none'}")

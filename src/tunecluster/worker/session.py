@@ -52,6 +52,7 @@ class TrialSession:
             tracker, tune, resume, load_parent)
         spec = rt.spec
         self.objective, self.direction = spec.search.objective_name, spec.search.direction
+        self.parts = spec.search.objective_parts
         self.hyperband = "tuner/epochs" in request.values
         self.executions: list[Execution] = []
         self.model: Any = None
@@ -154,7 +155,7 @@ class TrialSession:
         rows = (self.executions[0].rows if len(self.executions) == 1
                 else mean_rows([e.rows for e in self.executions]))
         if not rows:  # nothing went through the epoch reporter: report what it returned
-            rows = untracked_rows(returned, self.objective, self.direction, who)
+            rows = untracked_rows(returned, self.objective, self.direction, who, self.parts)
             for row in rows:
                 self.reporter.epoch(int(row["epoch"]),
                                     {k: v for k, v in row.items() if k != "epoch"})
@@ -166,7 +167,8 @@ class TrialSession:
     def _record(self, history: list[dict[str, float]], returned: Any, sink: Any) -> None:
         if not history and returned is not TRACKED:
             # a fit of the user's own that passed no callbacks on: what it returned
-            history.extend(untracked_rows(returned, self.objective, self.direction, self.who))
+            history.extend(untracked_rows(returned, self.objective, self.direction, self.who,
+                                          self.parts))
             for row in history:
                 sink.epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
         self.executions.append(Execution(list(history), returned))

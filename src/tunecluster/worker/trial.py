@@ -32,6 +32,7 @@ from tunecluster.artifact_store import ArtifactStore, LocalStore, open_store
 from tunecluster.artifacts import CHECKPOINT, MODEL_FILE, attempt_dir, resume_dirs
 from tunecluster.errors import TrialFailed
 from tunecluster.models.saved import save_model
+from tunecluster.spec.objective import with_objective
 from tunecluster.store import codec
 from tunecluster.worker import precision, xla
 from tunecluster.worker.fitting import (
@@ -146,7 +147,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         tracker=lambda sink, history, checkpoints: _EpochCallback(
             sink, objective, direction, trial_dir, history, spec.train.early_stopping,
             store, request.rank == 0 and checkpoints,
-            rt.fit_fn is None and rt.run_trial_fn is None),
+            rt.fit_fn is None and rt.run_trial_fn is None, spec.search.objective_parts),
         tune=lambda model: _tune_step_overhead(model, rt, spec.train, strategy),
         resume=lambda model: _resume(model, trial_path, request, store, initial_epoch,
                                      reporter),
@@ -174,7 +175,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     runs = session.outcome(returned, who)
     if not any(run.rows for run in runs):
         raise TrialFailed("the trial ran no epoch")
-    metrics, best_epoch = summarize(runs, objective, direction, who)
+    metrics, best_epoch = summarize(runs, objective, direction, who,
+                                    spec.search.objective_parts)
     model = session.model
     if session.best is not None:  # None only if the best epoch predates a resume
         model.set_weights(session.best[1])
@@ -337,12 +339,14 @@ class _EpochCallback:
             def __init__(self, reporter: Reporter, objective: str, direction: str,
                          trial_dir: Path, history: list[dict[str, float]],
                          early_stopping: Any, store: ArtifactStore,
-                         writes_files: bool = True, needs_objective: bool = True) -> None:
+                         writes_files: bool = True, needs_objective: bool = True,
+                         parts: list[tuple[str, str]] | None = None) -> None:
                 super().__init__()
                 self.writes_files = writes_files
                 # False under the user's own fit or run_trial, whose returned metrics may
                 # hold the objective where the epochs' logs do not (KerasTuner's way)
                 self.needs_objective = needs_objective
+                self.parts = parts  # a multi-objective's: its value is computed here
                 self.reporter = reporter
                 self.objective = objective
                 self.sign = 1.0 if direction == "max" else -1.0
@@ -362,7 +366,8 @@ class _EpochCallback:
                 self.last_epoch_at: float | None = None
 
             def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-                logs = {k: float(v) for k, v in (logs or {}).items()}
+                logs = with_objective({k: float(v) for k, v in (logs or {}).items()},
+                                      self.objective, self.parts)
                 number = epoch + 1
                 if self.objective not in logs and self.needs_objective:
                     raise TrialFailed(
