@@ -141,12 +141,12 @@ class Tuner:
         # The embedded cluster keeps its Redis data in the project's directory, where
         # KerasTuner keeps its oracle: a tuner re-created with overwrite=False starts it
         # again on that data and reattaches to the project's job.
-        project = Path(self.directory, self.project_name).resolve()
-        self._artifacts = project / "artifacts"
+        home = Path(self.directory, self.project_name).resolve()
+        self._artifacts = home / "artifacts"
         if verbose:
             print(f"Starting an embedded cluster ({self.workers} workers)...", flush=True)
         with LocalCluster(workers=self.workers, artifacts=self._artifacts,
-                          redis_dir=project / "cluster") as local:
+                          redis_dir=home / "cluster") as local:
             client = Client(local.url, artifacts=self._artifacts)
             previous = None if self.overwrite else project.read_project(
                 self.directory, self.project_name, type(self).__name__)

@@ -215,6 +215,8 @@ class _Shipper:
             if name in fn.__globals__:
                 self.add_global(name, fn.__globals__[name], where)
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+            if name == "__class__":  # zero-arg super()'s cell: the class statement's own
+                continue
             self.add_global(name, cell.cell_contents, where)
 
     def _scan_class(self, cls: type, source: str) -> None:
