@@ -60,8 +60,9 @@ class JobNotCompleted(TuneclusterError):
         super().__init__(f"job {job} {state}" + (f": {error}" if error else ""))
 
 
-class JobFailed(JobNotCompleted):
-    """The job ended ``failed`` (its trials kept failing, or the chief gave up on it)."""
+class JobFailed(JobNotCompleted, RuntimeError):
+    """The job ended ``failed`` (its trials kept failing, or the chief gave up on it); a
+    ``RuntimeError`` too, which KerasTuner's search raises for trials that kept failing."""
 
 
 class JobCancelled(JobNotCompleted):

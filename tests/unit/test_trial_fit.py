@@ -154,3 +154,12 @@ def test_class_weight_reaches_kerass_fit(tmp_path: Path) -> None:
                                                "learning_rate": 0.01}), ListReporter())
     assert result.epochs[0]["loss"] == 0.0
     assert result.epochs[0]["val_loss"] > 0  # validation is not weighted
+
+
+def test_an_oversized_model_fails_its_trial(tmp_path: Path) -> None:
+    """KerasTuner's max_model_size (train.max_model_size): more parameters, a failed
+    trial, in KerasTuner's words."""
+    rt = runtime(tmp_path, epochs=1, max_model_size=100)
+    with pytest.raises(TrialFailed, match="Oversized model: [0-9]+ parameters"):
+        run_trial(rt, TrialRequest("t1", {"n_hidden": 1, "n_neurons": 16,
+                                          "learning_rate": 0.01}), ListReporter())

@@ -50,7 +50,8 @@ class Tuner:
                  directory: str | None = None, project_name: str | None = None,
                  overwrite: bool = False, executions_per_trial: int = 1,
                  optimizer: Any = None, loss: Any = None, metrics: Any = None,
-                 cluster: str | None = None, workers: int = 2, workers_per_trial: int = 1,
+                 max_model_size: int | None = None, cluster: str | None = None,
+                 workers: int = 2, workers_per_trial: int = 1,
                  **unsupported: Any) -> None:
         if unsupported:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
@@ -62,7 +63,8 @@ class Tuner:
                     f"{type(self).__name__}: a run_trial without a hypermodel does not run"
                     " on the cluster yet (the cluster keeps each trial's model); give the"
                     " hypermodel whose models run_trial trains")
-            raise ValueError(f"{type(self).__name__}: hypermodel is required")  # as KerasTuner
+            raise ValueError(f"{type(self).__name__}: Received `hypermodel=None`: give a"
+                             " build_model(hp) function or a HyperModel")  # as KerasTuner
         settings = inputs.oracle_settings(oracle)
         self.hypermodel = hypermodel
         self.algorithm: str = settings["algorithm"]
@@ -77,6 +79,7 @@ class Tuner:
         self._search_settings = settings["extra"]
         self._max_epochs = settings.get("max_epochs")  # Hyperband: search(epochs=) unused
         self.executions_per_trial = executions_per_trial
+        self.max_model_size = max_model_size
         self.directory = directory or "."
         self.project_name = project_name or "untitled_project"
         self.overwrite = overwrite
@@ -283,7 +286,9 @@ class Tuner:
         }
         train: dict[str, Any] = {"epochs": self._epochs(epochs), "batch_size": batch_size,
                                  "shuffle": shuffle,
-                                 "executions_per_trial": self.executions_per_trial}
+                                 "executions_per_trial": self.executions_per_trial,
+                                 **({"max_model_size": self.max_model_size}
+                                    if self.max_model_size else {})}
         if early:
             train["early_stopping"] = early
         if class_weight is not None:
@@ -319,8 +324,8 @@ class Tuner:
             raise SpecError("hypermodel", str(exc)) from None
         new = [p for p in hp.space if p.name not in given]
         if new and not self.allow_new_entries:
-            raise RuntimeError("allow_new_entries=False but build_model declares new"
-                               f" entries: {', '.join(p.name for p in new)}")  # KerasTuner's
+            raise RuntimeError("`allow_new_entries` is `False`, but build_model declares"
+                               f" new entries: {', '.join(p.name for p in new)}")  # as KT
         if new and not self.tune_new_entries:
             fixed = HyperParameters()
             for p in hp.space:

@@ -91,8 +91,9 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
                 f"\n\ndef {fit}(hp, model, *args, **kwargs):\n"
                 "    return _tc_hypermodel.fit(hp, model, *args, **kwargs)\n")
     else:
-        raise SpecError(FIELD, f"expected a build_model(hp) function or a"
-                               f" keras_tuner.HyperModel, got {type(hypermodel).__name__}")
+        raise SpecError(FIELD, "`hypermodel` argument should be either a build_model(hp)"
+                               " function or a keras_tuner.HyperModel, got"
+                               f" {type(hypermodel).__name__}")  # KerasTuner's words
     if compile_overrides:
         inner = function
         function = _free_name(f"{inner}_compiled", {**shipper.bound, fit: None})

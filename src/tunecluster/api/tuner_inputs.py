@@ -31,9 +31,10 @@ def objective(value: Any) -> Objective:
         return value
     if isinstance(value, str):
         direction = infer_direction(value)
-        if direction is None:
-            raise SpecError("objective", f"cannot infer the direction of {value!r}; give"
-                                         f" kt.Objective({value!r}, 'min' or 'max')")
+        if direction is None:  # KerasTuner's words, a ValueError as there
+            raise SpecError("objective", f"Could not infer optimization direction of"
+                                         f" {value!r}; give kt.Objective({value!r}, 'min'"
+                                         " or 'max')")
         return Objective(value, direction)
     if isinstance(value, (list, tuple)) and len(value) >= 2:
         return MultiObjective([objective(part) for part in value])
@@ -210,8 +211,9 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
     import keras_tuner
 
     cls = type(oracle)
-    if not isinstance(oracle, keras_tuner.Oracle):
-        raise TypeError(f"Tuner: oracle must be a KerasTuner oracle, got {cls.__name__}")
+    if not isinstance(oracle, keras_tuner.Oracle):  # KerasTuner's words and type
+        raise ValueError("Tuner: Expected `oracle` argument to be an instance of `Oracle`"
+                         f" (one of KerasTuner's), got {cls.__name__}")
     if cls.__name__ not in ORACLES or not cls.__module__.startswith("keras_tuner."):
         raise NotImplementedError(
             f"{cls.__name__}: an oracle of your own does not run on the cluster's chief"

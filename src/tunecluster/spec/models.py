@@ -376,6 +376,9 @@ class Train(_Strict):
     executions_per_trial: int = Field(1, ge=1, le=100)
     # Keras's fit(class_weight=): a class index's weight in the training loss
     class_weight: dict[int, float] | None = None
+    # KerasTuner's max_model_size: a trial whose model has more parameters fails
+    # ("Oversized model"), not retried
+    max_model_size: int | None = Field(None, ge=1)
 
     @field_validator("class_weight")
     @classmethod

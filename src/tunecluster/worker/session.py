@@ -87,6 +87,10 @@ class TrialSession:
                 # now, so a resume, a Hyperband parent's weights and checkpoints find them
                 model.build((None, *self.rt.splits.x_train.shape[1:]))
             self._tune(model)
+        limit = self.rt.spec.train.max_model_size
+        if limit is not None and model.count_params() > limit:  # KerasTuner's check
+            raise TrialFailed(f"Oversized model: {model.count_params()} parameters, over"
+                              f" max_model_size {limit}")
         if self._load_parent is not None:
             self._load_parent(model)
         self.model = model
