@@ -291,3 +291,28 @@ def test_a_multi_objective_search(cluster, tmp_path: Path, monkeypatch) -> None:
         assert trial["score"] == pytest.approx(metrics["val_loss"] - metrics["val_accuracy"])
     best = min(results["trials"], key=lambda t: t["score"])
     assert tuner.oracle.get_best_trials(1)[0].trial_id == best["trial"]
+
+
+class HalvesItsScore(kt.RandomSearch):
+    """AutoKeras's hook: a tuner's own _build_and_fit_model, around the base class's."""
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        history = super()._build_and_fit_model(trial, *args, **kwargs)
+        return {"val_accuracy": max(history.history["val_accuracy"]) / 2}
+
+
+def test_a_tuners_own_build_and_fit_model_runs_on_the_workers(cluster, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    import dropin_notebook_style as example
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = HalvesItsScore(build_digits, objective="val_accuracy", max_trials=1,
+                           directory=tmp_path, project_name="build-and-fit",
+                           cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=2, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid))
+    trial = tuner.job.results()["trials"][0]
+    epochs = tuner.job.client.store.jobs.epochs(tuner.job.id, trial["trial"])
+    assert len(epochs) == 2  # the worker's reporter rode along in the callbacks
+    best = max(m["val_accuracy"] for m in epochs.values())
+    assert trial["score"] == pytest.approx(best / 2)

@@ -344,6 +344,11 @@ class Tuner:
         calls. It runs on the cluster's workers (``tuner_on_worker.py``)."""
         return tuner_on_worker.run_trial(self, trial, args, kwargs)
 
+    def _build_and_fit_model(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        """KerasTuner's (AutoKeras overrides it): build and fit one execution's model,
+        on the workers."""
+        return tuner_on_worker.build_and_fit_model(self, trial, args, kwargs)
+
     def on_worker(self, hypermodel: Any, build: Any, executions_per_trial: int,
                   objective: tuple[str, str]) -> None:
         tuner_on_worker.on_worker(self, hypermodel, build, executions_per_trial, objective)

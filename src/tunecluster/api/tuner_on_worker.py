@@ -29,13 +29,28 @@ def run_trial(tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, A
     hp = trial.hyperparameters
     callbacks = list(kwargs.pop("callbacks", None) or [])
 
-    def fit(model: Any, reporters: list[Any], epoch_kwargs: dict[str, Any]) -> Any:
-        each = {**kwargs, **epoch_kwargs,
+    def each(reporters: list[Any], epoch_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**kwargs, **epoch_kwargs,
                 "callbacks": [*copy.deepcopy(callbacks), *reporters]}  # per execution
-        return tuner.hypermodel.fit(hp, model, *args, **each)
 
-    return session.run(lambda: tuner.hypermodel.build(hp), fit,
-                       int(getattr(tuner, "executions_per_trial", 1)))
+    count = int(getattr(tuner, "executions_per_trial", 1))
+    if any("_build_and_fit_model" in vars(c) for c in own_classes(type(tuner))):
+        # the user's own (AutoKeras's hook) builds and fits: it gets no resumed weights
+        return session.run(None, lambda _model, reporters, epoch_kwargs:
+                           tuner._build_and_fit_model(trial, *args,
+                                                      **each(reporters, epoch_kwargs)),
+                           count)
+    return session.run(lambda: tuner.hypermodel.build(hp),
+                       lambda model, reporters, epoch_kwargs: tuner.hypermodel.fit(
+                           hp, model, *args, **each(reporters, epoch_kwargs)), count)
+
+
+def build_and_fit_model(tuner: Any, trial: Any, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
+    """KerasTuner's ``Tuner._build_and_fit_model``: build by the hypermodel, fit by it."""
+    hp = trial.hyperparameters
+    model = tuner.hypermodel.build(hp)
+    return tuner.hypermodel.fit(hp, model, *args, **kwargs)
 
 
 class WorkerHyperModel(HyperModel):
@@ -107,7 +122,7 @@ CLUSTER_ATTRIBUTES = frozenset({
 # KerasTuner's hooks that its own run_trial and callbacks call, which the cluster's do not
 _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
           "on_trial_begin", "on_trial_end", "on_search_begin", "on_search_end",
-          "_build_and_fit_model", "save_model")
+          "save_model")
 
 
 def own_classes(tuner: type) -> list[type]:
@@ -119,7 +134,10 @@ def own_classes(tuner: type) -> list[type]:
 
 
 def own_run_trial(tuner: type) -> bool:
-    return any("run_trial" in vars(c) for c in own_classes(tuner))
+    """Whether the tuner's class has trial code of its own (``run_trial``, or AutoKeras's
+    ``_build_and_fit_model``): then the class travels and runs on the workers."""
+    return any(name in vars(c) for c in own_classes(tuner)
+               for name in ("run_trial", "_build_and_fit_model"))
 
 
 def refuse_what_would_be_ignored(tuner: type) -> None:

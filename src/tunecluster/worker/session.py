@@ -96,8 +96,8 @@ class TrialSession:
         self.model = model
         return model
 
-    def run(self, build: Callable[[], Any], fit: Callable[[Any, list[Any], dict[str, Any]], Any],
-            count: int) -> list[Any]:
+    def run(self, build: Callable[[], Any] | None,
+            fit: Callable[[Any, list[Any], dict[str, Any]], Any], count: int) -> list[Any]:
         """``count`` executions (KerasTuner's executions_per_trial), each a model from
         ``build()`` trained by ``fit(model, callbacks, epoch_kwargs)``; what each fit
         returned, in a list the session recognizes when it comes back from run_trial."""
@@ -110,15 +110,16 @@ class TrialSession:
         self._results = results
         return results
 
-    def execute(self, build: Callable[[], Any],
+    def execute(self, build: Callable[[], Any] | None,
                 fit: Callable[[Any, list[Any], dict[str, Any]], Any]) -> Any:
         """One execution: build, resume (only a trial of one execution resumes: the
-        others' checkpoints are not kept), fit with the epoch reporter, keep the best."""
-        model = build()
+        others' checkpoints are not kept), fit with the epoch reporter, keep the best.
+        ``build`` None: ``fit`` builds the model itself (through ``build``), unresumed."""
+        model = build() if build is not None else None
         first = not self.executions
         history: list[dict[str, float]] = []
         start = self.initial_epoch
-        if first and self._planned == 1 and self.request.resumes:
+        if model is not None and first and self._planned == 1 and self.request.resumes:
             resumed = self._resume(model)
             if resumed is not None:
                 history, start = resumed
