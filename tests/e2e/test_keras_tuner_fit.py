@@ -65,7 +65,10 @@ def test_a_hypermodels_fit_runs_on_the_workers(cluster, tmp_path: Path, monkeypa
     # tuner.oracle and the tuner read as KerasTuner's do
     oracle = tuner.oracle
     assert oracle.max_trials == 3 and oracle.objective.name == "val_accuracy"
-    assert [p.name for p in oracle.get_space().space] == ["units"]  # found at submit
+    # the space found at submit, grown by what fit declared, as KerasTuner's oracle holds it
+    assert sorted(p.name for p in oracle.get_space().space) == ["batch_size", "shuffle",
+                                                                 "units"]
+    assert oracle.hyperparameters.get("units") is not None
     assert sorted(oracle.trials) == sorted(t["trial"] for t in trials)
     top = oracle.get_best_trials(1)[0]
     assert oracle.get_trial(top.trial_id).score == top.score

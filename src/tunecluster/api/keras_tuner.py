@@ -198,6 +198,7 @@ class Tuner:
         try:
             self._follow(verbose, after)
             self._results = self.job.results()
+            self.oracle.learn_space()  # while the cluster is there (an embedded one goes)
         except KeyboardInterrupt:
             self.job.cancel()
             try:

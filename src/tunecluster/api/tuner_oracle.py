@@ -36,6 +36,33 @@ class ClusterOracle:
         KerasTuner does), or the job's when this tuner reattached to it."""
         return self.get_space()
 
+    def learn_space(self) -> None:
+        """The search space as the chief's oracle holds it now: the one found at submit,
+        grown by the entries trials declared (conditional ones, a fit's ``batch_size``),
+        which KerasTuner's oracle adds as trials end. Read from the oracle's persisted
+        trials (KerasTuner's own hyperparameter configs: data, parsed as such)."""
+        import json
+
+        from tunecluster.errors import TuneclusterError
+
+        job = self.tuner.job
+        if job is None:
+            return
+        try:
+            base = job.record().space
+            _, trials = job.client.store.jobs.oracle_state(job.id)
+        except TuneclusterError:
+            return
+        space = HyperParameters.from_config(base or {"space": []})
+        for text in trials.values():
+            try:
+                config = json.loads(text)["hyperparameters"]
+                grown = HyperParameters.from_config(config)
+            except (ValueError, KeyError, TypeError):
+                continue  # a record that does not parse adds nothing
+            space.merge([p for p in grown.space if not space._exists(p.name, p.conditions)])
+        self.tuner._space = space.get_config()  # its values: each entry's default
+
     def get_space(self) -> HyperParameters:
         if self.tuner._space is None:
             if self.tuner.job is not None:
