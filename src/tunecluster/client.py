@@ -39,8 +39,8 @@ def check_data(spec: JobSpec, files: dict[str, bytes]) -> None:
     could use (a missing column, a missing value, too few rows to split) is refused at
     submit in one line, before anything is queued. Files too large to travel are left to
     the workers (they are read there, under the data root); named datasets too."""
-    named = spec.data.file_paths
-    if not named or any(p not in files for p in named):
+    named = spec.data_files
+    if spec.data is None or not named or any(p not in files for p in named):
         return
     from tunecluster.data import DataError, load_splits
 
@@ -82,10 +82,10 @@ def search_space(spec: JobSpec, *, discover: bool = True,
 def gather_files(spec: JobSpec) -> dict[str, bytes]:
     """Data files small enough to travel with the job (see defaults.MAX_UPLOAD_BYTES)."""
     files = {}
-    for p in spec.data.file_paths:
+    for p in spec.data_files:
         path = Path(p)
         if not path.is_file():
-            raise SpecError("data.path" if spec.data.path else "data.files",
+            raise SpecError("data.path" if spec.data and spec.data.path else "data.files",
                             f"{p!r} does not exist")
         if path.stat().st_size <= defaults.MAX_UPLOAD_BYTES:
             files[p] = path.read_bytes()

@@ -319,3 +319,30 @@ def test_a_tuners_own_build_and_fit_model_runs_on_the_workers(cluster, tmp_path:
     assert len(epochs) == 2  # the worker's reporter rode along in the callbacks
     best = max(m["val_accuracy"] for m in epochs.values())
     assert trial["score"] == pytest.approx(best / 2)
+
+
+class Quadratic(kt.RandomSearch):
+    """KerasTuner's run_trial as a black-box optimizer: no model, no data."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        x = trial.hyperparameters.Float("x", -2.0, 2.0)
+        return {"score": x * x + 2 * x + 1}
+
+
+def test_a_black_box_search_without_model_or_data(cluster, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = Quadratic(objective=kt.Objective("score", "min"), max_trials=4, seed=2,
+                      directory=tmp_path, project_name="black-box", cluster=cluster.url)
+    tuner.search()
+    results = tuner.job.results()
+    assert results["state"] == "completed" and results["test"] is None
+    trials = [t for t in results["trials"] if t["state"] == "COMPLETED"]
+    assert len(trials) == 4
+    for trial in trials:  # (x + 1)^2, what run_trial returned
+        x = trial["hyperparameters"]["x"]
+        assert trial["score"] == pytest.approx((x + 1) ** 2, abs=1e-6)
+    best = tuner.get_best_hyperparameters(1)[0]
+    assert best.values["x"] == min(trials, key=lambda t: t["score"])["hyperparameters"]["x"]
+    with pytest.raises(Exception, match="trained no model"):
+        tuner.get_best_models(1)

@@ -268,12 +268,27 @@ def test_what_a_tuners_run_trial_would_not_reach_is_refused() -> None:
         Hooked(build_model, objective="val_accuracy", max_trials=1)
     assert "\n" not in str(info.value)
 
-    class OwnLoop(kt.RandomSearch):
-        def run_trial(self, trial, *args, **kwargs):
-            return {"val_accuracy": 0.123}
 
-    with pytest.raises(NotImplementedError, match="without a hypermodel"):
-        OwnLoop(objective="val_accuracy", max_trials=1)  # its search space in run_trial
+
+def test_a_black_box_search_needs_no_hypermodel_and_no_data() -> None:
+    """KerasTuner's run_trial as a black-box optimizer: no hypermodel, search() without
+    data (refused before, issue 24): the job has no data and no build function."""
+    class Quadratic(kt.RandomSearch):
+        def run_trial(self, trial, *args, **kwargs):
+            x = trial.hyperparameters.Float("x", -2.0, 2.0)
+            return x * x + 2 * x + 1
+
+    tuner = Quadratic(objective=kt.Objective("score", "min"), max_trials=3,
+                      cluster="redis://127.0.0.1:1/0")
+    spec, files = tuner._job_spec(None, None, None, None, 1, 32, None, True, {})
+    job = parse_spec(spec)
+    assert job.data is None and job.model.function is None and files == {}
+    (run_trial,) = load_functions(job.model.source, [job.model.run_trial])
+    hp = kt.HyperParameters()
+    hp.values["x"] = 1.0
+    assert run_trial(keras_tuner.engine.trial.Trial(hp, trial_id="0")) == 4.0
+    with pytest.raises(SpecError, match="data: null"):
+        parse_spec({**spec, "model": {"builtin": "mlp"}})
 
 
 def test_the_tuners_own_attributes_are_known() -> None:

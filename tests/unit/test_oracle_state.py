@@ -232,3 +232,31 @@ def test_hyperband_iterations_and_bayesian_alpha_beta_reach_keras_tuners_oracles
     assert (bayesian.oracle.alpha, bayesian.oracle.beta) == (0.01, 5.0)
     with pytest.raises(Exception, match="bayesian_alpha"):
         _host("bayesian", bayesian_alpha=0)
+
+
+def test_a_search_with_no_space_yet_runs_one_trial_at_a_time() -> None:
+    """A black-box run_trial declares its hyperparameters as its trials run: until one
+    has ended, the oracle knows none, and trials made together would collide."""
+    from tunecluster.chief.jobs import HostedJob
+    from tunecluster.chief.top_up import top_up
+
+    spec = parse_spec({"name": "bb", "data": None,
+                       "model": {"module": "m.py", "source": "def run_trial(t): return 1",
+                                 "function": None, "run_trial": "run_trial"},
+                       "search": {"objective": {"name": "score", "direction": "min"}}})
+    host = OracleHost.create(spec, {"space": [], "values": {}})
+    assert not host.has_space()
+
+    class Queue:
+        made: list[str] = []
+
+        def enqueue(self, job, trial, *args, **kwargs):
+            self.made.append(trial)
+
+    hosted = HostedJob.__new__(HostedJob)
+    hosted.__dict__.update(id="bb", spec=spec, host=host, exhausted=False, failure=None,
+                           cancel=False, dirty=False, touched=set())
+    queue = Queue()
+    top_up(queue, [hosted], slots=4, writes=None)
+    top_up(queue, [hosted], slots=4, writes=None)
+    assert len(queue.made) == 1  # not four: the first has not ended

@@ -122,7 +122,7 @@ class Client:
         from tunecluster import client as prep
 
         given = dict(files or {})
-        named = spec.data.file_paths
+        named = spec.data_files
         missing = [p for p in named if p not in given]
         gathered = prep.gather_files(spec) if missing else {}
         prep.check_data(spec, gathered)  # the files read here, from this machine's disk

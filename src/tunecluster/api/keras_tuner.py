@@ -57,14 +57,11 @@ class Tuner:
             raise TypeError(f"{type(self).__name__}: not supported on a cluster:"
                             f" {', '.join(sorted(unsupported))}")
         tuner_on_worker.refuse_what_would_be_ignored(type(self))
-        if hypermodel is None:
-            if tuner_on_worker.own_run_trial(type(self)):
-                raise NotImplementedError(
-                    f"{type(self).__name__}: a run_trial without a hypermodel does not run"
-                    " on the cluster yet (the cluster keeps each trial's model); give the"
-                    " hypermodel whose models run_trial trains")
+        if hypermodel is None and not tuner_on_worker.own_run_trial(type(self)):
+            # as KerasTuner: only a run_trial of the user's own may go without one
             raise ValueError(f"{type(self).__name__}: Received `hypermodel=None`: give a"
-                             " build_model(hp) function or a HyperModel")  # as KerasTuner
+                             " build_model(hp) function or a HyperModel, or define the"
+                             " search in your Tuner subclass's run_trial")
         settings = inputs.oracle_settings(oracle)
         self.hypermodel = hypermodel
         self.algorithm: str = settings["algorithm"]
@@ -95,9 +92,11 @@ class Tuner:
         self._artifacts: Path | None = None
         self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
         self._compile = inputs.compile_overrides(optimizer, loss, metrics)
-        # fails early, in the constructor; _fit: the name of a HyperModel's own fit
+        # fails early, in the constructor; _fit: the name of a HyperModel's own fit;
+        # no hypermodel (a black-box run_trial): no build function
         self._source, self._function, self._fit, _ = ship(
-            hypermodel, compile_overrides=self._compile)
+            hypermodel, compile_overrides=self._compile) if hypermodel is not None else (
+            "", None, None, None)
         if overwrite:
             project.project_file(self.directory, self.project_name).unlink(missing_ok=True)
             # the embedded cluster's data of an earlier search of this project
@@ -237,6 +236,12 @@ class Tuner:
         if class_weight is not None:
             given = [*given, "class_weight"]
         early = inputs.early_stopping(callbacks, self.objective.name)
+        own = self._fit is not None or tuner_on_worker.own_run_trial(type(self))
+        if x is None and y is None and validation_data is None and own:
+            # KerasTuner's search() without data: the user's own run_trial or fit brings
+            # its own, and is given none
+            return self._spec_of({}, None, None, epochs, batch_size, shuffle, early,
+                                 class_weight, given)
         *train_xy, batch = inputs.xy(x, y, "x")
         if batch is not None and "batch_size" not in given:
             # a dataset's batches: Keras trains on them as they are, so the workers train
@@ -262,6 +267,14 @@ class Tuner:
             raise SpecError("search", "give validation_data=(x, y) or validation_split: the"
                                       " objective is scored on validation data")
         files = {"train.npz": inputs.npz(*train_xy), "valid.npz": inputs.npz(*valid_xy)}
+        data = {"files": {"train": "train.npz", "valid": "valid.npz", "test": "valid.npz"}}
+        return self._spec_of(files, data, inputs.task(train_xy[1], valid_xy[1]), epochs,
+                             batch_size, shuffle, early, class_weight, given)
+
+    def _spec_of(self, files: dict[str, bytes], data: dict[str, Any] | None,
+                 task: str | None, epochs: int, batch_size: int, shuffle: bool,
+                 early: dict[str, Any] | None, class_weight: Any,
+                 given: Sequence[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
         model: dict[str, Any] = {"module": "hypermodel.py", "source": self._source,
                                  "function": self._function,
                                  "tune_new_entries": self.tune_new_entries}
@@ -273,7 +286,6 @@ class Tuner:
                          fit_kwargs=list(given))
         elif self._fit is not None:  # the HyperModel's own fit, given what search() was
             model.update(fit=self._fit, fit_kwargs=list(given))
-        task = inputs.task(train_xy[1], valid_xy[1])
         if task:
             model["task"] = task
         search: dict[str, Any] = {
@@ -294,9 +306,7 @@ class Tuner:
             train["early_stopping"] = early
         if class_weight is not None:
             train["class_weight"] = inputs.class_weight(class_weight)
-        spec = {"name": project.job_name(self.project_name),
-                "data": {"files": {"train": "train.npz", "valid": "valid.npz",
-                                   "test": "valid.npz"}},
+        spec = {"name": project.job_name(self.project_name), "data": data,
                 "model": model, "search": search, "train": train}
         if self.workers_per_trial != 1:
             spec["resources"] = {"workers_per_trial": self.workers_per_trial}
@@ -390,6 +400,9 @@ class Tuner:
         assert self.job is not None and self._artifacts is not None
         if trial_id not in rows:
             raise KeyError(f"search {self.job.id} has no trial {trial_id!r}")
+        if rows[trial_id].get("model") == "" or self.hypermodel is None:
+            raise TuneclusterError(f"trial {trial_id} of search {self.job.id} trained no"
+                                   " model (its run_trial built none with a hypermodel)")
         # the hypermodel this process holds: never the source stored with the job,
         # which whoever can write Redis could have written
         build = (self.hypermodel.build if hasattr(self.hypermodel, "build")

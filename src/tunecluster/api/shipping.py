@@ -49,7 +49,7 @@ class Shipped(NamedTuple):
     """A hypermodel (and a tuner's own ``run_trial``) as one module's source."""
 
     source: str
-    function: str  # its build(hp)
+    function: str | None  # its build(hp); None: no hypermodel (a black-box run_trial)
     fit: str | None = None  # a HyperModel's own fit(hp, model, *args, **kwargs)
     run_trial: str | None = None  # a tuner's own run_trial(trial, *args, **kwargs)
 
@@ -68,7 +68,11 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
 
     shipper = _Shipper()
     fit = run_trial = None
-    if inspect.isfunction(hypermodel):
+    function: str | None = None
+    held = "None"  # what the shipped module holds as the hypermodel
+    if hypermodel is None and tuner is not None:
+        pass  # a tuner's own run_trial without a hypermodel: a black-box search
+    elif inspect.isfunction(hypermodel):
         if hypermodel.__name__ == "<lambda>":
             raise SpecError(FIELD, "a lambda cannot travel; define build_model(hp) with def")
         shipper.add_callable(hypermodel.__name__, hypermodel)
@@ -94,7 +98,7 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
         raise SpecError(FIELD, "`hypermodel` argument should be either a build_model(hp)"
                                " function or a keras_tuner.HyperModel, got"
                                f" {type(hypermodel).__name__}")  # KerasTuner's words
-    if compile_overrides:
+    if compile_overrides and function is not None:
         inner = function
         function = _free_name(f"{inner}_compiled", {**shipper.bound, fit: None})
         shipper.imports.append("from tunecluster.api.tuner_on_worker import override_compile"

@@ -105,7 +105,7 @@ def compiled_with(build: Any, overrides: dict[str, Any]) -> Any:
 def on_worker(tuner: Any, hypermodel: Any, build: Any, executions_per_trial: int,
               objective: tuple[str, str]) -> None:
     """What a shipped tuner holds on a worker besides its own attributes."""
-    tuner.hypermodel = WorkerHyperModel(hypermodel, build)
+    tuner.hypermodel = None if build is None else WorkerHyperModel(hypermodel, build)
     tuner.executions_per_trial = executions_per_trial
     tuner.objective = Objective(*objective)
 

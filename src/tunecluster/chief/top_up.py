@@ -63,6 +63,13 @@ def top_up(queue: TrialQueue, jobs: list[HostedJob], slots: int, writes: Writes)
         extra = ahead if hosted.spec.search.algorithm in ("random", "grid") else 0
         need = hosted.spec.resources.workers_per_trial  # slots one trial takes
         budget = free + extra if host.ongoing() > 0 else max(free + extra, 1)
+        if not host.has_space():
+            # a search whose code declares every hyperparameter as trials run (a black-box
+            # run_trial): trials made before one ends would all draw the same empty values
+            # (KerasTuner's oracle then ends the search); one at a time until one has ended
+            if host.ongoing() > 0:
+                continue
+            budget = need
         while budget > 0:
             if created >= TOP_UP_CHUNK:
                 # Commit these now and make the rest on the next round at once

@@ -98,7 +98,9 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     if state == JobState.COMPLETED and not ranked:
         state = JobState.FAILED
         error = error or "no trial completed: " + summarize_errors(draft["trials"])
-    if state == JobState.COMPLETED:
+    # trials that trained no model (a black-box run_trial): their record says model ""
+    modelless = {row["trial"] for row in ranked if row.get("model") == ""}
+    if state == JobState.COMPLETED and ranked[0]["trial"] not in modelless:
         best = ranked[0]
         source = artifacts.key(trial_model(artifacts_root, job, best["trial"],
                                            best.get("model")))
@@ -106,8 +108,9 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
             if path is None:  # missing for good (not an outage): the job fails, once
                 raise ArtifactsError(f"the best trial's model is not at"
                                      f" {artifacts.url(source)}")
-            final["test"] = evaluate_on_test(spec, path, resolve, {
-                **(best.get("hyperparameters") or {}), **(best.get("tuner") or {})})
+            if spec.data is not None:  # no data, no test split to score on
+                final["test"] = evaluate_on_test(spec, path, resolve, {
+                    **(best.get("hyperparameters") or {}), **(best.get("tuner") or {})})
         artifacts.copy(source, f"{job_key}/{BEST_MODEL}")
         final["artifacts"]["best_model"] = artifacts.url(f"{job_key}/{BEST_MODEL}")
     final["artifacts"]["results"] = artifacts.url(f"{job_key}/{RESULTS}")
@@ -125,7 +128,9 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
         codec.finite(results), indent=2, default=str, allow_nan=False).encode())
     # Published for clients that cannot read the artifacts store; put in place (renamed,
     # indexed) in the same fenced step that makes the job final.
-    publication = _publish(store, job, artifacts_root, state, ranked, fence)
+    publication = _publish(store, job, artifacts_root, state,
+                           [row for row in ranked if row["trial"] not in modelless],
+                           fence, best_model="best_model" in final["artifacts"])
     writes = publication.stage(Writes(), store.keys)
     writes.hset(store.keys.job(job), "final", codec.dumps(final))
     store.jobs.stage_state(writes, job, state, **fields)
@@ -134,12 +139,13 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
 
 
 def _publish(store: Store, job: str, root: Path, state: str, ranked: list[dict[str, Any]],
-             fence: Fence) -> downloads.Publication:
-    """results.json, the best model and the top-k trials' models (store/downloads.py)."""
+             fence: Fence, best_model: bool = True) -> downloads.Publication:
+    """results.json, the best model and the top-k trials' models (store/downloads.py);
+    ``ranked``: the trials with a model."""
     job_dir = artifacts_job_dir(root, job)
     files = [(RESULTS, job_dir / RESULTS)]
     extra: dict[str, dict[str, Any]] = {}
-    if state == JobState.COMPLETED:
+    if state == JobState.COMPLETED and best_model:
         files.append((BEST_MODEL, job_dir / BEST_MODEL))
         extra[BEST_MODEL] = {"trial": ranked[0]["trial"]}
     for rank, row in enumerate(ranked[:downloads.download_top_k()], 1):
@@ -181,7 +187,7 @@ def evaluate_on_test(spec: JobSpec, model_path: Path, resolve: Any = str,
     from tunecluster.engine.evaluator import evaluator
     from tunecluster.spec import spec_to_json
 
-    files = {p: resolve(p) for p in spec.data.file_paths if p}
+    files = {p: resolve(p) for p in spec.data_files if p}
     return evaluator().evaluate(spec_to_json(spec), model_path, files, values)
 
 

@@ -316,6 +316,11 @@ class OracleHost:
         for name, value in clean.items():
             trial.metrics.update(name, value, step=step)
 
+    def has_space(self) -> bool:
+        """Whether the oracle knows a hyperparameter yet (a black-box run_trial declares
+        them all as its trials run)."""
+        return bool(self.oracle.hyperparameters.space)
+
     def ongoing(self) -> int:
         return len(self.oracle.ongoing_trials)
 

@@ -88,9 +88,9 @@ def job_objects(spec: Any) -> dict[str, Any] | None:
     to run the job's code. None for a builtin model."""
     if spec.model.is_builtin or spec.model.source is None:
         return None
-    build = load_build_function(spec.model.source, spec.model.function,
-                                spec.model.module or "model.py")
-    return objects_in(getattr(build, "__globals__", {}))
+    module = _run_module(spec.model.source, spec.model.module or "model.py",
+                         "tunecluster_user")
+    return objects_in(vars(module))
 
 
 def objects_in(namespace: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,7 +153,8 @@ def _last_line(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def discover_space(source: str, function: str, declared: Any, filename: str = "model.py",
+def discover_space(source: str, function: str | None, declared: Any,
+                   filename: str = "model.py",
                    data: Callable[[], Any] | None = None,
                    objective: str | list[str] | None = None,
                    fit: tuple[str | None, ...] | None = None) -> Any:
@@ -172,8 +173,11 @@ def discover_space(source: str, function: str, declared: Any, filename: str = "m
 
     from tunecluster.models.training_data import takes_data
 
-    build = load_functions(source, [function, *(name for name in fit or () if name)],
-                           filename)[0]
+    names = [name for name in (function, *(fit or ())) if name]
+    found = load_functions(source, names, filename)  # each must be there
+    if function is None:  # no hypermodel (a black-box run_trial): its space as declared
+        return declared
+    build = found[0]
     given = data() if data is not None and takes_data(build) else None
     try:
         model = build_checked(build, declared, function, given)
@@ -221,7 +225,7 @@ def discover_space_isolated(model: Any, timeout_s: float | None = None,
     workers will load it (``files``: where the data files it names are on this machine).
     """
     limit = discover_timeout() if timeout_s is None else timeout_s
-    function = model.function
+    function = model.function or model.run_trial or "build_model"
     request = json.dumps({
         "model": model.model_dump(mode="json", by_alias=True),
         "data": data.model_dump(mode="json", by_alias=True) if data is not None else None,

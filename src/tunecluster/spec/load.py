@@ -81,7 +81,10 @@ def parse_spec(raw: Mapping[str, Any]) -> JobSpec:
 
 
 def spec_to_json(spec: JobSpec) -> str:
-    return json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+    raw = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if spec.model.function is None:  # no hypermodel: kept as null (unsaid names one)
+        raw["model"]["function"] = None
+    return json.dumps(raw)
 
 
 def spec_from_json(text: str) -> JobSpec:

@@ -193,7 +193,8 @@ class Model(_Strict):
     task: Literal["classification", "regression"] | None = None
     input: Literal["flatten", "normalize"] | None = None
     module: str | None = None
-    function: str = "build_model"
+    # null: no hypermodel (a run_trial that trains no model: a black-box search)
+    function: str | None = "build_model"
     # The module's text, filled in by the loader so the job carries its own code.
     source: str | None = None
     hyperparameters: dict[str, HyperParameter] = Field(default_factory=dict)
@@ -235,7 +236,9 @@ class Model(_Strict):
             raise ValueError("input applies to builtin models only")
         if self.builtin is not None and self.tune_new_entries is not None:
             raise ValueError("tune_new_entries applies to module models only")
-        if not self.function.isidentifier():
+        if self.function is None and (self.builtin is not None or self.run_trial is None):
+            raise ValueError("function: null (no hypermodel) applies with run_trial only")
+        if self.function is not None and not self.function.isidentifier():
             raise ValueError(f"function {self.function!r} is not a Python identifier")
         for name in ("fit", "run_trial"):
             value = getattr(self, name)
@@ -505,7 +508,9 @@ JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 class JobSpec(_Strict):
     name: str
-    data: Data
+    # null: no data (the module's run_trial or fit brings its own, as a KerasTuner search
+    # called without x does); then no test split is scored
+    data: Data | None = None
     model: Model
     search: Search = Field(default_factory=Search)
     train: Train = Field(default_factory=Train)
@@ -514,6 +519,19 @@ class JobSpec(_Strict):
     priority: int = Field(0, ge=-100, le=100)  # higher runs first; ties: oldest first
     ray: RayOptions | None = None
     warm_start: WarmStart | None = None
+
+    @property
+    def data_files(self) -> list[str]:
+        """The data files the job names; none for a named dataset or no data."""
+        return self.data.file_paths if self.data is not None else []
+
+    @model_validator(mode="after")
+    def _data_or_own_training(self) -> JobSpec:
+        if self.data is None and self.model.run_trial is None and self.model.fit is None:
+            raise ValueError("data: null (no data) applies with the module's own run_trial"
+                             " or fit only; give data: {dataset: ...}, {path: ...} or"
+                             " {files: ...}")
+        return self
 
     @model_validator(mode="after")
     def _gang_needs_native(self) -> JobSpec:

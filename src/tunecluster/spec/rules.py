@@ -47,7 +47,7 @@ def check_job(spec: JobSpec) -> None:
 def _check_task_fits_data(spec: JobSpec) -> None:
     from tunecluster.data.registry import DATASETS
 
-    if spec.data.dataset is None or not spec.model.is_builtin:
+    if spec.data is None or spec.data.dataset is None or not spec.model.is_builtin:
         return
     dataset_task = DATASETS[spec.data.dataset].task
     if dataset_task != spec.model.task:

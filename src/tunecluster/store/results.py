@@ -116,7 +116,8 @@ def _trial_row(row: dict[str, str]) -> dict[str, Any]:
         "overhead": _json_field(row, "overhead") or None,
         # the attempt's model file, relative to the artifacts root (None: Ray trials and
         # older records keep it at <trial>/model.keras)
-        "model": row.get("model") or None,
+        # "": the trial trained no model (a black-box run_trial); None: not recorded
+        "model": "" if row.get("model") == "" else row.get("model") or None,
     }
 
 

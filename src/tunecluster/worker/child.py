@@ -199,7 +199,7 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     fields = {
         "score": repr(result.score),
         # this attempt's own model file, which finalize and Hyperband's promotions read
-        "model": relative_to_root(artifacts, result.model_path),
+        "model": relative_to_root(artifacts, result.model_path) if result.model_path else "",
         "metrics": result.metrics,
         "best_epoch": str(result.best_epoch),
         "resumed_from_epoch": str(result.resumed_from_epoch),

@@ -78,6 +78,11 @@ def search_arguments(rt: Any, epochs: int) -> tuple[tuple[Any, ...], dict[str, A
     ``y`` as arrays, and those of its arguments the job names (``model.fit_kwargs``)."""
     spec, splits = rt.spec, rt.splits
     given = spec.model.fit_kwargs if spec.model.fit_kwargs is not None else FIT_KWARGS
+    if splits is None:  # a search called without data: none is passed on
+        kwargs = {"epochs": epochs, "batch_size": spec.train.batch_size,
+                  "shuffle": spec.train.shuffle, "verbose": 0,
+                  "class_weight": spec.train.class_weight}
+        return (), {k: v for k, v in kwargs.items() if k in given and v is not None}
     values = {"validation_data": (splits.x_valid, splits.y_valid), "epochs": epochs,
               "batch_size": spec.train.batch_size, "shuffle": spec.train.shuffle,
               "verbose": 0,  # a worker's log is no terminal: no progress bars

@@ -16,6 +16,7 @@ from typing import Any
 
 from tunecluster.artifacts import job_dir, trial_dir
 from tunecluster.data import Splits, load_splits
+from tunecluster.errors import TrialFailed
 from tunecluster.models import (
     NormalizationStats,
     adapt_normalization,
@@ -33,7 +34,7 @@ class JobRuntime:
     job_id: str
     spec: JobSpec
     space: dict[str, Any]
-    splits: Splits
+    splits: Splits | None  # None: a job without data
     artifacts_dir: Path
     normalization: NormalizationStats | None = None
     build_fn: Callable[[Any], Any] | None = None
@@ -54,20 +55,23 @@ class JobRuntime:
         artifacts_root: str | Path,
         resolve: Callable[[str], str] = str,
     ) -> JobRuntime:
-        splits = load_splits(spec.data, spec.model.task, resolve)
+        # none for a job without data: its run_trial or fit brings its own
+        splits = (load_splits(spec.data, spec.model.task, resolve)
+                  if spec.data is not None else None)
         normalization = None
         build_fn = fit_fn = run_trial_fn = None
         if spec.model.is_builtin:
+            assert splits is not None  # the spec refuses a builtin model without data
             if spec.model.input == "normalize":
                 normalization = adapt_normalization(splits.x_train)
         else:
             assert spec.model.source is not None
-            own = {"fit": spec.model.fit, "run_trial": spec.model.run_trial}
-            names = [spec.model.function, *filter(None, own.values())]
-            build_fn, *found = load_functions(spec.model.source, names,
-                                              spec.model.module or "model.py")
-            loaded = iter(found)
-            fit_fn, run_trial_fn = (next(loaded) if name else None for name in own.values())
+            wanted = {"build": spec.model.function, "fit": spec.model.fit,
+                      "run_trial": spec.model.run_trial}
+            found = iter(load_functions(spec.model.source, list(filter(None, wanted.values())),
+                                        spec.model.module or "model.py"))
+            build_fn, fit_fn, run_trial_fn = (next(found) if name else None
+                                              for name in wanted.values())
         return cls(
             job_id=job_id,
             spec=spec,
@@ -96,17 +100,22 @@ class JobRuntime:
     def trial_hyperparameters(self, values: Mapping[str, Any]) -> Any | None:
         """The ``HyperParameters`` a custom model's ``build_model`` (and its ``fit``)
         receive for one trial; None for a builtin model."""
-        if self.build_fn is None:
+        if self.spec.model.is_builtin:
             return None
         return hyperparameters_with_values(self.space, values)
 
     def build_with(self, hp: Any | None, values: Mapping[str, Any]) -> Any:
         """Build and compile one trial's model: the module's ``build_model(hp)`` (``hp``
         from ``trial_hyperparameters``), or the builtin MLP from ``values``."""
-        if self.build_fn is not None:
-            return build_checked(self.build_fn, hp, self.spec.model.function,
-                                 TrainingData.from_splits(self.splits))
+        if not self.spec.model.is_builtin:
+            if self.build_fn is None:
+                raise TrialFailed("this search has no hypermodel (a run_trial that trains"
+                                  " no model): there is no model to build")
+            return build_checked(self.build_fn, hp, self.spec.model.function or "build",
+                                 None if self.splits is None
+                                 else TrainingData.from_splits(self.splits))
         assert self.spec.model.task is not None and self.spec.model.input is not None
+        assert self.splits is not None
         return build_mlp(
             {k: v for k, v in values.items() if not k.startswith("tuner/")},
             input_shape=self.splits.input_shape,

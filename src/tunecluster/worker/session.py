@@ -82,7 +82,8 @@ class TrialSession:
         keeps the last one: the trial's model."""
         with self.strategy.scope():
             model = make()
-            if not model.weights and not type(model).__module__.startswith("keras."):
+            if (not model.weights and not type(model).__module__.startswith("keras.")
+                    and self.rt.splits is not None):
                 # a Model subclass of the user's builds its variables when first called:
                 # now, so a resume, a Hyperband parent's weights and checkpoints find them
                 model.build((None, *self.rt.splits.x_train.shape[1:]))
@@ -153,10 +154,6 @@ class TrialSession:
         what a tuner's own run_trial returned over the epochs the session saw."""
         if returned is TRACKED or (self._results is not None and returned is self._results):
             return self.executions
-        if self.model is None:
-            raise TrialFailed(f"{who} built no model with self.hypermodel: the cluster keeps"
-                              " each trial's model (a run_trial that trains none is not"
-                              " supported on the cluster yet)")
         rows = (self.executions[0].rows if len(self.executions) == 1
                 else mean_rows([e.rows for e in self.executions]))
         if not rows:  # nothing went through the epoch reporter: report what it returned

@@ -177,17 +177,18 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         raise TrialFailed("the trial ran no epoch")
     metrics, best_epoch = summarize(runs, objective, direction, who,
                                     spec.search.objective_parts)
-    model = session.model
-    if session.best is not None:  # None only if the best epoch predates a resume
+    model = session.model  # None: a run_trial that trained no model (black-box)
+    if session.best is not None and model is not None:  # None: best epoch before a resume
         model.set_weights(session.best[1])
     t_fit = session.fit_started or time.perf_counter()
     t_save = time.perf_counter()
     model_path = trial_dir / MODEL_FILE
-    if request.rank == 0:  # a gang's other members hold the same weights
+    if request.rank == 0 and model is not None:  # a gang's others hold the same weights
         tmp = trial_dir / f".{MODEL_FILE}.{os.getpid()}.keras"
         # a model Keras cannot serialize (a Model subclass defined in build_model) keeps
         # its weights: it comes back rebuilt by its build_model (models/saved.py)
-        save_model(model, tmp, example=rt.splits.x_train[:1])
+        save_model(model, tmp, example=None if rt.splits is None
+                   else rt.splits.x_train[:1])
         store.move_in(tmp, store.key(model_path))
     return TrialResult(
         trial_id=request.trial_id,
@@ -197,7 +198,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         score=metrics[objective],
         stopped_early=session.stopped_early,
         resumed_from_epoch=session.resumed_from,
-        model_path=str(model_path),
+        model_path=str(model_path) if model is not None else "",
         distribution={**describe(strategy, spec.train.batch_size), "dtype_policy": policy,
                       "steps_per_execution": int(getattr(model, "steps_per_execution", 1) or 1),
                       "jit_compile": bool(getattr(model, "jit_compile", False))},
@@ -212,7 +213,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         },
         hyperparameters=rt.grown_space(hp),
         executions=max(1, len(session.executions)),
-        classes=list(rt.splits.class_names),
+        classes=list(rt.splits.class_names) if rt.splits is not None else [],
         input=model_input(spec, rt.splits),
     )
 
@@ -232,6 +233,8 @@ def model_input(spec: Any, splits: Any) -> dict[str, Any]:
     """What the trained model takes: the shape of one example, its dtype, what the data
     loader did to the features before training (apply the same to new data), what the
     model does itself, and a CSV's or Parquet file's feature columns in order."""
+    if splits is None:  # a job without data: its run_trial or fit brings its own
+        return {}
     if not spec.model.is_builtin:
         in_model = "whatever the module's build_model put in the model"
     elif spec.model.input == "normalize":
@@ -251,7 +254,8 @@ def model_input(spec: Any, splits: Any) -> dict[str, Any]:
 def trial_seed(spec: Any, trial_id: str) -> int:
     """The seed of one trial of a deterministic job: the job's ``search.seed`` (else its
     split's seed) and the trial id, hashed; the same on every worker and every run."""
-    base = spec.search.seed if spec.search.seed is not None else spec.data.split.seed
+    base = (spec.search.seed if spec.search.seed is not None
+            else spec.data.split.seed if spec.data is not None else 0)
     return zlib.crc32(f"{base}/{trial_id}".encode()) & 0x7FFFFFFF
 
 
@@ -321,8 +325,8 @@ def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any, strategy: Any) -
     if steps == "auto":
         if int(getattr(model, "steps_per_execution", 1) or 1) != 1:
             return
-        if int(strategy.num_replicas_in_sync) > 1:
-            steps = 1
+        if int(strategy.num_replicas_in_sync) > 1 or rt.splits is None:
+            steps = 1  # no data here: the user's own code brings it
         else:
             steps_per_epoch = max(1, math.ceil(len(rt.splits.x_train) / train.batch_size))
             steps = min(steps_per_epoch, AUTO_STEPS_PER_EXECUTION)
