@@ -62,8 +62,17 @@ def test_what_cannot_travel_is_named() -> None:
             ship(uses_handle)
     finally:
         handle.close()
-    with pytest.raises(SpecError, match="lambda"):
-        ship(lambda hp: None)
+    pair = (lambda hp: 1, lambda hp: 2)
+    with pytest.raises(SpecError, match="one lambda per line") as info:
+        ship(pair[0])
+    assert "\n" not in str(info.value)
+
+
+def test_a_lambda_hypermodel_ships() -> None:
+    """hypermodel=lambda hp: ... (KerasTuner takes any callable; refused before)."""
+    shipped = ship(lambda hp: build_model(hp))
+    model = load_build_function(shipped.source, shipped.function)(kt.HyperParameters())
+    assert model.layers[1].units == 8
 
 
 def test_a_hypermodel_instance_ships_with_its_state() -> None:

@@ -72,9 +72,10 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
     held = "None"  # what the shipped module holds as the hypermodel
     if hypermodel is None and tuner is not None:
         pass  # a tuner's own run_trial without a hypermodel: a black-box search
+    elif inspect.isfunction(hypermodel) and hypermodel.__name__ == "<lambda>":
+        function = held = "_tc_lambda_build"
+        shipper.add_lambda(function, hypermodel)
     elif inspect.isfunction(hypermodel):
-        if hypermodel.__name__ == "<lambda>":
-            raise SpecError(FIELD, "a lambda cannot travel; define build_model(hp) with def")
         shipper.add_callable(hypermodel.__name__, hypermodel)
         function = held = hypermodel.__name__
     elif hasattr(hypermodel, "build") and callable(hypermodel.build):
@@ -212,6 +213,13 @@ class _Shipper:
         if value.__name__ != name:
             self.defs.append(f"{name} = {value.__name__}\n")
 
+    def add_lambda(self, name: str, fn: types.FunctionType) -> None:
+        """A lambda (``hypermodel=lambda hp: ...``) as ``name = <its source>``: the one
+        lambda on its line that takes the same arguments, cut from its file's source."""
+        self.bound[name] = fn
+        self.defs.append(f"{name} = {_lambda_source(fn)}\n")
+        self._scan_function(fn)
+
     # --- which globals code reads --------------------------------------------------------
 
     def _scan_function(self, fn: types.FunctionType) -> None:
@@ -248,6 +256,27 @@ class _Shipper:
         parts += self.values
         parts += [""] + self.defs + self.tail
         return "\n".join(parts) + "\n"
+
+
+def _lambda_source(fn: types.FunctionType) -> str:
+    import linecache
+
+    code = fn.__code__
+    text = "".join(linecache.getlines(code.co_filename))
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        tree = None
+    params = list(code.co_varnames[:code.co_argcount])
+    found = [node for node in ast.walk(tree) if isinstance(node, ast.Lambda)
+             and node.lineno == code.co_firstlineno
+             and [a.arg for a in node.args.args] == params] if tree is not None else []
+    if len(found) != 1:
+        raise SpecError(FIELD, "this lambda's source cannot be told apart (one lambda per"
+                               " line travels); define build_model(hp) with def")
+    segment = ast.get_source_segment(text, found[0])
+    assert segment is not None
+    return " ".join(segment.split("\n"))  # one expression, on one line
 
 
 def _arrays_loader(arrays: dict[str, np.ndarray]) -> str:
