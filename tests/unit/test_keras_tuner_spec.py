@@ -438,3 +438,27 @@ def test_classes_that_each_call_super_ship_together() -> None:
     shipped = ship(Fits())
     build = load_build_function(shipped.source, shipped.function)
     assert build(kt.HyperParameters()).dense.units == 1
+
+
+def test_shipping_ignores_pytests_rewritten_assert_names() -> None:
+    """pytest's assertion rewriting makes a test module's code load globals named
+    '@pytest_ar': the shipped source held 'import ... as @pytest_ar' (a SyntaxError)."""
+    class Asserts(kt.HyperModel):
+        def build(self, hp):
+            model = build_model(hp)
+            assert model is not None, "a model"
+            return model
+
+    source = ship(Asserts()).source
+    assert "@" not in source
+    compile(source, "hypermodel.py", "exec")
+
+
+def test_labels_keep_the_shape_they_were_given() -> None:
+    """(n, 1) integer labels reach the model as (n, 1), as Keras gives them (they were
+    flattened to (n,), which a broadcasting loss such as mse then refused)."""
+    from tunecluster.data.split import encode_labels
+
+    ys, kind, names = encode_labels([np.array([[1], [0], [1]]), np.array([[0], [1]])],
+                                    "classification")
+    assert kind == "sparse" and ys[0].shape == (3, 1) and ys[1].tolist() == [[0], [1]]

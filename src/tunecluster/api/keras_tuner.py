@@ -63,7 +63,10 @@ class Tuner:
                              " build_model(hp) function or a HyperModel, or define the"
                              " search in your Tuner subclass's run_trial")
         settings = inputs.oracle_settings(oracle)
-        self.hypermodel = hypermodel
+        # what travels (the user's own function or HyperModel); self.hypermodel is it as
+        # KerasTuner holds it (a function wrapped in its DefaultHyperModel)
+        self._user_hypermodel = hypermodel
+        self.hypermodel = None if hypermodel is None else inputs.kerastuner_hypermodel(hypermodel)
         self.algorithm: str = settings["algorithm"]
         self.objective = inputs.objective(settings["objective"])
         self.max_trials = settings["max_trials"]
@@ -236,10 +239,9 @@ class Tuner:
         if class_weight is not None:
             given = [*given, "class_weight"]
         early = inputs.early_stopping(callbacks, self.objective.name)
-        own = self._fit is not None or tuner_on_worker.own_run_trial(type(self))
-        if x is None and y is None and validation_data is None and own:
-            # KerasTuner's search() without data: the user's own run_trial or fit brings
-            # its own, and is given none
+        if x is None and y is None and validation_data is None:
+            # KerasTuner's search() without data: the user's own run_trial or fit (or the
+            # model's own fit: HyperModel.fit's model.fit(**kwargs)) brings its own
             return self._spec_of({}, None, None, epochs, batch_size, shuffle, early,
                                  class_weight, given)
         *train_xy, batch = inputs.xy(x, y, "x")
@@ -279,13 +281,16 @@ class Tuner:
                                  "function": self._function,
                                  "tune_new_entries": self.tune_new_entries}
         if tuner_on_worker.own_run_trial(type(self)):  # shipped now: with its attributes
-            shipped = ship(self.hypermodel, self, f", {self.executions_per_trial!r},"
+            shipped = ship(self._user_hypermodel, self, f", {self.executions_per_trial!r},"
                            f" {(self.objective.name, self.objective.direction)!r}",
                            self._compile)
             model.update(source=shipped.source, run_trial=shipped.run_trial,
                          fit_kwargs=list(given))
         elif self._fit is not None:  # the HyperModel's own fit, given what search() was
             model.update(fit=self._fit, fit_kwargs=list(given))
+        elif data is None:  # no data for Keras's fit on the workers: HyperModel.fit's own
+            model.update(source=self._source + inputs.KERAS_FIT, fit="_tc_keras_fit",
+                         fit_kwargs=list(given))
         if task:
             model["task"] = task
         search: dict[str, Any] = {
@@ -330,7 +335,7 @@ class Tuner:
             own = self._fit is not None or tuner_on_worker.own_run_trial(type(self))
             hp = discover_space(self._source, self._function, declared, "hypermodel.py",
                                 objective=None if own else inputs.objective_names(
-                                    self.objective))
+                                    self.objective), compiled=not own)
         except ModelCodeError as exc:
             raise SpecError("hypermodel", str(exc)) from None
         new = [p for p in hp.space if p.name not in given]

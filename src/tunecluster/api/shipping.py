@@ -304,7 +304,9 @@ def _global_names(code: types.CodeType) -> set[str]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _global_names(const)
-    return {n for n in names if isinstance(n, str)}
+    # names no source can hold (pytest's assertion rewriting loads '@pytest_ar' in the
+    # bytecode of the tests it imports) are not the code's globals
+    return {n for n in names if isinstance(n, str) and n.isidentifier()}
 
 
 def _functions_of(attr: Any) -> list[types.FunctionType]:

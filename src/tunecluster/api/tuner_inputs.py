@@ -248,3 +248,18 @@ def class_weight(value: Any) -> dict[int, float]:
         return {int(k): float(v) for k, v in value.items()}
     except (TypeError, ValueError):
         raise SpecError("class_weight", "class indices and weights must be numbers") from None
+
+
+# KerasTuner's HyperModel.fit, for a search without data: the model's fit, given what
+# search() was given (a model of the user's own may fit without data)
+KERAS_FIT = """
+
+def _tc_keras_fit(hp, model, *args, **kwargs):
+    return model.fit(*args, **kwargs)
+"""
+
+
+def kerastuner_hypermodel(hypermodel: Any) -> Any:
+    from keras_tuner.src.engine.hypermodel import get_hypermodel  # 1.4 (pinned)
+
+    return get_hypermodel(hypermodel)

@@ -72,8 +72,8 @@ class WorkerHyperModel(HyperModel):
         name = getattr(self.user, "__name__", type(self.user).__name__ + ".build")
         session = current()
         if session is None:
-            return build_checked(build, hp, name)
-        return session.build(lambda: build_checked(build, hp, name))
+            return build_checked(build, hp, name, compiled=False)
+        return session.build(lambda: build_checked(build, hp, name, compiled=False))
 
     def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(self.user, HyperModel):
@@ -113,7 +113,8 @@ def on_worker(tuner: Any, hypermodel: Any, build: Any, executions_per_trial: int
 # What the drop-in's tuners hold themselves; a subclass's other attributes are its own
 # and travel with its run_trial (user_attributes).
 CLUSTER_ATTRIBUTES = frozenset({
-    "hypermodel", "algorithm", "objective", "max_trials", "seed", "hyperparameters",
+    "hypermodel", "_user_hypermodel", "algorithm", "objective", "max_trials", "seed",
+    "hyperparameters",
     "tune_new_entries", "allow_new_entries", "max_retries_per_trial",
     "max_consecutive_failed_trials", "executions_per_trial", "directory", "project_name",
     "overwrite", "cluster_url", "workers", "workers_per_trial", "job", "oracle", "_space",

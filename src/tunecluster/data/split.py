@@ -101,11 +101,14 @@ def encode_labels(ys: list[np.ndarray], task: str) -> tuple[list[np.ndarray], st
     if len(classes) < 2:
         raise DataError(f"classification needs at least 2 classes, found {len(classes)}")
     index = {c: i for i, c in enumerate(classes.tolist())}
-    encoded = [np.asarray([index[v] for v in f.tolist()], dtype="int64") for f in flat]
+    # each in the shape it was given: labels of shape (n, 1) reach the model as (n, 1),
+    # as Keras would give them (a loss that broadcasts them depends on it)
+    encoded = [np.asarray([index[v] for v in f.tolist()], dtype="int64").reshape(
+        np.shape(y)) for f, y in zip(flat, ys, strict=True)]
     return encoded, "sparse", [str(c) for c in classes.tolist()]
 
 
 def _strata(y: np.ndarray, label_kind: str) -> np.ndarray | None:
     if label_kind == "regression":
         return None
-    return y.argmax(axis=1) if label_kind == "onehot" else y
+    return y.argmax(axis=1) if label_kind == "onehot" else y.reshape(-1)

@@ -123,7 +123,7 @@ def module_objects(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def build_checked(build: Callable[..., Any], hp: Any, function: str = "build_model",
-                  data: Any = None) -> Any:
+                  data: Any = None, compiled: bool = True) -> Any:
     """Call ``build(hp)``, or ``build(hp, data)`` when it takes a second parameter
     (``training_data.takes_data``), and insist on a compiled ``keras.Model``."""
     import keras
@@ -142,7 +142,9 @@ def build_checked(build: Callable[..., Any], hp: Any, function: str = "build_mod
         raise ModelCodeError(
             f"{call} must return a compiled keras.Model, got {type(model).__name__}"
         )
-    if not getattr(model, "compiled", False):
+    # a fit or run_trial of the user's own may compile the model itself, or train it
+    # without Keras's fit (KerasTuner asks for a keras.Model only)
+    if compiled and not getattr(model, "compiled", False):
         raise ModelCodeError(
             f"{call} returned a model that is not compiled; call model.compile()")
     return model
@@ -157,7 +159,8 @@ def discover_space(source: str, function: str | None, declared: Any,
                    filename: str = "model.py",
                    data: Callable[[], Any] | None = None,
                    objective: str | list[str] | None = None,
-                   fit: tuple[str | None, ...] | None = None) -> Any:
+                   fit: tuple[str | None, ...] | None = None,
+                   compiled: bool | None = None) -> Any:
     """Run ``build_model`` once, as KerasTuner's tuner does, to register its search space.
 
     ``declared`` is a HyperParameters already holding the spec's own hyperparameters;
@@ -180,7 +183,8 @@ def discover_space(source: str, function: str | None, declared: Any,
     build = found[0]
     given = data() if data is not None and takes_data(build) else None
     try:
-        model = build_checked(build, declared, function, given)
+        model = build_checked(build, declared, function, given,
+                              compiled=not any(fit or ()) if compiled is None else compiled)
         # a fit or run_trial of the user's own may return the objective itself
         if objective is not None and not any(fit or ()):
             from tunecluster.models.objective_check import check_objective

@@ -95,7 +95,8 @@ def rebuild(path: str | os.PathLike[str], build: Callable[..., Any],
 
     hp = keras_tuner.HyperParameters()
     hp.values.update(values)  # what build declares takes these, not its defaults
-    model = build_checked(build, hp, getattr(build, "__name__", "build_model"), data)
+    model = build_checked(build, hp, getattr(build, "__name__", "build_model"), data,
+                          compiled=False)  # as the build gives it (KerasTuner's way)
     mark = weights_only(path) or {}
     if not model.built:
         config = mark.get("build_config") or _build_config(path)

@@ -113,7 +113,8 @@ class JobRuntime:
                                   " no model): there is no model to build")
             return build_checked(self.build_fn, hp, self.spec.model.function or "build",
                                  None if self.splits is None
-                                 else TrainingData.from_splits(self.splits))
+                                 else TrainingData.from_splits(self.splits),
+                                 compiled=self.fit_fn is None and self.run_trial_fn is None)
         assert self.spec.model.task is not None and self.spec.model.input is not None
         assert self.splits is not None
         return build_mlp(
