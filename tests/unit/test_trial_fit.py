@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from test_trial import ListReporter, runtime
 
+import tunecluster.keras_tuner as kt
 from tunecluster.errors import SpecError, TrialFailed
 from tunecluster.spec import parse_spec
 from tunecluster.worker.fitting import Execution, average, execution_metrics, summarize
+from tunecluster.worker.runtime import JobRuntime
 from tunecluster.worker.trial import TrialRequest, run_trial
 
 MODEL = '''
@@ -163,3 +165,26 @@ def test_an_oversized_model_fails_its_trial(tmp_path: Path) -> None:
     with pytest.raises(TrialFailed, match="Oversized model: [0-9]+ parameters"):
         run_trial(rt, TrialRequest("t1", {"n_hidden": 1, "n_neurons": 16,
                                           "learning_rate": 0.01}), ListReporter())
+
+
+def test_a_run_trial_reporting_through_the_oracle_is_scored_on_the_worker(
+        tmp_path: Path) -> None:
+    """KerasTuner's older run_trial reports with self.oracle.update_trial and returns
+    None: the worker's tuner has an oracle that takes those reports (and no data: the
+    search was called without any)."""
+    from tunecluster.spec.space import space_to_json
+
+    class Reports(kt.RandomSearch):
+        def run_trial(self, trial, *args, **kwargs):
+            x = trial.hyperparameters.Float("x", 0.0, 1.0)
+            self.oracle.update_trial(trial.trial_id, {"score": x * 10})
+
+    tuner = Reports(objective=kt.Objective("score", "max"), max_trials=1,
+                    cluster="redis://127.0.0.1:1/0")
+    spec = parse_spec(tuner._job_spec(None, None, None, None, 1, 32, None, True, {})[0])
+    rt = JobRuntime.prepare("job-1", spec, space_to_json(kt.HyperParameters()),
+                            tmp_path / "artifacts")
+    reporter = ListReporter()
+    result = run_trial(rt, TrialRequest("t1", {"x": 0.25}), reporter)
+    assert result.score == 2.5 and reporter.rows == [(1, {"score": 2.5})]
+    assert result.model_path == ""  # no hypermodel: no model kept

@@ -102,12 +102,31 @@ def compiled_with(build: Any, overrides: dict[str, Any]) -> Any:
     return build_model
 
 
+class WorkerOracle:
+    """``self.oracle`` of a tuner on a worker: the objective, and ``update_trial``, through
+    which an older run_trial reports its metrics (KerasTuner still honours it, with a
+    deprecation warning, when run_trial then returns None)."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+
+    def update_trial(self, trial_id: str, metrics: dict[str, Any], step: int = 0) -> str:
+        from tunecluster.worker.session import current
+
+        session = current()
+        if session is not None:
+            session.updates.append(({str(k): float(v) for k, v in metrics.items()},
+                                    int(step)))
+        return "RUNNING"
+
+
 def on_worker(tuner: Any, hypermodel: Any, build: Any, executions_per_trial: int,
               objective: tuple[str, str]) -> None:
     """What a shipped tuner holds on a worker besides its own attributes."""
     tuner.hypermodel = None if build is None else WorkerHyperModel(hypermodel, build)
     tuner.executions_per_trial = executions_per_trial
     tuner.objective = Objective(*objective)
+    tuner.oracle = WorkerOracle(tuner.objective)
 
 
 # What the drop-in's tuners hold themselves; a subclass's other attributes are its own

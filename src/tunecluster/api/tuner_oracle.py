@@ -73,7 +73,10 @@ class ClusterOracle:
 
     @property
     def trials(self) -> dict[str, Any]:
-        """Every trial of the search that ended or runs, by id (KerasTuner's ``Trial``)."""
+        """Every trial of the search that ended or runs, by id (KerasTuner's ``Trial``);
+        none before a search."""
+        if self.tuner.job is None:
+            return {}
         data = self.tuner.results()
         return {row["trial"]: self._trial(row) for row in data["trials"]}
 

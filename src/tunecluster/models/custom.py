@@ -144,7 +144,9 @@ def build_checked(build: Callable[..., Any], hp: Any, function: str = "build_mod
         )
     # a fit or run_trial of the user's own may compile the model itself, or train it
     # without Keras's fit (KerasTuner asks for a keras.Model only)
-    if compiled and not getattr(model, "compiled", False):
+    # (nor a Model subclass with a fit of its own, which trains it its own way)
+    if compiled and not getattr(model, "compiled", False) and \
+            type(model).fit is keras.Model.fit:
         raise ModelCodeError(
             f"{call} returned a model that is not compiled; call model.compile()")
     return model

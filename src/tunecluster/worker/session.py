@@ -65,6 +65,9 @@ class TrialSession:
         self.who = f"{spec.model.fit}()" if rt.fit_fn is not None else "model.fit()"
         self._planned = 1
         self._results: list[Any] | None = None
+        # metrics a run_trial reported through self.oracle.update_trial (KerasTuner's
+        # older way, still honoured there): (metrics, step)
+        self.updates: list[tuple[dict[str, float], int]] = []
 
     @contextlib.contextmanager
     def active(self) -> Iterator[TrialSession]:
@@ -154,6 +157,12 @@ class TrialSession:
         what a tuner's own run_trial returned over the epochs the session saw."""
         if returned is TRACKED or (self._results is not None and returned is self._results):
             return self.executions
+        if returned is None and self.updates:  # reported through self.oracle.update_trial
+            rows = [{"epoch": step + 1, **metrics} for metrics, step in self.updates]
+            for row in rows:
+                self.reporter.epoch(int(row["epoch"]),
+                                    {k: v for k, v in row.items() if k != "epoch"})
+            return [Execution(rows, TRACKED)]
         rows = (self.executions[0].rows if len(self.executions) == 1
                 else mean_rows([e.rows for e in self.executions]))
         if not rows:  # nothing went through the epoch reporter: report what it returned
