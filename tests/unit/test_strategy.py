@@ -150,7 +150,7 @@ def test_unknown_strategy() -> None:
 
 
 def test_strategies_match_the_spec() -> None:
-    from tunecluster.spec.models import Resources
+    from tunecluster.spec.training import Resources
 
     assert set(STRATEGIES) == set(Resources.model_fields["strategy"].annotation.__args__)
 
