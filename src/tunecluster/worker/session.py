@@ -92,7 +92,7 @@ class TrialSession:
                 model.build((None, *self.rt.splits.x_train.shape[1:]))
             self._tune(model)
         limit = self.rt.spec.train.max_model_size
-        if limit is not None and model.count_params() > limit:  # KerasTuner's check
+        if limit is not None and model.built and model.count_params() > limit:  # KT's check
             raise TrialFailed(f"Oversized model: {model.count_params()} parameters, over"
                               f" max_model_size {limit}")
         if self._load_parent is not None:
