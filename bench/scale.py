@@ -120,6 +120,7 @@ def workers_main(url: str, artifacts: str, n: int, trial_s: float, tag: str) -> 
 
 
 def chief_main(url: str, artifacts: str, stats_path: str) -> None:
+    from tunecluster.chief.inbox import ChiefInbox
     from tunecluster.chief.loop import Chief
     from tunecluster.store import Store
     from tunecluster.store.fence import Writes
@@ -128,9 +129,9 @@ def chief_main(url: str, artifacts: str, stats_path: str) -> None:
     chief = Chief(store, artifacts)
     rounds: list[tuple[float, int, int, int]] = []  # ms, entries, bytes, oracle bytes
     mark = {"t": time.perf_counter(), "entries": 0}
-    read = Chief._read_inbox
+    read = ChiefInbox.read
 
-    def timed_read(self: Chief, pending: bool, block_ms: int | None) -> list[Any]:
+    def timed_read(self: ChiefInbox, pending: bool, block_ms: int | None) -> list[Any]:
         entries = read(self, pending, block_ms)
         mark["t"] = time.perf_counter()
         mark["entries"] = len(entries)
@@ -151,7 +152,7 @@ def chief_main(url: str, artifacts: str, stats_path: str) -> None:
                            size, oracle))
         return answer
 
-    Chief._read_inbox = timed_read  # type: ignore[method-assign]
+    ChiefInbox.read = timed_read  # type: ignore[method-assign]
     Writes.apply = timed_apply  # type: ignore[method-assign]
     signal.signal(signal.SIGTERM, lambda *_: chief.stop())
     profile = os.environ.get("SCALE_CHIEF_PROFILE")  # a path: where the chief's cProfile goes
