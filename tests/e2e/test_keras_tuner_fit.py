@@ -16,17 +16,21 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def build_digits(hp):
+    model = keras.Sequential([keras.Input((64,)),
+                              keras.layers.Dense(hp.Int("units", 8, 32, step=8),
+                                                 activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
 class TunesBatchSize(kt.HyperModel):
     """KerasTuner's getting-started example: fit tunes shuffle and batch_size."""
 
     def build(self, hp):
-        model = keras.Sequential([keras.Input((64,)),
-                                  keras.layers.Dense(hp.Int("units", 8, 32, step=8),
-                                                     activation="relu"),
-                                  keras.layers.Dense(10, activation="softmax")])
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        return model
+        return build_digits(hp)
 
     def fit(self, hp, model, *args, **kwargs):
         return model.fit(*args, shuffle=hp.Boolean("shuffle"),
@@ -100,16 +104,6 @@ def test_a_fit_that_returns_its_own_score_is_what_the_oracle_ranks(cluster, tmp_
         assert scores[trial["trial"]] == pytest.approx(trial["score"]), scores
     best = tuner.oracle.get_best_trials(1)[0]
     assert best.score == max(t["score"] for t in trials)
-
-
-def build_digits(hp):
-    model = keras.Sequential([keras.Input((64,)),
-                              keras.layers.Dense(hp.Int("units", 8, 32, step=8),
-                                                 activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
 
 
 class TunesBatchSizeInRunTrial(kt.RandomSearch):

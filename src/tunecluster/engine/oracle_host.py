@@ -261,8 +261,7 @@ class OracleHost:
             obs.step == epoch for obs in trial.metrics.get_history(objective)
         ):
             return False
-        clean = {k: float(v) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        clean = _finite_numbers(metrics)
         if objective not in clean:
             return False
         result = self.oracle.update_trial(trial_id, clean, step=epoch)
@@ -299,9 +298,7 @@ class OracleHost:
 
     def _take_final(self, trial: Any, metrics: Mapping[str, Any], best_epoch: Any) -> None:
         objective = self.spec.search.objective_name
-        clean = {str(k): float(v) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(float(v))}
+        clean = _finite_numbers(metrics)
         if objective not in clean:
             return
         seen = (trial.metrics.get_best_value(objective)
@@ -323,6 +320,14 @@ class OracleHost:
 
     def ongoing(self) -> int:
         return len(self.oracle.ongoing_trials)
+
+
+def _finite_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics that are finite numbers (data from a worker: anything else is left
+    out), as floats."""
+    return {str(k): float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(float(v))}
 
 
 def _whole_ints(hp: Any) -> dict[str, Any]:

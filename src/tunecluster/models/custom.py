@@ -99,16 +99,6 @@ def objects_in(namespace: Mapping[str, Any]) -> dict[str, Any]:
             if inspect.isclass(value) or inspect.isfunction(value)}
 
 
-def objects_of(hypermodel: Any) -> dict[str, Any]:
-    """``objects_in`` the module that defines ``hypermodel`` (a ``build_model(hp)``
-    function or a ``HyperModel``), as it is in this process: the user's own code,
-    already imported, so nothing is executed."""
-    if inspect.isfunction(hypermodel):
-        return objects_in(hypermodel.__globals__)
-    module = sys.modules.get(type(hypermodel).__module__)
-    return objects_in(vars(module)) if module is not None else {}
-
-
 def module_objects(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``objects_in`` the user's own module file ``path`` (imported here, from this
     machine's disk); ``ModelCodeError`` when it does not import."""

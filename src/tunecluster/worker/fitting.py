@@ -78,18 +78,16 @@ def search_arguments(rt: Any, epochs: int) -> tuple[tuple[Any, ...], dict[str, A
     ``y`` as arrays, and those of its arguments the job names (``model.fit_kwargs``)."""
     spec, splits = rt.spec, rt.splits
     given = spec.model.fit_kwargs if spec.model.fit_kwargs is not None else FIT_KWARGS
-    if splits is None:  # a search called without data: none is passed on
-        kwargs = {"epochs": epochs, "batch_size": spec.train.batch_size,
-                  "shuffle": spec.train.shuffle, "verbose": 0,
-                  "class_weight": spec.train.class_weight}
-        return (), {k: v for k, v in kwargs.items() if k in given and v is not None}
-    values = {"validation_data": (splits.x_valid, splits.y_valid), "epochs": epochs,
-              "batch_size": spec.train.batch_size, "shuffle": spec.train.shuffle,
+    values = {"epochs": epochs, "batch_size": spec.train.batch_size,
+              "shuffle": spec.train.shuffle,
               "verbose": 0,  # a worker's log is no terminal: no progress bars
               "class_weight": spec.train.class_weight}
-    return ((splits.x_train, splits.y_train),
-            {name: values[name] for name in FIT_KWARGS if name in given
-             and (name != "class_weight" or values[name] is not None)})
+    args: tuple[Any, ...] = ()  # a search called without data: none is passed on
+    if splits is not None:
+        values["validation_data"] = (splits.x_valid, splits.y_valid)
+        args = (splits.x_train, splits.y_train)
+    return args, {name: values[name] for name in FIT_KWARGS
+                  if name in given and values.get(name) is not None}
 
 
 def summarize(executions: Sequence[Execution], objective: str, direction: str,
@@ -107,7 +105,7 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
     returned = execution.returned
     if returned is TRACKED:
         best = best_row(execution.rows, objective, direction)
-        return {k: v for k, v in best.items() if k != "epoch"}, int(best["epoch"])
+        return without_epoch(best), int(best["epoch"])
     if isinstance(returned, list):
         if not returned:
             raise TrialFailed(f"{who} returned an empty list; return its metrics")
@@ -120,13 +118,9 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
         if not rows:
             raise TrialFailed(f"{who} returned a History of no epoch")
         best = best_row(rows, objective, direction)
-        return _numbers({k: v for k, v in best.items() if k != "epoch"}, objective, who,
-                        parts), \
-            int(best["epoch"])
+        return _numbers(without_epoch(best), objective, who, parts), int(best["epoch"])
     last = int(execution.rows[-1]["epoch"]) if execution.rows else 1
-    if isinstance(returned, (int, float)) and not isinstance(returned, bool):
-        return _numbers({objective: returned}, objective, who), last
-    if _is_number(returned):  # numpy scalars
+    if _is_number(returned):  # Python's or numpy's
         return _numbers({objective: float(returned)}, objective, who), last
     if isinstance(returned, Mapping):
         return _numbers(dict(returned), objective, who, parts), last
@@ -142,8 +136,9 @@ def untracked_rows(returned: Any, objective: str, direction: str,
     """The epochs of an execution that trained without the worker's callback (the user's
     own loop, a fit that dropped ``callbacks``), from what it returned: a History's
     epochs, else one row of the metrics returned."""
-    if _is_history(returned) and _history_rows(returned):
-        return [with_objective(r, objective, parts) for r in _history_rows(returned)]
+    rows = _history_rows(returned) if _is_history(returned) else []
+    if rows:
+        return [with_objective(r, objective, parts) for r in rows]
     metrics, epoch = execution_metrics(Execution([], returned), objective, direction, who,
                                        parts)
     return [{"epoch": epoch, **metrics}]
@@ -167,9 +162,19 @@ def mean_rows(executions: Sequence[Sequence[Mapping[str, float]]]) -> list[dict[
     by_epoch: dict[int, list[Mapping[str, float]]] = {}
     for rows in executions:
         for row in rows:
-            by_epoch.setdefault(int(row["epoch"]), []).append(
-                {k: v for k, v in row.items() if k != "epoch"})
+            by_epoch.setdefault(int(row["epoch"]), []).append(without_epoch(row))
     return [{"epoch": epoch, **average(rows)} for epoch, rows in sorted(by_epoch.items())]
+
+
+def without_epoch(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A history row's metrics (``{"epoch": n, **metrics}`` less its epoch)."""
+    return {k: v for k, v in row.items() if k != "epoch"}
+
+
+def report_rows(reporter: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Report history rows to ``reporter``, one epoch each."""
+    for row in rows:
+        reporter.epoch(int(row["epoch"]), without_epoch(row))
 
 
 def best_row(rows: Sequence[Mapping[str, float]], objective: str,
@@ -193,11 +198,9 @@ class MeanReporter:
         self.reporter, self.earlier = reporter, earlier
 
     def epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
-        rows = [{"epoch": epoch, **metrics}]
-        mean = mean_rows([*(r for r in self.earlier), rows])
-        here = next(row for row in mean if row["epoch"] == epoch)
-        return bool(self.reporter.epoch(epoch, {k: v for k, v in here.items()
-                                                if k != "epoch"}))
+        same = [without_epoch(row) for rows in self.earlier for row in rows
+                if row["epoch"] == epoch]
+        return bool(self.reporter.epoch(epoch, average([*same, metrics])))
 
     def __getattr__(self, name: str) -> Any:  # a gang's decide(), a list reporter's rows
         return getattr(self.reporter, name)

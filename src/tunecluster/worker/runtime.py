@@ -89,13 +89,7 @@ class JobRuntime:
 
     def build_model(self, values: Mapping[str, Any]) -> Any:
         """Build and compile the model for one trial (call inside the strategy scope)."""
-        return self.build_trial_model(values)[0]
-
-    def build_trial_model(self, values: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
-        """The trial's model, and ``grown_space`` of its hyperparameters."""
-        hp = self.trial_hyperparameters(values)
-        model = self.build_with(hp, values)
-        return model, self.grown_space(hp)
+        return self.build_with(self.trial_hyperparameters(values), values)
 
     def trial_hyperparameters(self, values: Mapping[str, Any]) -> Any | None:
         """The ``HyperParameters`` a custom model's ``build_model`` (and its ``fit``)

@@ -16,17 +16,15 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-from tunecluster.artifact_store import ArtifactStore
-from tunecluster.artifacts import MODEL_FILE
 from tunecluster.errors import TrialFailed
 from tunecluster.worker.fitting import (
     TRACKED,
     Execution,
     MeanReporter,
     mean_rows,
+    report_rows,
     untracked_rows,
 )
 
@@ -40,13 +38,11 @@ def current() -> TrialSession | None:
 
 
 class TrialSession:
-    def __init__(self, rt: Any, request: Any, reporter: Any, *, hp: Any, store: ArtifactStore,
-                 trial_path: Path, trial_dir: Path, strategy: Any, epochs: int,
+    def __init__(self, rt: Any, request: Any, reporter: Any, *, strategy: Any, epochs: int,
                  initial_epoch: int, tracker: Callable[..., Any],
                  tune: Callable[[Any], None], resume: Callable[..., Any],
                  load_parent: Callable[[Any], None] | None) -> None:
-        self.rt, self.request, self.reporter, self.hp = rt, request, reporter, hp
-        self.store, self.trial_path, self.trial_dir = store, trial_path, trial_dir
+        self.rt, self.request, self.reporter = rt, request, reporter
         self.strategy, self.epochs, self.initial_epoch = strategy, epochs, initial_epoch
         self._tracker, self._tune, self._resume, self._load_parent = (
             tracker, tune, resume, load_parent)
@@ -159,27 +155,19 @@ class TrialSession:
             return self.executions
         if returned is None and self.updates:  # reported through self.oracle.update_trial
             rows = [{"epoch": step + 1, **metrics} for metrics, step in self.updates]
-            for row in rows:
-                self.reporter.epoch(int(row["epoch"]),
-                                    {k: v for k, v in row.items() if k != "epoch"})
+            report_rows(self.reporter, rows)
             return [Execution(rows, TRACKED)]
         rows = (self.executions[0].rows if len(self.executions) == 1
                 else mean_rows([e.rows for e in self.executions]))
         if not rows:  # nothing went through the epoch reporter: report what it returned
             rows = untracked_rows(returned, self.objective, self.direction, who, self.parts)
-            for row in rows:
-                self.reporter.epoch(int(row["epoch"]),
-                                    {k: v for k, v in row.items() if k != "epoch"})
+            report_rows(self.reporter, rows)
         return [Execution(rows, returned)]
-
-    def model_path(self) -> Path:
-        return self.trial_dir / MODEL_FILE
 
     def _record(self, history: list[dict[str, float]], returned: Any, sink: Any) -> None:
         if not history and returned is not TRACKED:
             # a fit of the user's own that passed no callbacks on: what it returned
             history.extend(untracked_rows(returned, self.objective, self.direction, self.who,
                                           self.parts))
-            for row in history:
-                sink.epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+            report_rows(sink, history)
         self.executions.append(Execution(list(history), returned))

@@ -140,10 +140,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     build_at = time.time()
     hp = rt.trial_hyperparameters(values)
     past = values.get("tuner/trial_id")
-    parent = request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE)
     session = TrialSession(
-        rt, request, reporter, hp=hp, store=store, trial_path=trial_path,
-        trial_dir=trial_dir, strategy=strategy, epochs=epochs, initial_epoch=initial_epoch,
+        rt, request, reporter, strategy=strategy, epochs=epochs, initial_epoch=initial_epoch,
         tracker=lambda sink, history, checkpoints: _EpochCallback(
             sink, objective, direction, trial_dir, history, spec.train.early_stopping,
             store, request.rank == 0 and checkpoints,
@@ -153,7 +151,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
                                      reporter),
         # Hyperband: continue the earlier trial's best weights
         load_parent=None if past is None else lambda model: _load_parent(
-            model, store, parent, past))
+            model, store, request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE),
+            past))
     with session.active():
         if rt.run_trial_fn is not None:  # a tuner's own run_trial (the drop-in ships it)
             who = "run_trial()"
