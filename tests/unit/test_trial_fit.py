@@ -121,6 +121,8 @@ def test_executions_of_keras_fit_average_each_ones_best_epoch(tmp_path: Path) ->
     (None, "returned None: did you forget to return the metrics?"),
     ({"accuracy": 0.5}, "without the objective 'val_accuracy'"),
     ("good", "returned a str"),
+    ("0.5", "returned a str"),  # a string, even one float() parses, is no number
+    ({"val_accuracy": "0.5"}, "returned metric 'val_accuracy' = '0.5', not a number"),
     ({"val_accuracy": "high"}, "returned metric 'val_accuracy' = 'high', not a number"),
 ])
 def test_what_a_fit_returns_is_checked_as_keras_tuner_does(returned: Any, message: str) -> None:

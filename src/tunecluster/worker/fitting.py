@@ -225,7 +225,7 @@ def _numbers(metrics: dict[str, Any], objective: str, who: str,
 
 
 def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):  # float("0.5") parses: no number to KT
         return False
     try:
         float(value)
