@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tunecluster import defaults
+from tunecluster.artifacts import trial_dir
 from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.errors import SpecError
 from tunecluster.store import Store
+from tunecluster.testhook import STOP_AT_ENV
 
 from .conftest import EXAMPLES, FAST_LIVENESS, cli
 from .invariants import assert_exactly_once
@@ -79,13 +82,27 @@ def _worker_pid(store: Store, worker_id: str) -> int:
     return int(store.client.hget(store.keys.worker(worker_id), "pid"))
 
 
+def _stop_at(point: str, marker: Path) -> dict[str, str]:
+    """The environment that holds the first process reaching ``point`` (testhook.py)."""
+    return {STOP_AT_ENV: f"{point}:{marker}"}
+
+
+def _held(marker: Path, timeout: float = 120) -> psutil.Process:
+    """The process the test hook stopped, once it is stopped (SIGSTOP, by itself)."""
+    pid = int(str(_until(lambda: marker.is_file() and marker.read_text(), timeout)))
+    proc = psutil.Process(pid)
+    _until(lambda: proc.status() == psutil.STATUS_STOPPED, timeout=10, every=0.01)
+    return proc
+
+
 @pytest.fixture
 def make_cluster(tmp_path: Path):
     made: list[LocalCluster] = []
 
-    def make(workers: int = 2, **kwargs) -> LocalCluster:
+    def make(workers: int = 2, env: dict[str, str] | None = None, **kwargs) -> LocalCluster:
         c = LocalCluster(workers=workers, artifacts=tmp_path / "artifacts",
-                         log_dir=tmp_path / "logs", env=FAST_LIVENESS, **kwargs).start()
+                         log_dir=tmp_path / "logs", env={**FAST_LIVENESS, **(env or {})},
+                         **kwargs).start()
         made.append(c)
         return c
 
@@ -151,20 +168,28 @@ def test_worker_killed_mid_trial_is_retried_and_resumes_from_checkpoint(make_clu
 
 
 def test_worker_killed_after_its_last_epoch_report_is_retried_without_training_again(
-        make_cluster) -> None:
+        make_cluster, tmp_path: Path) -> None:
     """SIGKILL the worker between the trial's last epoch report and its finish (the best
     epoch restored, the model written): the retry resumes after that last epoch, trains
-    none, and records the trial with its model; each epoch is recorded once."""
-    cluster = make_cluster(workers=1)
+    none, and records the trial with its model; each epoch is recorded once. The trial
+    process holds itself at that moment (the test hook), so the kill lands there."""
+    marker = tmp_path / "held"
+    cluster = make_cluster(workers=1, env=_stop_at("finish", marker))
     store = Store.from_url(cluster.url)
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
         "search.max_trials=1", "train.epochs=3", "train.batch_size=8",
         "train.steps_per_execution=1", "train.early_stopping=null",
         "search.max_retries_per_trial=1")))
-    victim = _until(lambda: _running_trial(store, job, 3), every=0.002)
-    os.killpg(_worker_pid(store, victim["worker"]), signal.SIGKILL)
+    held = _held(marker)
+    victim = store.jobs.trials(job)[0]
+    worker = _worker_pid(store, victim["worker"])
+    assert held.ppid() == worker, "the hook held another process than the trial's"
+    assert (victim["state"], victim["last_epoch"]) == ("RUNNING", "3"), victim
+    assert list(trial_dir(cluster.artifacts, job, victim["trial"]).rglob("model.keras")), \
+        "held before the model was written"
+    os.killpg(worker, signal.SIGKILL)
     assert store.jobs.trial(job, victim["trial"]).get("state") == "RUNNING"  # not recorded
-    cluster.start_worker()
+    cluster.start_worker()  # same environment: the hook's marker exists, it runs on
     results = wait(store, job, 300)
     assert results["state"] == "completed", results.get("error")
     trial = results["trials"][0]
@@ -231,19 +256,23 @@ def test_chief_killed_and_restarted_resumes_without_rerunning(make_cluster) -> N
     assert all(t["attempts"] == 1 for t in results["trials"]), "a trial was re-run"
 
 
-def test_chief_killed_while_finalizing_and_restarted_finalizes_the_job(make_cluster) -> None:
+def test_chief_killed_while_finalizing_and_restarted_finalizes_the_job(make_cluster,
+                                                                      tmp_path: Path) -> None:
     """SIGKILL the chief (and its evaluation process) the moment the job turns to
-    ``finalizing``: a restarted chief finalizes it (test split scored, best model written)
-    and no trial runs again."""
-    cluster = make_cluster(workers=2)
+    ``finalizing`` (the chief holds itself there: the test hook): a restarted chief
+    finalizes it (test split scored, best model written) and no trial runs again."""
+    marker = tmp_path / "held"
+    cluster = make_cluster(workers=2, env=_stop_at("finalize", marker))
     store = Store.from_url(cluster.url)
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=2",
                                                                "train.epochs=2")))
-    _until(lambda: store.jobs.get(job).state == "finalizing", every=0.005)
+    held = _held(marker)
+    assert held.pid == cluster.chiefs[0].pid, "the hook held another process than the chief"
+    assert store.jobs.get(job).state == "finalizing"
+    assert not (Path(cluster.artifacts) / job / "best_model.keras").exists()
     os.killpg(cluster.chiefs[0].pid, signal.SIGKILL)
-    time.sleep(1)
     assert store.jobs.get(job).state == "finalizing"  # killed mid-way, not after
-    cluster.start_chief()
+    cluster.start_chief()  # same environment: the hook's marker exists, it runs on
     results = wait(store, job, 300)
     assert results["state"] == "completed", results.get("error")
     assert_exactly_once(store, job, 2)

@@ -28,6 +28,7 @@ from tunecluster.store import Store, codec, downloads
 from tunecluster.store.connection import retryable
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.results import build_results, leaderboard
+from tunecluster.testhook import stop_here
 
 log = logging.getLogger("tunecluster.chief")
 
@@ -88,6 +89,7 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     Safe against two chiefs: the files are replaced atomically with the same content,
     and the record (``final`` and the state, in one step) is written only under
     ``fence``, so a deposed chief's finalize writes nothing to Redis."""
+    stop_here("finalize")  # a test hook, inert unless set (tunecluster/testhook.py)
     artifacts = open_store(artifacts_root)
     job_dir = artifacts_job_dir(artifacts_root, job)
     job_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tunecluster.states import TrialState
+from tunecluster.testhook import stop_here
 
 KEEP_JOBS = 2  # job runtimes (data + adapt statistics) kept warm per child
 # Set in a gang member's process: its first message names the gang (``tf_config``).
@@ -216,6 +217,7 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     # from the last epoch's report to the trial recorded finished (model save included)
     overhead["last_epoch_to_finished_ms"] = 1000 * (time.time() - result.timings["last_epoch_at"])
     fields["overhead"] = overhead
+    stop_here("finish")  # a test hook, inert unless set (tunecluster/testhook.py)
     if not store.queue.finish(claim, worker, state, fields):
         return refused(claim, state.lower())
     return {"outcome": state.lower(), "timings": result.timings, "overhead": overhead}
