@@ -6,6 +6,9 @@ writes nothing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,12 +47,34 @@ def _artifacts_trial(server: RedisServer, trial: str, out: Path):  # -> click Re
 def test_hostile_trial_ids_for_artifacts_write_nothing(server: RedisServer, trial: str,
                                                        tmp_path: Path) -> None:
     result = _artifacts_trial(server, trial, tmp_path / "out")
-    assert result.exit_code != ExitCode.OK
+    assert result.exit_code == ExitCode.USAGE, result.output  # README: 2, bad input
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "is not a trial id" in lines[0], result.output
     assert list(tmp_path.iterdir()) == []  # not even the output directory
 
 
-def test_a_hostile_trial_id_for_artifacts_is_bad_input(server: RedisServer,
-                                                       tmp_path: Path) -> None:
-    assert _artifacts_trial(server, "../../x", tmp_path / "out").exit_code == ExitCode.USAGE
+# The same refusals from the installed command in a process of its own (what a user runs):
+# its exit status and its stderr, one line, nothing on stdout, nothing written.
+PROCESS_CASES = [
+    (["best", "../../etc/passwd"], "error: JOB '../../etc/passwd' is not a job id"),
+    (["report", "a/b", "-o", "{out}/report.html"], "error: JOB 'a/b' is not a job id"),
+    (["tensorboard", "..", "--logdir", "{out}/tb"], "error: JOB '..' is not a job id"),
+    (["artifacts", "job-000000", "--trial", "../../x", "-o", "{out}/a"],
+     "error: --trial '../../x' is not a trial id"),
+]
+
+
+@pytest.mark.parametrize("args,first", PROCESS_CASES,
+                         ids=["best", "report", "tensorboard", "artifacts-trial"])
+def test_hostile_ids_in_a_real_cli_process(args: list[str], first: str,
+                                           tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "tunecluster",
+                           *[a.format(out=out) for a in args], "--redis", NO_REDIS],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TUNECLUSTER_REDIS_URL": NO_REDIS})
+    assert done.returncode == ExitCode.USAGE, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(first), done.stderr
+    assert done.stdout == ""
+    assert not out.exists()

@@ -153,6 +153,7 @@ def test_worker_cli_plans_packed_slots(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from tunecluster import cli
     from tunecluster.cli import roles
+    from tunecluster.errors import ExitCode
     from tunecluster.worker import loop, slots
 
     seen: dict = {}
@@ -175,8 +176,8 @@ def test_worker_cli_plans_packed_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [e["CUDA_VISIBLE_DEVICES"] for e in seen["slot_env"]] == ["0"] * 4
     result = CliRunner().invoke(cli.cli, ["worker", "--redis", "redis://127.0.0.1:1/0",
                                           "--trials-per-gpu", "4", "--gpus-per-trial", "2"])
-    assert result.exit_code != 0 and "--trials-per-gpu: 4 trials share" in result.output
-    # (its exit status: test_worker_cli_refuses_a_bad_slot_plan_as_bad_input)
+    assert "--trials-per-gpu: 4 trials share" in result.output
+    assert result.exit_code == ExitCode.USAGE, result.output  # README: 2 is bad input
 
 
 def test_worker_cli_refuses_a_bad_slot_plan_as_bad_input(
