@@ -183,46 +183,6 @@ def test_cancel_from_the_api(cluster: LocalCluster, store: Store) -> None:
         assert again == {"job": job, "state": "cancelled", "cancelling": False}
 
 
-def test_submit_validates_exactly_as_the_cli(cluster: LocalCluster, store: Store,
-                                            tmp_path: Path) -> None:
-    good = (EXAMPLES / "digits.yaml").read_text()
-    bad_field = good.replace("max_trials: 8", "max_trials: 0")
-    bad_yaml = good.replace("  builtin: mlp", "  builtin: [mlp")
-    unknown = good + "surprise: 1\n"
-    env = {"TUNECLUSTER_REDIS_URL": cluster.url}
-    before = set(store.jobs.all())
-    with client(cluster) as tc:
-        for text in (bad_field, bad_yaml, unknown):
-            r = no_secret(tc.post("/api/jobs", content=text, headers=ACTION))
-            assert r.status_code == 400
-            message = r.json()["error"]
-            assert message.startswith("spec error: ") and "\n" not in message
-            path = tmp_path / "job.yaml"
-            path.write_text(text)
-            by_cli = cli("submit", str(path), env=env)
-            assert by_cli.returncode == 2
-            # the same one line as the CLI's (the file name aside)
-            assert message.replace("job.yaml", "") == by_cli.stderr.strip().replace(
-                str(path), "").replace("job.yaml", ""), (message, by_cli.stderr)
-        assert "search.max_trials" in tc.post("/api/jobs", content=bad_field,
-                                              headers=ACTION).json()["error"]
-        files = good.replace("dataset: digits", "path: /etc/passwd\n  target: x")
-        r = tc.post("/api/jobs", content=files, headers=ACTION)
-        assert r.status_code == 400 and "data.path" in r.json()["error"]
-        code = good.replace("  builtin: mlp\n", "  source: 'def build_model(hp): pass'\n")
-        r = tc.post("/api/jobs", content=code, headers=ACTION)
-        assert r.status_code == 400 and "model.source" in r.json()["error"]
-        # after every refusal above (the page's and the CLI's alike)
-        assert set(store.jobs.all()) == before, "nothing queued by the refusals"
-        small = good.replace("max_trials: 8", "max_trials: 1").replace("name: digits-mlp",
-                                                                        "name: dash-submitted")
-        r = tc.post("/api/jobs", content=small, headers=ACTION)
-        assert r.status_code == 201, r.text
-        job = r.json()["job"]
-        assert store.jobs.get(job).name == "dash-submitted"
-        cancel_and_wait(store, job)
-
-
 def test_token_required_everywhere_and_read_only(cluster: LocalCluster, finished: str) -> None:
     with client(cluster, token=TOKEN, base_url="http://10.0.0.7:8080") as tc:
         for path in ("/", "/api/jobs", f"/api/jobs/{finished}", "/api/workers",
@@ -301,6 +261,13 @@ def test_live_epochs_reach_every_page_through_one_reader(cluster: LocalCluster,
         counted.set()
         for p in pages:
             p.join(60)
+        # every page has closed while the job still runs: its reader stops (it ends
+        # after the read that follows the last page's close, block_ms 1 s)
+        deadline = time.monotonic() + 20
+        while hub_readers(store):
+            assert time.monotonic() < deadline, "the job's reader outlived its last page"
+            time.sleep(0.2)
+        assert store.jobs.get(job).state == "running", "closed by the pages, not the job"
         for events in got.values():
             assert events[0]["type"] == "hello"
             epoch = next(e for e in events if e["type"] == "epoch")["data"]
@@ -349,6 +316,35 @@ def test_report_command_writes_one_self_contained_file(cluster: LocalCluster, fi
     assert finished in text and PASSWORD not in text
     assert cli("report", "no-such-job-000000", "-o", str(tmp_path / "x.html"), "--redis",
                cluster.url).returncode == 1
+
+
+REPORT_IN_A_FRESH_INTERPRETER = """
+import sys
+from tunecluster.cli import main
+sys.argv = ["tunecluster", "report", *sys.argv[1:]]
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print("exit:", code)
+print("loaded:", sorted(m for m in sys.modules
+                        if m.split(".")[0] in ("tensorflow", "keras", "keras_tuner")))
+"""
+
+
+def test_the_report_command_never_imports_tensorflow(cluster: LocalCluster, finished: str,
+                                                     tmp_path: Path) -> None:
+    """docs/dashboard.md: the report imports no TensorFlow (nor Keras, nor KerasTuner):
+    the real command's code in a fresh interpreter, its modules listed afterwards."""
+    out = tmp_path / "report.html"
+    r = subprocess.run([sys.executable, "-c", REPORT_IN_A_FRESH_INTERPRETER, finished, "-o",
+                        str(out)], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "TUNECLUSTER_REDIS_URL": cluster.url})
+    *_, exit_line, loaded = r.stdout.strip().splitlines()
+    assert exit_line == "exit: 0", r.stdout + r.stderr
+    assert finished in out.read_text()
+    assert loaded == "loaded: []"
 
 
 # --- a real browser ------------------------------------------------------------------------

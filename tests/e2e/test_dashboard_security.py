@@ -24,7 +24,7 @@ from tunecluster.cluster import RedisServer
 from tunecluster.dashboard.server import start_in_background
 from tunecluster.store import Store
 
-from .conftest import cli
+from .conftest import EXAMPLES, cli
 from .test_dashboard import browser  # noqa: F401, F811 - the fixture (headless chromium)
 
 pytestmark = pytest.mark.e2e
@@ -104,6 +104,60 @@ def test_submit_refuses_a_job_that_carries_code(dashboard: str, store: Store, tm
     assert message.startswith("spec error: ") and field in message, message
     assert not marker.exists(), "the submitted code ran in the dashboard's child process"
     assert after == before, "nothing queued"
+
+
+def test_submit_validates_exactly_as_the_cli(dashboard: str, redis_server: RedisServer,
+                                            store: Store, tmp_path: Path) -> None:
+    """A job the page refuses gets the CLI's own one line, and nothing is queued; a job
+    that names files on the dashboard's disk is refused even when it is valid."""
+    good = (EXAMPLES / "digits.yaml").read_text()
+    bad_field = good.replace("max_trials: 8", "max_trials: 0")
+    bad_yaml = good.replace("  builtin: mlp", "  builtin: [mlp")
+    unknown = good + "surprise: 1\n"
+    env = {"TUNECLUSTER_REDIS_URL": redis_server.url}
+    path = tmp_path / "job.yaml"
+
+    def submit_page(text: str) -> httpx.Response:
+        return httpx.post(f"{dashboard}/api/jobs", content=text, headers=ACTION, timeout=300)
+
+    before = set(store.jobs.all())
+    for text in (bad_field, bad_yaml, unknown):
+        r = submit_page(text)
+        assert r.status_code == 400, r.text
+        message = one_line_error(r)
+        assert message.startswith("spec error: ")
+        path.write_text(text)
+        by_cli = cli("submit", str(path), env=env)
+        assert by_cli.returncode == 2, by_cli.stderr
+        # the same one line as the CLI's (the file name aside)
+        assert message.replace("job.yaml", "") == by_cli.stderr.strip().replace(
+            str(path), "").replace("job.yaml", ""), (message, by_cli.stderr)
+    assert "search.max_trials" in one_line_error(submit_page(bad_field))
+    r = submit_page(good.replace("dataset: digits", "path: /etc/passwd\n  target: x"))
+    assert r.status_code == 400 and "data.path" in one_line_error(r)
+    # data.files naming readable CSV files on the dashboard's disk: a job the CLI would
+    # queue (it validates there), refused by the page only because of its files
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
+    data = good[good.index("data:"):good.index("model:")]
+    named = good.replace(data, f"data:\n  files: {{train: {rows}, valid: {rows},"
+                               f" test: {rows}}}\n  target: y\n").replace(
+        "  input: flatten\n", "")
+    path.write_text(named)
+    assert cli("validate", str(path), env=env).returncode == 0, "a valid job file"
+    r = submit_page(named)
+    assert r.status_code == 400, r.text
+    assert one_line_error(r).startswith("spec error: data.files: ")
+    # after every refusal above (the page's and the CLI's alike): nothing queued
+    assert set(store.jobs.all()) == before, "a refused submit queued a job"
+    small = good.replace("max_trials: 8", "max_trials: 1").replace("name: digits-mlp",
+                                                                    "name: dash-submitted")
+    r = submit_page(small)
+    assert r.status_code == 201, r.text
+    job = r.json()["job"]
+    assert store.jobs.get(job).name == "dash-submitted"
+    # the same comparison sees a queued job: the valid submit is the one new id
+    assert set(store.jobs.all()) - before == {job}
 
 
 # --- 7. loopback is an address, the token redirect stays home, markup stays text ----------
