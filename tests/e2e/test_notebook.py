@@ -73,3 +73,69 @@ def test_the_example_notebook_runs_with_a_real_kernel(cluster, tmp_path: Path,
     assert 0.0 <= test_accuracy <= 1.0  # one epoch of a tiny model: any accuracy
     assert "'n_hidden'" in text  # top3_params[0].values, the cell's displayed value
     print(f"notebook: {elapsed:.1f}s")
+
+
+# The stop button: the job cancelled and the cell ended with KeyboardInterrupt, within
+# this of the interrupt (the cancel lands at the chief's next tick, a trial stops within
+# an epoch: a second or two here)
+STOP_MARGIN_S = 30.0
+_STOPPED_CELL = """\
+import sys
+sys.path.insert(0, {tests!r})
+import dropin_notebook_style as example
+import tunecluster.keras_tuner as kt
+
+tuner = kt.RandomSearch(example.build_model, objective="val_accuracy", max_trials=20,
+                        directory={directory!r}, project_name="stopped")
+tuner.search(example.X_train, example.y_train, epochs=200,
+             validation_data=(example.X_valid, example.y_valid))
+"""
+
+
+def test_the_stop_button_cancels_a_drop_in_search(cluster, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    from tunecluster.api.tuner_project import read_project
+
+    monkeypatch.setenv("TUNECLUSTER_REDIS_URL", cluster.url)
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    store = Client(cluster.url).store
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    job = None
+    try:
+        cell = kc.execute(_STOPPED_CELL.format(tests=str(Path(__file__).parent),
+                                               directory=str(tmp_path)))
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:  # a trial trains: the cell waits on the cluster
+            job = job or read_project(str(tmp_path), "stopped", "RandomSearch")
+            if job and any(t.get("state") == "RUNNING" and t.get("last_epoch")
+                           for t in store.jobs.trials(job)):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no trial of the cell's search reported an epoch ({job})")
+        assert not store.jobs.get(job).cancel_requested
+        pressed = time.monotonic()
+        km.interrupt_kernel()  # the stop button, once
+        reply = None
+        while reply is None or reply["parent_header"].get("msg_id") != cell:
+            left = STOP_MARGIN_S - (time.monotonic() - pressed)
+            assert left > 0, f"the cell still runs {STOP_MARGIN_S:.0f} s after the interrupt" \
+                             f" (job {store.jobs.get(job).state})"
+            try:
+                reply = kc.get_shell_msg(timeout=left)
+            except Exception:  # noqa: BLE001 - queue.Empty: no reply in time
+                reply = {"parent_header": {}}
+        took = time.monotonic() - pressed
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+        assert store.jobs.get(job).state == "cancelled"
+        assert not any(t.get("state") == "RUNNING" for t in store.jobs.trials(job))
+        print(f"stop button: job cancelled, the cell ended after {took:.1f} s")
+    finally:
+        if job is not None:
+            store.jobs.request_cancel(job)  # a failed test leaves no search on the cluster
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -6,12 +6,18 @@ from the results document once a second (epochs do not make events), until the j
 final. The notebook view is one IPython display updated in place (``display_id``):
 no widget library, so it renders in Jupyter, JupyterLab, VS Code and in an executed
 notebook file alike, with a plain-text twin for frontends without HTML.
+
+Ctrl-C (a terminal's, a notebook's stop button: SIGINT either way) while a job is
+followed raises ``KeyboardInterrupt`` out of ``follow`` even when Python lost the one
+the press raised: see ``_Presses``.
 """
 
 from __future__ import annotations
 
 import html
+import signal
 import sys
+import threading
 import time
 from typing import Any, Protocol
 
@@ -57,28 +63,77 @@ def view_for(verbose: int, total: int | None) -> View | None:
 
 def follow(job: Job, view: View | None, after: str = "0-0", *, space_size: int = 0,
            objective: str = "", direction: str = "", poll_s: float = 1.0) -> None:
-    """Show ``job`` in ``view`` from event ``after`` on, until the job is final."""
+    """Show ``job`` in ``view`` from event ``after`` on, until the job is final; a
+    Ctrl-C meanwhile raises ``KeyboardInterrupt``, one Python dropped too (``_Presses``)."""
     from tunecluster.store import FINAL_STATES
 
-    if view is None:
-        job.wait(raise_on_failure=False)  # the tuner reports the job's end
-        return
-    started = time.monotonic()
     store = job.client.store
-    view.start(job, space_size, objective, direction)
-    while True:
-        final = job.state in FINAL_STATES  # read before the events: none is missed
-        events = store.events.read(job.id, after, block_ms=None if final
-                                   else int(poll_s * 1000), count=500)
-        results = job.results()
-        elapsed = time.monotonic() - started
-        for event in events:
-            after = event.id
-            view.event(event, results, elapsed)
-        view.refresh(results, elapsed)
-        if final and not events:
-            view.finish(results, elapsed)
+    with _Presses() as presses:
+        if view is None:  # the tuner reports the job's end
+            while job.state not in FINAL_STATES:
+                presses.check()
+                events = store.events.read(job.id, after, block_ms=int(poll_s * 1000),
+                                           count=500)
+                after = events[-1].id if events else after
+            presses.check()
             return
+        started = time.monotonic()
+        view.start(job, space_size, objective, direction)
+        while True:
+            presses.check()
+            final = job.state in FINAL_STATES  # read before the events: none is missed
+            events = store.events.read(job.id, after, block_ms=None if final
+                                       else int(poll_s * 1000), count=500)
+            results = job.results()
+            elapsed = time.monotonic() - started
+            for event in events:
+                after = event.id
+                view.event(event, results, elapsed)
+            view.refresh(results, elapsed)
+            if final and not events:
+                view.finish(results, elapsed)
+                presses.check()
+                return
+
+
+class _Presses:
+    """Ctrl-C presses while a job is followed, kept where Python drops them.
+
+    Python runs a signal handler between two bytecodes of whatever the main thread
+    runs, a finalizer (``__del__``, a weakref callback) included: the garbage
+    collector runs those at any allocation (TensorFlow's objects from the search
+    space's discovery, redis-py's connections). A ``KeyboardInterrupt`` raised there
+    is printed ("Exception ignored in") and dropped, and the search went on as if
+    Ctrl-C had not been pressed. So while it follows a job, SIGINT's handler, where
+    it is Python's own (``default_int_handler``: a terminal, a Jupyter kernel's
+    cell), notes the press before it raises, and ``check()``, between two reads of
+    the job, raises it again. Another handler (the user's own, or SIGINT ignored) is
+    left alone."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._installed = False
+
+    def __enter__(self) -> _Presses:
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._press)
+            self._installed = True
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _press(self, signum: int, frame: Any) -> None:
+        self.pressed = True  # first: what follows may be dropped
+        signal.default_int_handler(signum, frame)
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` for a press whose own was dropped."""
+        if self.pressed:
+            self.pressed = False
+            raise KeyboardInterrupt
 
 
 class TerminalView:
