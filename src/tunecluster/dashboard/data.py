@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tunecluster import defaults
-from tunecluster.dashboard import plots
+from tunecluster.dashboard import plots, timeline
 from tunecluster.dashboard.importance import hyperparameter_importance
 from tunecluster.errors import StoreError
 from tunecluster.render import failure_reason
@@ -161,7 +161,9 @@ class Reader:
             "space": space,
             "histories": {t: {str(e): m for e, m in h.items()} for t, h in histories.items()},
             "importance": importance,
-            "figures": plots.job_figures(results, histories, space, importance),
+            "figures": {**plots.job_figures(results, histories, space, importance),
+                        "timeline": timeline.timeline(results, time.time() * 1000),
+                        "best_time": timeline.best_over_time(results)},
             "downloads": self.downloads(job, results["state"]),
             "last_event": last,
         }

@@ -113,6 +113,11 @@ def _trial_row(row: dict[str, str]) -> dict[str, Any]:
         "error": row.get("error") or None,
         "resumed_from_epoch": _count(row.get("resumed_from_epoch")) or 0,
         "tuner": {k: v for k, v in values.items() if k.startswith("tuner/")} or None,
+        # when (Redis time, ms since the epoch) the chief created it, its last attempt
+        # was claimed, and it ended; None while not yet (an ASHA trial that stops at its
+        # rung and the trial that continues it are one configuration's pause and resume)
+        "times": {"created": _count(row.get("created")), "claimed": _count(row.get("started")),
+                  "ended": _count(row.get("finished"))},
         "overhead": _json_field(row, "overhead") or None,
         # the attempt's model file, relative to the artifacts root (None: Ray trials and
         # older records keep it at <trial>/model.keras)

@@ -201,11 +201,14 @@ async function viewJob() {
     parallel: el("div", {class: "chart", id: "chart-parallel"}),
     slices: el("div", {class: "chart", id: "chart-slices"}),
     importance: el("div", {class: "chart", id: "chart-importance"}),
+    timeline: el("div", {class: "chart", id: "chart-timeline"}),
+    best_time: el("div", {class: "chart", id: "chart-best-time"}),
     method: el("p", {class: "muted small"}),
   };
   main.replaceChildren(parts.head, parts.summary,
     el("section", {}, el("h2", {}, "Trials"), parts.table),
     el("div", {class: "grid"}, el("section", {}, parts.curves), el("section", {}, parts.history)),
+    el("div", {class: "grid"}, el("section", {}, parts.timeline), el("section", {}, parts.best_time)),
     el("section", {}, parts.parallel), el("section", {}, parts.slices),
     el("section", {}, parts.importance, parts.method));
 
@@ -258,7 +261,8 @@ async function viewJob() {
       ["reason", (t) => t.reason,
        (t) => el("span", {class: "error small", title: t.error || ""}, t.reason || "")],
     ], rows, tableState));
-    for (const key of ["history", "curves", "parallel", "slices", "importance"]) {
+    for (const key of ["history", "curves", "parallel", "slices", "importance", "timeline",
+                       "best_time"]) {
       // Redraw only what changed: drawing costs the browser far more than the fetch
       // (most events change the table and the curves, not the other charts).
       const text = JSON.stringify(doc.figures[key]);
