@@ -124,6 +124,16 @@ def _scripted(make: Callable[..., LocalCluster], store: Store, slots: int) -> Sc
     return w
 
 
+def _cancel_and_end(store: Store, worker: ScriptedWorker, *jobs: str) -> None:
+    """Cancel ``jobs``, let ``worker`` end what it runs, and wait for them to end."""
+    for job in jobs:
+        store.jobs.request_cancel(job)
+    for claim in list(worker.claims):
+        worker.end(claim)
+    for job in jobs:
+        assert wait(store, job, 60)["state"] == "cancelled"
+
+
 def _restart_redis(cluster: LocalCluster, after_s: float, appendonly: bool = True) -> None:
     """SIGKILL Redis, wait, start it again on the same port and data directory."""
     old = cluster.redis
@@ -139,11 +149,12 @@ def _restart_redis(cluster: LocalCluster, after_s: float, appendonly: bool = Tru
 
 def test_redis_outage_longer_than_a_lease_spends_no_retry(control_plane) -> None:
     """Redis (AOF) SIGKILLed while two trials run and back 2.5 leases later: both workers
-    were alive all along, so neither trial may be reaped, even with no retries allowed."""
+    were alive all along, so neither trial may be reaped, even with no retries allowed.
+    (4 epochs: the outage starts after the first; the trials report the rest after it.)"""
     cluster = control_plane(workers=2, appendonly=True)
     store = Store.from_url(cluster.url)
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
-        "search.max_trials=2", "train.epochs=8", "search.max_retries_per_trial=0", *SLOW)))
+        "search.max_trials=2", "train.epochs=4", "search.max_retries_per_trial=0", *SLOW)))
     _until(lambda: sum(int(r.get("last_epoch") or 0) >= 1 and r.get("state") == "RUNNING"
                        for r in store.jobs.trials(job)) == 2)
     time.sleep(0.5)  # one fsync of the AOF: the claims are on disk
@@ -156,19 +167,21 @@ def test_redis_outage_longer_than_a_lease_spends_no_retry(control_plane) -> None
 
 def test_a_full_redis_pauses_the_cluster_and_spends_no_retry(control_plane) -> None:
     """Redis reaches maxmemory (noeviction: every write refused, a script before it runs)
-    while two trials train, for three leases: the chief, the workers and the trial
-    processes wait for room instead of dying or failing trials, and the job completes
-    with every trial in its first attempt once room is made."""
+    while two trials train, for two leases (past a lease, the reap interval and a tick,
+    when a chief that trusted the stale leases would reap them): the chief, the workers
+    and the trial processes wait for room instead of dying or failing trials, and the job
+    completes with every trial in its first attempt once room is made. (4 epochs: full
+    after the first, the trials report the rest after it.)"""
     cluster = control_plane(workers=2)
     store = Store.from_url(cluster.url)
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
-        "search.max_trials=3", "train.epochs=8", "search.max_retries_per_trial=0", *SLOW)))
+        "search.max_trials=3", "train.epochs=4", "search.max_retries_per_trial=0", *SLOW)))
     _until(lambda: sum(int(r.get("last_epoch") or 0) >= 1 and r.get("state") == "RUNNING"
                        for r in store.jobs.trials(job)) == 2)
     used = int(store.client.info("memory")["used_memory"])
     store.client.config_set("maxmemory", str(used - 100_000))
     try:
-        time.sleep(3 * LEASE_S)
+        time.sleep(2 * LEASE_S)
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             Store(redis.Redis.from_url(cluster.url)).client.set("probe", "1")  # still full
     finally:
@@ -210,6 +223,8 @@ def test_a_restarted_chief_never_hands_out_a_running_trial_again(control_plane) 
         assert (row["state"], row["attempts"], row["worker"]) == ("RUNNING", "1", worker.id)
     created = [e["trial"] for e in _events(store, job, "trial_created")]
     assert len(created) == len(set(created)), f"a trial was created twice: {created}"
+    _cancel_and_end(store, worker, job)
+    assert_exactly_once(store, job)
 
 
 # --- point 6: fencing between chiefs --------------------------------------------------------
@@ -382,6 +397,9 @@ def test_trials_kept_ready_ahead_for_a_job_never_delay_a_higher_priority_one(
     assert store.queue.ready_count() == 2
     worker.end(first)
     assert (first.job, worker.claim().job) == (low, high)
+    _cancel_and_end(store, worker, low, high)
+    assert_exactly_once(store, low)
+    assert_exactly_once(store, high, 1)
 
 
 def test_a_running_gang_holds_all_its_slots_when_the_chief_tops_up(control_plane) -> None:

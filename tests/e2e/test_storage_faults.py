@@ -17,6 +17,7 @@ from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 
 from .conftest import EXAMPLES, FAST_LIVENESS
+from .invariants import assert_exactly_once
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -40,6 +41,7 @@ def test_a_store_that_refuses_writes_at_finalize_fails_the_job_with_the_reason(
         assert "finalize failed" in error and "results.json" in error, error
         assert "\n" not in error
         assert results["trials"][0]["state"] == "COMPLETED"  # the trial itself is kept
+        assert_exactly_once(store, job, 1)
         chief_log = "".join(p.read_text(errors="replace")
                             for p in (tmp_path / "logs").glob("chief-*.log"))
         assert "redis unavailable" not in chief_log, chief_log[-2000:]

@@ -34,14 +34,20 @@ CANCEL_GRACE_S = 2.0  # README: a cancelled trial's process is killed after a 2 
 MARGIN_S = 1.5
 
 # A model whose first training step never returns: a blocked op, as a stalled input
-# pipeline or a deadlocked collective would be. Building it does not run the op.
+# pipeline or a deadlocked collective would be. Building it does not run the op; running
+# it writes the process's pid to STALLED first (the test waits for that, not a while).
 STALLING_MODEL = textwrap.dedent('''
+    import os
     import time
 
     import keras
     import tensorflow as tf
 
+    STALLED = {stalled!r}
+
     def _stall(x):
+        with open(STALLED, "w") as f:
+            f.write(str(os.getpid()))
         time.sleep(3600)
         return x
 
@@ -160,6 +166,18 @@ def _job_file(tmp_path: Path, source: str, name: str = "faulty", train: str = "{
     return path
 
 
+def _stalling(tmp_path: Path) -> str:
+    """STALLING_MODEL's source; its marker file: ``_stalled(tmp_path)``."""
+    return STALLING_MODEL.replace("{stalled!r}", repr(str(tmp_path / "stalled")))
+
+
+def _stalled(tmp_path: Path) -> int:
+    """The pid of the trial process once it is inside the step that never returns."""
+    marker = tmp_path / "stalled"
+    return int(str(_until(lambda: marker.is_file() and marker.read_text(), timeout=60,
+                          every=0.05)))
+
+
 def _trial_child(worker_pid: int) -> psutil.Process:
     """The worker's trial process (not multiprocessing's helper processes)."""
     children = [p for p in psutil.Process(worker_pid).children()
@@ -183,9 +201,9 @@ def test_cancel_kills_a_stuck_trial_and_the_slot_serves_the_next_job(make_cluste
                                                                       tmp_path) -> None:
     cluster = make_cluster(workers=1)
     store = Store.from_url(cluster.url)
-    job = submit(store, prepare_job(_job_file(tmp_path, STALLING_MODEL)))
+    job = submit(store, prepare_job(_job_file(tmp_path, _stalling(tmp_path))))
     row = _until(lambda: _running(store, job), timeout=60)
-    time.sleep(2)  # inside fit, in the step that never returns
+    _stalled(tmp_path)  # inside fit, in the step that never returns
     asked = time.monotonic()
     out = cli("cancel", job, "--redis", cluster.url)
     assert out.returncode == 0, out.stderr
@@ -215,7 +233,7 @@ def test_cancel_kills_a_stuck_trial_and_the_slot_serves_the_next_job(make_cluste
 def test_trial_timeout_fails_a_stuck_trial_without_retry(make_cluster, tmp_path) -> None:
     cluster = make_cluster(workers=1)
     store = Store.from_url(cluster.url)
-    spec = _job_file(tmp_path, STALLING_MODEL, train="{epochs: 2, trial_timeout: 3}")
+    spec = _job_file(tmp_path, _stalling(tmp_path), train="{epochs: 2, trial_timeout: 3}")
     started = time.monotonic()
     job = submit(store, prepare_job(spec))
     results = wait(store, job, 90)
@@ -310,11 +328,11 @@ def _meta_epoch(path: Path) -> int:
 def test_trial_process_of_a_sigkilled_worker_exits_within_2s(make_cluster, tmp_path) -> None:
     cluster = make_cluster(workers=1)
     store = Store.from_url(cluster.url)
-    job = submit(store, prepare_job(_job_file(tmp_path, STALLING_MODEL)))
-    _until(lambda: _running(store, job), timeout=60)
-    time.sleep(2)  # the trial process is inside fit, not waiting on its pipe
+    submit(store, prepare_job(_job_file(tmp_path, _stalling(tmp_path))))
+    stalled = _stalled(tmp_path)  # the trial process is inside fit, not waiting on its pipe
     worker = cluster.workers[0].pid
     child = _trial_child(worker)
+    assert child.pid == stalled
     os.kill(worker, signal.SIGKILL)  # the worker alone, not its process group
     killed = time.monotonic()
     # README: a trial process dies within 2 s of its worker (the parent-death signal,
