@@ -182,16 +182,21 @@ class RayJobRunner:
     def _drive(self) -> str | None:
         """Ray runs of the job, each in a child process, until Tune ends the search:
         None, or the job's error. While the Ray cluster cannot be reached the job waits
-        and says why (``reach.Waiting``), up to ``TUNECLUSTER_RAY_UNREACHABLE_S``."""
+        and says why (``reach.Waiting``), up to ``TUNECLUSTER_RAY_UNREACHABLE_S``; one that
+        answers but refuses the chief's ``ray.init``, up to ``TUNECLUSTER_RAY_REFUSED_S``."""
         import redis
 
         from tunecluster.ray.driver import drive_run
-        from tunecluster.ray.reach import Waiting, reachable
+        from tunecluster.ray.reach import Waiting, reachable, refused_limit_s, unreachable_limit_s
 
         try:
             _refuse_object_store(self.artifacts)
         except ValueError as exc:
             return f"ray: ValueError: {exc}"
+        try:
+            unreachable_limit_s(), refused_limit_s()
+        except ValueError as exc:  # the operator's setting, read again while waiting
+            return f"ray: {exc}"
         address = ray_address(self.spec)
         keep_ray_on_loopback(address)  # the child inherits it
         waiting = Waiting(self.store, self.job, address or LOCAL, self.fence)
@@ -220,6 +225,12 @@ class RayJobRunner:
                             self.job, address, outcome.message)
                 waiting.unreachable()
                 self.stop_event.wait(RETRY_S)
+            if outcome.kind == "refused":
+                log.warning("job %s: Ray at %s refuses this chief: %s", self.job, address,
+                            outcome.message)
+                waiting.refused(outcome.message)
+                if not waiting.over():
+                    self.stop_event.wait(RETRY_S)
         return None
 
     def tune(self, run: int) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 
+from tunecluster.ray.reach import reachable
 from tunecluster.spec.models import JobSpec
 
 LOCAL = "local"
@@ -32,6 +33,11 @@ class RayUnavailable(RuntimeError):
 
 class RayUnreachable(RayUnavailable):
     """``ray.init`` failed: the cluster is down or not there (yet); the job waits."""
+
+
+class RayRefused(RayUnavailable):
+    """``ray.init`` failed although the address accepts connections: most often a token
+    the cluster does not accept (or none), else not a Ray there. The job fails soon."""
 
 
 def ray_address(spec: JobSpec) -> str | None:
@@ -83,11 +89,36 @@ def connect_ray(address: str | None) -> str:
                 ray.init(num_cpus=int(os.environ.get(NUM_CPUS_ENV) or os.cpu_count() or 1),
                          include_dashboard=False, **quiet)
         except Exception as exc:  # noqa: BLE001 - reported as the job's error
-            hint = ("" if address is None or os.environ.get("RAY_AUTH_MODE") else
-                    " (a cluster with token authentication needs RAY_AUTH_MODE=token and"
-                    " RAY_AUTH_TOKEN in the chief's environment)")
-            kind = RayUnreachable if address else RayUnavailable
-            raise kind(f"cannot start or reach Ray at {want}: "
-                       f"{str(exc).strip().splitlines()[0][:300]}{hint}") from None
+            raise _init_failed(address, want, exc) from None
         _connected = want
         return want
+
+
+def _init_failed(address: str | None, want: str, exc: Exception) -> RayUnavailable:
+    """Why ``ray.init`` failed, as the job's one line."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if address and reachable(address):  # Ray answers there, yet will not have us
+        token = _token_refused(exc)
+        if token:
+            return RayRefused(f"the cluster does not accept this chief's Ray token ({token});"
+                              " the chief needs RAY_AUTH_MODE=token and the cluster's"
+                              " RAY_AUTH_TOKEN in its environment")
+        hint = (" (a cluster with token authentication needs its RAY_AUTH_TOKEN, and"
+                " RAY_AUTH_MODE=token, in the chief's environment)"
+                if isinstance(exc, ConnectionError) else "")
+        return RayRefused(f"ray.init: {first}{hint}")
+    kind = RayUnreachable if address else RayUnavailable
+    return kind(f"cannot start or reach Ray at {want}: {first}")
+
+
+def _token_refused(exc: BaseException | None) -> str:
+    """Ray's words for a rejected token, from what ``ray.init`` raised (its "Failed to
+    connect" carries the GCS client's last error as its cause); '' if none."""
+    while exc is not None:
+        for line in str(exc).splitlines():
+            at = min((line.find(m) for m in ("Unauthenticated", "InvalidAuthToken")
+                      if m in line), default=-1)
+            if at >= 0:  # up to Ray's link to its docs
+                return line[at:].split("http", 1)[0].rstrip(" (:;.,")[:200]
+        exc = exc.__cause__ or exc.__context__
+    return ""

@@ -11,8 +11,9 @@ The parent hands the run over on the child's stdin as JSON (between a process an
 own child, never through Redis or a command line; nothing is unpickled): the Redis URL
 with its credentials, the job, its spec and space, the run number. The child writes one JSON line to
 ``result``: ``{"outcome": "done"}`` when Tune ended, ``"unreachable"`` when Ray could not
-be reached, ``"redis"`` on a Redis outage (the chief retries later), ``"error"`` with the
-job's error otherwise; and touches ``connected`` once it is connected to Ray.
+be reached, ``"refused"`` when it answered but ``ray.init`` failed, ``"redis"`` on a
+Redis outage (the chief retries later), ``"error"`` with the job's error otherwise; and
+touches ``connected`` once it is connected to Ray.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ PROBE_EVERY_S = 2.0  # how often the parent tests the Ray address while a run go
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # done | unreachable | redis | error | stopped
+    kind: str  # done | unreachable | refused | redis | error | stopped
     message: str = ""
 
 
@@ -200,7 +201,7 @@ def _shutdown_ray(wait_s: float = 30.0) -> None:
 def main() -> int:
     from tunecluster.engine.keras_free import import_keras_tuner
     from tunecluster.ray.backend import RayJobRunner
-    from tunecluster.ray.connect import RayUnreachable, connect_ray
+    from tunecluster.ray.connect import RayRefused, RayUnreachable, connect_ray
     from tunecluster.spec import parse_spec
     from tunecluster.store import Keys, Store
     from tunecluster.store.connection import connect, retryable
@@ -228,6 +229,8 @@ def main() -> int:
         result = {"outcome": "done"}
     except RayUnreachable as exc:
         result = {"outcome": "unreachable", "message": str(exc)}
+    except RayRefused as exc:
+        result = {"outcome": "refused", "message": str(exc)}
     except Exception as exc:  # noqa: BLE001 - reported to the parent as the job's error
         if retryable(exc):
             result = {"outcome": "redis", "message": str(exc)[:300]}
@@ -235,7 +238,7 @@ def main() -> int:
             log.exception("Ray run of job %s failed", data["job"])
             result = {"outcome": "error",
                       "message": f"ray: {type(exc).__name__}: {str(exc).strip()[:500]}"}
-    if result["outcome"] != "unreachable":  # with the cluster gone, Ray's shutdown hangs
+    if result["outcome"] not in ("unreachable", "refused"):  # no cluster: shutdown hangs
         _shutdown_ray()
     _write(status, "result", result)
     sys.stdout.flush()

@@ -8,6 +8,10 @@ cannot be reached, the job's record says why (``waiting``, which ``status``, ``w
 the dashboard show) and the job waits; when it answers again, a new Ray run of the job
 starts (unfinished trials resume from their checkpoints, as after a chief failover);
 after ``TUNECLUSTER_RAY_UNREACHABLE_S`` (600 s) of waiting the job fails with that reason.
+A cluster that answers but where ``ray.init`` fails (most often a token it does not
+accept: Ray retries that silently for 20 s, then says only "Failed to connect") is
+*refused*: the job says so, with the hint, and fails after
+``TUNECLUSTER_RAY_REFUSED_S`` (60 s) of refusals rather than waiting the long limit.
 
 ``waiting`` has two writers, each for its own jobs: the chief's loop for native jobs
 (gang trials short of workers) and ``Waiting`` here for Ray jobs. Both write under the
@@ -27,12 +31,30 @@ from tunecluster.store.queue import server_ms
 
 UNREACHABLE_ENV = "TUNECLUSTER_RAY_UNREACHABLE_S"
 UNREACHABLE_S = 600.0  # a job waits this long for its Ray cluster, then fails
+REFUSED_ENV = "TUNECLUSTER_RAY_REFUSED_S"
+REFUSED_S = 60.0  # ... and this long for one that answers but refuses its ray.init
 PROBE_TIMEOUT_S = 2.0
 
 
+def _limit_s(env: str, default: float) -> float:
+    value = os.environ.get(env)
+    if not value:
+        return default
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not limit >= 0:  # NaN included
+        raise ValueError(f"{env}={value!r}: a number of seconds >= 0 is allowed")
+    return limit
+
+
 def unreachable_limit_s() -> float:
-    value = os.environ.get(UNREACHABLE_ENV)
-    return float(value) if value else UNREACHABLE_S
+    return _limit_s(UNREACHABLE_ENV, UNREACHABLE_S)
+
+
+def refused_limit_s() -> float:
+    return _limit_s(REFUSED_ENV, REFUSED_S)
 
 
 def probe_target(address: str | None) -> tuple[str, int] | None:
@@ -59,12 +81,14 @@ def reachable(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
 
 
 class Waiting:
-    """The ``waiting`` line of one Ray job while its cluster is unreachable."""
+    """The ``waiting`` line of one Ray job while its cluster is unreachable or refuses
+    its ``ray.init``; each kind of outage has its own limit."""
 
     def __init__(self, store: Store, job: str, address: str, fence: Fence) -> None:
         self.store, self.job, self.address, self.fence = store, job, address, fence
         self.since: float | None = None  # monotonic: the limit is this process's to keep
         self.line = ""
+        self.kind = ""  # unreachable | refused
 
     @property
     def waiting(self) -> bool:
@@ -72,26 +96,34 @@ class Waiting:
 
     def unreachable(self) -> None:
         """Ray cannot be reached (again): say so on the job, once per outage."""
-        if self.since is not None:
-            return
-        self.since = time.monotonic()
-        stamp = datetime.fromtimestamp(server_ms(self.store.client) / 1000, UTC)
-        self.line = f"Ray at {self.address} unreachable since {stamp:%Y-%m-%d %H:%M:%S} UTC"
-        self._write(self.line)
+        self._begin("unreachable", "unreachable")
+
+    def refused(self, reason: str) -> None:
+        """Ray answers but this chief's ``ray.init`` fails there: say so, with why."""
+        self._begin("refused", "refuses this chief", f": {reason}")
 
     def over(self) -> str | None:
         """The job's error once it has waited past the limit, else None."""
-        limit = unreachable_limit_s()
+        env, limit = ((REFUSED_ENV, refused_limit_s()) if self.kind == "refused"
+                      else (UNREACHABLE_ENV, unreachable_limit_s()))
         if self.since is None or time.monotonic() - self.since < limit:
             return None
-        return f"{self.line}: gave up after {limit:g} s ({UNREACHABLE_ENV})"
+        return f"{self.line}: gave up after {limit:g} s ({env})"
 
     def reached(self) -> None:
         """Ray answers again: the job no longer waits."""
         if self.since is None:
             return
-        self.since, self.line = None, ""
+        self.since, self.line, self.kind = None, "", ""
         self._write("")
+
+    def _begin(self, kind: str, what: str, why: str = "") -> None:
+        if self.since is not None and self.kind == kind:
+            return  # the same outage goes on
+        self.since, self.kind = time.monotonic(), kind
+        stamp = datetime.fromtimestamp(server_ms(self.store.client) / 1000, UTC)
+        self.line = f"Ray at {self.address} {what} since {stamp:%Y-%m-%d %H:%M:%S} UTC{why}"
+        self._write(self.line)
 
     def _write(self, line: str) -> None:
         Writes().hset(self.store.keys.job(self.job), "waiting", line).apply(
