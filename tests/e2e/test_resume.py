@@ -12,6 +12,7 @@ import pytest
 
 import tunecluster.keras_tuner as kt
 from tunecluster.api import Client
+from tunecluster.errors import ExitCode
 
 from .conftest import cli
 
@@ -119,3 +120,31 @@ def test_an_embedded_search_is_reattached_from_its_project_directory(
     fresh = _tuner(example, tmp_path, None, 1, workers=1, overwrite=True)
     _search(fresh, example)
     assert fresh.job.id != job and len(fresh.results()["trials"]) == 1
+
+
+def test_a_hyperband_search_resumed_past_its_bracket_cycle_ends_at_once(cluster) -> None:
+    """README: "A Hyperband search that went through its bracket cycle ends at once when
+    resumed". With 2 epochs and factor 3, KerasTuner's cycle is one bracket of 2 trials:
+    the search ends there, far below max_trials; resumed to more, it runs no trial."""
+    client = Client(cluster.url)
+    job = client.submit(ROOT / "examples" / "digits.yaml",
+                        ["search.algorithm=hyperband", "search.hyperband_factor=3",
+                         "train.epochs=2", "search.max_trials=6", "train.early_stopping=null",
+                         "name=resume-hyperband"])
+    first = job.wait(timeout=180)
+    assert first["state"] == "completed", first.get("error")
+    ran = {t["trial"] for t in first["trials"]}
+    assert len(ran) == 2, first["trials"]  # the cycle, not max_trials, ended it
+    start = time.monotonic()
+    done = cli("resume", job.id, "--redis", cluster.url, "--set", "search.max_trials=8",
+               "--wait")
+    took = time.monotonic() - start
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert f"resuming {job.id} (was completed)" in done.stdout
+    again = job.results()
+    assert again["state"] == "completed" and again["best"] is not None
+    assert {t["trial"] for t in again["trials"]} == ran, "no trial after the cycle"
+    assert job.record().spec["search"]["max_trials"] == 8
+    # at once: no training, only the chief's pick-up and the finalize (a CLI process
+    # and a few chief rounds; a trial of 2 epochs alone takes longer on this machine)
+    assert took < 60, f"the resumed search took {took:.1f}s"
