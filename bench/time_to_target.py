@@ -321,6 +321,26 @@ class Peers:
         self.log.close()
 
 
+def cluster_cpu_s(cluster: Any) -> float:
+    """CPU seconds (user + system) the cluster's processes have used so far: Redis, the
+    chief, the workers and their trial processes (what the idle cluster costs the peers)."""
+    import psutil
+
+    procs = [p.pid for p in cluster.chiefs + cluster.workers]
+    if cluster.redis is not None and cluster.redis.process is not None:
+        procs.append(cluster.redis.process.pid)
+    total = 0.0
+    for pid in procs:
+        try:
+            proc = psutil.Process(pid)
+            for q in [proc, *proc.children(recursive=True)]:
+                times = q.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
 # ---------------------------------------------------------------- figures
 
 def first_at(points: list[list[float]], target: float) -> float | None:
@@ -333,7 +353,7 @@ def summarize(config: str, runs: list[dict], target: float) -> dict:
     bests = [max((v for _, v in r["ends"]), default=None) for r in runs]
 
     def median_time(values: list[float | None]) -> float | None:
-        m = statistics.median([math.inf if v is None else v for v in values])
+        m = statistics.median([math.inf if v is None else v for v in values] or [math.inf])
         return None if math.isinf(m) else m
 
     scored = [b for b in bests if b is not None]
@@ -342,7 +362,7 @@ def summarize(config: str, runs: list[dict], target: float) -> dict:
             "time_to_target_s": median_time(times),
             "time_to_target_epoch_s": median_time(epoch_times),
             "best_at_budget": statistics.median(scored) if scored else None,
-            "trials_ended": statistics.median([len(r["ends"]) for r in runs]),
+            "trials_ended": statistics.median([len(r["ends"]) for r in runs] or [0]),
             "per_seed_s": times, "per_seed_best": bests,
             "failed_trials": sum(r["failed"] for r in runs),
             "errors": sorted({r["error"] for r in runs if r.get("error")})}
@@ -397,6 +417,8 @@ def main() -> None:
                         help="smoke settings: 1 seed, 3 s per run, 3 epochs, target 0.5")
     parser.add_argument("--json", action="store_true", help="a JSON line after the table")
     parser.add_argument("--log-dir", help="keep the cluster's and the peers' logs there")
+    parser.add_argument("--max-wall-s", type=float, default=None,
+                        help="start no run that would end after this many seconds in all")
     parser.add_argument("--peer-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer_server:
@@ -410,6 +432,8 @@ def main() -> None:
     from tunecluster.store import Store
 
     runs: dict[str, list[dict]] = {c: [] for c in configs}
+    skipped: list[str] = []  # runs left out by --max-wall-s
+    idle = [0.0, 0.0]  # the cluster's CPU seconds during the peers' runs, their wall time
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ttt-") as tmp:
         logs = Path(args.log_dir or tmp)
@@ -424,8 +448,17 @@ def main() -> None:
                 for i, seed in enumerate(args.seed_list):
                     order = configs[i % len(configs):] + configs[:i % len(configs)]
                     for config in order:
-                        run = (peers.run(config, seed, args) if config in PEERS and peers
-                               else run_tunecluster(store, config, seed, args))
+                        if args.max_wall_s and (time.time() - started + args.budget_s + 2
+                                                > args.max_wall_s):
+                            skipped.append(f"{config} seed {seed}")
+                            continue
+                        if config in PEERS and peers is not None:
+                            cpu, wall = cluster_cpu_s(cluster), time.time()
+                            run = peers.run(config, seed, args)
+                            idle[0] += cluster_cpu_s(cluster) - cpu
+                            idle[1] += time.time() - wall
+                        else:
+                            run = run_tunecluster(store, config, seed, args)
                         runs[config].append(run)
                         print(f"[{time.time() - started:6.1f} s] {config} seed {seed}:"
                               f" {len(run['ends'])} trials ended, best"
@@ -439,9 +472,15 @@ def main() -> None:
     tables = {t: [summarize(c, runs[c], t) for c in configs] for t in args.target}
     print("\n\n".join(table(rows, args, t) for t, rows in tables.items()))
     print(f"\nwall time of the whole benchmark: {time.time() - started:.0f} s")
+    if skipped:
+        print(f"left out by --max-wall-s {args.max_wall_s:g}: {', '.join(skipped)}")
+    if idle[1]:
+        print(f"the idle cluster (Redis, chief, 2 workers) used {idle[0]:.1f} CPU s during the"
+              f" peers' {idle[1]:.0f} s ({100 * idle[0] / idle[1]:.1f} % of one core)")
     if args.json:
         print(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "peer_server"},
                           "rows": tables[args.target[0]], "runs": runs,
+                          "skipped": skipped, "idle_cpu_s_wall_s": idle,
                           "tables": {str(t): rows for t, rows in tables.items()}}))
 
 
