@@ -74,6 +74,7 @@ MAX_RETRIES_PER_TRIAL = 1
 MAX_CONSECUTIVE_FAILED_TRIALS = 3
 HYPERBAND_FACTOR = 3
 BAYESIAN_INITIAL_POINTS = 3
+TPE_STARTUP_TRIALS = 10  # random trials before TPE models the results (optuna's default)
 # The Bayesian oracle fits its Gaussian process on at most this many trials: some of the
 # running ones, the best and the most recent (search.bayesian_max_fit_trials; 0 = every
 # trial, KerasTuner's way). The fit is O(n^3) and runs for every suggestion, inside the

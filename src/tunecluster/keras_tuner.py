@@ -7,7 +7,7 @@ of the code stays. See ``tunecluster.api.keras_tuner``.
 from keras_tuner import Oracle, oracles
 
 from tunecluster.api.keras_tuner import HyperModel, HyperParameters, Objective, Tuner
-from tunecluster.api.tuners import BayesianOptimization, GridSearch, Hyperband, RandomSearch
+from tunecluster.api.tuners import TPE, BayesianOptimization, GridSearch, Hyperband, RandomSearch
 
-__all__ = ["BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
+__all__ = ["TPE", "BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
            "Hyperband", "Objective", "Oracle", "RandomSearch", "Tuner", "oracles"]

@@ -210,16 +210,20 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
     is refused in one line (the chief hosts KerasTuner's four)."""
     import keras_tuner
 
+    from tunecluster.engine.tpe_oracle import TPEOracle
+
     cls = type(oracle)
     if not isinstance(oracle, keras_tuner.Oracle):  # KerasTuner's words and type
         raise ValueError("Tuner: Expected `oracle` argument to be an instance of `Oracle`"
                          f" (one of KerasTuner's), got {cls.__name__}")
-    if cls.__name__ not in ORACLES or not cls.__module__.startswith("keras_tuner."):
+    tpe = cls is TPEOracle  # ours (Optuna's TPE), hosted by the chief as algorithm tpe
+    if not tpe and (cls.__name__ not in ORACLES
+                    or not cls.__module__.startswith("keras_tuner.")):
         raise NotImplementedError(
             f"{cls.__name__}: an oracle of your own does not run on the cluster's chief"
             f" yet; use one of KerasTuner's: {', '.join(ORACLES)}")
     settings: dict[str, Any] = {
-        "algorithm": ORACLES[cls.__name__], "objective": oracle.objective,
+        "algorithm": "tpe" if tpe else ORACLES[cls.__name__], "objective": oracle.objective,
         "max_trials": oracle.max_trials, "seed": oracle.seed,
         "hyperparameters": oracle.hyperparameters,
         "tune_new_entries": oracle.tune_new_entries,
@@ -236,6 +240,8 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
         settings["extra"] = {"hyperband_factor": oracle.factor,
                              "hyperband_iterations": oracle.hyperband_iterations}
         settings["max_epochs"] = oracle.max_epochs
+    elif tpe:
+        settings["extra"] = {"tpe_startup_trials": oracle.num_initial_points}
     return settings
 
 

@@ -10,6 +10,7 @@ from keras_tuner import oracles
 
 from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api.keras_tuner import Tuner
+from tunecluster.engine.tpe_oracle import TPEOracle
 
 
 def _common(objective: Any, seed: int | None, hyperparameters: Any, tune_new_entries: bool,
@@ -81,4 +82,21 @@ class Hyperband(Tuner):
             max_epochs=max_epochs, factor=factor, hyperband_iterations=hyperband_iterations,
             **_common(objective, seed, hyperparameters, tune_new_entries, allow_new_entries,
                       max_retries_per_trial, max_consecutive_failed_trials))
+        super().__init__(oracle, hypermodel, **kwargs)
+
+
+class TPE(Tuner):
+    """Optuna's TPE sampler on the cluster (``search.algorithm: tpe``), with the
+    arguments of KerasTuner's tuners; ``num_initial_points`` random trials come first
+    (optuna's ``n_startup_trials``). The chief needs ``pip install 'tunecluster[tpe]'``."""
+
+    def __init__(self, hypermodel: Any = None, objective: Any = None, max_trials: int = 10,
+                 num_initial_points: int = 10, seed: int | None = None,
+                 hyperparameters: Any = None, tune_new_entries: bool = True,
+                 allow_new_entries: bool = True, max_retries_per_trial: int = 0,
+                 max_consecutive_failed_trials: int = 3, **kwargs: Any) -> None:
+        oracle = TPEOracle(max_trials=max_trials, num_initial_points=num_initial_points,
+                           **_common(objective, seed, hyperparameters, tune_new_entries,
+                                     allow_new_entries, max_retries_per_trial,
+                                     max_consecutive_failed_trials))
         super().__init__(oracle, hypermodel, **kwargs)

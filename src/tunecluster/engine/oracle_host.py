@@ -102,6 +102,11 @@ class _BoundedFit:
 def _oracle_class(algorithm: str) -> type:
     from keras_tuner import oracles
 
+    if algorithm == "tpe":  # ours: Optuna's TPE sampler (an optional dependency)
+        from tunecluster.engine.tpe_oracle import TPEOracle, require_optuna
+
+        require_optuna()
+        return type("HostedTPEOracle", (_PersistedInRedis, TPEOracle), {})
     base = {
         "random": oracles.RandomSearchOracle,
         "grid": oracles.GridSearchOracle,
@@ -148,6 +153,9 @@ class OracleHost:
             oracle = cls_(max_epochs=spec.train.epochs, factor=search.hyperband_factor,
                           hyperband_iterations=search.hyperband_iterations, **common)
             oracle.max_trials = search.max_trials
+        elif search.algorithm == "tpe":
+            oracle = cls_(max_trials=search.max_trials,
+                          num_initial_points=search.tpe_startup_trials, **common)
         elif search.algorithm == "bayesian":
             oracle = cls_(max_trials=search.max_trials,
                           num_initial_points=min(search.num_initial_points, search.max_trials),

@@ -273,7 +273,7 @@ MIN_FIT_TRIALS = 10  # fewer points than this would leave the Gaussian process b
 
 
 class Search(_Strict):
-    algorithm: Literal["random", "grid", "bayesian", "hyperband"] = "random"
+    algorithm: Literal["random", "grid", "bayesian", "hyperband", "tpe"] = "random"
     # validate_default: the default must go through _objective too (str -> Objective).
     objective: Objective | str = Field("val_loss", validate_default=True)
     max_trials: int = Field(defaults.MAX_TRIALS, ge=1, le=100_000)
@@ -283,6 +283,8 @@ class Search(_Strict):
     hyperband_factor: int = Field(defaults.HYPERBAND_FACTOR, ge=2)
     # KerasTuner's Hyperband(hyperband_iterations=): how many times its bracket cycle runs
     hyperband_iterations: int = Field(1, ge=1, le=1000)
+    # TPE (engine/tpe_oracle.py): trials drawn at random before TPE models the results
+    tpe_startup_trials: int = Field(defaults.TPE_STARTUP_TRIALS, ge=0, le=100_000)
     # KerasTuner's BayesianOptimization(alpha=, beta=): the Gaussian process's noise
     # (added to its kernel's diagonal) and the upper confidence bound's exploration weight
     bayesian_alpha: float = Field(1e-4, gt=0, allow_inf_nan=False)

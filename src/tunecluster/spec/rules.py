@@ -37,6 +37,12 @@ def check_job(spec: JobSpec) -> None:
                     f"model.hyperparameters.{name}",
                     "grid search needs a finite range: give the float range a step, or use choice",
                 )
+    if spec.search.algorithm == "tpe" and spec.scheduler != "native":
+        raise SpecError(
+            "search.algorithm",
+            "tpe runs on the native scheduler; with scheduler ray use random, grid,"
+            " bayesian or hyperband",
+        )
     if spec.search.algorithm == "hyperband" and spec.train.epochs < 2:
         raise SpecError(
             "train.epochs",
