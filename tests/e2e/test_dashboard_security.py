@@ -304,7 +304,8 @@ def figure_text(fig: object) -> str:
 
 def test_figures_carry_names_and_values_as_text(dashboard: str, hostile_job: str) -> None:
     doc = httpx.get(f"{dashboard}/api/jobs/{hostile_job}", timeout=60).json()
-    assert set(doc["figures"]) == {"curves", "history", "parallel", "slices", "importance"}
+    assert set(doc["figures"]) == {"curves", "history", "parallel", "slices", "importance",
+                                   "timeline", "best_time"}
     trial = httpx.get(f"{dashboard}/api/jobs/{hostile_job}/trials/t1", timeout=60).json()
     compare = httpx.get(f"{dashboard}/api/compare?jobs={hostile_job}", timeout=60).json()
     for name, fig in [*doc["figures"].items(), ("trial", trial["figure"]),
