@@ -73,6 +73,7 @@ DETERMINISTIC = False
 MAX_RETRIES_PER_TRIAL = 1
 MAX_CONSECUTIVE_FAILED_TRIALS = 3
 HYPERBAND_FACTOR = 3
+ASHA_FACTOR = 3  # ASHA keeps the top third of each rung
 BAYESIAN_INITIAL_POINTS = 3
 TPE_STARTUP_TRIALS = 10  # random trials before TPE models the results (optuna's default)
 # The Bayesian oracle fits its Gaussian process on at most this many trials: some of the

@@ -7,7 +7,15 @@ of the code stays. See ``tunecluster.api.keras_tuner``.
 from keras_tuner import Oracle, oracles
 
 from tunecluster.api.keras_tuner import HyperModel, HyperParameters, Objective, Tuner
-from tunecluster.api.tuners import TPE, BayesianOptimization, GridSearch, Hyperband, RandomSearch
+from tunecluster.api.tuners import (
+    ASHA,
+    PBT,
+    TPE,
+    BayesianOptimization,
+    GridSearch,
+    Hyperband,
+    RandomSearch,
+)
 
-__all__ = ["TPE", "BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
-           "Hyperband", "Objective", "Oracle", "RandomSearch", "Tuner", "oracles"]
+__all__ = ["ASHA", "TPE", "BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
+           "Hyperband", "Objective", "Oracle", "PBT", "RandomSearch", "Tuner", "oracles"]

@@ -168,7 +168,7 @@ BAD_SPECS = [
     pytest.param(job(train={"early_stopping": {}}), "train.early_stopping.patience",
                  ["is required"], id="missing-patience"),
     pytest.param(job(search={"algorithm": "bayes"}), "search.algorithm",
-                 ["'bayes' is not one of random, grid, bayesian, hyperband"],
+                 ["'bayes' is not one of random, grid, bayesian, hyperband, asha, tpe, pbt"],
                  id="wrong-algorithm-literal"),
     pytest.param(job(resources={"strategy": "tpu"}), "resources.strategy",
                  ["'tpu' is not one of auto, mirrored, one_device, default"],

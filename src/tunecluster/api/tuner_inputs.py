@@ -207,41 +207,53 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
     """What a KerasTuner oracle object (``Tuner(oracle=...)``) says, as the job's search
     settings: its class becomes the algorithm the chief hosts, its configuration the
     search section. The object itself never travels. An oracle class of the user's own
-    is refused in one line (the chief hosts KerasTuner's four)."""
+    is refused in one line (the chief hosts KerasTuner's four and ours)."""
     import keras_tuner
 
+    from tunecluster.engine.asha_oracle import AshaOracle
+    from tunecluster.engine.pbt_oracle import PbtOracle
     from tunecluster.engine.tpe_oracle import TPEOracle
 
     cls = type(oracle)
     if not isinstance(oracle, keras_tuner.Oracle):  # KerasTuner's words and type
         raise ValueError("Tuner: Expected `oracle` argument to be an instance of `Oracle`"
                          f" (one of KerasTuner's), got {cls.__name__}")
-    tpe = cls is TPEOracle  # ours (Optuna's TPE), hosted by the chief as algorithm tpe
-    if not tpe and (cls.__name__ not in ORACLES
-                    or not cls.__module__.startswith("keras_tuner.")):
+    # ours (hosted by the chief as these algorithms), found in the class's bases: a
+    # tuner's oracle has the drop-in's reading part mixed in (api/tuner_oracle.py)
+    ours = {TPEOracle: "tpe", AshaOracle: "asha", PbtOracle: "pbt"}
+    own = next((ours[c] for c in cls.__mro__ if c in ours), None)
+    if own is None and (cls.__name__ not in ORACLES
+                        or not cls.__module__.startswith("keras_tuner.")):
         raise NotImplementedError(
             f"{cls.__name__}: an oracle of your own does not run on the cluster's chief"
             f" yet; use one of KerasTuner's: {', '.join(ORACLES)}")
+    algorithm = own or ORACLES[cls.__name__]
     settings: dict[str, Any] = {
-        "algorithm": "tpe" if tpe else ORACLES[cls.__name__], "objective": oracle.objective,
-        "max_trials": oracle.max_trials, "seed": oracle.seed,
-        "hyperparameters": oracle.hyperparameters,
+        "algorithm": algorithm, "objective": oracle.objective,
+        "max_trials": oracle.max_configs if own == "asha" else oracle.max_trials,
+        "seed": oracle.seed, "hyperparameters": oracle.hyperparameters,
         "tune_new_entries": oracle.tune_new_entries,
         "allow_new_entries": oracle.allow_new_entries,
         "max_retries_per_trial": oracle.max_retries_per_trial,
         "max_consecutive_failed_trials": oracle.max_consecutive_failed_trials, "extra": {}}
     if getattr(oracle.objective, "name", None) == "default_objective":
         settings["objective"] = None  # KerasTuner's default: the cluster's (val_loss)
-    if settings["algorithm"] == "bayesian":
+    if algorithm == "bayesian":
         settings["extra"] = {"bayesian_alpha": oracle.alpha, "bayesian_beta": oracle.beta}
         if oracle.num_initial_points:
             settings["extra"]["num_initial_points"] = oracle.num_initial_points
-    elif settings["algorithm"] == "hyperband":
+    elif algorithm == "hyperband":
         settings["extra"] = {"hyperband_factor": oracle.factor,
                              "hyperband_iterations": oracle.hyperband_iterations}
-        settings["max_epochs"] = oracle.max_epochs
-    elif tpe:
+    elif algorithm == "tpe":
         settings["extra"] = {"tpe_startup_trials": oracle.num_initial_points}
+    elif algorithm == "asha":
+        settings["extra"] = {"asha_factor": oracle.factor, "asha_min_epochs": oracle.min_epochs}
+    elif algorithm == "pbt":
+        settings["extra"] = {"pbt_population": oracle.population,
+                             "pbt_interval": oracle.interval, "pbt_quantile": oracle.quantile}
+    if algorithm in ("hyperband", "asha", "pbt"):
+        settings["max_epochs"] = oracle.max_epochs  # search(epochs=) unused, as Hyperband
     return settings
 
 

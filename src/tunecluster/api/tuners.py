@@ -10,6 +10,8 @@ from keras_tuner import oracles
 
 from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api.keras_tuner import Tuner
+from tunecluster.engine.asha_oracle import AshaOracle
+from tunecluster.engine.pbt_oracle import PbtOracle
 from tunecluster.engine.tpe_oracle import TPEOracle
 
 
@@ -96,6 +98,47 @@ class TPE(Tuner):
                  allow_new_entries: bool = True, max_retries_per_trial: int = 0,
                  max_consecutive_failed_trials: int = 3, **kwargs: Any) -> None:
         oracle = TPEOracle(max_trials=max_trials, num_initial_points=num_initial_points,
+                           **_common(objective, seed, hyperparameters, tune_new_entries,
+                                     allow_new_entries, max_retries_per_trial,
+                                     max_consecutive_failed_trials))
+        super().__init__(oracle, hypermodel, **kwargs)
+
+
+class ASHA(Tuner):
+    """Asynchronous successive halving on the cluster (``search.algorithm: asha``), with
+    the arguments of KerasTuner's Hyperband: ``max_epochs`` replaces ``search(epochs=)``;
+    ``max_trials`` configurations run to ``min_epochs``, and the top ``1/factor`` of
+    each rung go on (``min_epochs * factor**k`` epochs, then ``max_epochs``), continued
+    from their model where it stopped."""
+
+    def __init__(self, hypermodel: Any = None, objective: Any = None, max_trials: int = 10,
+                 max_epochs: int = 100, min_epochs: int = 1, factor: int = 3,
+                 seed: int | None = None, hyperparameters: Any = None,
+                 tune_new_entries: bool = True, allow_new_entries: bool = True,
+                 max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3,
+                 **kwargs: Any) -> None:
+        oracle = AshaOracle(max_epochs=max_epochs, min_epochs=min_epochs, factor=factor,
+                            max_configs=max_trials,
+                            **_common(objective, seed, hyperparameters, tune_new_entries,
+                                      allow_new_entries, max_retries_per_trial,
+                                      max_consecutive_failed_trials))
+        super().__init__(oracle, hypermodel, **kwargs)
+
+
+class PBT(Tuner):
+    """Population-based training on the cluster (``search.algorithm: pbt``):
+    ``population`` members train ``interval`` epochs at a time up to ``max_epochs``
+    (which replaces ``search(epochs=)``); then the bottom ``quantile`` continue from a
+    top member's weights with its float hyperparameters perturbed."""
+
+    def __init__(self, hypermodel: Any = None, objective: Any = None, max_epochs: int = 10,
+                 population: int = 4, interval: int = 1, quantile: float = 0.25,
+                 seed: int | None = None, hyperparameters: Any = None,
+                 tune_new_entries: bool = True, allow_new_entries: bool = True,
+                 max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3,
+                 **kwargs: Any) -> None:
+        oracle = PbtOracle(max_epochs=max_epochs, population=population, interval=interval,
+                           quantile=quantile,
                            **_common(objective, seed, hyperparameters, tune_new_entries,
                                      allow_new_entries, max_retries_per_trial,
                                      max_consecutive_failed_trials))

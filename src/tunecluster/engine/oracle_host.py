@@ -102,6 +102,14 @@ class _BoundedFit:
 def _oracle_class(algorithm: str) -> type:
     from keras_tuner import oracles
 
+    if algorithm == "asha":  # ours: asynchronous successive halving
+        from tunecluster.engine.asha_oracle import AshaOracle
+
+        return type("HostedAshaOracle", (_PersistedInRedis, AshaOracle), {})
+    if algorithm == "pbt":  # ours: population-based training
+        from tunecluster.engine.pbt_oracle import PbtOracle
+
+        return type("HostedPbtOracle", (_PersistedInRedis, PbtOracle), {})
     if algorithm == "tpe":  # ours: Optuna's TPE sampler (an optional dependency)
         from tunecluster.engine.tpe_oracle import TPEOracle, require_optuna
 
@@ -153,6 +161,13 @@ class OracleHost:
             oracle = cls_(max_epochs=spec.train.epochs, factor=search.hyperband_factor,
                           hyperband_iterations=search.hyperband_iterations, **common)
             oracle.max_trials = search.max_trials
+        elif search.algorithm == "pbt":  # the population's epochs are the budget
+            oracle = cls_(max_epochs=spec.train.epochs, population=search.pbt_population,
+                          interval=search.pbt_interval, quantile=search.pbt_quantile,
+                          **common)
+        elif search.algorithm == "asha":  # max_trials counts the configurations drawn
+            oracle = cls_(max_epochs=spec.train.epochs, min_epochs=search.asha_min_epochs,
+                          factor=search.asha_factor, max_configs=search.max_trials, **common)
         elif search.algorithm == "tpe":
             oracle = cls_(max_trials=search.max_trials,
                           num_initial_points=search.tpe_startup_trials, **common)
@@ -165,10 +180,7 @@ class OracleHost:
             oracle = cls_(max_trials=search.max_trials, **common)
         oracle.verbose = 0
         if state_json:
-            records = {tid: json.loads(s) for tid, s in (trial_states or {}).items()}
-            oracle.trials = {tid: kt.engine.trial.Trial.from_state(r)
-                             for tid, r in records.items()}
-            oracle.set_state(_whole_state(json.loads(state_json), records))
+            restore_state(oracle, state_json, trial_states or {})
         elif warm_trials:
             seed_oracle(oracle, warm_trials)
         host = cls(spec, space, oracle)
@@ -370,6 +382,18 @@ def _add_new_entries(trial: Any, grown_space: str) -> None:
                     trial.trial_id, str(exc).splitlines()[0][:200] if str(exc) else exc)
         return
     trial.hyperparameters = hp
+
+
+def restore_state(oracle: Any, state_json: str, trial_states: Mapping[str, str]) -> None:
+    """Give ``oracle`` (a KerasTuner oracle of the job's class) the state ``state_json()``
+    and ``trials_json()`` persisted: its trials and KerasTuner's own state. Data only
+    (JSON and KerasTuner's trial and hyperparameter configs); raises ValueError,
+    KeyError or TypeError on a record that does not parse."""
+    from keras_tuner.engine.trial import Trial
+
+    records = {tid: json.loads(s) for tid, s in trial_states.items()}
+    oracle.trials = {tid: Trial.from_state(r) for tid, r in records.items()}
+    oracle.set_state(_whole_state(json.loads(state_json), records))
 
 
 def _whole_state(state: dict[str, Any], records: Mapping[str, dict[str, Any]]) -> dict[str, Any]:

@@ -273,7 +273,8 @@ MIN_FIT_TRIALS = 10  # fewer points than this would leave the Gaussian process b
 
 
 class Search(_Strict):
-    algorithm: Literal["random", "grid", "bayesian", "hyperband", "tpe"] = "random"
+    algorithm: Literal["random", "grid", "bayesian", "hyperband", "asha", "tpe",
+                       "pbt"] = "random"
     # validate_default: the default must go through _objective too (str -> Objective).
     objective: Objective | str = Field("val_loss", validate_default=True)
     max_trials: int = Field(defaults.MAX_TRIALS, ge=1, le=100_000)
@@ -283,6 +284,15 @@ class Search(_Strict):
     hyperband_factor: int = Field(defaults.HYPERBAND_FACTOR, ge=2)
     # KerasTuner's Hyperband(hyperband_iterations=): how many times its bracket cycle runs
     hyperband_iterations: int = Field(1, ge=1, le=1000)
+    # ASHA (engine/asha_oracle.py): rungs end at asha_min_epochs * asha_factor**k epochs,
+    # then at train.epochs; the top 1/asha_factor of a rung go on to the next
+    asha_min_epochs: int = Field(1, ge=1)
+    asha_factor: int = Field(defaults.ASHA_FACTOR, ge=2, le=100)
+    # PBT (engine/pbt_oracle.py): this many members train pbt_interval epochs at a time;
+    # then the bottom pbt_quantile copy a top member's weights and perturb its floats
+    pbt_population: int = Field(4, ge=2, le=1000)
+    pbt_interval: int = Field(1, ge=1)
+    pbt_quantile: float = Field(0.25, gt=0, le=0.5)
     # TPE (engine/tpe_oracle.py): trials drawn at random before TPE models the results
     tpe_startup_trials: int = Field(defaults.TPE_STARTUP_TRIALS, ge=0, le=100_000)
     # KerasTuner's BayesianOptimization(alpha=, beta=): the Gaussian process's noise

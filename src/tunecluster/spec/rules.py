@@ -37,11 +37,29 @@ def check_job(spec: JobSpec) -> None:
                     f"model.hyperparameters.{name}",
                     "grid search needs a finite range: give the float range a step, or use choice",
                 )
+    if spec.search.algorithm in ("asha", "pbt") and spec.scheduler != "native":
+        raise SpecError(
+            "search.algorithm",
+            f"{spec.search.algorithm} runs on the native scheduler; with scheduler ray use a"
+            " random or bayesian search and ray.early_stopping (Ray Tune's own ASHA)",
+        )
+    if spec.search.algorithm == "pbt" and spec.search.pbt_interval >= spec.train.epochs:
+        raise SpecError(
+            "search.pbt_interval",
+            f"must be below train.epochs ({spec.train.epochs}): members exploit and explore"
+            f" between intervals, got {spec.search.pbt_interval}",
+        )
     if spec.search.algorithm == "tpe" and spec.scheduler != "native":
         raise SpecError(
             "search.algorithm",
             "tpe runs on the native scheduler; with scheduler ray use random, grid,"
             " bayesian or hyperband",
+        )
+    if spec.search.algorithm == "asha" and spec.search.asha_min_epochs >= spec.train.epochs:
+        raise SpecError(
+            "search.asha_min_epochs",
+            f"must be below train.epochs ({spec.train.epochs}, ASHA's last rung), got"
+            f" {spec.search.asha_min_epochs}",
         )
     if spec.search.algorithm == "hyperband" and spec.train.epochs < 2:
         raise SpecError(

@@ -190,6 +190,15 @@ async function viewJobs() {
 
 // --- Job ---------------------------------------------------------------------------------
 
+function lineage(t) {
+  const tuner = t.tuner || {}, parent = tuner["tuner/trial_id"];
+  if (parent === undefined) return "";
+  const copied = tuner["tuner/exploited"] !== undefined
+    ? ` (copied member ${tuner["tuner/exploited"]})` : "";
+  return el("span", {}, el("a", {href: `/jobs/${TC.job}/trials/${parent}`}, String(parent)),
+            copied);
+}
+
 async function viewJob() {
   const job = TC.job;
   let doc = null;
@@ -258,6 +267,11 @@ async function viewJob() {
       ["attempts", (t) => t.attempts],
       ["worker", (t) => who(t)],
       ...names.map((n) => [n, (t) => t.hyperparameters[n]]),
+      // the lineage (Hyperband, ASHA, PBT): the trial this one continues, and for a
+      // PBT exploit the member whose weights it copied
+      ...(doc.trials.some((t) => t.tuner && t.tuner["tuner/trial_id"] !== undefined) ? [[
+        "continues", (t) => (t.tuner || {})["tuner/trial_id"] ?? "",
+        (t) => lineage(t)]] : []),
       ["reason", (t) => t.reason,
        (t) => el("span", {class: "error small", title: t.error || ""}, t.reason || "")],
     ], rows, tableState));
