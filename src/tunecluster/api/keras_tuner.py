@@ -32,7 +32,7 @@ from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api import tuner_project as project
 from tunecluster.api.client import Client, Job
 from tunecluster.api.shipping import ship
-from tunecluster.api.tuner_oracle import ClusterOracle
+from tunecluster.api.tuner_oracle import cluster_oracle
 from tunecluster.errors import SpecError, TuneclusterError
 from tunecluster.states import JobState
 
@@ -89,7 +89,7 @@ class Tuner:
         # each trial trained by this many workers at once (resources.workers_per_trial)
         self.workers_per_trial = workers_per_trial
         self.job: Job | None = None
-        self.oracle = ClusterOracle(self)
+        self.oracle = cluster_oracle(oracle, self)
         self._space: dict[str, Any] | None = None
         self._results: dict[str, Any] | None = None
         self._artifacts: Path | None = None
@@ -187,6 +187,7 @@ class Tuner:
                     print(f"Reloading search {job.id}: {ran} trial(s) ran, max_trials"
                           f" {self.max_trials}", flush=True)
                 self._results = job.results()
+                self.oracle.sync()
                 return
             job.resume(self.max_trials, files=files)
             after = job.resumed_after or after
@@ -452,6 +453,7 @@ class Tuner:
         except (TuneclusterError, redis.RedisError, OSError):
             return  # an embedded cluster is gone after its search: what was read stays
         self._space, self._results = space, results
+        self.oracle.sync()
 
     def save(self) -> None:
         """Write the project file naming the job (the chief persists the oracle itself

@@ -1,113 +1,121 @@
-"""``tuner.oracle`` of the drop-in: KerasTuner's reading API over the cluster's job.
+"""``tuner.oracle`` of the drop-in: the KerasTuner oracle object the tuner was built on,
+holding the chief's oracle state.
 
-The oracle itself runs on the chief; this object answers what a KerasTuner user reads
-from ``tuner.oracle`` (``objective``, ``max_trials``, ``hyperparameters``,
-``get_space()``, ``trials``, ``get_trial()``, ``get_best_trials()``) from the job's
-results, as KerasTuner ``Trial`` and ``HyperParameters`` objects.
+The search's oracle runs on the chief. ``tuner.oracle`` is the very object the tuner
+was given (``Tuner(oracle=...)``, or the one ``RandomSearch`` and the others build), of
+its own KerasTuner class, with ``ClusterOracle`` mixed in: before a search it is that
+oracle as KerasTuner has it (``create_trial`` and the rest work on it, locally); after
+a search, ``reload()`` and reattaching it holds a copy of the chief's oracle state
+(``sync``): its trials (KerasTuner's ``Trial`` objects, with every metric the chief
+saw), its space grown by the trials, and its algorithm's own state (Hyperband's
+brackets and iteration, ...), as KerasTuner's ``reload`` reads its oracle's files. So
+``trials``, ``get_trial``, ``get_best_trials``, ``get_space`` and the class's own
+attributes answer as KerasTuner's do. The chief's state is data only (JSON and
+KerasTuner's configs); a record that does not parse leaves the copy as it was.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-from keras_tuner import HyperParameters, Objective
+from keras_tuner import HyperParameters
 
 if TYPE_CHECKING:
     from tunecluster.api.keras_tuner import Tuner
 
+log = logging.getLogger("tunecluster.keras_tuner")
+
 
 class ClusterOracle:
-    """What KerasTuner's ``tuner.oracle`` offers for reading the search."""
+    """Mixed into the tuner's KerasTuner oracle class (``cluster_oracle``)."""
 
-    def __init__(self, tuner: Tuner) -> None:
-        self.tuner = tuner
-
-    @property
-    def objective(self) -> Objective:
-        return self.tuner.objective
-
-    @property
-    def max_trials(self) -> int | None:
-        return self.tuner.max_trials
+    tuner: Tuner
 
     @property
     def hyperparameters(self) -> HyperParameters:
         """The search space: the one found at submit (``build_model`` run once here, as
-        KerasTuner does), or the job's when this tuner reattached to it."""
-        return self.get_space()
+        KerasTuner does), grown by the entries trials declared once synced. One object
+        per space (KerasTuner's own code grows it in place, ``update_space``)."""
+        given = self.__dict__.get("_tc_given")  # the tuner's hyperparameters= object
+        if given is not None and not self.tune_new_entries:
+            return given  # KerasTuner adds nothing to a space given this way
+        space = self._space_config()
+        cached = self.__dict__.get("_tc_space")
+        if cached is None or cached[0] is not space:
+            found = HyperParameters.from_config(space or {"space": []})
+            if given is not None:  # KerasTuner grows the object it was given, in place
+                given.merge([p for p in found.space if not given._exists(p.name, p.conditions)])
+                found = given
+            cached = (space, found)
+            self.__dict__["_tc_space"] = cached
+        return cached[1]
 
-    def learn_space(self) -> None:
-        """The search space as the chief's oracle holds it now: the one found at submit,
-        grown by the entries trials declared (conditional ones, a fit's ``batch_size``),
-        which KerasTuner's oracle adds as trials end. Read from the oracle's persisted
-        trials (KerasTuner's own hyperparameter configs: data, parsed as such)."""
-        import json
-
-        from tunecluster.errors import TuneclusterError
-
-        job = self.tuner.job
-        if job is None:
-            return
-        try:
-            base = job.record().space
-            _, trials = job.client.store.jobs.oracle_state(job.id)
-        except TuneclusterError:
-            return
-        space = HyperParameters.from_config(base or {"space": []})
-        for text in trials.values():
-            try:
-                config = json.loads(text)["hyperparameters"]
-                grown = HyperParameters.from_config(config)
-            except (ValueError, KeyError, TypeError):
-                continue  # a record that does not parse adds nothing
-            space.merge([p for p in grown.space if not space._exists(p.name, p.conditions)])
-        self.tuner._space = space.get_config()  # its values: each entry's default
+    @hyperparameters.setter
+    def hyperparameters(self, value: HyperParameters) -> None:
+        # KerasTuner's own code sets it (set_state); the tuner keeps the space
+        self.tuner._space = value.get_config()
 
     def get_space(self) -> HyperParameters:
+        return self.hyperparameters.copy()
+
+    def _space_config(self) -> dict[str, Any] | None:
         if self.tuner._space is None:
             if self.tuner.job is not None:
                 self.tuner._space = self.tuner.job.record().space
             else:
                 self.tuner._discover_space()
-        return HyperParameters.from_config(self.tuner._space or {"space": []})
+        return self.tuner._space
 
-    @property
-    def trials(self) -> dict[str, Any]:
-        """Every trial of the search that ended or runs, by id (KerasTuner's ``Trial``);
-        none before a search."""
-        if self.tuner.job is None:
-            return {}
-        data = self.tuner.results()
-        return {row["trial"]: self._trial(row) for row in data["trials"]}
+    def sync(self) -> bool:
+        """Take the chief's persisted oracle state. False (the copy left as it was) when
+        there is no job, no state yet, or a record that does not parse."""
+        import copy
 
-    def get_trial(self, trial_id: str) -> Any:
-        return self.trials[trial_id]
+        from tunecluster.engine.oracle_host import restore_state
+        from tunecluster.errors import TuneclusterError
 
-    def get_best_trials(self, num_trials: int = 1) -> list[Any]:
-        """KerasTuner ``Trial`` objects (trial_id, score, hyperparameters, metrics)."""
-        from tunecluster.store.results import leaderboard
+        job = self.tuner.job
+        if job is None:
+            return False
+        try:
+            state_json, trial_states = job.client.store.jobs.oracle_state(job.id)
+        except TuneclusterError:
+            return False
+        if not state_json:
+            return False
+        space = self.tuner._space
+        replica = copy.copy(self)  # restored aside: a failure leaves this one whole
+        try:
+            restore_state(replica, state_json, trial_states)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.tuner._space = space
+            log.warning("search %s: its oracle state does not parse (%s); tuner.oracle"
+                        " keeps what it had", job.id, str(exc).splitlines()[0][:200]
+                        if str(exc) else type(exc).__name__)
+            return False
+        self.__dict__.update(replica.__dict__)
+        self._display.oracle = self
+        return True
 
-        data = self.tuner.results()
-        ranked = leaderboard(data["trials"], data["objective"]["direction"])
-        return [self._trial(row) for row in ranked[:num_trials]]
+    def learn_space(self) -> None:
+        """The search's state as the chief's oracle holds it now (see ``sync``)."""
+        self.sync()
 
-    def _trial(self, row: dict[str, Any]) -> Any:
-        from keras_tuner.engine.trial import Trial, TrialStatus
 
-        hp = self.get_space()
-        # every value the trial used: those of hyperparameters its build declared beyond
-        # the space found at submit (conditional ones) too, so build_model(hp) rebuilds it
-        hp.values.update({**(row.get("hyperparameters") or {}), **(row.get("tuner") or {})})
-        status = {"COMPLETED": TrialStatus.COMPLETED, "FAILED": TrialStatus.FAILED,
-                  "RUNNING": TrialStatus.RUNNING}.get(str(row.get("state")),
-                                                      TrialStatus.STOPPED)
-        trial = Trial(hp, trial_id=row["trial"], status=status)
-        trial.score = row.get("score")
-        trial.best_step = (row.get("best_epoch") or 1) - 1
-        for name, value in (row.get("metrics") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                direction = (self.objective.direction if name == self.objective.name
-                             else "max" if "acc" in name else "min")
-                trial.metrics.register(name, direction=direction)
-                trial.metrics.update(name, value, step=trial.best_step)
-        return trial
+def cluster_oracle(oracle: Any, tuner: Tuner) -> Any:
+    """``oracle`` itself, now of its class with ``ClusterOracle`` mixed in; its objective
+    and budget the tuner's (the cluster's default objective where it gave none)."""
+    cls = type(oracle)
+    if not isinstance(oracle, ClusterOracle):
+        mixed = type(cls.__name__, (ClusterOracle, cls), {"__module__": cls.__module__,
+                                                         "__qualname__": cls.__qualname__})
+        given = oracle.__dict__.pop("hyperparameters", None)
+        oracle.__class__ = mixed
+        if given is not None and given.space:  # KerasTuner's oracle keeps this object
+            oracle.__dict__["_tc_given"] = given
+    oracle.tuner = tuner
+    oracle.objective = tuner.objective
+    # where KerasTuner's oracle keeps its files (what it saves of trials made here)
+    oracle._set_project_dir(tuner.directory, tuner.project_name)
+    return oracle
