@@ -288,6 +288,14 @@ def test_a_multi_objective_search(cluster, tmp_path: Path, monkeypatch) -> None:
         assert trial["score"] == pytest.approx(metrics["val_loss"] - metrics["val_accuracy"])
     best = min(results["trials"], key=lambda t: t["score"])
     assert tuner.oracle.get_best_trials(1)[0].trial_id == best["trial"]
+    # the Pareto front: exactly the trials no other beats on both parts
+    points = {t["trial"]: (t["metrics"]["val_loss"], -t["metrics"]["val_accuracy"])
+              for t in results["trials"] if t["state"] == "COMPLETED"}
+    assert results["pareto"], results
+    for trial, p in points.items():
+        beaten = any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p
+                     for q in points.values())
+        assert (trial in results["pareto"]) == (not beaten), (trial, points, results["pareto"])
 
 
 class HalvesItsScore(kt.RandomSearch):

@@ -61,3 +61,28 @@ def test_best_score_steps_only_where_it_improves_in_the_order_trials_ended() -> 
 def test_no_trial_yet_is_an_empty_chart_that_says_so() -> None:
     for fig in (timeline(_results([])), best_over_time(_results([]))):
         assert fig["data"] == [] and "yet" in str(fig["layout"])
+
+
+def test_pareto_front_keeps_the_trials_no_other_beats_on_every_part() -> None:
+    from tunecluster.dashboard.pareto import pareto
+    from tunecluster.store.results import objective_parts, pareto_front
+
+    parts = objective_parts({"name": "multi_objective", "direction": "min", "parts": [
+        {"name": "val_loss", "direction": "min"},
+        {"name": "val_accuracy", "direction": "max"}]})
+    assert parts == [("val_loss", "min"), ("val_accuracy", "max")]
+    assert objective_parts({"name": "val_loss"}) is None and objective_parts("x") is None
+
+    def t(tid: str, loss: float | None, acc: float, state: str = "COMPLETED") -> dict:
+        return {"trial": tid, "state": state, "metrics": {"val_loss": loss, "val_accuracy": acc}}
+
+    trials = [t("a", 0.5, 0.80), t("b", 0.4, 0.85),  # b beats a on both
+              t("c", 0.3, 0.70), t("d", 0.6, 0.90),  # c and d trade off with b
+              t("e", 0.4, 0.85),  # ties b: neither dominates the other
+              t("f", 0.1, 0.99, state="FAILED"), t("g", None, 0.99)]  # not on the front
+    assert pareto_front(trials, parts) == ["b", "c", "d", "e"]
+    assert pareto_front(trials, None) is None
+    fig = pareto({"trials": trials, "pareto": ["b", "c", "d", "e"]}, parts)
+    dominated, front = fig["data"]
+    assert dominated["text"] == ["a"]
+    assert front["x"] == [0.3, 0.4, 0.4, 0.6] and front["text"] == ["c", "b", "e", "d"]

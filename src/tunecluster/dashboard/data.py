@@ -20,14 +20,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from tunecluster import defaults
-from tunecluster.dashboard import plots, timeline
+from tunecluster.dashboard import pareto, plots, timeline
 from tunecluster.dashboard.importance import hyperparameter_importance
 from tunecluster.errors import StoreError
 from tunecluster.render import failure_reason
 from tunecluster.states import FINAL_TRIAL_STATES, TrialState
 from tunecluster.store import FINAL_STATES, Store
 from tunecluster.store.records import MalformedRecord, read_or
-from tunecluster.store.results import build_results
+from tunecluster.store.results import build_results, objective_parts
 from tunecluster.store.results import malformed_summary as malformed_row
 
 ENDED = FINAL_TRIAL_STATES
@@ -151,6 +151,7 @@ class Reader:
                      for t in results["trials"]}
         space = plots.space_info(record.space, record.spec)
         importance = self._importance_of(job, results, space)
+        parts = objective_parts(record.search.get("objective"))
         return {
             **results,
             # the trial table's reason column: why a FAILED trial failed, one short line
@@ -163,7 +164,8 @@ class Reader:
             "importance": importance,
             "figures": {**plots.job_figures(results, histories, space, importance),
                         "timeline": timeline.timeline(results, time.time() * 1000),
-                        "best_time": timeline.best_over_time(results)},
+                        "best_time": timeline.best_over_time(results),
+                        **({"pareto": pareto.pareto(results, parts)} if parts else {})},
             "downloads": self.downloads(job, results["state"]),
             "last_event": last,
         }

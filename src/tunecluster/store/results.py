@@ -50,6 +50,8 @@ def build_results(jobs: JobStore, job: str) -> dict[str, Any]:
         "classes": classes if isinstance(classes, list) and classes else None,
         "input": model_input if isinstance(model_input, dict) and model_input else None,
         "trials": trials,
+        # a list objective: the trials no other completed trial beats on every part
+        "pareto": pareto_front(trials, objective_parts(record.search.get("objective"))),
         "counts": _counts(trials),
         "artifacts": final.get("artifacts", {}),
         "error": record.fields.get("error") or None,
@@ -93,6 +95,43 @@ def leaderboard(trials: list[dict[str, Any]], direction: str) -> list[dict[str, 
     scored = [t for t in trials if t["state"] == TrialState.COMPLETED and t["score"] is not None]
     sign = -1.0 if direction == "max" else 1.0
     return sorted(scored, key=lambda t: (sign * t["score"], t["trial"]))
+
+
+def objective_parts(objective: Any) -> list[tuple[str, str]] | None:
+    """The parts of a list objective as the spec gives them (name, direction); None for
+    one objective, or parts that do not read as such."""
+    parts = objective.get("parts") if isinstance(objective, dict) else None
+    if not isinstance(parts, list) or len(parts) < 2:
+        return None
+    out = []
+    for part in parts:
+        if not isinstance(part, dict) or not isinstance(part.get("name"), str):
+            return None
+        out.append((part["name"], "max" if part.get("direction") == "max" else "min"))
+    return out
+
+
+def pareto_front(trials: list[dict[str, Any]],
+                 parts: list[tuple[str, str]] | None) -> list[str] | None:
+    """Ids of the completed trials that no other completed trial dominates on the
+    objective's ``parts`` (no worse on each, better on one), in trial order; None when
+    the objective has no parts. A trial without a finite value of each part is not on
+    the front and dominates nothing."""
+    if not parts:
+        return None
+    points = []
+    for trial in trials:
+        metrics = trial.get("metrics") or {}
+        values = [codec.finite_or_none(metrics.get(name)) for name, _ in parts]
+        if trial["state"] == TrialState.COMPLETED and None not in values:
+            # minimized on every part: a part to maximize is negated
+            points.append((trial["trial"], [-v if d == "max" else v
+                                            for v, (_, d) in zip(values, parts, strict=True)]))
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    return [tid for tid, p in points if not any(dominates(q, p) for _, q in points)]
 
 
 def _trial_row(row: dict[str, str]) -> dict[str, Any]:

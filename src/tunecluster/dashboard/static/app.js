@@ -212,12 +212,14 @@ async function viewJob() {
     importance: el("div", {class: "chart", id: "chart-importance"}),
     timeline: el("div", {class: "chart", id: "chart-timeline"}),
     best_time: el("div", {class: "chart", id: "chart-best-time"}),
+    pareto: el("div", {class: "chart", id: "chart-pareto"}),
     method: el("p", {class: "muted small"}),
   };
   main.replaceChildren(parts.head, parts.summary,
     el("section", {}, el("h2", {}, "Trials"), parts.table),
     el("div", {class: "grid"}, el("section", {}, parts.curves), el("section", {}, parts.history)),
     el("div", {class: "grid"}, el("section", {}, parts.timeline), el("section", {}, parts.best_time)),
+    el("section", {}, parts.pareto),
     el("section", {}, parts.parallel), el("section", {}, parts.slices),
     el("section", {}, parts.importance, parts.method));
 
@@ -276,7 +278,9 @@ async function viewJob() {
        (t) => el("span", {class: "error small", title: t.error || ""}, t.reason || "")],
     ], rows, tableState));
     for (const key of ["history", "curves", "parallel", "slices", "importance", "timeline",
-                       "best_time"]) {
+                       "best_time", "pareto"]) {
+      parts[key].hidden = !doc.figures[key];  // the Pareto front: list objectives only
+      if (!doc.figures[key]) continue;
       // Redraw only what changed: drawing costs the browser far more than the fetch
       // (most events change the table and the curves, not the other charts).
       const text = JSON.stringify(doc.figures[key]);
