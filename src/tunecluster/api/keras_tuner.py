@@ -109,6 +109,7 @@ class Tuner:
             previous = project.read_project(self.directory, self.project_name, type(self).__name__)
             if previous is not None and self.cluster_url is not None:
                 self.job = Client(self.cluster_url).job(previous)
+                self.oracle.mark_stale()
 
     # --- search -----------------------------------------------------------------------
 

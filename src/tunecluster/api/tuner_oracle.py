@@ -33,6 +33,22 @@ class ClusterOracle:
     tuner: Tuner
 
     @property
+    def trials(self) -> dict[str, Any]:
+        """KerasTuner's trials by id; those of the chief's oracle once a search ran (read
+        on first use after the tuner reattached to its project's job)."""
+        if self.__dict__.get("_tc_stale"):
+            self.sync()
+        return self.__dict__.setdefault("_tc_trials", {})
+
+    @trials.setter
+    def trials(self, value: dict[str, Any]) -> None:
+        self.__dict__["_tc_trials"] = value
+
+    def mark_stale(self) -> None:
+        """The tuner reattached to a job: read its oracle state on first use."""
+        self.__dict__["_tc_stale"] = True
+
+    @property
     def hyperparameters(self) -> HyperParameters:
         """The search space: the one found at submit (``build_model`` run once here, as
         KerasTuner does), grown by the entries trials declared once synced. One object
@@ -72,16 +88,19 @@ class ClusterOracle:
         there is no job, no state yet, or a record that does not parse."""
         import copy
 
+        import redis
+
         from tunecluster.engine.oracle_host import restore_state
         from tunecluster.errors import TuneclusterError
 
+        self.__dict__["_tc_stale"] = False
         job = self.tuner.job
         if job is None:
             return False
         try:
             state_json, trial_states = job.client.store.jobs.oracle_state(job.id)
-        except TuneclusterError:
-            return False
+        except (TuneclusterError, redis.RedisError, OSError):
+            return False  # an embedded cluster is gone after its search: what was read stays
         if not state_json:
             return False
         space = self.tuner._space
@@ -111,7 +130,9 @@ def cluster_oracle(oracle: Any, tuner: Tuner) -> Any:
         mixed = type(cls.__name__, (ClusterOracle, cls), {"__module__": cls.__module__,
                                                          "__qualname__": cls.__qualname__})
         given = oracle.__dict__.pop("hyperparameters", None)
+        trials = oracle.__dict__.pop("trials", {})
         oracle.__class__ = mixed
+        oracle.trials = trials
         if given is not None and given.space:  # KerasTuner's oracle keeps this object
             oracle.__dict__["_tc_given"] = given
     oracle.tuner = tuner
