@@ -260,3 +260,39 @@ def test_a_search_with_no_space_yet_runs_one_trial_at_a_time() -> None:
     top_up(queue, [hosted], slots=4, writes=None)
     top_up(queue, [hosted], slots=4, writes=None)
     assert len(queue.made) == 1  # not four: the first has not ended
+
+
+def test_an_oracle_that_raises_fails_its_job_not_the_chief() -> None:
+    """KerasTuner's GridSearch raised KeyError in create_trial on a space a trial grew
+    (found through KerasTuner's own tests): the exception ended the chief's process.
+    Now that job fails with the reason; the top-up goes on with the other jobs."""
+    from tunecluster.chief.jobs import HostedJob
+    from tunecluster.chief.top_up import top_up
+
+    class Queue:
+        made: list[tuple[str, str]] = []
+
+        def enqueue(self, job, trial, *args, **kwargs):
+            self.made.append((job, trial))
+
+    def hosted(job_id: str) -> HostedJob:
+        job = HostedJob.__new__(HostedJob)
+        host = _host("random", max_trials=4)
+        job.__dict__.update(id=job_id, spec=host.spec, host=host, exhausted=False,
+                            failure=None, cancel=False, dirty=False, touched=set())
+        return job
+
+    broken, fine = hosted("broken"), hosted("fine")
+
+    def populate_space(trial_id):
+        raise KeyError("bool2")
+
+    broken.host.oracle.populate_space = populate_space
+    queue = Queue()
+    top_up(queue, [broken, fine], slots=2, writes=None)
+    assert broken.failure == ("the search's oracle failed suggesting a trial:"
+                              " KeyError: 'bool2'")
+    made = [job for job, _ in queue.made]
+    assert set(made) == {"fine"} and len(made) >= 2  # its slots (and one kept ready)
+    top_up(queue, [broken, fine], slots=2, writes=None)  # a failed job gets no more trials
+    assert all(job == "fine" for job, _ in queue.made)

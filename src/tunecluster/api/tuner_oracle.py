@@ -107,7 +107,7 @@ class ClusterOracle:
         replica = copy.copy(self)  # restored aside: a failure leaves this one whole
         try:
             restore_state(replica, state_json, trial_states)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - data from Redis: any shape at all
             self.tuner._space = space
             log.warning("search %s: its oracle state does not parse (%s); tuner.oracle"
                         " keeps what it had", job.id, str(exc).splitlines()[0][:200]
@@ -124,7 +124,7 @@ class ClusterOracle:
 
 def cluster_oracle(oracle: Any, tuner: Tuner) -> Any:
     """``oracle`` itself, now of its class with ``ClusterOracle`` mixed in; its objective
-    and budget the tuner's (the cluster's default objective where it gave none)."""
+    the tuner's (the cluster's default objective where it gave none)."""
     cls = type(oracle)
     if not isinstance(oracle, ClusterOracle):
         mixed = type(cls.__name__, (ClusterOracle, cls), {"__module__": cls.__module__,

@@ -41,6 +41,15 @@ class HostedJob:
     finalize_retry: FinalizeRetry = field(default_factory=FinalizeRetry)
 
 
+def oracle_failed(hosted: HostedJob, doing: str, exc: BaseException) -> None:
+    """The job's oracle raised (KerasTuner's code, or one of ours, on this job's trials
+    and space): that job fails with the reason, the chief and the other jobs go on."""
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    hosted.failure = f"the search's oracle failed {doing}: {type(exc).__name__}: {first}"
+    hosted.dirty = True
+    log.warning("job %s: %s", hosted.id, hosted.failure)
+
+
 def load_job(store: Store, job_id: str, fence: Fence) -> HostedJob | None:
     """Job ``job_id`` as the chief hosts it, or None when it is not an active job that
     can be loaded (it is then quarantined, or taken out of the active set). A queued

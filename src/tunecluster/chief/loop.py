@@ -36,7 +36,7 @@ import redis
 from tunecluster import defaults
 from tunecluster.artifacts import file_resolver
 from tunecluster.chief.inbox import ChiefInbox
-from tunecluster.chief.jobs import HostedJob, load_job
+from tunecluster.chief.jobs import HostedJob, load_job, oracle_failed
 from tunecluster.chief.leadership import ChiefLock
 from tunecluster.chief.top_up import top_up
 from tunecluster.engine.finalize import finalize, is_redis_outage, one_line, summarize_errors
@@ -297,7 +297,12 @@ class Chief:
                 log.warning("ignoring a malformed epoch report for %s", job_id)
                 return
             trial = msg.get("trial", "")
-            if hosted.host.update(trial, epoch, metrics):
+            try:
+                stop = hosted.host.update(trial, epoch, metrics)
+            except Exception as exc:  # noqa: BLE001 - one job's oracle, never the chief
+                oracle_failed(hosted, f"taking an epoch of trial {trial}", exc)
+                return
+            if stop:
                 self.store.queue.request_stop(job_id, trial, self.fence)
             hosted.dirty = True
             hosted.touched.add(trial)
@@ -327,6 +332,8 @@ class Chief:
         except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
             hosted.failure = (f"{hosted.spec.search.max_consecutive_failed_trials} consecutive"
                               f" trials failed: {str(exc).splitlines()[-1][:300]}")
+        except Exception as exc:  # noqa: BLE001 - one job's oracle, never the chief
+            oracle_failed(hosted, f"ending trial {trial}", exc)
         hosted.dirty = True
         hosted.touched.add(trial)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from tunecluster.chief.jobs import HostedJob
+from tunecluster.chief.jobs import HostedJob, oracle_failed
 from tunecluster.states import TrialState
 from tunecluster.store.fence import Writes
 from tunecluster.store.queue import TrialQueue
@@ -76,7 +76,11 @@ def top_up(queue: TrialQueue, jobs: list[HostedJob], slots: int, writes: Writes)
                 # (no wait on the inbox): the first trials start without waiting
                 # for a thousand suggestions.
                 return True
-            status, trial, values = host.create_trial()
+            try:
+                status, trial, values = host.create_trial()
+            except Exception as exc:  # noqa: BLE001 - one job's oracle, never the chief
+                oracle_failed(hosted, "suggesting a trial", exc)
+                break
             if status == TrialState.RUNNING and trial is not None:
                 # The oracle that made it is written once per round (the chief's
                 # _stage_oracles), later in this same step, not once per trial here.
