@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunecluster.store.codec import finite_or_none
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "examples" / "digits.yaml"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -82,14 +84,6 @@ def _stamp(event_id: str, t0: float) -> float:
     return int(event_id.split("-")[0]) / 1000.0 - t0
 
 
-def _number(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def run_tunecluster(store: Any, config: str, seed: int, args: argparse.Namespace) -> dict:
     from tunecluster.client import prepare_job, submit
     from tunecluster.store.results import build_results
@@ -107,13 +101,13 @@ def run_tunecluster(store: Any, config: str, seed: int, args: argparse.Namespace
             t = _stamp(ev.id, t0)
             if t > args.budget_s:
                 continue
-            if ev.type == "trial_completed" and _number(ev.data.get("score")) is not None:
-                ends.append([t, _number(ev.data["score"])])
+            if ev.type == "trial_completed" and finite_or_none(ev.data.get("score")) is not None:
+                ends.append([t, finite_or_none(ev.data["score"])])
             elif ev.type == "trial_failed":
                 failed += 1
                 error = error or ev.data.get("error")
             elif ev.type == "epoch":
-                value = _number((ev.data.get("metrics") or {}).get("val_accuracy"))
+                value = finite_or_none((ev.data.get("metrics") or {}).get("val_accuracy"))
                 if value is not None:
                     epochs.append([t, value])
             elif ev.type == "job_state" and ev.data.get("state") in (
@@ -202,7 +196,7 @@ def peer_server() -> None:
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             t = time.time() - self.run["t0"]
-            value = _number((logs or {}).get("val_accuracy"))
+            value = finite_or_none((logs or {}).get("val_accuracy"))
             if value is not None and t <= self.run["budget"]:
                 self.run["epochs"].append([t, value])
             if self.report is not None and value is not None:
@@ -236,7 +230,7 @@ def peer_server() -> None:
                 super().on_trial_end(trial)
                 done = self.oracle.get_trial(trial.trial_id)
                 run["failed"] += done.status == "FAILED"
-                if ended(run, _number(done.score)):
+                if ended(run, finite_or_none(done.score)):
                     raise BudgetSpent
 
         tuner = Timed(lambda hp: build(hp.values), objective="val_accuracy", max_epochs=epochs,

@@ -20,6 +20,10 @@ MLP_HYPERPARAMETERS = {
 }
 
 
+# The algorithms whose oracles are ours (engine/): the Ray scheduler does not run them.
+NATIVE_ONLY = ("asha", "pbt", "tpe")
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -37,23 +41,17 @@ def check_job(spec: JobSpec) -> None:
                     f"model.hyperparameters.{name}",
                     "grid search needs a finite range: give the float range a step, or use choice",
                 )
-    if spec.search.algorithm in ("asha", "pbt") and spec.scheduler != "native":
+    if spec.search.algorithm in NATIVE_ONLY and spec.scheduler != "native":
         raise SpecError(
             "search.algorithm",
-            f"{spec.search.algorithm} runs on the native scheduler; with scheduler ray use a"
-            " random or bayesian search and ray.early_stopping (Ray Tune's own ASHA)",
+            f"{spec.search.algorithm} runs on the native scheduler; with scheduler ray use"
+            " random, grid, bayesian or hyperband (ray.early_stopping: Ray Tune's own ASHA)",
         )
     if spec.search.algorithm == "pbt" and spec.search.pbt_interval >= spec.train.epochs:
         raise SpecError(
             "search.pbt_interval",
             f"must be below train.epochs ({spec.train.epochs}): members exploit and explore"
             f" between intervals, got {spec.search.pbt_interval}",
-        )
-    if spec.search.algorithm == "tpe" and spec.scheduler != "native":
-        raise SpecError(
-            "search.algorithm",
-            "tpe runs on the native scheduler; with scheduler ray use random, grid,"
-            " bayesian or hyperband",
         )
     if spec.search.algorithm == "asha" and spec.search.asha_min_epochs >= spec.train.epochs:
         raise SpecError(
