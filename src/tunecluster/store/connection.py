@@ -1,6 +1,8 @@
 """Connecting to Redis from a URL, failing fast on bad credentials, backing off on outages.
 
-``redis://[[user]:password@]host:port/db`` and ``rediss://`` (TLS) URLs are accepted.
+``redis://[[user]:password@]host:port/db`` and ``rediss://`` (TLS) URLs are accepted, and
+``redis+sentinel://[[user]:password@]host:port,host:port,.../SERVICE[/db]``: the primary
+that the sentinels name, followed through failovers (``store/sentinel.py``).
 Long-running roles wrap each loop iteration in ``Backoff``: a dropped connection
 sleeps with exponential back-off and retries; an authentication error is fatal.
 
@@ -26,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tunecluster import defaults
+from tunecluster.store import sentinel
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def connect(url: str | None = None, *, check: bool = True, decode: bool = True,
     back-off per command); interactive commands pass a small number to fail fast."""
     url = url or defaults.REDIS_URL
     try:
-        client = redis.Redis.from_url(
+        client = _client(
             url,
             decode_responses=decode,
             socket_connect_timeout=5,
@@ -62,10 +65,18 @@ def connect(url: str | None = None, *, check: bool = True, decode: bool = True,
             retry_on_error=list(RETRIED_BY_CLIENT),
         )
     except ValueError as exc:
-        raise ValueError(f"--redis: {url!r} is not a Redis URL ({exc})") from None
+        if sentinel.is_sentinel_url(url):
+            raise ValueError(f"--redis: {redact(url)}: {exc}") from None
+        raise ValueError(f"--redis: {redact(url)!r} is not a Redis URL ({exc})") from None
     if check:
         _first_ping(url, decode, patient=retries > 1)
     return client
+
+
+def _client(url: str, **settings: Any) -> redis.Redis:
+    if sentinel.is_sentinel_url(url):
+        return sentinel.master_client(url, **settings)
+    return redis.Redis.from_url(url, **settings)
 
 
 def _first_ping(url: str, decode: bool, patient: bool) -> None:
@@ -73,7 +84,7 @@ def _first_ping(url: str, decode: bool, patient: bool) -> None:
     counts AuthenticationError as a ConnectionError, so those would retry bad passwords.
     A patient caller (a role starting before Redis) waits up to a minute for the server.
     """
-    probe = redis.Redis.from_url(url, decode_responses=decode, socket_connect_timeout=5)
+    probe = _client(url, decode_responses=decode, socket_connect_timeout=5)
     backoff = Backoff()
     deadline = time.monotonic() + (60.0 if patient else 0.0)
     try:
@@ -88,7 +99,7 @@ def _first_ping(url: str, decode: bool, patient: bool) -> None:
                     raise
                 backoff.failed(exc)
     finally:
-        probe.close()
+        sentinel.close(probe)
 
 
 class _Watch:
@@ -196,6 +207,9 @@ def for_role(client: redis.Redis, longest_block_s: float = 1.0) -> None:
 
 def raw_client(client: redis.Redis) -> redis.Redis:
     """A client on the same server that returns bytes (for uploaded data files)."""
+    if sentinel.is_sentinel_pool(client.connection_pool):  # follows the primary too
+        return redis.Redis(connection_pool=sentinel.sibling_pool(client.connection_pool,
+                                                                 decode_responses=False))
     kwargs = dict(client.connection_pool.connection_kwargs)
     kwargs["decode_responses"] = False
     pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)

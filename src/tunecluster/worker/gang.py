@@ -60,7 +60,10 @@ def advertise_host(redis_url: str, explicit: str | None = None) -> str:
     host = urlparse(redis_url).hostname
     if not host or urlparse(redis_url).scheme == "unix":
         return "127.0.0.1"
-    port = urlparse(redis_url).port or 6379
+    try:
+        port = urlparse(redis_url).port or 6379
+    except ValueError:  # a Sentinel URL's host list: the route to its first host will do
+        port = 26379
     try:
         family = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)[0]
         with socket.socket(family[0], socket.SOCK_DGRAM) as probe:
