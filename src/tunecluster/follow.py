@@ -73,8 +73,8 @@ def run_on(url: str, spec: str, overrides: tuple[str, ...], timeout_s: float | N
     ``workers`` workers (``fixed``: and never more, an embedded cluster). Ctrl-C cancels
     the job (and, on a cluster that stays up, waits for it to end) and raises
     ``Interrupted``."""
-    from tunecluster.client import prepare_job, submit, wait
-    from tunecluster.store import Store
+    from tunecluster.api import Client
+    from tunecluster.client import prepare_job
     from tunecluster.store.connection import redact
 
     job_id = None
@@ -88,12 +88,12 @@ def run_on(url: str, spec: str, overrides: tuple[str, ...], timeout_s: float | N
             err.print(f"note: each trial needs {need} workers and the local cluster has"
                       f" {workers}: the job waits until more join (tunecluster worker"
                       f" --redis {redact(url)})")
-        store = Store.from_url(url)
-        job_id = submit(store, job)
+        handle = Client(url, retries=20).submit(job)
+        job_id = handle.id
         if not as_json:
             err.print(f"submitted {job_id}: {where}")
-            watch_job(store, job_id)
-        results = wait(store, job_id, timeout_s)
+            watch_job(handle)
+        results = handle.wait(timeout_s, raise_on_failure=False)
     except KeyboardInterrupt:
         raise Interrupted(job_id, _cancel(url, job_id, wait_s=0 if fixed else CANCEL_WAIT_S)
                           if job_id else None) from None
@@ -105,15 +105,16 @@ def _cancel(url: str, job: str, wait_s: float) -> str | None:
     wait). Returns its final state, None when not seen final."""
     import redis
 
-    from tunecluster.store import FINAL_STATES, Store
+    from tunecluster.api import Client
+    from tunecluster.store import FINAL_STATES
 
     try:
-        store = Store.from_url(url)
-        state = store.jobs.request_cancel(job)
+        handle = Client(url, retries=20).job(job)
+        state = handle.cancel()
         deadline = time.monotonic() + wait_s
         while state not in FINAL_STATES and time.monotonic() < deadline:
             time.sleep(0.2)
-            state = store.jobs.get(job).state
+            state = handle.state
         return state if state in FINAL_STATES else None
     except (redis.RedisError, KeyboardInterrupt):
         return None
@@ -141,16 +142,16 @@ def dashboard(url: str, wanted: bool, port: int) -> Iterator[None]:
         stop()
 
 
-def watch_job(store: Any, job: str) -> None:
+def watch_job(handle: Any) -> None:
     """Events as they happen, under a live trial table and a progress bar, until the
-    job is final."""
+    job (``tunecluster.Job``) is final."""
     from rich.console import Group
 
     from tunecluster.spec import parse_spec
     from tunecluster.store import FINAL_STATES
-    from tunecluster.store.results import build_results
 
-    total = parse_spec(store.jobs.get(job).spec).search.max_trials
+    job, store = handle.id, handle.client.store
+    total = parse_spec(handle.record().spec).search.max_trials
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} trials"), console=err)
     task = progress.add_task(job, total=total)
@@ -162,7 +163,7 @@ def watch_job(store: Any, job: str) -> None:
                 after = e.id
                 if e.type != "trial_created":
                     live.console.print(render.event_line(job, e.type, e.data))
-            results = build_results(store.jobs, job)
+            results = handle.results()
             done = sum(t["state"] in (TrialState.COMPLETED, TrialState.FAILED, TrialState.CANCELLED)
                        for t in results["trials"])
             progress.update(task, completed=done)

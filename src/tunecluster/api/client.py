@@ -138,6 +138,19 @@ class Client:
         """Handles of the cluster's jobs, newest first."""
         return [Job(self, j) for j in self.store.jobs.all(limit)]
 
+    def summaries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """A summary row per job, newest first (``tunecluster list --json``); a job whose
+        record cannot be read is one row in state ``malformed`` with the reason."""
+        from tunecluster.store.results import job_summaries
+
+        return job_summaries(self.store.jobs, limit)
+
+    def cluster(self) -> dict[str, Any]:
+        """The live workers (id, slots, devices...) and the chief in office (or None)."""
+        live = self.store.workers.live(defaults.LEASE_S)
+        return {"workers": [{"id": w, **info} for w, info in live.items()],
+                "chief": self.store.chief()}
+
     def __repr__(self) -> str:
         from tunecluster.store import redact
 
@@ -152,6 +165,7 @@ class Job:
         self.id = job_id
         self.last_fetch: str | None = None  # where the last model loaded came from
         self.resumed_after: str | None = None  # see resume()
+        self.removed: list[str] = []  # see delete()
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -246,10 +260,49 @@ class Job:
         state, self.resumed_after = self.client.store.jobs.resume(self.id, max_trials, given)
         return state
 
-    def delete(self, force: bool = False, timeout: float = 120.0) -> str | None:
-        """Remove every Redis key of the job (not its artifacts); an active job needs
-        ``force`` (cancelled first). Returns the state it had."""
-        return self.client.store.jobs.delete(self.id, force=force, wait_s=timeout)
+    def delete(self, force: bool = False, timeout: float = 120.0, *,
+               artifacts_root: str | os.PathLike[str] | None = None) -> str | None:
+        """Remove every Redis key of the job; an active job needs ``force`` (cancelled
+        first). Returns the state it had. With ``artifacts_root`` (a directory or an
+        object store URL) the job's files there go too, ``removed`` lists them; a root
+        that would lead outside itself (a symlinked job directory) is refused before
+        Redis is touched."""
+        from tunecluster.artifacts import job_artifact_dirs, remove_job_artifacts
+
+        if artifacts_root is not None:
+            job_artifact_dirs(str(artifacts_root), self.id)
+        state = self.client.store.jobs.delete(self.id, force=force, wait_s=timeout)
+        self.removed = ([] if artifacts_root is None
+                        else remove_job_artifacts(str(artifacts_root), self.id))
+        return state
+
+    def best(self) -> dict[str, Any]:
+        """The best trial so far (trial, score, hyperparameters, ...) with the job's test
+        score, best model name and input; ``StoreError`` before any trial completed."""
+        data = self.results()
+        if not data["best"]:
+            raise StoreError(f"job {self.id} has no completed trial yet")
+        return {**data["best"], "test": data["test"],
+                "best_model": data["artifacts"].get("best_model"), "input": data.get("input")}
+
+    def artifact_names(self) -> list[str]:
+        """What ``download_all`` fetches: results.json, the best model, then the trials'
+        models by rank (the names the cluster indexed)."""
+        from tunecluster.store import downloads
+
+        return downloads.names(self.client.store, self.id)
+
+    def download(self, name: str, dest: str | os.PathLike[str],
+                 local_root: str | os.PathLike[str] | None = None) -> Any:
+        """Put the artifact ``name`` at ``dest`` (a file, or a directory to put it in):
+        from ``local_root`` (default: the client's artifacts root) when it holds the same
+        file, else through Redis, checksum verified. Returns where it went and whence
+        (``path``, ``source``, ``size``, ``sha256``, ``message``); ``DownloadError``
+        names the reason."""
+        from tunecluster.store import downloads
+
+        root = self.client.artifacts if local_root is None else local_root
+        return downloads.retrieve(self.client.store, self.id, name, dest, root)
 
     def best_model(self, compile: bool = True, *,
                    custom_objects: Mapping[str, Any] | None = None,

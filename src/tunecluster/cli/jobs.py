@@ -16,12 +16,11 @@ from tunecluster.cli.common import (
     handle_errors,
     json_option,
     local_artifacts_option,
-    open_store,
     print_json,
     redis_option,
     set_option,
 )
-from tunecluster.errors import ExitCode, SpecError, StoreError
+from tunecluster.errors import ExitCode, SpecError
 from tunecluster.follow import console
 from tunecluster.states import JobState
 from tunecluster.store.connection import redact
@@ -68,15 +67,10 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
     from tunecluster.api import Client
 
     client = Client(redis_url)
-    store = client.store
     if job is None:
-        from tunecluster.store.results import job_summaries
-
-        rows = job_summaries(store.jobs)  # a malformed job is a flagged row
-        workers = store.workers.live(defaults.LEASE_S)
-        data = {"jobs": rows, "workers": [{"id": w, **info} for w, info in workers.items()],
-                "chief": store.client.get(store.keys.chief_lock),
-                "local_cluster": _local_cluster(redis_url)}
+        rows = client.summaries()  # a malformed job is a flagged row
+        data = {"jobs": rows, **client.cluster(), "local_cluster": _local_cluster(redis_url)}
+        workers = data["workers"]
         if as_json:
             print_json(data)
             return
@@ -85,7 +79,7 @@ def status(job: str | None, redis_url: str, as_json: bool) -> None:
             if row.get("waiting"):
                 console.print(f"[yellow]waiting:[/yellow] {row['job']}: {row['waiting']}")
         console.print(f"{len(workers)} live worker(s), "
-                      f"{sum(i['slots'] for i in workers.values())} slot(s);"
+                      f"{sum(w['slots'] for w in workers)} slot(s);"
                       f" chief: {data['chief'] or 'none'}")
         local = data["local_cluster"]
         if local is not None:
@@ -126,9 +120,9 @@ def _local_cluster(redis_url: str) -> dict[str, Any] | None:
 @handle_errors
 def list_jobs(redis_url: str, as_json: bool) -> None:
     """List jobs, newest first."""
-    from tunecluster.store.results import job_summaries
+    from tunecluster.api import Client
 
-    rows = job_summaries(open_store(redis_url).jobs)  # a malformed job is a flagged row
+    rows = Client(redis_url).summaries()  # a malformed job is a flagged row
     print_json(rows) if as_json else console.print(render.jobs_table(rows))
 
 
@@ -139,13 +133,13 @@ def list_jobs(redis_url: str, as_json: bool) -> None:
 def watch(job: str, redis_url: str) -> None:
     """Follow a job live: events, a trial table and a progress bar, until it ends; the
     exit status says how it ended."""
+    from tunecluster.api import Client
     from tunecluster.follow import finish, watch_job
-    from tunecluster.store.results import build_results
 
-    store = open_store(redis_url)
-    store.jobs.get(job)
-    watch_job(store, job)
-    finish(build_results(store.jobs, job), as_json=False)
+    handle = Client(redis_url).job(job)
+    handle.record()  # "no job" before the live view starts
+    watch_job(handle)
+    finish(handle.results(), as_json=False)
 
 
 @click.command()
@@ -180,23 +174,18 @@ def results(job: str, redis_url: str, as_json: bool, as_csv: bool) -> None:
 def best(job: str, redis_url: str, export: str | None, local_root: str, as_json: bool) -> None:
     """The best trial; --export copies its model (a .keras file), from the artifacts
     root when this client sees it, else through Redis (stderr says which)."""
+    from tunecluster.api import Client
     from tunecluster.artifacts import BEST_MODEL
-    from tunecluster.store import downloads
-    from tunecluster.store.results import build_results
 
     if export and Path(export).suffix and Path(export).suffix.lower() != ".keras" \
             and not Path(export).is_dir():
         # the file is a .keras archive whatever its name: model.h5 would not load as HDF5
         raise SpecError("--export", f"{export!r}: the best model is a .keras file; name a"
                                     " .keras file or a directory")
-    store = open_store(redis_url)
-    data = build_results(store.jobs, job)
-    if not data["best"]:
-        raise StoreError(f"job {job} has no completed trial yet")
-    out = {**data["best"], "test": data["test"], "best_model": data["artifacts"].get("best_model"),
-           "input": data.get("input")}
+    handle = Client(redis_url).job(job)
+    out = handle.best()
     if export:
-        got = downloads.retrieve(store, job, BEST_MODEL, export, local_root)
+        got = handle.download(BEST_MODEL, export, local_root)
         click.echo(got.message, err=True)
         out["exported"] = str(got.path.resolve())
         out["exported_from"] = got.source
@@ -225,14 +214,15 @@ def artifacts_cmd(job: str, redis_url: str, trials: tuple[str, ...], output: str
                   local_root: str, as_json: bool) -> None:
     """A job's results.json, best model and top-k trial models (or --trial's): from the
     artifacts root when this client sees it, else through Redis; one stderr line each."""
+    from tunecluster.api import Client
     from tunecluster.store import downloads
 
-    store = open_store(redis_url)
-    names = [downloads.trial_name(t) for t in trials] if trials else downloads.names(store, job)
+    handle = Client(redis_url).job(job)
+    names = [downloads.trial_name(t) for t in trials] if trials else handle.artifact_names()
     rows, failed = [], 0
     for name in names:
         try:
-            got = downloads.retrieve(store, job, name, Path(output) / name, local_root)
+            got = handle.download(name, Path(output) / name, local_root)
         except downloads.DownloadError as exc:
             click.echo(f"error: {str(exc).replace(chr(10), ' ')}", err=True)
             failed += 1
@@ -314,14 +304,13 @@ def resume(job: str, redis_url: str, overrides: tuple[str, ...], wait_: bool) ->
 def delete(job: str, redis_url: str, force: bool, with_artifacts: bool, artifacts_root: str,
            timeout_s: float) -> None:
     """Delete a finished job: every Redis key it made (and, with --artifacts, its files)."""
-    from tunecluster.artifacts import job_artifact_dirs, remove_job_artifacts
+    from tunecluster.api import Client
 
-    if with_artifacts:
-        job_artifact_dirs(artifacts_root, job)  # refuses symlinks before Redis is touched
-    state = open_store(redis_url).jobs.delete(job, force=force, wait_s=timeout_s)
-    removed = remove_job_artifacts(artifacts_root, job) if with_artifacts else []
+    handle = Client(redis_url).job(job)
+    state = handle.delete(force, timeout_s,
+                          artifacts_root=artifacts_root if with_artifacts else None)
     click.echo(f"deleted {job}" + (f" ({state})" if state else "")
-               + "".join(f"; removed {p}" for p in removed))
+               + "".join(f"; removed {p}" for p in handle.removed))
 
 
 COMMANDS = (submit, status, list_jobs, watch, results, best, artifacts_cmd, cancel, resume,

@@ -30,6 +30,11 @@ class Store:
     def from_url(cls, url: str | None = None, retries: int = 20) -> Store:
         return cls(connect(url, retries=retries))
 
+    def chief(self) -> str | None:
+        """The id of the chief holding the cluster's lock, or None (no chief in office)."""
+        holder = self.client.get(self.keys.chief_lock)
+        return None if holder is None else str(holder)
+
     def raw(self) -> redis.Redis:
         """A client on the same server that answers bytes (uploaded files, blobs); the
         caller closes it."""
