@@ -67,3 +67,27 @@ def test_the_check_sees_a_face_going_around_the_client(line: str) -> None:
 def test_the_check_lets_a_face_name_a_trial_artifact() -> None:
     assert not _offences("from tunecluster.store.downloads import trial_name\n"
                          "handle = Client(url).job(job)\nhandle.download(name, out)")
+
+
+def _raw_redis(source: str) -> list[str]:
+    """Uses of the raw Redis client or of key names: ``store.client``, ``store.keys``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in ("client", "keys"):
+            owner = node.value.attr if isinstance(node.value, ast.Attribute) \
+                else getattr(node.value, "id", "")
+            if owner == "store":
+                found.append(f"line {node.lineno}: store.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("face", sorted(
+    str(p.relative_to(PACKAGE)) for folder in ("cli", "dashboard", "export")
+    for p in (PACKAGE / folder).glob("*.py")) + ["follow.py"])
+def test_no_face_reads_redis_keys_or_the_raw_client(face: str) -> None:
+    found = _raw_redis((PACKAGE / face).read_text())
+    assert not found, f"{face} reads Redis around the store: {found}"
+
+
+def test_the_raw_redis_check_sees_a_key_read() -> None:
+    assert _raw_redis("last = self.store.client.xrevrange(self.store.keys.events(job))")

@@ -127,7 +127,7 @@ def _wait_ready(url: str, workers: int, wait_s: float) -> bool:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
-            chief_ok = store.client.get(store.keys.chief_beat) is not None
+            chief_ok = store.chief_beat() is not None
             if chief_ok and len(store.workers.live(defaults.LEASE_S)) >= workers:
                 return True
         except redis.RedisError:

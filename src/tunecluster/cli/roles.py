@@ -100,14 +100,12 @@ def health(redis_url: str, role: str, max_age_s: float) -> None:
     """Probe: exit 0 when Redis answers (and, per --role, a fresh heartbeat exists)."""
     import socket
 
-    from tunecluster.store.queue import server_ms
-
     try:
         store = open_store(redis_url)
-        now = server_ms(store.client)  # beats are Redis time: no clock skew between pods
+        now = store.now_ms()  # beats are Redis time: no clock skew between pods
         if role == "chief":
-            beat = store.client.get(store.keys.chief_beat)
-            ok = beat is not None and now - int(beat) < max_age_s * 1000
+            beat = store.chief_beat()
+            ok = beat is not None and now - beat < max_age_s * 1000
         elif role == "worker":
             host = socket.gethostname()
             ok = any(info.get("host") == host and now - int(info.get("beat", 0)) < max_age_s * 1000

@@ -216,7 +216,7 @@ class Dashboard:
     async def healthz(self, request: Request) -> Response:
         """GET /healthz: 200 while Redis answers PING (no token needed)."""
         try:
-            await run_in_threadpool(self.store.client.ping)
+            await run_in_threadpool(self.store.ping)
         except redis.RedisError:
             return _error(503, "Redis is unreachable")
         return PlainTextResponse("ok")

@@ -240,10 +240,8 @@ class Reader:
     def workers(self) -> list[dict[str, Any]]:
         """Live workers: host, slots, busy slots, current trials (from the leases),
         heartbeat age, and devices / trial-process memory where the worker reports them."""
-        from tunecluster.store.queue import server_ms
-
         live = self.store.workers.live(defaults.LEASE_S)  # decoded: numbers are ints
-        now = server_ms(self.store.client)
+        now = self.store.now_ms()
         current = self.store.workers.current_trials()
         rows = []
         for worker, info in sorted(live.items()):

@@ -97,11 +97,10 @@ class Hub:
                         return
                 try:
                     if after is None:
-                        store.client.client_setname(CLIENT_NAME)
+                        store.name_connection(CLIENT_NAME)
                         # what happens from now on (a page loads what came before itself);
                         # a fixed id, not "$", so nothing between two reads is missed
-                        last = store.client.xrevrange(store.keys.events(feed.job), count=1)
-                        after = last[0][0] if last else "0-0"
+                        after = store.events.last_id(feed.job)
                         feed.last_id = after
                     self.reads += 1
                     events = store.events.read(feed.job, after, block_ms=self.block_ms,
@@ -119,7 +118,7 @@ class Hub:
                 if feed.thread is threading.current_thread():
                     feed.thread = None
             try:
-                store.client.close()
+                store.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
 

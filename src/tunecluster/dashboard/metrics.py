@@ -72,7 +72,7 @@ class ClusterCollector:
         try:
             # Measured before anything else is asked, so it is one bare round trip.
             started = time.perf_counter()
-            self.store.client.ping()
+            self.store.ping()
             rtt = time.perf_counter() - started
             metrics = list(self._cluster())
         except redis.RedisError:
@@ -84,14 +84,9 @@ class ClusterCollector:
         yield from metrics
 
     def _cluster(self) -> Iterator[Metric]:
-        r, k = self.store.client, self.store.keys
-        snap = telemetry.read(r, k)
+        snap = self.store.telemetry()
         ready = self.store.queue.ready_count()
-        pipe = r.pipeline(transaction=False)
-        pipe.zcard(k.leases)
-        pipe.exists(k.chief_lock)
-        pipe.zrange(k.jobs_all, 0, -1)
-        running, chief, jobs = pipe.execute()
+        running, chief, jobs = self.store.census()
         yield from self._jobs(jobs)
         yield _gauge("ready_queue_depth", "Trials waiting in the ready queue.", ready)
         yield _gauge("trials_running", "Trials holding a lease (running now).", running)
@@ -110,10 +105,7 @@ class ClusterCollector:
 
     def _jobs(self, jobs: list[str]) -> Iterator[Metric]:
         counts = dict.fromkeys(JOB_STATES, 0)
-        pipe = self.store.client.pipeline(transaction=False)
-        for job in jobs:
-            pipe.hget(self.store.keys.job(job), "state")
-        for state in pipe.execute() if jobs else []:
+        for state in self.store.jobs.states(jobs):
             if state and state != DELETING:
                 counts[state] = counts.get(state, 0) + 1
         family = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state.", labels=["state"])

@@ -22,7 +22,7 @@ def _config(redis_url: str, host: str, port: int, *, token: str | None, read_onl
 
     check_bind(host, token)
     check_redis_url(redis_url, "dashboard")  # example passwords; short ones where required
-    Store.from_url(redis_url, retries=1).client.ping()  # unreachable: one line, at once
+    Store.from_url(redis_url, retries=1).ping()  # unreachable: one line, at once
     hosts = (host,) if not is_loopback(host) and host not in ("0.0.0.0", "::") else ()
     app = create_app(redis_url, token=token, read_only=read_only,
                      open_metrics=open_metrics, hosts=hosts)

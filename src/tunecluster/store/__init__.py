@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import redis
 
+from tunecluster.store import telemetry
 from tunecluster.store.connection import AuthFailed, Backoff, connect, raw_client, redact
 from tunecluster.store.events import Event, EventLog
 from tunecluster.store.jobs import ACTIVE_STATES, FINAL_STATES, JobRecord, JobStore
 from tunecluster.store.keys import Keys, member, split_member
-from tunecluster.store.queue import Claim, LostLease, TrialQueue, now_ms
+from tunecluster.store.queue import Claim, LostLease, TrialQueue, now_ms, server_ms
 from tunecluster.store.workers import WorkerRegistry
 
 
@@ -34,6 +35,42 @@ class Store:
         """The id of the chief holding the cluster's lock, or None (no chief in office)."""
         holder = self.client.get(self.keys.chief_lock)
         return None if holder is None else str(holder)
+
+    def chief_beat(self) -> int | None:
+        """Redis time (ms) of the active chief's last beat, or None (none beats)."""
+        beat = self.client.get(self.keys.chief_beat)
+        try:
+            return None if beat is None else int(beat)
+        except ValueError:  # foreign data: no beat to trust
+            return None
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def now_ms(self) -> int:
+        """Redis server time in ms: the one clock every host agrees on."""
+        return server_ms(self.client)
+
+    def census(self) -> tuple[int, bool, list[str]]:
+        """For the metrics, in one round trip: trials holding a lease, whether a chief
+        holds the lock, and every job id."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.leases)
+        pipe.exists(self.keys.chief_lock)
+        pipe.zrange(self.keys.jobs_all, 0, -1)
+        running, chief, jobs = pipe.execute()
+        return int(running), bool(chief), list(jobs)
+
+    def telemetry(self) -> telemetry.Snapshot:
+        """The cluster's counters and histograms (``telemetry.read``)."""
+        return telemetry.read(self.client, self.keys)
+
+    def name_connection(self, name: str) -> None:
+        """Name this connection in Redis's CLIENT LIST (to find a reader among many)."""
+        self.client.client_setname(name)
+
+    def close(self) -> None:
+        self.client.close()
 
     def raw(self) -> redis.Redis:
         """A client on the same server that answers bytes (uploaded files, blobs); the

@@ -96,6 +96,13 @@ class JobStore:
     def exists(self, job: str) -> bool:
         return bool(self.r.exists(self.k.job(job)))
 
+    def states(self, jobs: list[str]) -> list[str | None]:
+        """Each job's state (None: no record), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hget(self.k.job(job), "state")
+        return list(pipe.execute()) if jobs else []
+
     def active(self) -> list[str]:
         """Active job ids, highest priority first, then oldest first."""
         return list(self.r.zrange(self.k.jobs_active, 0, -1))
