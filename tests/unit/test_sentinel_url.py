@@ -7,7 +7,7 @@ import pytest
 
 from tunecluster.security import InsecureSetting, check_redis_url, redis_password
 from tunecluster.store import connect, redact
-from tunecluster.store.sentinel import SentinelURL, is_sentinel_url, parse
+from tunecluster.store.sentinel import PrimaryConnection, SentinelURL, is_sentinel_url, parse
 from tunecluster.worker.gang import advertise_host
 
 SECRET = "s3cret-Pass%2Fword-0123456789"
@@ -88,6 +88,7 @@ def test_a_client_is_made_without_contacting_the_sentinels() -> None:
     client = connect(f"redis+sentinel://:{SECRET}@127.0.0.1:1,127.0.0.1:2/tc/2", check=False)
     pool = client.connection_pool
     assert pool.service_name == "tc" and pool.is_master
+    assert pool.connection_class is PrimaryConnection  # reconnects through the sentinels
     assert pool.connection_kwargs["db"] == 2
     assert pool.connection_kwargs["password"] == "s3cret-Pass/word-0123456789"
     assert [s.connection_pool.connection_kwargs["port"]

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 SCHEME = "redis+sentinel"
 DEFAULT_PORT = 26379
@@ -104,13 +104,26 @@ def _bad(field: str, value: str, allowed: str) -> ValueError:
     return ValueError(f"bad {field} {value!r}; allowed: {allowed} (the form is {FORM})")
 
 
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is on *every*
+    reconnect. redis-py's re-send of a command after a dropped connection reconnects the
+    same connection object to its last host (``send_packed_command``), not through the
+    sentinels: after a failover that is the dead primary, again and again."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()  # SentinelManagedConnection.connect: the sentinels' answer
+        super().send_packed_command(command, check_health)
+
+
 def master_client(url: str, **settings: Any) -> redis.Redis:
     """A client of the primary that ``url``'s sentinels name now and after a failover;
     ``settings`` are those of any connection (timeouts, retry, decoding)."""
     spec = parse(url)
     manager = Sentinel(spec.sentinels, sentinel_kwargs=SENTINEL_KWARGS)
     return manager.master_for(spec.service, redis_class=redis.Redis, db=spec.db,
-                              username=spec.username, password=spec.password, **settings)
+                              username=spec.username, password=spec.password,
+                              connection_class=PrimaryConnection, **settings)
 
 
 def is_sentinel_pool(pool: Any) -> bool:
