@@ -19,7 +19,7 @@ from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.dashboard.app import create_app
 from tunecluster.store import Store
-from tunecluster.worker.gang import CHECK_S
+from tunecluster.worker.gang import CAUSE_GRACE_S, CHECK_S
 
 from .conftest import FAST_LIVENESS, cli, run_job
 from .invariants import assert_exactly_once
@@ -268,3 +268,54 @@ def test_consecutive_gang_trials_run_on_members_started_ahead(tmp_path: Path) ->
                      for t in results["trials"]]
         assert len(set(processes)) == 3  # a fresh member process for every gang trial
         assert_exactly_once(store, results["job"], 3)
+
+
+# docs/how-it-works.md: "Collectives also time out after 300 s
+# (TUNECLUSTER_COLLECTIVE_TIMEOUT_S)". Set short here, and below the 10 s after which
+# TensorFlow's coordination service declares a task that stopped beating unhealthy (a
+# frozen process beats no more: that check would end the gang too, with another error).
+# The margin covers the survivor's grace for the member that knows why
+# (gang.CAUSE_GRACE_S), the step in flight and this 2-core machine's scheduling delays.
+COLLECTIVE_TIMEOUT_S = 5.0
+
+
+@pytest.mark.timeout(300)
+def test_a_member_that_stops_answering_ends_the_gang_after_the_collective_timeout(
+        tmp_path: Path) -> None:
+    """A member's trial process frozen (SIGSTOP) while its worker beats on: no crash, no
+    silent worker, so neither the workers' peer check nor the member's worker can tell.
+    The survivor's next collective waits for it and fails after the collective timeout;
+    the attempt is retried from its checkpoint (a lost member, never a FAILED trial)."""
+    env = {**FAST_LIVENESS, "TUNECLUSTER_COLLECTIVE_TIMEOUT_S": str(COLLECTIVE_TIMEOUT_S)}
+    with LocalCluster(workers=2, artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs",
+                      env=env) as c:
+        store = Store.from_url(c.url)
+        job = submit(store, prepare_job(_spec(tmp_path, "frozen", workers=2, epochs=6), []))
+        _, members = _members_at_epoch(store, job, 2)
+        survivor = _gang_process(_worker_pid(store, members[0]["worker"]))
+        frozen = _gang_process(_worker_pid(store, members[1]["worker"]))
+        frozen_at = time.monotonic()
+        frozen.suspend()
+        try:
+            _until(lambda: _gone(survivor), timeout=COLLECTIVE_TIMEOUT_S + 60, every=0.05)
+            ended_s = time.monotonic() - frozen_at
+        finally:
+            if not _gone(frozen):
+                frozen.resume()
+        assert ended_s < COLLECTIVE_TIMEOUT_S + CAUSE_GRACE_S + MARGIN_S, (
+            f"the gang ended {ended_s:.1f}s after its member froze; the collective timeout"
+            f" is {COLLECTIVE_TIMEOUT_S:g}s (+{CAUSE_GRACE_S:g}s grace, {MARGIN_S:g}s margin)")
+        _until(lambda: _gone(frozen), timeout=30)  # its worker killed it, frozen as it was
+        results = wait(store, job, timeout_s=180)
+        (trial,) = results["trials"]
+        assert trial["state"] == "COMPLETED" and trial["attempts"] == 2, trial
+        assert trial["resumed_from_epoch"] >= 2  # from the checkpoint, not from scratch
+        error = store.client.lrange(store.keys.trial_errors(job, trial["trial"]), 0, -1)[0]
+        # the collective's own deadline ended it (not the coordination service's heartbeat
+        # check: UnavailableError, "stopped sending heartbeats")
+        assert "a gang member was lost: DeadlineExceededError" in error, error
+        assert sorted(int(e) for e in store.jobs.epochs(job, trial["trial"])) == list(
+            range(1, 7))
+        assert_exactly_once(store, job, 1)
+        print(f"\nfrozen member: the gang ended {ended_s:.1f}s after SIGSTOP (collective"
+              f" timeout {COLLECTIVE_TIMEOUT_S:g}s)")
