@@ -1,6 +1,8 @@
 """A real Redis server started by tunecluster itself, on a free loopback port.
 
 Used by ``tunecluster run`` (the embedded default), ``tunecluster up`` and by the tests.
+``ReplicatedRedis`` is the high-availability set the Sentinel tests run: a primary, a
+replica and three sentinels, reached with a ``redis+sentinel://`` URL.
 The binary is ``$TUNECLUSTER_REDIS_SERVER``, else ``redis-server`` on PATH (``make
 install`` puts one there on Debian/Ubuntu with apt).
 
@@ -21,6 +23,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import redis
 
 CANDIDATES = ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server")
 CONF_NAME = "tunecluster-redis.conf"
@@ -54,8 +58,9 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, *, appendonly: bool = False,
                  password: str | None = None, data_dir: str | Path | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, replica_of: int | None = None) -> None:
         self.port = port or free_port()
+        self.replica_of = replica_of  # the port of a primary on 127.0.0.1 to replicate
         self.appendonly = appendonly
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="tunecluster-redis-"))
@@ -74,37 +79,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [find_redis_server()]
-        if self.password:
-            write_private(self.conf, f"requirepass {self.password}\n")
+        conf = ""
+        if self.password:  # masterauth too: any server of a replicated set may be a replica
+            conf += f"requirepass {self.password}\nmasterauth {self.password}\n"
+        if self.replica_of:
+            conf += f"replicaof 127.0.0.1 {self.replica_of}\n"
+        if conf:
+            write_private(self.conf, conf)
             args.append(str(self.conf))  # redis-server takes its config file first
         args += ["--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "everysec", "--protected-mode", "yes", *self.extra]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not listen on port {self.port} within 10s")
+        self.process = _spawn(args, self.port)
+        return self
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        _stop(self.process, kill)
         self.process = None
 
     def close(self) -> None:
@@ -117,6 +108,36 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
+    """Start a server and wait until it listens on ``port`` (10 s at most)."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    _stop(process, kill=True)
+    raise RuntimeError(f"redis-server did not listen on port {port} within 10s")
+
+
+def _stop(process: subprocess.Popen[bytes] | None, kill: bool) -> None:
+    if process is not None and process.poll() is None:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 def _stored_password(data_dir: Path) -> str | None:
@@ -137,3 +158,114 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+class SentinelServer:
+    """One Redis Sentinel on a free loopback port, monitoring the primary at
+    ``127.0.0.1:primary_port`` as ``service``. Its config file (mode 0600: it holds the
+    primary's password) is in its own directory: Sentinel rewrites it as it learns."""
+
+    def __init__(self, primary_port: int, *, service: str = "tunecluster",
+                 password: str | None = None, quorum: int = 2, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.primary_port, self.service, self.password = primary_port, service, password
+        self.quorum, self.down_after_ms = quorum, down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.data_dir = Path(tempfile.mkdtemp(prefix="tunecluster-sentinel-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelServer:
+        s = self.service
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.data_dir}",
+                 f"sentinel monitor {s} 127.0.0.1 {self.primary_port} {self.quorum}",
+                 f"sentinel down-after-milliseconds {s} {self.down_after_ms}",
+                 f"sentinel failover-timeout {s} {self.failover_timeout_ms}",
+                 f"sentinel parallel-syncs {s} 1"]
+        if self.password:
+            lines.append(f"sentinel auth-pass {s} {self.password}")
+        conf = self.data_dir / "sentinel.conf"
+        write_private(conf, "\n".join(lines) + "\n")
+        self.process = _spawn([find_redis_server(), str(conf), "--sentinel"], self.port)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        _stop(self.process, kill)
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def sentinel_url(ports: list[int], service: str, password: str | None = None,
+                 db: int = 0) -> str:
+    """The ``redis+sentinel://`` URL of ``service`` behind the sentinels on ``ports``."""
+    auth = f":{password}@" if password else ""
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+    return f"redis+sentinel://{auth}{hosts}/{service}/{db}"
+
+
+class ReplicatedRedis:
+    """A primary (AOF), a replica of it and ``sentinels`` sentinels (quorum 2 of 3), all
+    on loopback with one password; ``url`` reaches the primary through the sentinels.
+    ``with ReplicatedRedis() as ha: ...``: every server is stopped and removed on exit."""
+
+    def __init__(self, *, service: str = "tunecluster", sentinels: int = 3,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+        self.service, self.password = service, new_password()
+        # No wait before the first sync (Redis waits 5 s for more replicas by default).
+        self.primary = RedisServer(appendonly=True, password=self.password,
+                                   extra=["--repl-diskless-sync-delay", "0"])
+        self.replica = RedisServer(appendonly=True, password=self.password,
+                                   replica_of=self.primary.port)
+        self.sentinels = [SentinelServer(self.primary.port, service=service,
+                                         password=self.password, quorum=min(2, sentinels),
+                                         down_after_ms=down_after_ms,
+                                         failover_timeout_ms=failover_timeout_ms)
+                          for _ in range(sentinels)]
+
+    @property
+    def url(self) -> str:
+        return sentinel_url([s.port for s in self.sentinels], self.service, self.password)
+
+    def start(self) -> ReplicatedRedis:
+        try:
+            for server in (self.primary, self.replica, *self.sentinels):
+                server.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def ready(self) -> bool:
+        """Whether a failover could happen now, losing nothing written before: the
+        replica is in sync and every sentinel knows it and the other sentinels (they find
+        each other through the primary, in a few seconds)."""
+        try:
+            with redis.Redis(port=self.replica.port, password=self.password,
+                             socket_timeout=1, decode_responses=True) as r:
+                if r.info("replication").get("master_link_status") != "up":
+                    return False
+        except redis.RedisError:
+            return False
+        for s in self.sentinels:
+            try:
+                with redis.Redis(port=s.port, socket_timeout=1, decode_responses=True) as r:
+                    state = r.sentinel_master(self.service)
+            except redis.RedisError:
+                return False
+            if (int(state.get("num-slaves", 0)) < 1
+                    or int(state.get("num-other-sentinels", 0)) < len(self.sentinels) - 1):
+                return False
+        return True
+
+    def close(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.close()
+
+    def __enter__(self) -> ReplicatedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
