@@ -6,23 +6,62 @@
 - ``StoreError``: the control plane holds something we cannot read (foreign or corrupt data).
 - ``JobFailed`` / ``JobCancelled``: a job waited for ended without completing.
 
+Every error tunecluster raises on purpose is a ``TuneclusterError`` (classes defined in
+upper layers subclass these, keeping a builtin base such as ``ValueError`` where callers
+catch that), and each carries its behaviour as class attributes: ``exit_code``, the CLI's
+exit status for it (``cli.common.handle_errors`` reads it), and ``retryable``, whether
+the work it interrupted may run again and succeed (a trial's process that reports a
+retryable error is ``lost`` and its trial retried elsewhere; any other ends it FAILED).
+
 ``ExitCode`` is every exit status of the CLI, in one place.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from tunecluster.states import JobState
 
 
+class ExitCode(IntEnum):
+    """The exit status of every ``tunecluster`` command (the README's CLI section lists
+    them). A command that waits for a job exits with the code of the job's end."""
+
+    OK = 0  # done; a waited-for job completed
+    ERROR = 1  # any other error (a missing job, unreadable data in Redis, ...)
+    USAGE = 2  # bad input: a job file, an override, an argument; nothing was queued
+    JOB_FAILED = 3
+    JOB_CANCELLED = 4
+    TIMED_OUT = 5  # --timeout passed before the job ended (it keeps running)
+    UNREACHABLE = 6  # Redis (the cluster's control plane) did not answer
+    INTERRUPTED = 130  # Ctrl-C: the job `run` started was cancelled
+
+    @classmethod
+    def for_state(cls, state: str) -> ExitCode:
+        """The code for a job that ended in ``state``."""
+        return {JobState.COMPLETED: cls.OK, JobState.FAILED: cls.JOB_FAILED,
+                JobState.CANCELLED: cls.JOB_CANCELLED}.get(state, cls.ERROR)
+
+
 class TuneclusterError(Exception):
-    """Base of every error tunecluster raises on purpose."""
+    """Base of every error tunecluster raises on purpose.
+
+    ``exit_code``: the CLI's exit status when it ends a command; ``retryable``: whether
+    the work it interrupted may be tried again (no: the input or the trial is at fault);
+    ``label``: the word the CLI's one stderr line starts with.
+    """
+
+    exit_code: ClassVar[ExitCode] = ExitCode.ERROR
+    retryable: ClassVar[bool] = False
+    label: ClassVar[str] = "error"
 
 
 class SpecError(TuneclusterError, ValueError):
     """A job spec (or override) is invalid. ``str()`` is one line naming the field."""
+
+    exit_code = ExitCode.USAGE
+    label = "spec error"
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
@@ -35,7 +74,10 @@ class TrialFailed(TuneclusterError):
 
 
 class WorkerLost(TuneclusterError):
-    """The trial's process died; the chief may retry the trial elsewhere."""
+    """The trial's attempt was lost (its process died, its lease expired, a gang member
+    went): the trial may run again elsewhere, within the job's retry budget."""
+
+    retryable = True
 
 
 class StoreError(TuneclusterError):
@@ -64,33 +106,21 @@ class JobFailed(JobNotCompleted, RuntimeError):
     """The job ended ``failed`` (its trials kept failing, or the chief gave up on it); a
     ``RuntimeError`` too, which KerasTuner's search raises for trials that kept failing."""
 
+    exit_code = ExitCode.JOB_FAILED
+
 
 class JobCancelled(JobNotCompleted):
     """The job ended ``cancelled``."""
 
+    exit_code = ExitCode.JOB_CANCELLED
+
 
 class WaitTimeout(TuneclusterError, TimeoutError):
-    """Waiting for a job gave up after the caller's timeout; the job keeps running."""
+    """Waiting for a job gave up after the caller's timeout; the job keeps running (and
+    may be waited for again)."""
 
-
-class ExitCode(IntEnum):
-    """The exit status of every ``tunecluster`` command (the README's CLI section lists
-    them). A command that waits for a job exits with the code of the job's end."""
-
-    OK = 0  # done; a waited-for job completed
-    ERROR = 1  # any other error (a missing job, unreadable data in Redis, ...)
-    USAGE = 2  # bad input: a job file, an override, an argument; nothing was queued
-    JOB_FAILED = 3
-    JOB_CANCELLED = 4
-    TIMED_OUT = 5  # --timeout passed before the job ended (it keeps running)
-    UNREACHABLE = 6  # Redis (the cluster's control plane) did not answer
-    INTERRUPTED = 130  # Ctrl-C: the job `run` started was cancelled
-
-    @classmethod
-    def for_state(cls, state: str) -> ExitCode:
-        """The code for a job that ended in ``state``."""
-        return {JobState.COMPLETED: cls.OK, JobState.FAILED: cls.JOB_FAILED,
-                JobState.CANCELLED: cls.JOB_CANCELLED}.get(state, cls.ERROR)
+    exit_code = ExitCode.TIMED_OUT
+    retryable = True
 
 
 def not_completed(job: str, results: dict[str, Any]) -> JobNotCompleted:

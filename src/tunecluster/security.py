@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from urllib.parse import unquote, urlsplit
 
+from tunecluster.errors import TuneclusterError
+
 REQUIRE_PASSWORD_ENV = "TUNECLUSTER_REQUIRE_PASSWORD"
 MIN_PASSWORD_LENGTH = 16
 # Passwords that appear in tunecluster's examples and docs, and their obvious variants.
@@ -21,7 +23,7 @@ EXAMPLE_PASSWORDS = frozenset({
 })
 
 
-class InsecureSetting(ValueError):
+class InsecureSetting(TuneclusterError, ValueError):
     """A role refuses to start with this setting."""
 
 

@@ -12,7 +12,7 @@ import click
 import redis
 
 from tunecluster import defaults
-from tunecluster.errors import ExitCode, SpecError, StoreError, WaitTimeout
+from tunecluster.errors import ExitCode, TuneclusterError
 
 
 def fail(message: str, code: int) -> None:
@@ -21,27 +21,21 @@ def fail(message: str, code: int) -> None:
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Every failure becomes one line on stderr and an ``ExitCode``: USAGE for bad
-    input, UNREACHABLE when Redis does not answer, TIMED_OUT for a --timeout, ERROR for
-    the rest."""
+    """Every failure becomes one line on stderr and an ``ExitCode``: a
+    ``TuneclusterError`` names its own (``exit_code``: USAGE for bad input, TIMED_OUT for
+    a --timeout, ...), UNREACHABLE when Redis does not answer, ERROR for the rest."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from tunecluster.store import AuthFailed, redact
+        from tunecluster.store import redact
 
         try:
             return func(*args, **kwargs)
-        except SpecError as exc:
-            fail(f"spec error: {exc}", ExitCode.USAGE)
-        except AuthFailed as exc:
-            fail(f"error: {exc}", ExitCode.ERROR)
-        except StoreError as exc:
-            fail(f"error: {exc}", ExitCode.ERROR)
+        except TuneclusterError as exc:
+            fail(f"{exc.label}: {exc}", exc.exit_code)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             url = kwargs.get("redis_url") or defaults.REDIS_URL
             fail(f"error: cannot reach Redis at {redact(url)} ({exc})", ExitCode.UNREACHABLE)
-        except WaitTimeout as exc:
-            fail(f"error: {exc}", ExitCode.TIMED_OUT)
         except (FileNotFoundError, TimeoutError, ValueError) as exc:
             fail(f"error: {exc}", ExitCode.ERROR)
 
@@ -88,7 +82,7 @@ def checked_job_id(_ctx: click.Context, _param: click.Parameter, value: str | No
     try:
         return None if value is None else check_job_id(value, "JOB")
     except InvalidId as exc:
-        fail(f"error: {exc}", 2)
+        fail(f"error: {exc}", ExitCode.USAGE)
         raise  # not reached: fail exits
 
 
@@ -100,7 +94,7 @@ def checked_trial_ids(_ctx: click.Context, _param: click.Parameter,
     try:
         return tuple(check_trial_id(v, "--trial") for v in values)
     except InvalidId as exc:
-        fail(f"error: {exc}", 2)
+        fail(f"error: {exc}", ExitCode.USAGE)
         raise  # not reached: fail exits
 
 

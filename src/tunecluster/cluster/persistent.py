@@ -34,12 +34,13 @@ from typing import Any
 
 from tunecluster import defaults
 from tunecluster.cluster.redis_server import RedisServer, new_password, write_private
+from tunecluster.errors import TuneclusterError
 
 STATE_ENV = "TUNECLUSTER_CLUSTER_FILE"
 STOP_GRACE_S = 10.0  # a worker releases its running trials on SIGTERM; then SIGKILL
 
 
-class ClusterError(RuntimeError):
+class ClusterError(TuneclusterError, RuntimeError):
     """``up`` when one is up already, ``down`` when none is."""
 
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tunecluster.errors import TuneclusterError
 
-class DataError(ValueError):
+
+class DataError(TuneclusterError, ValueError):
     """Data cannot be loaded or split as the job asks."""
 
 

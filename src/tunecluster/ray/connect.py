@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 
+from tunecluster.errors import TuneclusterError
 from tunecluster.ray.reach import reachable
 from tunecluster.spec.models import JobSpec
 
@@ -27,7 +28,7 @@ _ray_lock = threading.Lock()  # ray.init is process-wide
 _connected: str | None = None  # the address this process's Ray connection was made for
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(TuneclusterError, RuntimeError):
     """Ray cannot be used for this job (not installed, unreachable, another address)."""
 
 

@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tunecluster import defaults
+from tunecluster.errors import TuneclusterError
 from tunecluster.store import sentinel
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ ROLE_TIMEOUT_S = float(os.environ.get("TUNECLUSTER_REDIS_TIMEOUT_S", "10"))
 OUTAGE_NOTE_S = 60.0  # while an outage lasts, a line this often
 
 
-class AuthFailed(RuntimeError):
+class AuthFailed(TuneclusterError, RuntimeError):
     """Redis refused our credentials (or demanded some): nothing will work until fixed."""
 
 

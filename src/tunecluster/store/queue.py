@@ -38,6 +38,7 @@ from typing import Any
 
 import redis
 
+from tunecluster.errors import WorkerLost
 from tunecluster.ids import is_job_id, is_trial_id
 from tunecluster.states import TrialState
 from tunecluster.store import codec, queue_scripts, telemetry
@@ -113,7 +114,7 @@ def gang_members(raw: str | None) -> list[dict[str, str]]:
             for m in members if isinstance(m, dict)]
 
 
-class LostLease(RuntimeError):
+class LostLease(WorkerLost, RuntimeError):
     """This attempt no longer owns the trial (its lease expired and it was reaped)."""
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import signal
 
+from tunecluster.errors import TuneclusterError, WorkerLost
 
-class TrialAborted(RuntimeError):
-    """The worker killed a trial's process: its job was cancelled or it ran too long."""
+
+class TrialAborted(TuneclusterError, RuntimeError):
+    """The worker killed a trial's process: its job was cancelled or it ran too long.
+    Not retryable: the trial is recorded final (``state``)."""
 
     def __init__(self, state: str, reason: str) -> None:
         super().__init__(reason)
@@ -22,7 +25,10 @@ class GangEnded(TrialAborted):
         super().__init__("", reason)
 
 
-class ChildDied(RuntimeError):
+class ChildDied(WorkerLost, RuntimeError):
+    """The trial's process died under the worker (a crash, the OOM killer): the attempt
+    is lost and the trial retried, as for any ``WorkerLost``."""
+
     def __init__(self, exitcode: int | None) -> None:
         self.exitcode = exitcode
         if exitcode is not None and exitcode < 0:
