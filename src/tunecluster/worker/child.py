@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
+from tunecluster.errors import TrialFailed, WorkerLost
 from tunecluster.states import TrialState
 from tunecluster.testhook import stop_here
 
@@ -30,6 +31,8 @@ KEEP_JOBS = 2  # job runtimes (data + adapt statistics) kept warm per child
 GANG_MEMBER_ENV = "TUNECLUSTER_GANG_MEMBER"
 WATCHDOG_S = 0.5  # how often the trial process checks that its worker still lives
 PR_SET_PDEATHSIG = 1
+# The outcomes of an attempt that did not finish (``outcome_of``): retried, or final.
+LOST, FAILED = "lost", TrialState.FAILED.lower()
 
 log = logging.getLogger("tunecluster.trial")
 
@@ -142,15 +145,38 @@ def _receive(conn: Connection) -> dict[str, Any] | None:
 
 def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker: str,
             message: Mapping[str, Any]) -> dict[str, Any]:
-    from tunecluster.artifacts import relative_to_root
-    from tunecluster.errors import TrialFailed
-    from tunecluster.store import Claim, LostLease
-    from tunecluster.worker.strategy import lost_a_peer
-    from tunecluster.worker.trial import TrialRequest, run_trial
+    """Run the claim ``message`` names; its outcome as the worker is told it."""
+    from tunecluster.store import Claim
 
     claim = Claim(message["job"], message["trial"], int(message["attempt"]),
                   dict(message.get("values") or {}), gang=message.get("gang"),
                   rank=int(message.get("rank") or 0))
+    try:
+        return _run_claim(store, runtimes, artifacts, worker, claim, message)
+    except (WorkerLost, TrialFailed) as exc:
+        return outcome_of(exc)
+
+
+def outcome_of(exc: WorkerLost | TrialFailed) -> dict[str, Any]:
+    """An attempt that did not finish, as the worker is told it: ``lost`` when the
+    error is retryable (a ``WorkerLost``: the trial runs again elsewhere), else
+    ``failed``. The one place that tells the two apart; ``reported_error`` reads it."""
+    return {"outcome": LOST if exc.retryable else FAILED, "error": str(exc)}
+
+
+def reported_error(outcome: Mapping[str, Any]) -> WorkerLost | TrialFailed | None:
+    """The error of an outcome that ``outcome_of`` wrote (None: the attempt finished)."""
+    kind = {LOST: WorkerLost, FAILED: TrialFailed}.get(outcome.get("outcome"))
+    return None if kind is None else kind(str(outcome.get("error") or ""))
+
+
+def _run_claim(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker: str,
+               claim: Any, message: Mapping[str, Any]) -> dict[str, Any]:
+    """Train ``claim`` and record it; ``WorkerLost`` or ``TrialFailed`` when it did not
+    finish (recorded, or released, as each says)."""
+    from tunecluster.artifacts import relative_to_root
+    from tunecluster.worker.trial import TrialRequest, run_trial
+
     reporter: Any = RedisReporter(store, claim, worker)
     if claim.gang:
         from tunecluster.worker.gang import GangFollower, GangLeader
@@ -165,30 +191,10 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
                                parent_model=_parent_model(store, artifacts, claim),
                                rank=claim.rank)
         result = run_trial(rt, request, reporter)
-    except LostLease as exc:
-        return {"outcome": "lost", "error": str(exc)}
+    except WorkerLost:
+        raise  # LostLease: this attempt was reaped; the chief retries the trial
     except Exception as exc:  # noqa: BLE001 - any failure of the trial is the trial's
-        kind = "" if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: "
-        message_text = kind + (str(exc).strip().splitlines() or [""])[0][:500]
-        if claim.gang and lost_a_peer(exc):
-            # TensorFlow saw a member go before the worker's own check did: the attempt
-            # is retried from its checkpoint, as for a lost worker (refused, and harmless,
-            # when the check or the crashed member's worker already released it).
-            from tunecluster.worker.gang import release_lost_peer
-
-            release_lost_peer(store, claim, worker,
-                              f"rank {claim.rank}: a gang member was lost: {message_text}")
-            return {"outcome": "lost", "error": message_text}
-        if claim.rank > 0:
-            # Only rank 0 records the trial; a member that failed ends the attempt for
-            # every member (rank 0 would wait on it in its next collective).
-            store.queue.release(claim.job, claim.trial, f"rank {claim.rank}: {message_text}",
-                                worker=worker, attempt=claim.attempt)
-            return {"outcome": "failed", "error": message_text}
-        if not store.queue.finish(claim, worker, TrialState.FAILED, {
-                "error": message_text, "traceback": traceback.format_exc()[-4000:]}):
-            return refused(claim, "failed")
-        return {"outcome": "failed", "error": message_text}
+        raise _failure(store, claim, worker, exc) from exc
     if claim.rank > 0:  # rank 0 records the trial
         return {"outcome": "member", "timings": result.timings}
     state = TrialState.CANCELLED if reporter.cancelled else TrialState.COMPLETED
@@ -219,17 +225,50 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
     fields["overhead"] = overhead
     stop_here("finish")  # a test hook, inert unless set (tunecluster/testhook.py)
     if not store.queue.finish(claim, worker, state, fields):
-        return refused(claim, state.lower())
+        raise lost_finish(claim, state.lower())
     return {"outcome": state.lower(), "timings": result.timings, "overhead": overhead}
 
 
-def refused(claim: Any, outcome: str) -> dict[str, Any]:
+def _failure(store: Any, claim: Any, worker: str, exc: Exception) -> WorkerLost | TrialFailed:
+    """What the exception ``exc`` that ended the trial makes of the attempt, once
+    recorded: called inside its ``except`` (the traceback is recorded)."""
+    from tunecluster.worker.strategy import lost_a_peer
+
+    kind = "" if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: "
+    message_text = kind + (str(exc).strip().splitlines() or [""])[0][:500]
+    if claim.gang and lost_a_peer(exc):
+        # TensorFlow saw a member go before the worker's own check did: the attempt
+        # is retried from its checkpoint, as for a lost worker (refused, and harmless,
+        # when the check or the crashed member's worker already released it).
+        from tunecluster.worker.gang import release_lost_peer
+
+        release_lost_peer(store, claim, worker,
+                          f"rank {claim.rank}: a gang member was lost: {message_text}")
+        return WorkerLost(message_text)
+    if claim.rank > 0:
+        # Only rank 0 records the trial; a member that failed ends the attempt for
+        # every member (rank 0 would wait on it in its next collective).
+        store.queue.release(claim.job, claim.trial, f"rank {claim.rank}: {message_text}",
+                            worker=worker, attempt=claim.attempt)
+        return TrialFailed(message_text)
+    if not store.queue.finish(claim, worker, TrialState.FAILED, {
+            "error": message_text, "traceback": traceback.format_exc()[-4000:]}):
+        return lost_finish(claim, FAILED)
+    return TrialFailed(message_text)
+
+
+def lost_finish(claim: Any, outcome: str) -> WorkerLost:
     """A finish the queue refused: another attempt owns the trial now (this one's lease
     expired and it was reaped). Nothing of this run counts; its files are its own."""
     error = (f"trial {claim.member} attempt {claim.attempt} lost its lease before it"
              f" could record its outcome ({outcome})")
     log.warning(error)
-    return {"outcome": "lost", "error": error}
+    return WorkerLost(error)
+
+
+def refused(claim: Any, outcome: str) -> dict[str, Any]:
+    """The outcome message of a finish the queue refused (``lost_finish``): ``lost``."""
+    return outcome_of(lost_finish(claim, outcome))
 
 
 def _parent_model(store: Any, artifacts: str, claim: Any) -> str | None:
@@ -246,7 +285,6 @@ def _parent_model(store: Any, artifacts: str, claim: Any) -> str | None:
 def _runtime(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, job: str) -> Any:
     from tunecluster import defaults
     from tunecluster.artifacts import file_resolver, prune_file_caches
-    from tunecluster.errors import TrialFailed
     from tunecluster.spec import parse_spec
     from tunecluster.store import codec
     from tunecluster.worker.runtime import JobRuntime

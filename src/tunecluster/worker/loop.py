@@ -37,7 +37,7 @@ from tunecluster.store.connection import Backoff, for_role, retryable, stop_retr
 from tunecluster.store.workers import default_worker_id
 from tunecluster.worker import gang
 from tunecluster.worker.aborts import ChildDied, GangEnded, TrialAborted
-from tunecluster.worker.child import GANG_MEMBER_ENV, child_main, die_with_parent
+from tunecluster.worker.child import GANG_MEMBER_ENV, child_main, die_with_parent, reported_error
 from tunecluster.worker.slots import GPU_MEMORY_ENV
 
 log = logging.getLogger("tunecluster.worker")
@@ -480,8 +480,8 @@ class Worker:
                                      count_attempt=False)
             return
         self.stats["trials"] += 1
-        if outcome.get("outcome") == "lost":
-            log.warning("slot %d: %s lost: %s", slot, claim.member, outcome.get("error"))
+        if (error := reported_error(outcome)) is not None and error.retryable:  # lost
+            log.warning("slot %d: %s lost: %s", slot, claim.member, error)
         else:
             log.info("slot %d: %s %s", slot, claim.member, outcome.get("outcome"))
         if child.trials >= self.trials_per_child or outcome.get("rss_mb", 0) > self.max_rss_mb:
