@@ -120,10 +120,10 @@ def workers_main(url: str, artifacts: str, n: int, trial_s: float, tag: str) -> 
 
 
 def chief_main(url: str, artifacts: str, stats_path: str) -> None:
-    from tunecluster.chief.inbox import ChiefInbox
     from tunecluster.chief.loop import Chief
     from tunecluster.store import Store
     from tunecluster.store.fence import Writes
+    from tunecluster.store.inbox import ChiefInbox
 
     store = Store.from_url(url)
     chief = Chief(store, artifacts)

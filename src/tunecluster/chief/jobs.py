@@ -19,7 +19,7 @@ from tunecluster.spec import parse_spec
 from tunecluster.spec.models import JobSpec
 from tunecluster.states import JobState
 from tunecluster.store import Store
-from tunecluster.store.fence import Fence, Writes
+from tunecluster.store.fence import Fence
 
 log = logging.getLogger("tunecluster.chief")
 
@@ -63,12 +63,12 @@ def load_job(store: Store, job_id: str, fence: Fence) -> HostedJob | None:
             log.error("job %s cannot be read, skipped: %s", job_id, exc)
             store.jobs.quarantine(job_id, f"job cannot be read: {exc}", fence)
         else:
-            Writes().zrem(store.keys.jobs_active, job_id).apply(store.client, fence)
+            store.jobs.drop_active(job_id, fence)
         return None
     if record.state not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING):
         # Every state change to a final state leaves the active set in the same
         # write: one still there is foreign; not read again on every round.
-        Writes().zrem(store.keys.jobs_active, job_id).apply(store.client, fence)
+        store.jobs.drop_active(job_id, fence)
         return None
     try:
         spec = parse_spec(record.spec)

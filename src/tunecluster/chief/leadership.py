@@ -23,13 +23,6 @@ from tunecluster.store.fence import Fence
 # lock keeper stops extending the lock, so a standby can take over.
 STUCK_AFTER_S = 600.0
 
-_RENEW_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-
 
 class ChiefLock:
     """The lock of chief ``chief_id`` (whose token is ``fence``'s), held for ``lock_s``."""
@@ -41,14 +34,12 @@ class ChiefLock:
         self.id = chief_id
         self.lock_s = lock_s
         self.check_s = check_s
-        self._renew_lock = store.client.register_script(_RENEW_LOCK)
         self.progress = time.monotonic()  # last time the main loop got through a tick
         self.next_check = 0.0
 
     def hold(self) -> bool:
         """Take the lock, or extend it if this chief holds it; whether it does now."""
-        return bool(self._renew_lock(keys=[self.store.keys.chief_lock],
-                                     args=[self.id, int(self.lock_s * 1000)]))
+        return self.store.control.hold(self.fence, int(self.lock_s * 1000))
 
     def checked(self, leader: bool) -> bool:
         """Whether this chief holds the lock: asked of Redis before every tick while
@@ -73,13 +64,13 @@ class ChiefLock:
             if time.monotonic() - self.progress > STUCK_AFTER_S:
                 continue
             try:
-                if not self.fence.extend(self.store.client, int(self.lock_s * 1000)):
+                if not self.store.control.extend(self.fence, int(self.lock_s * 1000)):
                     self.next_check = 0.0  # lost: the main loop asks on its next tick
             except Exception:  # noqa: BLE001 - the main loop sees the loss itself
                 pass
 
     def release(self) -> None:
         try:
-            self.fence.release(self.store.client)
+            self.store.control.release(self.fence)
         except redis.RedisError:
             pass

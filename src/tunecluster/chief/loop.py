@@ -35,7 +35,6 @@ import redis
 
 from tunecluster import defaults
 from tunecluster.artifacts import file_resolver
-from tunecluster.chief.inbox import ChiefInbox
 from tunecluster.chief.jobs import HostedJob, load_job, oracle_failed
 from tunecluster.chief.leadership import ChiefLock
 from tunecluster.chief.top_up import top_up
@@ -43,10 +42,9 @@ from tunecluster.engine.finalize import finalize, is_redis_outage, one_line, sum
 from tunecluster.errors import StoreError
 from tunecluster.shutdown import kill_children, on_stop_signal
 from tunecluster.states import OPEN_TRIAL_STATES, JobState, TrialState
-from tunecluster.store import Store, codec, telemetry
-from tunecluster.store.connection import Backoff, for_role, retryable, stop_retrying
-from tunecluster.store.fence import Fence, LostLeadership, StaleState, Writes
-from tunecluster.store.queue import server_ms
+from tunecluster.store import Store, codec
+from tunecluster.store.connection import Backoff, retryable
+from tunecluster.store.fence import LostLeadership, StaleState, Writes
 from tunecluster.store.results import build_results
 
 log = logging.getLogger("tunecluster.chief")
@@ -72,10 +70,10 @@ class Chief:
         self.artifacts = Path(artifacts_root).resolve()
         self.lease_s, self.tick_s, self.lock_s = lease_s, tick_s, lock_s
         self.id = chief_id or f"chief-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.fence = Fence(store.keys.chief_lock, self.id)
+        self.fence = store.control.fence(self.id)
         self.jobs: dict[str, HostedJob] = {}
         self.leader = False
-        self.inbox = ChiefInbox(store, self.id)
+        self.inbox = store.control.inbox(self.id)
         self.stop_event = threading.Event()
         self._resync = True  # (re)load hosted jobs from Redis before the next round
         self._reclaim = False  # inbox entries taken over from other consumers are pending
@@ -109,7 +107,7 @@ class Chief:
 
         if threading.current_thread() is threading.main_thread():
             on_stop_signal("chief", self._stop_now, before_exit=kill_children)
-        for_role(self.store.client, longest_block_s=self.tick_s)
+        self.store.for_role(longest_block_s=self.tick_s)
 
         # Once at start, not on the first submit: KerasTuner's own oracles, with Keras
         # (and so TensorFlow) stood in for, as they never call it (keras_free.py).
@@ -184,8 +182,7 @@ class Chief:
         self._active = self.store.jobs.active()
         for gone in set(self.jobs) - set(self._active):  # ended, deleted, or Ray's
             del self.jobs[gone]
-        Writes().set(self.store.keys.chief_beat, server_ms(self.store.client),
-                     px=int(self.lock_s * 3000)).apply(self.store.client, self.fence)
+        self.store.control.beat(self.fence, int(self.lock_s * 3000))
         if self.inbox.take_over(min_idle_ms=max(2000, int(self.lock_s * 1000))):
             self._reclaim = True
 
@@ -201,8 +198,8 @@ class Chief:
             why = (f"each trial needs {need} workers (resources.workers_per_trial);"
                    f" {self._workers} alive" if 1 < need and self._workers < need else "")
             if why != hosted.waiting:
-                writes = Writes().hset(self.store.keys.job(job_id), "waiting", why)
-                writes.apply(self.store.client, self.fence)
+                self.store.apply(self.store.jobs.stage_waiting(Writes(), job_id, why),
+                                 self.fence)
                 hosted.waiting = why
 
     def stop(self) -> None:
@@ -212,7 +209,7 @@ class Chief:
         """SIGTERM/SIGINT: stop, and retry no Redis call that fails from now on (an
         outage is not waited out; ``shutdown.STOP_S`` bounds the rest)."""
         self.stop()
-        stop_retrying(self.store.client)
+        self.store.stop_retrying()
 
     # --- leadership --------------------------------------------------------------------
 
@@ -228,7 +225,7 @@ class Chief:
         self.jobs.clear()
         self.inbox.ensure_group()
         self._run_id = self._redis_run_id()
-        self._seq = int(self.store.client.get(self.store.keys.chief_seq) or 0)
+        self._seq = self.store.control.seq()
         self.inbox.take_over(min_idle_ms=0)
         self._next_housekeeping = 0.0
         self._next_census = 0.0
@@ -236,7 +233,7 @@ class Chief:
         self._drain(pending=True)
 
     def _redis_run_id(self) -> str:
-        return str(self.store.client.info("server").get("run_id", ""))
+        return self.store.control.run_id()
 
     # --- inbox ----------------------------------------------------------------------------
 
@@ -251,7 +248,6 @@ class Chief:
         re-reads what this chief (or one it took over from) received but never
         acknowledged, until nothing is left.
         """
-        keys = self.store.keys
         while True:
             try:
                 entries = self.inbox.read(pending, None if self._more else block_ms)
@@ -272,12 +268,9 @@ class Chief:
             if entries:
                 self.inbox.acknowledge(writes, [entry_id for entry_id, _ in entries])
             if len(writes):
-                # Telemetry: the round's duration travels in its own commit (fenced, once).
-                writes.extend(telemetry.observe_ops(keys, telemetry.CHIEF_ROUND,
-                                                    time.monotonic() - round_started))
-                writes.apply(self.store.client, self.fence,
-                             request_key=keys.request(secrets.token_hex(12)),
-                             sequence=(keys.chief_seq, self._seq))
+                # the round's duration travels in its own commit (fenced, once)
+                self.store.control.commit(writes, self.fence, self._seq,
+                                          time.monotonic() - round_started)
                 self._seq += 1
             if not (pending and entries):
                 return
@@ -344,15 +337,14 @@ class Chief:
             if hosted.failure and not hosted.failure_saved:
                 # Persisted with the oracle that decided it: a chief restarted during the
                 # wind-down must not start creating trials for this job again.
-                writes.hset(self.store.keys.job(hosted.id), "failure", hosted.failure)
+                self.store.jobs.stage_failure(writes, hosted.id, hosted.failure)
                 hosted.failure_saved = True
             if hosted.dirty and hosted.host is not None:
                 # Only what changed: the oracle's state without its per-trial parts
                 # (a size that does not grow with the trials) and the touched trials.
-                writes.set(self.store.keys.oracle(hosted.id), hosted.host.state_json())
-                if hosted.touched:
-                    writes.hset(self.store.keys.oracle_trials(hosted.id),
-                                mapping=hosted.host.trials_json(hosted.touched))
+                self.store.jobs.stage_oracle(
+                    writes, hosted.id, hosted.host.state_json(),
+                    hosted.host.trials_json(hosted.touched) if hosted.touched else {})
                 hosted.dirty = False
                 hosted.touched.clear()
 

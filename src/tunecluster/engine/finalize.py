@@ -134,9 +134,9 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
                            [row for row in ranked if row["trial"] not in modelless],
                            fence, best_model="best_model" in final["artifacts"])
     writes = publication.stage(Writes(), store.keys)
-    writes.hset(store.keys.job(job), "final", codec.dumps(final))
+    store.jobs.stage_final(writes, job, codec.dumps(final))
     store.jobs.stage_state(writes, job, state, **fields)
-    writes.apply(store.client, fence)
+    store.apply(writes, fence)
     return results
 
 

@@ -10,8 +10,18 @@ from __future__ import annotations
 import redis
 
 from tunecluster.store import telemetry
-from tunecluster.store.connection import AuthFailed, Backoff, connect, raw_client, redact
+from tunecluster.store.connection import (
+    AuthFailed,
+    Backoff,
+    connect,
+    for_role,
+    raw_client,
+    redact,
+    stop_retrying,
+)
+from tunecluster.store.control import ChiefControl
 from tunecluster.store.events import Event, EventLog
+from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.jobs import ACTIVE_STATES, FINAL_STATES, JobRecord, JobStore
 from tunecluster.store.keys import Keys, member, split_member
 from tunecluster.store.queue import Claim, LostLease, TrialQueue, now_ms, server_ms
@@ -26,6 +36,7 @@ class Store:
         self.queue = TrialQueue(client, self.keys)
         self.events = EventLog(client, self.keys)
         self.workers = WorkerRegistry(client, self.keys)
+        self.control = ChiefControl(client, self.keys)
 
     @classmethod
     def from_url(cls, url: str | None = None, retries: int = 20) -> Store:
@@ -43,6 +54,18 @@ class Store:
             return None if beat is None else int(beat)
         except ValueError:  # foreign data: no beat to trust
             return None
+
+    def apply(self, writes: Writes, fence: Fence = Fence.NONE) -> None:
+        """Apply ``writes`` (staged by the parts' ``stage_*``) at once, fenced."""
+        writes.apply(self.client, fence)
+
+    def for_role(self, longest_block_s: float = 1.0) -> None:
+        """A long-running role's client: see ``connection.for_role``."""
+        for_role(self.client, longest_block_s=longest_block_s)
+
+    def stop_retrying(self) -> None:
+        """A role told to stop: see ``connection.stop_retrying``."""
+        stop_retrying(self.client)
 
     def ping(self) -> bool:
         return bool(self.client.ping())

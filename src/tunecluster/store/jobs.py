@@ -96,6 +96,30 @@ class JobStore:
     def exists(self, job: str) -> bool:
         return bool(self.r.exists(self.k.job(job)))
 
+    def drop_active(self, job: str, fence: Fence = Fence.NONE) -> None:
+        """Take ``job`` out of the active set (foreign, or no longer active)."""
+        Writes().zrem(self.k.jobs_active, job).apply(self.r, fence)
+
+    def stage_waiting(self, writes: Writes, job: str, why: str) -> Writes:
+        """Why the job waits (for ``status``), or "" once it no longer does."""
+        return writes.hset(self.k.job(job), "waiting", why)
+
+    def stage_failure(self, writes: Writes, job: str, failure: str) -> Writes:
+        """The search's failure, decided by its oracle (finalized once trials end)."""
+        return writes.hset(self.k.job(job), "failure", failure)
+
+    def stage_oracle(self, writes: Writes, job: str, state_json: str,
+                     trials: Mapping[str, str]) -> Writes:
+        """The oracle's state without its trials, and the trials that changed."""
+        writes.set(self.k.oracle(job), state_json)
+        if trials:
+            writes.hset(self.k.oracle_trials(job), mapping=dict(trials))
+        return writes
+
+    def stage_final(self, writes: Writes, job: str, final_json: str) -> Writes:
+        """The final summary written when the job ends (``results`` reads it)."""
+        return writes.hset(self.k.job(job), "final", final_json)
+
     def states(self, jobs: list[str]) -> list[str | None]:
         """Each job's state (None: no record), in one round trip."""
         pipe = self.r.pipeline(transaction=False)
