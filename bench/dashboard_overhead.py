@@ -147,7 +147,7 @@ def browser_cpu_s() -> float:
 
 def run_once(store: object, job_file: Path, overrides: list[str], page_url: str | None,
              browser: bool) -> tuple[float, int, int, list[float]]:
-    from tunecluster.client import prepare_job, submit, wait
+    from tunecluster.api.submission import prepare_job, submit, wait
 
     prepared = prepare_job(job_file, overrides)
     start = time.monotonic()

@@ -34,7 +34,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 from gang import spec  # bench/: the same job file
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 

@@ -62,7 +62,7 @@ fi
 CUDA_VISIBLE_DEVICES=0 PACK_TRIALS=${PACK_TRIALS:-16} PACK_EPOCHS=${PACK_EPOCHS:-5} \
   PACK_SIZES=${PACK_SIZES:-1 2 4 8} "$PY" - <<'PYEOF'
 import json, os, subprocess, sys, tempfile, time
-from tunecluster.client import PreparedJob, search_space, submit, wait
+from tunecluster.api.submission import PreparedJob, search_space, submit, wait
 from tunecluster.cluster import RedisServer
 from tunecluster.spec import parse_spec
 from tunecluster.store import Store

@@ -66,7 +66,7 @@ def _row(system: str, trials: int, workers: int, window_s: float,
 
 
 def bench_tunecluster(trials: int, workers: int) -> dict[str, Any]:
-    from tunecluster.client import PreparedJob, search_space, submit
+    from tunecluster.api.submission import PreparedJob, search_space, submit
     from tunecluster.cluster import RedisServer
     from tunecluster.spec import parse_spec
     from tunecluster.store import Store

@@ -62,7 +62,7 @@ def start_ray_head(cpus: int, temp: str) -> tuple[subprocess.Popen, str]:
 
 
 def run_tunecluster(address: str, overrides: list[str], art: str) -> dict:
-    from tunecluster.client import prepare_job, submit, wait
+    from tunecluster.api.submission import prepare_job, submit, wait
     from tunecluster.cluster import LocalCluster
     from tunecluster.store import Store
 

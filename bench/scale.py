@@ -212,7 +212,7 @@ def _aof_bytes(store: Any) -> int:
 
 def _run(url: str, workers: int, trial_s: float, trials: int, procs: int | None,
          timeout_s: float, aof: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    from tunecluster.client import PreparedJob, search_space, submit
+    from tunecluster.api.submission import PreparedJob, search_space, submit
     from tunecluster.spec import parse_spec
     from tunecluster.store import Store
 
@@ -434,7 +434,7 @@ def _seeded_host(n: int, search: dict[str, Any]) -> Any:
     completed trials (``_seed_completed``)."""
     import random
 
-    from tunecluster.client import search_space
+    from tunecluster.api.submission import search_space
     from tunecluster.engine.oracle_host import OracleHost
     from tunecluster.spec import parse_spec
 

@@ -85,7 +85,7 @@ def _stamp(event_id: str, t0: float) -> float:
 
 
 def run_tunecluster(store: Any, config: str, seed: int, args: argparse.Namespace) -> dict:
-    from tunecluster.client import prepare_job, submit
+    from tunecluster.api.submission import prepare_job, submit
     from tunecluster.store.results import build_results
 
     ends: list[list[float]] = []
@@ -137,7 +137,7 @@ def run_tunecluster(store: Any, config: str, seed: int, args: argparse.Namespace
 
 def warm_up(store: Any, trials: int = 4) -> None:
     """The workers' trial processes import TensorFlow and train before any clock."""
-    from tunecluster.client import prepare_job, submit
+    from tunecluster.api.submission import prepare_job, submit
 
     job = submit(store, prepare_job(SPEC, ["train.epochs=1", "search.max_trials=50",
                                            "search.objective=val_accuracy"]))

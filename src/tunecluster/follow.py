@@ -74,7 +74,7 @@ def run_on(url: str, spec: str, overrides: tuple[str, ...], timeout_s: float | N
     the job (and, on a cluster that stays up, waits for it to end) and raises
     ``Interrupted``."""
     from tunecluster.api import Client
-    from tunecluster.client import prepare_job
+    from tunecluster.api.submission import prepare_job
     from tunecluster.store.connection import redact
 
     job_id = None

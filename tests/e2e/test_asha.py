@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from tunecluster import defaults
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.artifacts import trial_dir
-from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.errors import SpecError
 from tunecluster.store import Store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.data import load_splits
 from tunecluster.spec import load_spec_file
 from tunecluster.store.results import FIELDS

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster, RedisServer
 from tunecluster.store import Claim, Store
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster, RedisServer
 from tunecluster.dashboard.app import create_app
 from tunecluster.dashboard.hub import CLIENT_NAME

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.cluster.redis_server import free_port
 from tunecluster.store import Store

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunecluster.client import prepare_job, search_space, submit, wait
+from tunecluster.api.submission import prepare_job, search_space, submit, wait
 from tunecluster.spec import parse_spec
 from tunecluster.store import Store, member, raw_client
 

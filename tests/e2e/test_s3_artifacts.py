@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.artifact_store import S3Store
-from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 from tunecluster.store.results import leaderboard

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tunecluster.client import prepare_job, submit, wait
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.cluster.redis_server import ReplicatedRedis
 from tunecluster.store import Store, connect, raw_client

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tunecluster.client import prepare_job, submit
+from tunecluster.api.submission import prepare_job, submit
 from tunecluster.cluster import RedisServer
 from tunecluster.store import Store
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tunecluster.api.submission import prepare_job, submit, wait
 from tunecluster.artifacts import CHECKPOINT
-from tunecluster.client import prepare_job, submit, wait
 from tunecluster.cluster import LocalCluster
 from tunecluster.store import Store
 from tunecluster.worker.child import WATCHDOG_S

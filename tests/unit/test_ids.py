@@ -148,7 +148,7 @@ def test_remove_job_artifacts_never_follows_a_symlink_out_of_the_root(tmp_path: 
 
 def test_submit_says_when_a_data_file_is_too_large_to_travel(monkeypatch, tmp_path: Path,
                                                              caplog) -> None:
-    from tunecluster.client import gather_files
+    from tunecluster.api.submission import gather_files
     from tunecluster.spec import parse_spec
 
     big, small = tmp_path / "big.csv", tmp_path / "small.csv"

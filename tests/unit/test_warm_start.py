@@ -76,7 +76,7 @@ def _source_trials(n: int = 3) -> dict[str, str]:
 
 
 def _space(spec) -> dict:
-    from tunecluster.client import search_space
+    from tunecluster.api.submission import search_space
 
     return search_space(spec)
 

@@ -28,7 +28,7 @@ from tunecluster.ids import check_job_id
 from tunecluster.states import JobState, TrialState
 
 if TYPE_CHECKING:
-    from tunecluster.client import PreparedJob
+    from tunecluster.api.submission import PreparedJob
     from tunecluster.spec import JobSpec
     from tunecluster.store import Event, JobRecord, Store
 
@@ -88,7 +88,7 @@ class Client:
         only). ``files`` adds data files to upload (name -> bytes; they must be named by
         ``data``); ``space`` replaces the discovered search space (KerasTuner config).
         """
-        from tunecluster import client as prep
+        from tunecluster.api import submission as prep
         from tunecluster.spec import JobSpec
 
         if isinstance(spec, prep.PreparedJob):
@@ -119,7 +119,7 @@ class Client:
     @staticmethod
     def _prepare(spec: JobSpec, files: Mapping[str, bytes] | None,
                  space: Mapping[str, Any] | None) -> PreparedJob:
-        from tunecluster import client as prep
+        from tunecluster.api import submission as prep
 
         given = dict(files or {})
         named = spec.data_files
@@ -210,7 +210,7 @@ class Job:
         ``.results``); ``raise_on_failure=False`` returns the document whatever the end.
         ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds: the job keeps
         running."""
-        from tunecluster.client import wait
+        from tunecluster.api.submission import wait
         from tunecluster.errors import not_completed
 
         results = wait(self.client.store, self.id, timeout, poll_s)

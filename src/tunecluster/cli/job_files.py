@@ -14,7 +14,7 @@ from tunecluster.cli.common import handle_errors, json_option, print_json, set_o
 @handle_errors
 def validate(spec: str, overrides: tuple[str, ...], no_build: bool) -> None:
     """Check a job file; exit 0 if valid, 2 with a one-line message if not."""
-    from tunecluster.client import prepare_job
+    from tunecluster.api.submission import prepare_job
 
     job = prepare_job(spec, overrides, discover=not no_build)
     n = len(job.space.get("space", []))

@@ -90,7 +90,7 @@ def gather_files(spec: JobSpec) -> dict[str, bytes]:
         if path.stat().st_size <= defaults.MAX_UPLOAD_BYTES:
             files[p] = path.read_bytes()
         else:  # workers read it from their own disk, and only under their data root
-            logging.getLogger("tunecluster.client").warning(
+            logging.getLogger("tunecluster.api").warning(
                 "%s is over %d MiB: not uploaded; every worker must see it at this path,"
                 " under its $%s", p, defaults.MAX_UPLOAD_BYTES // 2**20, defaults.DATA_ROOT_ENV)
     return files
