@@ -109,3 +109,35 @@ def test_a_dataset_of_other_elements_is_refused(tuner: kt.RandomSearch) -> None:
     endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
     assert refused(tuner, endless, validation_data=(x, y)).startswith(
         "x: an endless dataset (repeat()) cannot travel")
+
+
+def build_none(hp):
+    hp.Int("units", 2, 4)
+
+
+def build_text(hp):
+    hp.Int("units", 2, 4)
+    return "a model"
+
+
+def build_layer(hp):
+    hp.Int("units", 2, 4)
+    return keras.layers.Dense(2)
+
+
+@pytest.mark.parametrize(("build", "returned"), [
+    (build_none, "NoneType"), (build_text, "str"), (build_layer, "Dense")])
+def test_a_build_that_returns_no_model_raises_keras_tuners_fatal_type_error(
+        tmp_path: Path, build: object, returned: str) -> None:
+    """KerasTuner stops the search with its ``FatalTypeError`` when ``build`` returns
+    something other than a Keras model; the drop-in raises that type too (and it stays
+    a one-line ``SpecError`` for those who catch ours), before any cluster is asked."""
+    from keras_tuner.errors import FatalTypeError
+
+    tuner = kt.RandomSearch(build, objective="val_accuracy", max_trials=1, cluster=NO_REDIS,
+                            directory=tmp_path, project_name="no-model")
+    x, y = small()
+    with pytest.raises(FatalTypeError, match="return a valid Keras Model") as info:
+        tuner.search(x, y, epochs=1, validation_data=(x, y))
+    assert isinstance(info.value, SpecError)
+    assert returned in str(info.value) and "\n" not in str(info.value)

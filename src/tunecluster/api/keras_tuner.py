@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_tuner import HyperModel, HyperParameters, Objective
+from keras_tuner.errors import FatalTypeError
 
 from tunecluster import defaults
 from tunecluster.api import progress, tuner_on_worker
@@ -39,6 +40,11 @@ from tunecluster.states import JobState
 __all__ = ["HyperModel", "HyperParameters", "Objective", "Tuner"]
 
 _FINAL = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+class BuildReturnedNoModel(SpecError, FatalTypeError):
+    """A build that returns no Keras model: KerasTuner's ``FatalTypeError`` (what its
+    users catch), and our one-line ``SpecError`` on the ``hypermodel`` field."""
 
 
 class Tuner:
@@ -327,7 +333,7 @@ class Tuner:
 
     def _discover_space(self) -> dict[str, Any]:
         """Run the shipped ``build_model`` once here, as KerasTuner does, to learn the space."""
-        from tunecluster.models.custom import ModelCodeError, discover_space
+        from tunecluster.models.custom import ModelCodeError, NotAModel, discover_space
 
         declared = (HyperParameters.from_config(self.hyperparameters.get_config())
                     if self.hyperparameters is not None else HyperParameters())
@@ -338,6 +344,11 @@ class Tuner:
             hp = discover_space(self._source, self._function, declared, "hypermodel.py",
                                 objective=None if own else inputs.objective_names(
                                     self.objective), compiled=not own)
+        except NotAModel as exc:
+            raise BuildReturnedNoModel(
+                "hypermodel", f"{exc.call}: expected the model-building function, or"
+                " HyperModel.build(), to return a valid Keras Model instance; received"
+                f" {exc.returned_type.__name__}") from None
         except ModelCodeError as exc:
             raise SpecError("hypermodel", str(exc)) from None
         new = [p for p in hp.space if p.name not in given]

@@ -31,6 +31,15 @@ class ModelCodeError(TrialFailed):
     """The job's model code does not import, or does not return a compiled model."""
 
 
+class NotAModel(ModelCodeError):
+    """``build_model`` returned something other than a ``keras.Model``."""
+
+    def __init__(self, call: str, returned: object) -> None:
+        super().__init__(f"{call} must return a compiled keras.Model, got"
+                         f" {type(returned).__name__}")
+        self.call, self.returned_type = call, type(returned)
+
+
 def _run_module(source: str, filename: str, prefix: str) -> types.ModuleType:
     """Execute ``source`` in a fresh module named ``<prefix>_<digest>``; ``ModelCodeError``
     (one line) when it does not import."""
@@ -129,9 +138,7 @@ def build_checked(build: Callable[..., Any], hp: Any, function: str = "build_mod
     except Exception as exc:
         raise ModelCodeError(f"{call} raised {_last_line(exc)}") from exc
     if not isinstance(model, keras.Model):
-        raise ModelCodeError(
-            f"{call} must return a compiled keras.Model, got {type(model).__name__}"
-        )
+        raise NotAModel(call, model)
     # a fit or run_trial of the user's own may compile the model itself, or train it
     # without Keras's fit (KerasTuner asks for a keras.Model only)
     # (nor a Model subclass with a fit of its own, which trains it its own way)
