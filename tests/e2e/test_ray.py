@@ -821,8 +821,8 @@ def test_a_stores_settings_pickle_with_the_roles_retry() -> None:
 
     from ray import cloudpickle
 
-    from tunecluster.ray.searcher import store_state
     from tunecluster.store.connection import connect
+    from tunecluster.store.portable import store_state
 
     client = connect("redis://:not-sent@127.0.0.1:9/0", check=False)
     store = type("S", (), {"client": client, "keys": type("K", (), {"p": "tc"})()})()

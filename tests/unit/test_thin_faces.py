@@ -89,5 +89,14 @@ def test_no_face_reads_redis_keys_or_the_raw_client(face: str) -> None:
     assert not found, f"{face} reads Redis around the store: {found}"
 
 
+@pytest.mark.parametrize("module", sorted(
+    str(p.relative_to(PACKAGE)) for folder in ("chief", "engine", "worker", "ray", "api")
+    for p in (PACKAGE / folder).glob("*.py")))
+def test_no_role_writes_redis_around_the_store(module: str) -> None:
+    """The roles and the library too: every Redis key and script is the store's."""
+    found = _raw_redis((PACKAGE / module).read_text())
+    assert not found, f"{module} reaches Redis around the store: {found}"
+
+
 def test_the_raw_redis_check_sees_a_key_read() -> None:
     assert _raw_redis("last = self.store.client.xrevrange(self.store.keys.events(job))")

@@ -133,7 +133,7 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     publication = _publish(store, job, artifacts_root, state,
                            [row for row in ranked if row["trial"] not in modelless],
                            fence, best_model="best_model" in final["artifacts"])
-    writes = publication.stage(Writes(), store.keys)
+    writes = store.jobs.stage_publication(Writes(), publication)
     store.jobs.stage_final(writes, job, codec.dumps(final))
     store.jobs.stage_state(writes, job, state, **fields)
     store.apply(writes, fence)

@@ -242,7 +242,6 @@ class RayJobRunner:
         from tunecluster.ray.searcher import OracleSearcher
         from tunecluster.ray.trainable import TRIAL, TrialTrainable, job_context
         from tunecluster.spec import spec_to_json
-        from tunecluster.store import raw_client
 
         # Results live in Redis: no per-trial json/csv/TensorBoard files, no Tune tables.
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -253,7 +252,7 @@ class RayJobRunner:
         scheduler, scheduler_name = make_scheduler(self.spec)
         searcher = OracleSearcher(self.store, self.job, self.spec, self.space, host,
                                   resume=resume, scheduler_name=scheduler_name)
-        raw = raw_client(self.store.client)
+        raw = self.store.raw()
         files = {name: self.store.jobs.file(raw, self.job, name) for name in self.uploaded}
         ctx = job_context(self.job, spec_to_json(self.spec), self.space, str(self.artifacts),
                           files)

@@ -48,29 +48,14 @@ class Outcome:
 def payload(runner: Any, run: int, address: str | None, status: Path) -> bytes:
     """What the child needs to rebuild ``runner`` and drive run ``run`` (JSON)."""
     from tunecluster.spec import spec_to_json
+    from tunecluster.store.portable import prefix, redis_url
 
     return json.dumps({
-        "redis": redis_url(runner.store.client.connection_pool),
-        "prefix": runner.store.keys.p, "job": runner.job,
+        "redis": redis_url(runner.store), "prefix": prefix(runner.store), "job": runner.job,
         "spec": json.loads(spec_to_json(runner.spec)), "space": runner.space,
         "artifacts": str(runner.artifacts), "uploaded": list(runner.uploaded),
         "chief": runner.chief_id, "run": run, "address": address, "status": str(status),
         "parent": os.getpid()}).encode()
-
-
-def redis_url(pool: Any) -> str:
-    """The URL of the server ``pool`` connects to, credentials included (for the child
-    only: it is never logged, written or put on a command line)."""
-    from urllib.parse import quote
-
-    kw = pool.connection_kwargs
-    user, password = kw.get("username") or "", kw.get("password") or ""
-    auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user or password else ""
-    db = int(kw.get("db") or 0)
-    if kw.get("path"):  # a Unix socket
-        return f"unix://{auth}{kw['path']}?db={db}"
-    scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
-    return f"{scheme}://{auth}{kw.get('host', '127.0.0.1')}:{int(kw.get('port') or 6379)}/{db}"
 
 
 class DriverProcess:

@@ -3,7 +3,7 @@
 Module-level classes (Tune pickles its callbacks and stopper with the experiment; in
 Ray client mode they even run on the cluster), so each carries its Redis connection
 settings, not a live connection, when pickled, and never the password: the process
-that unpickles them takes it from its own environment (``searcher.store_from_state``).
+that unpickles them takes it from its own environment (``store.portable.store_from_state``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 
 from ray import tune
 
-from tunecluster.ray.searcher import epoch_metrics, store_from_state, store_state
+from tunecluster.ray.searcher import epoch_metrics
 from tunecluster.ray.trainable import EPOCH, TRIAL
 from tunecluster.states import TrialState
 from tunecluster.store import Store
+from tunecluster.store.portable import store_from_state, store_state
 from tunecluster.store.ray_records import RAY_CHIEF, RAY_FAILURE, RAY_RUN, RayRecords, ray_worker
 
 CHECK_EVERY_S = 0.5  # how often the stopper reads cancel / failure / ownership
@@ -94,8 +95,7 @@ class JobStopper(tune.Stopper):
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         trial = (result.get("config") or {}).get(TRIAL)
-        return bool(trial) and self.store.client.hget(
-            self.store.keys.trial(self.job, trial), "stop") == "1"
+        return bool(trial) and self.store.jobs.trial_field(self.job, trial, "stop") == "1"
 
     def stop_all(self) -> bool:
         if self._all or (self.local_stop is not None and self.local_stop.is_set()):
@@ -104,10 +104,9 @@ class JobStopper(tune.Stopper):
         if now - self._checked < CHECK_EVERY_S:
             return False
         self._checked = now
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.hmget(self.store.keys.job(self.job), ["cancel", RAY_FAILURE, RAY_CHIEF, RAY_RUN])
-        pipe.get(self.store.keys.chief_lock)
-        (cancel, failure, owner, run), lock = pipe.execute()
+        cancel, failure, owner, run = self.store.jobs.fields(
+            self.job, ["cancel", RAY_FAILURE, RAY_CHIEF, RAY_RUN])
+        lock = self.store.chief()
         # another chief holds the lock: this one was deposed (its own loop may be stalled)
         deposed = lock is not None and lock != self.chief
         self._all = (cancel == "1" or bool(failure) or owner != self.chief

@@ -33,7 +33,7 @@ class RayJobs:
         self.artifacts = Path(artifacts_root).resolve()
         self.chief_id = chief_id
         # the chief's fence (its lock, its token): every write of the Ray path is under it
-        self.fence = fence if fence is not None else Fence(store.keys.chief_lock, chief_id)
+        self.fence = fence if fence is not None else store.control.fence(chief_id)
         self.runners: dict[str, RayJobRunner] = {}
         self._started: dict[str, float] = {}
         self._next_tick = 0.0
@@ -49,10 +49,8 @@ class RayJobs:
         self._next_tick = now + TICK_S
         active = self.store.jobs.active()
         self._forget(set(active))
-        pipe = self.store.client.pipeline(transaction=False)
-        for job in active:
-            pipe.hget(self.store.keys.job(job), "scheduler")
-        for job, scheduler in zip(active, pipe.execute(), strict=True):
+        for job, scheduler in zip(active, self.store.jobs.field(active, "scheduler"),
+                                  strict=True):
             if scheduler != "ray":
                 continue
             runner = self.runners.get(job)

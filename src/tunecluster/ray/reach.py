@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 
 from tunecluster.store import Store
 from tunecluster.store.fence import Fence, Writes
-from tunecluster.store.queue import server_ms
 
 UNREACHABLE_ENV = "TUNECLUSTER_RAY_UNREACHABLE_S"
 UNREACHABLE_S = 600.0  # a job waits this long for its Ray cluster, then fails
@@ -121,10 +120,9 @@ class Waiting:
         if self.since is not None and self.kind == kind:
             return  # the same outage goes on
         self.since, self.kind = time.monotonic(), kind
-        stamp = datetime.fromtimestamp(server_ms(self.store.client) / 1000, UTC)
+        stamp = datetime.fromtimestamp(self.store.now_ms() / 1000, UTC)
         self.line = f"Ray at {self.address} {what} since {stamp:%Y-%m-%d %H:%M:%S} UTC{why}"
         self._write(self.line)
 
     def _write(self, line: str) -> None:
-        Writes().hset(self.store.keys.job(self.job), "waiting", line).apply(
-            self.store.client, self.fence)
+        self.store.apply(self.store.jobs.stage_waiting(Writes(), self.job, line), self.fence)

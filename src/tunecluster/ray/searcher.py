@@ -23,7 +23,6 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import redis
 from ray.tune.search import Searcher
 
 from tunecluster.engine.oracle_host import OracleHost
@@ -39,68 +38,9 @@ from tunecluster.ray.trainable import (
 )
 from tunecluster.spec.models import JobSpec
 from tunecluster.states import TrialState
-from tunecluster.store import Keys, Store, codec
+from tunecluster.store import Store, codec
+from tunecluster.store.portable import store_from_state, store_state
 from tunecluster.store.ray_records import RayRecords, ray_worker
-
-# Credentials never travel inside pickled objects (Ray's object store, Tune's experiment
-# files on the artifacts volume): only where to connect does. The process that rebuilds
-# a Store takes the password from its own environment (TUNECLUSTER_REDIS_URL: the Ray
-# head's pod has it from the Secret), or from the process that pickled it.
-SECRET_KWARGS = ("password", "credential_provider")
-_local_secrets: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-
-def _where(kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db"),
-            kwargs.get("username"))
-
-
-def store_state(store: Store) -> dict[str, Any]:
-    """A Store as picklable connection settings without its credentials (Ray client mode
-    ships these objects; Tune also writes them to the experiment directory)."""
-    from redis.retry import Retry
-
-    pool = store.client.connection_pool
-    kwargs = {}
-    for key, value in pool.connection_kwargs.items():
-        if key in SECRET_KWARGS:
-            continue
-        # settings only: redis-py's helper objects (handlers, registries) are rebuilt
-        if value is None or isinstance(value, (str, bytes, int, float, bool, Retry)) or (
-                isinstance(value, (list, tuple)) and all(isinstance(v, type) for v in value)):
-            kwargs[key] = value
-    secrets = {k: pool.connection_kwargs[k] for k in SECRET_KWARGS
-               if pool.connection_kwargs.get(k) is not None}
-    if secrets:
-        _local_secrets[_where(kwargs)] = secrets
-    return {"class": pool.connection_class, "kwargs": kwargs, "prefix": store.keys.p}
-
-
-def _credentials(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """This process's credentials for the server ``kwargs`` name."""
-    import os
-    from urllib.parse import unquote, urlsplit
-
-    from tunecluster import defaults
-
-    if _where(kwargs) in _local_secrets:  # unpickled where it was pickled
-        return dict(_local_secrets[_where(kwargs)])
-    url = os.environ.get(defaults.REDIS_URL_ENV)
-    if not url:
-        return {}
-    parts = urlsplit(url)
-    out: dict[str, Any] = {}
-    if parts.password is not None:
-        out["password"] = unquote(parts.password)
-    if parts.username and not kwargs.get("username"):
-        out["username"] = unquote(parts.username)
-    return out
-
-
-def store_from_state(state: dict[str, Any]) -> Store:
-    kwargs = {**state["kwargs"], **_credentials(state["kwargs"])}
-    pool = redis.ConnectionPool(connection_class=state["class"], **kwargs)
-    return Store(redis.Redis(connection_pool=pool), Keys(state["prefix"]))
 
 
 def oracle_snapshot(host: OracleHost) -> tuple[str, dict[str, str]]:

@@ -116,16 +116,29 @@ class JobStore:
             writes.hset(self.k.oracle_trials(job), mapping=dict(trials))
         return writes
 
+    def stage_publication(self, writes: Writes, publication: Any) -> Writes:
+        """A job's downloads put in place (``downloads.Publication``) with ``writes``."""
+        return publication.stage(writes, self.k)
+
     def stage_final(self, writes: Writes, job: str, final_json: str) -> Writes:
         """The final summary written when the job ends (``results`` reads it)."""
         return writes.hset(self.k.job(job), "final", final_json)
 
     def states(self, jobs: list[str]) -> list[str | None]:
         """Each job's state (None: no record), in one round trip."""
+        return self.field(jobs, "state")
+
+    def field(self, jobs: list[str], name: str) -> list[str | None]:
+        """One raw field of each job's record (None: absent), in one round trip; the
+        caller decodes it (``cancel``, ``scheduler``, ``spec``)."""
         pipe = self.r.pipeline(transaction=False)
         for job in jobs:
-            pipe.hget(self.k.job(job), "state")
+            pipe.hget(self.k.job(job), name)
         return list(pipe.execute()) if jobs else []
+
+    def fields(self, job: str, names: list[str]) -> list[str | None]:
+        """Some raw fields of one job's record (None: absent), in one round trip."""
+        return list(self.r.hmget(self.k.job(job), names))
 
     def active(self) -> list[str]:
         """Active job ids, highest priority first, then oldest first."""
@@ -395,6 +408,11 @@ class JobStore:
         """The job's trial records (``records.trial_rows``: wrong-typed ones skipped)."""
         ids = self.trial_ids(job)
         return trial_rows(ids, hashes(self.r, [self.k.trial(job, t) for t in ids]))
+
+    def trial_field(self, job: str, trial: str, name: str) -> str | None:
+        """One raw field of a trial's record (None: absent)."""
+        value = self.r.hget(self.k.trial(job, trial), name)
+        return None if value is None else str(value)
 
     def trial(self, job: str, trial: str) -> dict[str, str]:
         return read_or({}, self.r.hgetall, self.k.trial(job, trial))

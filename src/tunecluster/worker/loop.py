@@ -33,7 +33,7 @@ from tunecluster.artifact_store import is_url
 from tunecluster.shutdown import STOP_S, kill_children, on_stop_signal
 from tunecluster.states import TrialState
 from tunecluster.store import Claim, Store, codec, now_ms
-from tunecluster.store.connection import Backoff, for_role, retryable, stop_retrying
+from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.workers import default_worker_id
 from tunecluster.worker import gang
 from tunecluster.worker.aborts import ChildDied, GangEnded, TrialAborted
@@ -206,7 +206,7 @@ class Worker:
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
             on_stop_signal("worker", self._stop_now, before_exit=kill_children)
-        for_role(self.store.client)
+        self.store.for_role()
         log.info("worker %s starting with %d slot(s)", self.worker_id, self.slots)
         for child in self.children:
             child.ensure()  # the trial processes import TensorFlow while we register
@@ -243,7 +243,7 @@ class Worker:
         """SIGTERM/SIGINT: trial processes first, then the loops; Redis calls that fail
         from now on are not retried (an outage is not waited out)."""
         self.stopping.set()
-        stop_retrying(self.store.client)
+        self.store.stop_retrying()
         kill_children()
 
     def _heartbeat(self) -> None:
@@ -285,10 +285,8 @@ class Worker:
         busy = [(slot, c) for slot, c in list(self.current.items()) if c is not None]
         if not busy:
             return
-        pipe = self.store.client.pipeline(transaction=False)
-        for _slot, claim in busy:
-            pipe.hget(self.store.keys.job(claim.job), "cancel")
-        for (slot, claim), flag in zip(busy, pipe.execute(), strict=True):
+        flags = self.store.jobs.field([claim.job for _slot, claim in busy], "cancel")
+        for (slot, claim), flag in zip(busy, flags, strict=True):
             seen = self.cancelled.get(slot)
             if flag == "1" and (seen is None or seen[0] is not claim):
                 log.info("slot %d: job of %s cancelled", slot, claim.member)
@@ -302,8 +300,8 @@ class Worker:
         """
         if job not in self._timeouts:
             try:
-                spec = codec.loads_object(
-                    self.store.client.hget(self.store.keys.job(job), "spec"), "job spec")
+                spec = codec.loads_object(self.store.jobs.field([job], "spec")[0],
+                                          "job spec")
                 value = spec.get("train", {}).get("trial_timeout")
                 limit = float(value) if value is not None else None
             except (ValueError, TypeError, AttributeError):
