@@ -34,10 +34,11 @@ for _command in (*job_files.COMMANDS, *clusters.COMMANDS, *jobs.COMMANDS, *roles
 # modules import nothing heavy until a command runs.
 from tunecluster.dashboard.cli import register as _register_dashboard  # noqa: E402
 from tunecluster.export.cli import register as _register_export  # noqa: E402
+from tunecluster.options import redis_option  # noqa: E402
 
 _register_dashboard(cli)
 _register_export(cli, job_id=common.checked_job_id, store=common.open_store,
-                 handle_errors=common.handle_errors, redis_option=common.redis_option)
+                 handle_errors=common.handle_errors, redis_option=redis_option)
 
 
 def main() -> None:

@@ -42,22 +42,6 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _redis_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
-    """``--redis`` or its variable; else the local cluster of ``tunecluster up``, if one
-    runs; else the default URL."""
-    from tunecluster.cluster.persistent import resolve_url
-
-    return resolve_url(value)
-
-
-def redis_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--redis", "redis_url", envvar=defaults.REDIS_URL_ENV,
-                        default=None, callback=_redis_url,
-                        help=f"Redis URL (or ${defaults.REDIS_URL_ENV}); redis:// or"
-                             " rediss://. Default: the local cluster of `tunecluster up`"
-                             f" when one runs, else {defaults.REDIS_URL}")(func)
-
-
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
 

@@ -17,11 +17,11 @@ from tunecluster.cli.common import (
     json_option,
     local_artifacts_option,
     print_json,
-    redis_option,
     set_option,
 )
 from tunecluster.errors import ExitCode, SpecError
 from tunecluster.follow import console
+from tunecluster.options import redis_option
 from tunecluster.states import JobState
 from tunecluster.store.connection import redact
 

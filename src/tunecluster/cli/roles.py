@@ -10,8 +10,9 @@ import sys
 import click
 
 from tunecluster import defaults
-from tunecluster.cli.common import artifacts_option, fail, handle_errors, open_store, redis_option
+from tunecluster.cli.common import artifacts_option, fail, handle_errors, open_store
 from tunecluster.errors import ExitCode
+from tunecluster.options import redis_option
 
 
 @click.command()

@@ -4,26 +4,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import click
 
-from tunecluster import defaults
-
-
-def _redis_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
-    from tunecluster.cluster.persistent import resolve_url
-
-    return resolve_url(value)  # as every command: the cluster of `tunecluster up` too
-
-
-def _redis_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--redis", "redis_url", envvar=defaults.REDIS_URL_ENV,
-                        default=None, callback=_redis_url,
-                        help=f"Redis URL (or ${defaults.REDIS_URL_ENV}). Default: the local"
-                             " cluster of `tunecluster up` when one runs, else"
-                             f" {defaults.REDIS_URL}")(func)
+from tunecluster.options import redis_option
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -32,7 +16,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 @click.command()
-@_redis_option
+@redis_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback needs"
                    " $TUNECLUSTER_DASHBOARD_TOKEN.")
@@ -59,7 +43,7 @@ def dashboard(redis_url: str, host: str, port: int, read_only: bool,
 
 @click.command()
 @click.argument("job")
-@_redis_option
+@redis_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html",
               show_default=True, help="The HTML file to write.")
 def report(job: str, redis_url: str, output: str) -> None:
