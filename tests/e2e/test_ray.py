@@ -416,12 +416,12 @@ def _snapshot(store: Store) -> dict:
 
 
 def test_a_deposed_chief_writes_no_ray_job_state(tmp_path: Path) -> None:
-    """The Ray path's job-state writes (queued -> running, the take-over of a run, the
-    finalize of a job found finalizing) are under the chief's fence: with the lock held by
-    another chief, each is refused and nothing at all is written."""
+    """The job-state writes of a Ray job (queued -> running by the chief's loader, the
+    take-over of a run, the finalize of a job found finalizing) are under the chief's
+    fence: with the lock held by another chief, each is refused and nothing is written."""
+    from tunecluster.chief.jobs import load_job
     from tunecluster.cluster.redis_server import RedisServer
     from tunecluster.ray.backend import RayJobRunner
-    from tunecluster.ray.jobs import RayJobs
     from tunecluster.spec import parse_spec
     from tunecluster.store.fence import Fence, LostLeadership
 
@@ -431,8 +431,8 @@ def test_a_deposed_chief_writes_no_ray_job_state(tmp_path: Path) -> None:
         store.client.set(store.keys.chief_lock, "chief-b")  # another chief leads
         stale = Fence(store.keys.chief_lock, "chief-a")
         before = _snapshot(store)
-        with pytest.raises(LostLeadership):
-            RayJobs(store, tmp_path, "chief-a", fence=stale).tick()
+        with pytest.raises(LostLeadership):  # the chief's one loader, for Ray jobs too
+            load_job(store, queued, stale)
         with pytest.raises(LostLeadership):
             RayJobRunner(store, queued, parse_spec(store.jobs.get(queued).spec), {}, tmp_path,
                          chief_id="chief-a", fence=stale).records.take_over(

@@ -134,6 +134,7 @@ def test_list_skips_foreign_members_that_are_not_job_ids(store: Store) -> None:
 
 
 def test_the_ray_hook_forgets_runners_of_ended_jobs(store: Store, tmp_path) -> None:
+    from tunecluster.engine.scheduling import LoadedJob
     from tunecluster.ray.jobs import RayJobs
 
     class Done:  # a runner whose thread has ended
@@ -144,5 +145,5 @@ def test_the_ray_hook_forgets_runners_of_ended_jobs(store: Store, tmp_path) -> N
     hook = RayJobs(store, tmp_path, "chief-1")
     hook.runners = {ended: Done(), "gone-000000": Done()}  # type: ignore[dict-item]
     hook._started = {ended: 1.0, "gone-000000": 1.0, live: time.monotonic()}
-    hook.tick()
+    hook.tick([LoadedJob(live, None, {}, ())])  # type: ignore[arg-type] # started just now
     assert hook.runners == {} and set(hook._started) == {live}

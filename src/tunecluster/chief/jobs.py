@@ -3,7 +3,9 @@
 Loading a job reads its record, parses its spec and, for a ``scheduler: native`` job,
 restores its oracle (or seeds a new one from its ``warm_start`` source). A job that
 cannot be read or loaded is quarantined (failed with the reason, out of the active
-set); one that is no longer active leaves the active set. Every write is fenced.
+set); one that is no longer active leaves the active set; a queued one becomes running.
+This is the one loader of both schedulers: a Ray job is handed to the Ray scheduler as
+``HostedJob.loaded()`` (engine/scheduling.py). Every write is fenced.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from tunecluster.engine.finalize import FinalizeRetry
 from tunecluster.engine.oracle_host import OracleHost
+from tunecluster.engine.scheduling import LoadedJob
 from tunecluster.errors import SpecError, StoreError
 from tunecluster.spec import parse_spec
 from tunecluster.spec.models import JobSpec
@@ -30,6 +33,7 @@ class HostedJob:
     spec: JobSpec
     host: OracleHost | None
     uploaded: list[str]
+    space: dict[str, Any] = field(default_factory=dict)
     exhausted: bool = False
     cancel: bool = False
     failure: str | None = None
@@ -39,6 +43,10 @@ class HostedJob:
     next_trials_read: float = 0.0  # monotonic time of Chief._finish_jobs' next read of trials
     waiting: str = ""  # why its trials cannot start, as last written to the job record
     finalize_retry: FinalizeRetry = field(default_factory=FinalizeRetry)
+
+    def loaded(self) -> LoadedJob:
+        """What a scheduler other than the chief's own round runs the job from."""
+        return LoadedJob(self.id, self.spec, self.space, tuple(self.uploaded))
 
 
 def oracle_failed(hosted: HostedJob, doing: str, exc: BaseException) -> None:
@@ -53,7 +61,7 @@ def oracle_failed(hosted: HostedJob, doing: str, exc: BaseException) -> None:
 def load_job(store: Store, job_id: str, fence: Fence) -> HostedJob | None:
     """Job ``job_id`` as the chief hosts it, or None when it is not an active job that
     can be loaded (it is then quarantined, or taken out of the active set). A queued
-    native job becomes running."""
+    job becomes running, whichever scheduler runs it."""
     try:
         record = store.jobs.get(job_id)
     except StoreError as exc:
@@ -80,13 +88,13 @@ def load_job(store: Store, job_id: str, fence: Fence) -> HostedJob | None:
         store.jobs.quarantine(job_id, f"job cannot be loaded: {exc}", fence)
         return None
     failure = record.fields.get("failure") or None
-    hosted = HostedJob(job_id, spec, host, list(record.files),
+    hosted = HostedJob(job_id, spec, host, list(record.files), space=record.space,
                        cancel=record.cancel_requested, failure=failure,
                        failure_saved=failure is not None)
     if seeded:  # a warm start: written with the round that creates the first trial
         hosted.dirty = True
         hosted.touched.update(seeded)
-    if record.state == JobState.QUEUED and spec.scheduler == "native":
+    if record.state == JobState.QUEUED:
         store.jobs.set_state(job_id, JobState.RUNNING, fence=fence)
     return hosted
 

@@ -39,6 +39,7 @@ from tunecluster.chief.jobs import HostedJob, load_job, oracle_failed
 from tunecluster.chief.leadership import ChiefLock
 from tunecluster.chief.top_up import top_up
 from tunecluster.engine.finalize import finalize, is_redis_outage, one_line, summarize_errors
+from tunecluster.engine.scheduling import Scheduler
 from tunecluster.errors import StoreError
 from tunecluster.shutdown import kill_children, on_stop_signal
 from tunecluster.states import OPEN_TRIAL_STATES, JobState, TrialState
@@ -79,11 +80,12 @@ class Chief:
         self._reclaim = False  # inbox entries taken over from other consumers are pending
         self._seq = 0  # committed rounds, as Redis counts them (``keys.chief_seq``)
         self._run_id: str | None = None  # the Redis server's run id, to see restarts
-        # --- Ray scheduler hook: `scheduler: ray` jobs run in RayJobRunner threads ----
+        # The schedulers beside the chief's own round (which runs `scheduler: native`
+        # jobs), each ticked with its loaded jobs (engine/scheduling.py).
         from tunecluster.ray.jobs import RayJobs  # imports no Ray until a job needs it
 
-        self.ray_jobs = RayJobs(store, self.artifacts, self.id, fence=self.fence)
-        # --- end Ray scheduler hook ----------------------------------------------------
+        self.schedulers: list[Scheduler] = [
+            RayJobs(store, self.artifacts, self.id, fence=self.fence)]
         # Refreshed by housekeeping (and on submit) instead of read on every tick: each
         # Redis round trip on the tick is latency added to every trial's hand-out.
         self._housekeeping_s = min(1.0, lease_s / 4)
@@ -150,7 +152,7 @@ class Chief:
                     backoff.failed(exc)
                 else:
                     raise
-        self.ray_jobs.stop_all()  # Ray scheduler hook: unfinished Ray runs resume elsewhere
+        self._stop_schedulers()  # their unfinished runs resume under the next chief
         self.lock.release()
         evaluator().stop()
 
@@ -160,7 +162,18 @@ class Chief:
             self._drain(pending=True)
         self._drain(pending=False, block_ms=int(self.tick_s * 1000))
         self._finish_jobs()
-        self.ray_jobs.tick()  # Ray scheduler hook: start a RayJobRunner per Ray job, once
+        self._tick_schedulers()
+
+    def _tick_schedulers(self) -> None:
+        """Hand each scheduler its active jobs, loaded here (one loader for all)."""
+        loaded = [hosted for hosted in map(self._job, list(self._active)) if hosted is not None]
+        for scheduler in self.schedulers:
+            scheduler.tick([hosted.loaded() for hosted in loaded
+                            if hosted.spec.scheduler == scheduler.name])
+
+    def _stop_schedulers(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.stop_all()
 
     def _housekeeping(self) -> None:
         """The slower duties: reaping, the worker census, the job list, the probe beat,
@@ -192,7 +205,7 @@ class Chief:
         it once enough workers are there."""
         for job_id in self._active:
             hosted = self.jobs.get(job_id)
-            if hosted is None or hosted.spec.scheduler == "ray":  # ray/reach.py writes those
+            if hosted is None or hosted.spec.scheduler != "native":  # ray/reach.py: Ray's
                 continue
             need = hosted.spec.resources.workers_per_trial
             why = (f"each trial needs {need} workers (resources.workers_per_trial);"
@@ -217,7 +230,7 @@ class Chief:
         self.leader = False
         self.jobs.clear()
         self._resync = True
-        self.ray_jobs.stop_all()  # Ray scheduler hook: the new chief resumes
+        self._stop_schedulers()  # the new chief resumes their runs
 
     def _load_from_redis(self) -> None:
         """Forget what we hold and start again from Redis: after becoming active, after an

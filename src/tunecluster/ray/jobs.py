@@ -1,9 +1,12 @@
-"""The chief's hook for ``scheduler: ray`` jobs: one ``RayJobRunner`` per active Ray job.
+"""The Ray scheduler as the chief sees it (``engine/scheduling.Scheduler``): one
+``RayJobRunner`` per active ``scheduler: ray`` job.
 
-A chief that finds a Ray job ``running`` without a runner of its own (it restarted, or
-took over from another chief) starts a new Ray run of the job (``backend.py``): the
-oracle resumes from Redis, and the trials the previous run left unfinished run again
-before new ones are suggested. Importing it does not import Ray.
+The chief loads the jobs (``chief/jobs.load_job``: a job that cannot load is
+quarantined there, a queued one becomes running) and ticks this scheduler with its Ray
+jobs. A Ray job without a runner here (the chief restarted, or took over from another
+chief) gets a new Ray run: the oracle resumes from Redis, and the trials the previous
+run left unfinished run again before new ones are suggested. Importing it does not
+import Ray.
 """
 
 from __future__ import annotations
@@ -11,21 +14,23 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from tunecluster.engine.scheduling import LoadedJob
 from tunecluster.ray.backend import RayJobRunner
-from tunecluster.states import JobState
-from tunecluster.store import Store, codec
+from tunecluster.store import Store
 from tunecluster.store.fence import Fence
 
 log = logging.getLogger("tunecluster.ray")
 
 RESTART_AFTER_S = 10.0  # a chief restarts a job's Ray run at most this often
-TICK_S = 1.0  # how often the chief's hook looks for Ray jobs without a runner
 
 
 class RayJobs:
-    """The chief's side: one RayJobRunner per active ``scheduler: ray`` job, started once."""
+    """The chief's Ray scheduler: one RayJobRunner per active Ray job, started once."""
+
+    name = "ray"
 
     def __init__(self, store: Store, artifacts_root: str | Path, chief_id: str,
                  fence: Fence | None = None) -> None:
@@ -36,50 +41,26 @@ class RayJobs:
         self.fence = fence if fence is not None else store.control.fence(chief_id)
         self.runners: dict[str, RayJobRunner] = {}
         self._started: dict[str, float] = {}
-        self._next_tick = 0.0
 
-    def tick(self) -> None:
-        """Start runners for Ray jobs without one (at most every ``TICK_S``)."""
-        from tunecluster.errors import SpecError, StoreError
-        from tunecluster.spec import parse_spec
-
-        now = time.monotonic()
-        if now < self._next_tick:
-            return
-        self._next_tick = now + TICK_S
-        active = self.store.jobs.active()
-        self._forget(set(active))
-        for job, scheduler in zip(active, self.store.jobs.field(active, "scheduler"),
-                                  strict=True):
-            if scheduler != "ray":
-                continue
-            runner = self.runners.get(job)
+    def tick(self, jobs: Sequence[LoadedJob]) -> None:
+        """Start a runner for each of ``jobs`` without a live one (a job's run is
+        restarted at most every ``RESTART_AFTER_S``)."""
+        self._forget({job.id for job in jobs})
+        for job in jobs:
+            runner = self.runners.get(job.id)
             if runner is not None:
                 if runner.alive:
                     continue
-                self.runners.pop(job)
-            if time.monotonic() - self._started.get(job, -math.inf) < RESTART_AFTER_S:
+                self.runners.pop(job.id)
+            if time.monotonic() - self._started.get(job.id, -math.inf) < RESTART_AFTER_S:
                 continue
-            try:
-                record = self.store.jobs.get(job)
-                if record.state not in (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING):
-                    continue
-                spec = parse_spec(record.spec)
-                uploaded = codec.loads(record.fields.get("files", "[]"), "uploaded files")
-            except (SpecError, StoreError, ValueError) as exc:
-                log.error("job %s cannot be loaded: %s", job, exc)
-                self.store.jobs.set_state(job, JobState.FAILED, fence=self.fence,
-                                          error=f"job cannot be loaded: {exc}")
-                continue
-            if record.state == JobState.QUEUED:
-                self.store.jobs.set_state(job, JobState.RUNNING, fence=self.fence)
-            elif record.state == JobState.RUNNING:
-                log.warning("job %s: running under Ray without a runner here; starting a new"
-                            " Ray run (unfinished trials resume)", job)
-            self._started[job] = time.monotonic()
-            self.runners[job] = RayJobRunner(
-                self.store, job, spec, record.space, self.artifacts,
-                uploaded=list(uploaded or []), chief_id=self.chief_id,
+            if job.id in self._started:
+                log.warning("job %s: its Ray run ended without ending the job; starting a"
+                            " new Ray run (unfinished trials resume)", job.id)
+            self._started[job.id] = time.monotonic()
+            self.runners[job.id] = RayJobRunner(
+                self.store, job.id, job.spec, job.space, self.artifacts,
+                uploaded=list(job.uploaded), chief_id=self.chief_id,
                 fence=self.fence).start()
 
     def _forget(self, active: set[str]) -> None:
