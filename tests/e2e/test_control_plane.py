@@ -150,11 +150,13 @@ def _restart_redis(cluster: LocalCluster, after_s: float, appendonly: bool = Tru
 def test_redis_outage_longer_than_a_lease_spends_no_retry(control_plane) -> None:
     """Redis (AOF) SIGKILLed while two trials run and back 2.5 leases later: both workers
     were alive all along, so neither trial may be reaped, even with no retries allowed.
-    (4 epochs: the outage starts after the first; the trials report the rest after it.)"""
+    (8 epochs: the outage starts once both trials reported their first, and the second
+    worker's trial may start seconds after the first under load: 4 were over before it
+    reached its first epoch twice on a loaded machine; the trials report the rest after.)"""
     cluster = control_plane(workers=2, appendonly=True)
     store = Store.from_url(cluster.url)
     job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
-        "search.max_trials=2", "train.epochs=4", "search.max_retries_per_trial=0", *SLOW)))
+        "search.max_trials=2", "train.epochs=8", "search.max_retries_per_trial=0", *SLOW)))
     _until(lambda: sum(int(r.get("last_epoch") or 0) >= 1 and r.get("state") == "RUNNING"
                        for r in store.jobs.trials(job)) == 2)
     time.sleep(0.5)  # one fsync of the AOF: the claims are on disk
