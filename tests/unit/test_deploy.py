@@ -390,13 +390,17 @@ DASHBOARD_LINE = "  # - ../../components/dashboard\n"
 DASHBOARD_OVERLAYS = ["overlays/cpu", "overlays/gpu", "overlays/s3"]
 
 
-def enable_dashboard(tree: Path) -> None:
+def enable_component(tree: Path, overlays: list[str], line: str) -> None:
     """What docs/deploy.md tells the operator to do: uncomment the component's line."""
-    for overlay in DASHBOARD_OVERLAYS:
+    for overlay in overlays:
         path = tree / overlay / "kustomization.yaml"
         text = path.read_text()
-        assert text.count(DASHBOARD_LINE) == 1, path
-        path.write_text(text.replace(DASHBOARD_LINE, DASHBOARD_LINE.replace("# ", "", 1)))
+        assert text.count(line) == 1, path
+        path.write_text(text.replace(line, line.replace("# ", "", 1)))
+
+
+def enable_dashboard(tree: Path) -> None:
+    enable_component(tree, DASHBOARD_OVERLAYS, DASHBOARD_LINE)
 
 
 @cache

@@ -25,6 +25,7 @@ from tests.unit.test_deploy import (
     K8S_VERSION,
     ROOT,
     TEST_PASSWORD,
+    enable_component,
     env_of,
     k8s_copy,
     kustomize,
@@ -49,12 +50,7 @@ ROLES = ["chief", "worker", "dashboard"]
 
 
 def enable_redis_ha(tree: Path) -> None:
-    """What docs/deploy.md tells the operator to do: uncomment the component's line."""
-    for overlay in HA_OVERLAYS:
-        path = tree / overlay / "kustomization.yaml"
-        text = path.read_text()
-        assert text.count(HA_LINE) == 1, path
-        path.write_text(text.replace(HA_LINE, HA_LINE.replace("# ", "", 1)))
+    enable_component(tree, HA_OVERLAYS, HA_LINE)
 
 
 @cache
