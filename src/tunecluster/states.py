@@ -66,6 +66,19 @@ class TrialState(_Name):
         return self in FINAL_TRIAL_STATES
 
 
+class OracleStatus(_Name):
+    """The statuses KerasTuner's oracles give their own trials and answers (its
+    ``TrialStatus``): the oracle's view of a trial, not the cluster's record of it
+    (``TrialState``). Each name is its value, so a member hashes as the plain string."""
+
+    RUNNING = "RUNNING"
+    IDLE = "IDLE"
+    STOPPED = "STOPPED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    INVALID = "INVALID"
+
+
 ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.FINALIZING)
 FINAL_JOB_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 JOB_STATES = tuple(JobState)
@@ -94,4 +107,4 @@ def lua_constants() -> str:
 
 
 __all__ = ["ACTIVE_JOB_STATES", "FINAL_JOB_STATES", "FINAL_TRIAL_STATES", "JOB_STATES",
-           "OPEN_TRIAL_STATES", "JobState", "TrialState", "lua_constants"]
+           "OPEN_TRIAL_STATES", "JobState", "OracleStatus", "TrialState", "lua_constants"]

@@ -17,6 +17,8 @@ from typing import Any
 
 from keras_tuner import HyperModel, Objective
 
+from tunecluster.states import OracleStatus
+
 
 def run_trial(tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """KerasTuner's ``Tuner.run_trial`` on the trial's session."""
@@ -117,7 +119,7 @@ class WorkerOracle:
         if session is not None:
             session.updates.append(({str(k): float(v) for k, v in metrics.items()},
                                     int(step)))
-        return "RUNNING"
+        return OracleStatus.RUNNING
 
 
 def on_worker(tuner: Any, hypermodel: Any, build: Any, executions_per_trial: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from tunecluster.chief.jobs import HostedJob, oracle_failed
-from tunecluster.states import TrialState
+from tunecluster.states import OracleStatus, TrialState
 from tunecluster.store.fence import Writes
 from tunecluster.store.queue import TrialQueue
 
@@ -92,7 +92,7 @@ def top_up(queue: TrialQueue, jobs: list[HostedJob], slots: int, writes: Writes)
                 budget -= need
                 free -= need
                 created += 1
-            elif status == "IDLE":
+            elif status == OracleStatus.IDLE:
                 break
             else:
                 hosted.exhausted = True

@@ -27,6 +27,8 @@ from typing import Any
 
 from keras_tuner import Oracle
 
+from tunecluster.states import OracleStatus
+
 PARENT, EPOCHS, INITIAL_EPOCH, RUNG = ("tuner/trial_id", "tuner/epochs",
                                        "tuner/initial_epoch", "tuner/round")
 
@@ -67,17 +69,17 @@ class AshaOracle(Oracle):
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         promote = self.next_promotion()
         if promote is not None:
-            return {"status": "RUNNING", "values": self._continuation(promote)}
+            return {"status": OracleStatus.RUNNING, "values": self._continuation(promote)}
         if not self._draws_over():
             values = self._random_values()
             if values is not None:
-                return {"status": "RUNNING", "values": {
+                return {"status": OracleStatus.RUNNING, "values": {
                     **values, EPOCHS: self.rungs[0], INITIAL_EPOCH: 0, RUNG: 0}}
             self._space_exhausted = True
             promote = self.next_promotion()  # the rungs may close now
             if promote is not None:
-                return {"status": "RUNNING", "values": self._continuation(promote)}
-        return {"status": "IDLE" if self.ongoing_trials else "STOPPED"}
+                return {"status": OracleStatus.RUNNING, "values": self._continuation(promote)}
+        return {"status": OracleStatus.IDLE if self.ongoing_trials else OracleStatus.STOPPED}
 
     _space_exhausted = False
 
@@ -104,9 +106,9 @@ class AshaOracle(Oracle):
             rung = _rung(trial)
             if rung is None or rung > top:
                 continue  # a warm-start seed, or a trial of another layout
-            if trial.status in ("RUNNING", "IDLE"):
+            if trial.status in (OracleStatus.RUNNING, OracleStatus.IDLE):
                 open_below[rung] = True
-            elif trial.status == "COMPLETED" and trial.score is not None:
+            elif trial.status == OracleStatus.COMPLETED and trial.score is not None:
                 members[rung].append(trial)
             parent = trial.hyperparameters.values.get(PARENT)
             if parent is not None:

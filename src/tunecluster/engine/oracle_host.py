@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tunecluster.spec.models import JobSpec
+from tunecluster.states import OracleStatus
 from tunecluster.store import codec
 
 log = logging.getLogger("tunecluster.chief")
@@ -48,7 +49,8 @@ class _PersistedInRedis:
         limit = self.max_consecutive_failed_trials  # type: ignore[attr-defined]
         tail = self.end_order[-limit:] if limit else []  # type: ignore[attr-defined]
         trials = self.trials  # type: ignore[attr-defined]
-        if limit and len(tail) == limit and all(trials[t].status == "FAILED" for t in tail):
+        if limit and len(tail) == limit and all(
+                trials[t].status == OracleStatus.FAILED for t in tail):
             raise RuntimeError(f"Number of consecutive failures exceeded the limit of {limit}."
                                "\n" + (trials[tail[-1]].message or ""))
 
@@ -76,7 +78,7 @@ class _BoundedFit:
         started = [t for t in self.start_order if t in running]  # type: ignore[attr-defined]
         keep = set(started[len(started) - min(len(started), bound // 4):])
         done = [t for t in self.end_order  # type: ignore[attr-defined]
-                if trials[t].status == "COMPLETED" and trials[t].score is not None]
+                if trials[t].status == OracleStatus.COMPLETED and trials[t].score is not None]
         sign = -1.0 if self.objective.direction == "max" else 1.0  # type: ignore[attr-defined]
         best = sorted(done, key=lambda t: sign * trials[t].score)
         keep.update(best[:(bound - len(keep)) // 2])
@@ -253,10 +255,10 @@ class OracleHost:
         ids too and are not persisted."""
         tuner_id = f"c-{secrets.token_hex(8)}"
         trial = self.oracle.create_trial(tuner_id)
-        if trial.status != "RUNNING":
+        if trial.status != OracleStatus.RUNNING:
             self.oracle.tuner_ids.discard(tuner_id)  # IDLE leaves it behind: keep it bounded
             return trial.status, None, {}
-        return "RUNNING", trial.trial_id, _whole_ints(trial.hyperparameters)
+        return OracleStatus.RUNNING, trial.trial_id, _whole_ints(trial.hyperparameters)
 
     @property
     def trial_count(self) -> int:
@@ -267,12 +269,12 @@ class OracleHost:
 
     def is_open(self, trial_id: str) -> bool:
         trial = self.oracle.trials.get(trial_id)
-        return trial is not None and trial.status == "RUNNING"
+        return trial is not None and trial.status == OracleStatus.RUNNING
 
     def update(self, trial_id: str, epoch: int, metrics: Mapping[str, float]) -> bool:
         """Feed one epoch (once); True when the oracle wants the trial stopped."""
         trial = self.oracle.trials.get(trial_id)
-        if trial is None or trial.status != "RUNNING":
+        if trial is None or trial.status != OracleStatus.RUNNING:
             return False
         objective = self.spec.search.objective_name
         if objective not in metrics:
@@ -285,7 +287,7 @@ class OracleHost:
         if objective not in clean:
             return False
         result = self.oracle.update_trial(trial_id, clean, step=epoch)
-        return getattr(result, "status", "RUNNING") == "STOPPED"
+        return getattr(result, "status", OracleStatus.RUNNING) == OracleStatus.STOPPED
 
     def end(self, trial_id: str, completed: bool, message: str | None = None,
             grown_space: str | None = None,
@@ -302,7 +304,7 @@ class OracleHost:
         of the user's own returned), the oracle takes them instead, as KerasTuner's
         takes what ``run_trial`` returns: one observation at the best epoch."""
         trial = self.oracle.trials.get(trial_id)
-        if trial is None or trial.status != "RUNNING":
+        if trial is None or trial.status != OracleStatus.RUNNING:
             return
         if grown_space:
             _add_new_entries(trial, grown_space)
@@ -312,7 +314,7 @@ class OracleHost:
             except Exception as exc:  # noqa: BLE001 - foreign data never stops the chief
                 log.warning("trial %s: ignoring the final metrics its worker reported: %s",
                             trial_id, str(exc).splitlines()[0][:200] if str(exc) else exc)
-        trial.status = "COMPLETED" if completed else "FAILED"
+        trial.status = OracleStatus.COMPLETED if completed else OracleStatus.FAILED
         trial.message = message
         self.oracle.end_trial(trial)
 

@@ -25,6 +25,8 @@ from typing import Any
 
 from keras_tuner import Oracle
 
+from tunecluster.states import OracleStatus
+
 PARENT, EPOCHS, INITIAL_EPOCH = "tuner/trial_id", "tuner/epochs", "tuner/initial_epoch"
 MEMBER, EXPLOITED = "tuner/member", "tuner/exploited"  # the source member, on an exploit
 PERTURB = (0.8, 1.25)
@@ -51,17 +53,17 @@ class PbtOracle(Oracle):
         if len(latest) < self.population:
             values = self._random_values()
             if values is not None:
-                return {"status": "RUNNING", "values": {
+                return {"status": OracleStatus.RUNNING, "values": {
                     **values, MEMBER: len(latest), INITIAL_EPOCH: 0,
                     EPOCHS: min(self.interval, self.max_epochs)}}
             if not latest and not self.ongoing_trials:
-                return {"status": "STOPPED"}
+                return {"status": OracleStatus.STOPPED}
         for member, trial in sorted(latest.items(), key=lambda kv: self._ended_at(kv[1])):
-            if trial.status == "COMPLETED" and int(
+            if trial.status == OracleStatus.COMPLETED and int(
                     trial.hyperparameters.values[EPOCHS]) < self.max_epochs:
-                return {"status": "RUNNING", "values": self._next(member, trial, latest,
+                return {"status": OracleStatus.RUNNING, "values": self._next(member, trial, latest,
                                                                   trial_id)}
-        return {"status": "IDLE" if self.ongoing_trials else "STOPPED"}
+        return {"status": OracleStatus.IDLE if self.ongoing_trials else OracleStatus.STOPPED}
 
     def members(self, scored: bool = False) -> dict[int, Any]:
         """Each member's latest trial (the one no other trial of it continues); with
@@ -71,7 +73,7 @@ class PbtOracle(Oracle):
             member = trial.hyperparameters.values.get(MEMBER)
             if member is None:
                 continue  # a warm-start seed
-            if scored and (trial.status != "COMPLETED" or trial.score is None):
+            if scored and (trial.status != OracleStatus.COMPLETED or trial.score is None):
                 continue
             member = int(member)
             known = latest.get(member)

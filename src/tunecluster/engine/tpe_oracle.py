@@ -26,6 +26,8 @@ from typing import Any
 
 from keras_tuner import Oracle
 
+from tunecluster.states import OracleStatus
+
 INSTALL_HINT = "pip install 'tunecluster[tpe]'"
 _ATTEMPTS = 20  # suggestions tried before a duplicate of a tried trial gives way
 
@@ -172,9 +174,9 @@ class TPEOracle(Oracle):
 
         params, used = self._params(trial.hyperparameters.values, dists)
         score = trial.score
-        if trial.status == "RUNNING":
+        if trial.status == OracleStatus.RUNNING:
             return create_trial(state=TrialState.RUNNING, params=params, distributions=used)
-        if trial.status == "COMPLETED" and score is not None and math.isfinite(score):
+        if trial.status == OracleStatus.COMPLETED and score is not None and math.isfinite(score):
             return create_trial(state=TrialState.COMPLETE, value=float(score),
                                 params=params, distributions=used)
         return create_trial(state=TrialState.FAIL, params=params, distributions=used)
@@ -192,7 +194,7 @@ class TPEOracle(Oracle):
         for number, tid in enumerate(ordered):
             trial = self.trials[tid]
             study.add_trial(self._frozen(trial, dists))
-            if trial.status == "RUNNING":
+            if trial.status == OracleStatus.RUNNING:
                 self._open[tid] = (number, self._params(trial.hyperparameters.values, dists)[0])
         self._study, self._mirrored, self._told = study, self.trials, set(ordered)
         return study
@@ -210,10 +212,11 @@ class TPEOracle(Oracle):
             trial = self.trials.get(tid)
             if trial is None or self._params(trial.hyperparameters.values, dists)[0] != params:
                 return self._rebuild()
-            if trial.status == "RUNNING":
+            if trial.status == OracleStatus.RUNNING:
                 continue
             score = trial.score
-            if trial.status == "COMPLETED" and score is not None and math.isfinite(score):
+            if (trial.status == OracleStatus.COMPLETED and score is not None
+                    and math.isfinite(score)):
                 self._study.tell(number, float(score))
             else:
                 self._study.tell(number, state=TrialState.FAIL)
@@ -245,15 +248,15 @@ class TPEOracle(Oracle):
                 self._told.add(trial_id)
                 if params != asked.params:  # probabilities, as a rebuilt study holds them
                     self._study = None
-                return {"status": "RUNNING", "values": values}
+                return {"status": OracleStatus.RUNNING, "values": values}
             from optuna.trial import TrialState
 
             study.tell(asked, state=TrialState.FAIL)
             self._study = None  # asks that became no trial: rebuild without them
         values = self._random_values()  # TPE keeps repeating tried values
         if values is None:
-            return {"status": "STOPPED", "values": None}
-        return {"status": "RUNNING", "values": values}
+            return {"status": OracleStatus.STOPPED, "values": None}
+        return {"status": OracleStatus.RUNNING, "values": values}
 
     def _ask_values(self, asked: Any, dists: dict[str, tuple[Any, Any, bool]]
                     ) -> dict[str, Any]:

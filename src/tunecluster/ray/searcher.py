@@ -37,7 +37,7 @@ from tunecluster.ray.trainable import (
     VALUES,
 )
 from tunecluster.spec.models import JobSpec
-from tunecluster.states import TrialState
+from tunecluster.states import OracleStatus, TrialState
 from tunecluster.store import Store, codec
 from tunecluster.store.portable import store_from_state, store_state
 from tunecluster.store.ray_records import RayRecords, ray_worker
@@ -102,7 +102,7 @@ class OracleSearcher(Searcher):
             self.records.create(self.job, trial, values, self.spec.search.max_retries_per_trial,
                                 self.host.state_json(), self.host.trial_json(trial))
             return self._config(trial_id, trial, values)
-        if status == "IDLE":
+        if status == OracleStatus.IDLE:
             return None
         self.exhausted = True
         self.records.persist_oracle(self.job, self.host.state_json())

@@ -33,6 +33,7 @@ from tunecluster.artifacts import CHECKPOINT, MODEL_FILE, attempt_dir, resume_di
 from tunecluster.errors import TrialFailed
 from tunecluster.models.saved import save_model
 from tunecluster.spec.objective import with_objective
+from tunecluster.states import OracleStatus
 from tunecluster.store import codec
 from tunecluster.worker import precision, xla
 from tunecluster.worker.fitting import (
@@ -280,7 +281,7 @@ def keras_tuner_trial(hp: Any, trial_id: str) -> Any:
     """The KerasTuner ``Trial`` a tuner's own ``run_trial`` is given."""
     from keras_tuner.engine.trial import Trial
 
-    return Trial(hp, trial_id=trial_id, status="RUNNING")
+    return Trial(hp, trial_id=trial_id, status=OracleStatus.RUNNING)
 
 
 def _load_parent(model: Any, store: ArtifactStore, parent: str, past: Any) -> None:
