@@ -1,15 +1,20 @@
 """The chief loads every active job once, for both schedulers, and hands each
 scheduler its own (engine/scheduling.py): a Ray job reaches the Ray scheduler already
-running, a job that cannot load is quarantined by the loader and reaches none."""
+running, a job that cannot load is quarantined by the loader and reaches none. And the
+chief finalizes every job a scheduler says has ended, under its fence, as it does a
+native one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import pytest
 
 from tunecluster.api.submission import prepare_job, submit
 from tunecluster.chief.loop import Chief
-from tunecluster.engine.scheduling import LoadedJob, Scheduler
+from tunecluster.engine.scheduling import JobEnd, LoadedJob, Scheduler
 from tunecluster.ray.jobs import RayJobs
 from tunecluster.states import JobState
 from tunecluster.store import Store
@@ -24,12 +29,16 @@ class Recorder:
         self.name = name
         self.ticks: list[list[LoadedJob]] = []
         self.stopped = 0
+        self.ends: dict[str, JobEnd] = {}
 
     def tick(self, jobs: Sequence[LoadedJob]) -> None:
         self.ticks.append(list(jobs))
 
     def stop_all(self) -> None:
         self.stopped += 1
+
+    def ended(self) -> Mapping[str, JobEnd]:
+        return self.ends
 
 
 def _job(store: Store, *overrides: str) -> str:
@@ -68,3 +77,54 @@ def test_each_scheduler_gets_its_loaded_jobs_and_only_those(store: Store,
 
     chief._step_down()
     assert recorder.stopped == 1
+
+
+def _leading_chief(store: Store, tmp_path: Path, scheduler: Recorder) -> Chief:
+    chief = Chief(store, tmp_path, chief_id="chief-1")
+    chief.schedulers = [scheduler]
+    assert store.control.hold(chief.fence, 10_000)
+    chief._active = store.jobs.active()
+    return chief
+
+
+def test_a_recorder_is_a_scheduler() -> None:
+    assert isinstance(Recorder("ray"), Scheduler)
+
+
+def test_the_chief_finalizes_the_jobs_a_scheduler_says_ended(store: Store,
+                                                            tmp_path: Path) -> None:
+    cancelled, failed, running = (_job(store, "scheduler=ray") for _ in range(3))
+    recorder = Recorder("ray")
+    chief = _leading_chief(store, tmp_path, recorder)
+    chief._tick_schedulers()  # loaded: running
+    recorder.ends = {cancelled: JobEnd(JobState.CANCELLED),
+                     failed: JobEnd(JobState.FAILED, "ray: the head refused the chief")}
+
+    chief._finish_jobs()
+
+    assert store.jobs.get(cancelled).state == JobState.CANCELLED
+    record = store.jobs.get(failed)
+    assert record.state == JobState.FAILED
+    assert record.fields["error"] == "ray: the head refused the chief"
+    # finalized as a native job is: the results file, and out of the active set
+    results = json.loads((tmp_path / failed / "results.json").read_text())
+    assert results["state"] == JobState.FAILED
+    assert set(store.jobs.active()) == {running}
+    assert chief._active == [running]
+    assert store.jobs.get(running).state == JobState.RUNNING
+
+
+def test_a_deposed_chief_finalizes_no_ended_job(store: Store, tmp_path: Path) -> None:
+    from tunecluster.store.fence import LostLeadership
+
+    job = _job(store, "scheduler=ray")
+    recorder = Recorder("ray")
+    chief = _leading_chief(store, tmp_path, recorder)
+    chief._tick_schedulers()
+    recorder.ends = {job: JobEnd(JobState.CANCELLED)}
+    store.client.set(store.keys.chief_lock, "chief-2")  # another chief took the lock
+
+    with pytest.raises(LostLeadership):
+        chief._finish_jobs()
+    assert store.jobs.get(job).state == JobState.RUNNING
+    assert not (tmp_path / job / "results.json").exists()

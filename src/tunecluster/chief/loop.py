@@ -389,6 +389,7 @@ class Chief:
         self._more = top_up(self.store.queue, jobs, self._slots, writes)
 
     def _finish_jobs(self) -> None:
+        self._finish_scheduled()
         for job_id in list(self._active):
             hosted = self._job(job_id)
             if hosted is None or hosted.host is None:
@@ -420,10 +421,22 @@ class Chief:
             self._finalize(hosted, JobState.CANCELLED if cancel else
                            JobState.FAILED if hosted.failure else JobState.COMPLETED)
 
-    def _finalize(self, hosted: HostedJob, state: str) -> None:
+    def _finish_scheduled(self) -> None:
+        """Finalize the jobs whose run another scheduler saw end, as the native ones."""
+        for scheduler in self.schedulers:
+            for job_id, end in scheduler.ended().items():
+                hosted = self._job(job_id) if job_id in self._active else None
+                if hosted is not None and hosted.finalize_retry.due():
+                    self._finalize(hosted, end.state, end.error)
+
+    def _finalize(self, hosted: HostedJob, state: str, failure: str | None = None) -> None:
+        """Job ``hosted`` to its final ``state``: results, the exported model, the state
+        (``engine.finalize``), retried on storage errors. ``failure`` is why a job ended
+        failed, as its scheduler saw it; a native job's is its own (``hosted.failure``)."""
         self.store.jobs.set_state(hosted.id, JobState.FINALIZING, fence=self.fence)
-        error = hosted.failure
-        if state == JobState.FAILED and error:
+        error = failure
+        if error is None and state == JobState.FAILED and hosted.failure:
+            error = hosted.failure
             trials = build_results(self.store.jobs, hosted.id)["trials"]
             error = f"{error} | errors: {summarize_errors(trials)}"
         resolve = file_resolver(self.store, hosted.id, self.artifacts, hosted.uploaded)

@@ -4,16 +4,17 @@ scheduler offers the chief.
 The chief does what all schedulers share, once: it loads each active job
 (``chief/jobs.load_job``: the record read and checked, the spec parsed, a job that
 cannot load quarantined, a queued job moved to running), holds the lock whose fence
-every write goes under, and steps down. A scheduler runs the trials of the jobs whose
-``scheduler`` names it. The native scheduler is the chief's own round (the oracle,
-the trial queue, the inbox); ``ray/jobs.RayJobs`` is the Ray scheduler. A new
-scheduler implements ``Scheduler`` and is ticked by the chief beside them
-(docs/architecture.md).
+every write goes under, finalizes each job whose search ended (``JobEnd``: results,
+the exported model, the final state, with its retries) and steps down. A scheduler runs
+the trials of the jobs whose ``scheduler`` names it and says when one has ended. The
+native scheduler is the chief's own round (the oracle, the trial queue, the inbox);
+``ray/jobs.RayJobs`` is the Ray scheduler. A new scheduler implements ``Scheduler``
+and is ticked by the chief beside them (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +31,15 @@ class LoadedJob:
     uploaded: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class JobEnd:
+    """How a scheduler's run of a job ended: the job's final state to finalize it to
+    (``JobState`` completed, failed or cancelled) and, when failed, why."""
+
+    state: str
+    error: str | None = None
+
+
 @runtime_checkable
 class Scheduler(Protocol):
     """What the chief calls on a scheduler, from its own loop, only while it leads."""
@@ -43,3 +53,8 @@ class Scheduler(Protocol):
     def stop_all(self) -> None:
         """The chief steps down or stops: stop every run without finalizing it, so that
         the next chief resumes each job."""
+
+    def ended(self) -> Mapping[str, JobEnd]:
+        """The jobs whose run ended, each with how, for the chief to finalize. A job
+        stays here (and is not run again) until the chief's finalize takes it out of
+        the active set."""

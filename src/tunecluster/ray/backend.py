@@ -12,9 +12,10 @@ search, or when another chief took the job over or holds the chief lock. While t
 cluster cannot be reached the job waits and says why (``reach.py``); when it is back a
 new Ray run starts.
 
-The thread keeps the job's state: every job-state write, the take-over of a run and the
-finalize (``engine.finalize.finalize``, as the native chief) go under the chief's
-``Fence``, so a deposed chief writes none of them; it stops its Ray run and stands by.
+The thread keeps the job's state: every job-state write and the take-over of a run go
+under the chief's ``Fence``, so a deposed chief writes none of them; it stops its Ray
+run and stands by. When the search is over the thread closes what Tune left open and
+says how the job ended (``JobEnd``); the chief finalizes it, as it does a native job.
 
 A new Ray run of a job (after a restart or a take-over) resumes the oracle from Redis
 and runs the trials the previous run left unfinished again (resuming from their last
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunecluster.engine.scheduling import JobEnd
 from tunecluster.ray.connect import LOCAL, keep_ray_on_loopback, ray_address
 from tunecluster.spec.models import JobSpec
 from tunecluster.states import JobState, TrialState
@@ -102,7 +104,8 @@ def _refuse_object_store(root: Path) -> None:
 
 
 class RayJobRunner:
-    """Runs one ``scheduler: ray`` job with Ray Tune to its end, then finalizes it."""
+    """Runs one ``scheduler: ray`` job with Ray Tune to its end, then says how it ended
+    (``ended``) for the chief to finalize."""
 
     def __init__(self, store: Store, job_id: str, spec: JobSpec, space: dict[str, Any],
                  artifacts_root: str | Path, *, uploaded: list[str] | None = None,
@@ -114,11 +117,11 @@ class RayJobRunner:
         self.artifacts = Path(artifacts_root).resolve()
         self.uploaded = list(uploaded or [])
         self.chief_id = chief_id
-        self.fence = fence  # the chief's: every job-state write and finalize goes under it
+        self.fence = fence  # the chief's: every job-state write goes under it
         self.records = RayRecords(store)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
-        self.state: str | None = None  # the job's final state, once finalized
+        self.ended: JobEnd | None = None  # how the job ended, once this run saw it end
         self.run_no: int | None = None  # this runner's latest Ray run of the job
 
     # --- thread --------------------------------------------------------------------------
@@ -152,16 +155,16 @@ class RayJobRunner:
 
     # --- the job -------------------------------------------------------------------------
 
-    def run(self) -> str | None:
-        """The whole job: returns its final state, or None if stopped before the end.
-        Every job-state write and the finalize are fenced (``LostLeadership`` when this
-        chief no longer leads: nothing is written)."""
+    def run(self) -> JobEnd | None:
+        """The whole job up to its finalize: how it ended, or None if stopped before the
+        end. Every job-state write is fenced (``LostLeadership`` when this chief no
+        longer leads: nothing is written)."""
         from tunecluster.engine.finalize import summarize_errors
         from tunecluster.store.results import build_results
 
         record = self.store.jobs.get(self.job)
         if record.state == JobState.FINALIZING:  # a previous chief died while finalizing
-            return self._finalize(*self._outcome())
+            return self._end(*self._outcome())
         if not self._wait_for_tune_slot():
             return None
         try:
@@ -177,7 +180,7 @@ class RayJobRunner:
         elif state == JobState.FAILED and failure:
             failure = (f"{failure} | errors: "
                        f"{summarize_errors(build_results(self.store.jobs, self.job)['trials'])}")
-        return self._finalize(state, failure)
+        return self._end(state, failure)
 
     def _drive(self) -> str | None:
         """Ray runs of the job, each in a child process, until Tune ends the search:
@@ -292,13 +295,13 @@ class RayJobRunner:
             if state in FINAL:  # ended in Redis, not the oracle
                 for epoch, metrics in self.store.jobs.epochs(self.job, trial).items():
                     host.update(trial, epoch, metrics)
-                self._end(host, trial, state == TrialState.COMPLETED, row.get("error"))
+                self._end_trial(host, trial, state == TrialState.COMPLETED, row.get("error"))
                 continue
             reason = "its Ray run ended (its chief or its Ray cluster went away)"
             attempts, budget = int(row.get("attempts") or 0), int(row.get("max_retries") or 0)
             if state == TrialState.RUNNING and attempts > budget:
                 self.records.close(self.job, trial, TrialState.FAILED, reason)
-                self._end(host, trial, False, reason)
+                self._end_trial(host, trial, False, reason)
                 continue
             if state == TrialState.RUNNING:
                 self.records.retry(self.job, trial, row.get("worker", ""), reason)
@@ -308,7 +311,7 @@ class RayJobRunner:
         self.records.persist_oracle(self.job, *oracle_snapshot(host))
         return resume
 
-    def _end(self, host: Any, trial: str, completed: bool, message: str | None) -> None:
+    def _end_trial(self, host: Any, trial: str, completed: bool, message: str | None) -> None:
         try:
             host.end(trial, completed=completed, message=message)
         except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
@@ -322,9 +325,11 @@ class RayJobRunner:
         failure = self.records.failure(self.job)
         return (JobState.FAILED, failure) if failure else (JobState.COMPLETED, None)
 
-    def _finalize(self, state: str, error: str | None) -> str:
-        from tunecluster.artifacts import MODEL_FILE, file_resolver, trial_dir
-        from tunecluster.engine.finalize import finalize
+    def _end(self, state: str, error: str | None) -> JobEnd:
+        """The search is over: the job becomes finalizing, the trials Tune left open are
+        closed, and the chief is told how the job ended (it finalizes, as for a native
+        job: ``Chief._finalize``)."""
+        from tunecluster.artifacts import MODEL_FILE, trial_dir
 
         # First the fenced state change: a deposed chief stops here, having written nothing.
         self.store.jobs.set_state(self.job, JobState.FINALIZING, fence=self.fence)
@@ -337,23 +342,11 @@ class RayJobRunner:
             for row in self.store.jobs.trials(self.job):
                 path = trial_dir(self.artifacts, self.job, row.get("trial", "")) / MODEL_FILE
                 while (row.get("state") == TrialState.COMPLETED and not path.is_file()
-                       and time.monotonic() < deadline):
+                       and time.monotonic() < deadline and not self.stop_event.is_set()):
                     time.sleep(0.2)
-        resolve = file_resolver(self.store, self.job, self.artifacts, self.uploaded)
-        try:
-            results = finalize(self.store, self.job, self.spec, self.artifacts, state,
-                               resolve=resolve, error=error, fence=self.fence)
-        except LostLeadership:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
-            log.exception("finalizing %s failed", self.job)
-            self.store.jobs.set_state(self.job, JobState.FAILED, fence=self.fence,
-                                      error=f"finalize failed: {exc}")
-            self.state = JobState.FAILED
-            return self.state
-        self.state = results["state"]
-        log.info("job %s %s", self.job, self.state)
-        return self.state
+        self.ended = JobEnd(state, error)
+        log.info("job %s: its Ray run ended (%s); the chief finalizes it", self.job, state)
+        return self.ended
 
     def _wait_for_tune_slot(self) -> bool:
         """One Tune run at a time in this process; False if stopped while waiting."""

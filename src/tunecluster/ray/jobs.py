@@ -5,8 +5,9 @@ The chief loads the jobs (``chief/jobs.load_job``: a job that cannot load is
 quarantined there, a queued one becomes running) and ticks this scheduler with its Ray
 jobs. A Ray job without a runner here (the chief restarted, or took over from another
 chief) gets a new Ray run: the oracle resumes from Redis, and the trials the previous
-run left unfinished run again before new ones are suggested. Importing it does not
-import Ray.
+run left unfinished run again before new ones are suggested. A run that saw its job end
+says how (``ended``), and the chief finalizes the job as it does a native one. Importing
+it does not import Ray.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tunecluster.engine.scheduling import LoadedJob
+from tunecluster.engine.scheduling import JobEnd, LoadedJob
 from tunecluster.ray.backend import RayJobRunner
 from tunecluster.store import Store
 from tunecluster.store.fence import Fence
@@ -49,7 +50,7 @@ class RayJobs:
         for job in jobs:
             runner = self.runners.get(job.id)
             if runner is not None:
-                if runner.alive:
+                if runner.alive or runner.ended is not None:  # running, or to finalize
                     continue
                 self.runners.pop(job.id)
             if time.monotonic() - self._started.get(job.id, -math.inf) < RESTART_AFTER_S:
@@ -63,10 +64,17 @@ class RayJobs:
                 uploaded=list(job.uploaded), chief_id=self.chief_id,
                 fence=self.fence).start()
 
+    def ended(self) -> Mapping[str, JobEnd]:
+        """The jobs whose Ray run saw the search end, each with how: the chief
+        finalizes them (a runner is dropped once its job leaves the active set)."""
+        return {job: runner.ended for job, runner in self.runners.items()
+                if runner.ended is not None}
+
     def _forget(self, active: set[str]) -> None:
         """Drop runners whose job ended (or was deleted): a chief that lives for months
         must not keep every finished job's spec, space and thread in memory."""
-        for job in [j for j, r in self.runners.items() if j not in active and not r.alive]:
+        for job in [j for j, r in self.runners.items()
+                    if j not in active and (not r.alive or r.ended is not None)]:
             del self.runners[job]
         for job in [j for j in self._started if j not in active and j not in self.runners]:
             del self._started[job]
