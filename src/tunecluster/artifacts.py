@@ -1,12 +1,15 @@
 """The artifacts layout on disk (a local dir, a shared volume or a PVC), in one place.
 
-    <root>/<job>/trials/<trial>/attempt-<n>/last.npz     checkpoint of the last finished
-                                                  epoch: weights + its epoch and history
-    <root>/<job>/trials/<trial>/attempt-<n>/model.keras  the trial's model at its best
-                                                  epoch; the trial record's ``model``
-                                                  field names the attempt's file
-    (each attempt writes only its own directory: a reaped attempt that still runs never
-    touches its successor's files; Ray trials and older jobs use <trial>/ itself)
+    <root>/<job>/trials/<trial>/attempt-<n>-<t>/last.npz     checkpoint of the last
+                                                  finished epoch: weights, epoch, history
+    <root>/<job>/trials/<trial>/attempt-<n>-<t>/model.keras  the trial's model at its
+                                                  best epoch; the trial record's
+                                                  ``model`` field names the run's file
+    (<n>: the attempt number, <t>: when Redis started that run, in ms. Each run writes
+    only its own directory: a reaped attempt that still runs never touches its
+    successor's files, nor does a run whose claim Redis lost in a rollback touch the
+    run that claimed the trial again under the same number. Ray trials and older jobs
+    use <trial>/ itself; jobs of an older version, attempt-<n>/.)
     <root>/<job>/best_model.keras                 the job's best model (exported)
     <root>/<job>/results.json                     the job's results document
     <root>/.cache/<job>/files/...                 data files uploaded with the job
@@ -51,19 +54,33 @@ def trial_dir(root: str | Path, job: str, trial: str) -> Path:
     return job_dir(root, job) / "trials" / check_trial_id(trial)
 
 
-def attempt_dir(trial_path: Path, attempt: int) -> Path:
-    """Where one attempt of a trial writes its checkpoint and model."""
-    return trial_path / f"attempt-{int(attempt)}"
+_RUN_DIR = re.compile(r"attempt-([0-9]{1,9})(?:-([0-9]{1,20}))?")
 
 
-def resume_dirs(trial_path: Path, attempt: int) -> list[Path]:
-    """Directories whose checkpoint a run of ``attempt`` may resume from, newest first.
+def attempt_dir(trial_path: Path, attempt: int, started: str = "") -> Path:
+    """Where one run of a trial writes its checkpoint and model: ``attempt-<n>-<t>``,
+    its attempt number and its start (Redis's ms clock, the claim's ``started``);
+    ``attempt-<n>`` for a run that has no start time."""
+    name = f"attempt-{int(attempt)}"
+    return trial_path / (f"{name}-{int(started)}" if started else name)
 
-    Its own (a run released without spending an attempt, e.g. on a worker's shutdown,
-    shares its number and is dead by then), each earlier attempt's, then the trial
-    directory itself (files of a job started before per-attempt directories).
+
+def resume_dirs(trial_path: Path, attempt: int, names: Iterable[str]) -> list[Path]:
+    """Of the directories ``names`` in ``trial_path``, those whose checkpoint a run of
+    ``attempt`` may resume from, newest first, then the trial directory itself (files
+    of a job started before per-attempt directories).
+
+    Newest first: the higher attempt number, then the later start. Its own number
+    counts (a run released without spending an attempt, e.g. on a worker's shutdown,
+    shares it and is dead by then); a higher one does not (not an earlier run of this
+    trial as Redis knows it).
     """
-    return [attempt_dir(trial_path, k) for k in range(int(attempt), 0, -1)] + [trial_path]
+    runs = []
+    for name in set(names):
+        match = _RUN_DIR.fullmatch(name)
+        if match and int(match[1]) <= int(attempt):
+            runs.append((int(match[1]), int(match[2] or -1), name))
+    return [trial_path / name for *_, name in sorted(runs, reverse=True)] + [trial_path]
 
 
 def trial_model(root: str | Path, job: str, trial: str, recorded: str | None = None) -> Path:

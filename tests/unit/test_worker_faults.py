@@ -70,9 +70,43 @@ def test_trial_timeout_default_and_values() -> None:
 
 def test_resume_candidates_newest_attempt_first_then_the_legacy_directory(tmp_path) -> None:
     base = trial_dir(tmp_path, "job", "00")
-    assert resume_dirs(base, 3) == [base / "attempt-3", base / "attempt-2", base / "attempt-1",
-                                    base]
+    names = ["attempt-1-1700000000000", "attempt-2-1700000005000", "attempt-2",
+             "attempt-2-1700000009000", "attempt-3", "attempt-4-1700000010000",
+             "attempt-x", "attempt-1-", "other", ".last.npz.12.npz"]
+    # the higher attempt first, then the later start (a run whose claim Redis lost and
+    # gave again under the same number), then a run of an older version (no start time);
+    # a higher attempt than this run's is no earlier run of it; other names are no runs
+    assert resume_dirs(base, 3, names) == [
+        base / "attempt-3", base / "attempt-2-1700000009000", base / "attempt-2-1700000005000",
+        base / "attempt-2", base / "attempt-1-1700000000000", base]
+    assert resume_dirs(base, 1, []) == [base]
     assert attempt_dir(base, 2) == base / "attempt-2"
+    assert attempt_dir(base, 2, "1700000009000") == base / "attempt-2-1700000009000"
+
+
+def test_a_claim_redis_lost_in_a_rollback_runs_in_a_directory_of_its_own(tmp_path) -> None:
+    """Redis restarted from a snapshot taken before a trial was claimed: the trial is
+    claimed again under the same attempt number while the lost claim's run may still
+    write. The two runs' directories differ (each is named by its claim's start)."""
+    from tunecluster.cluster import RedisServer
+    from tunecluster.store import Store
+
+    with RedisServer() as server:
+        store = Store.from_url(server.url)
+        job = store.jobs.submit("job", json.dumps(BASE), {}, 0, "native")
+        store.queue.enqueue(job, "00", {"x": 1}, 1, "{}")
+        store.client.save()  # the snapshot Redis goes back to
+        lost = store.queue.claim("w1", 30)
+        server.stop(kill=True)
+        server.start()
+        store = Store.from_url(server.url)
+        again = store.queue.claim("w2", 30)
+    assert lost is not None and again is not None
+    assert (lost.trial, lost.attempt) == (again.trial, again.attempt) == ("00", 1)
+    assert lost.started.isdigit() and again.started.isdigit()
+    base = trial_dir(tmp_path, job, "00")
+    assert (attempt_dir(base, lost.attempt, lost.started)
+            != attempt_dir(base, again.attempt, again.started))
 
 
 def test_trial_model_follows_the_record_and_stays_inside_the_trial(tmp_path: Path) -> None:
@@ -133,18 +167,20 @@ def build_model(hp):
 '''
     rt = runtime(tmp_path, model=custom(source))
     reporter = ListReporter()
-    result = run_trial(rt, TrialRequest("t1", {}, attempt=1, isolated=True), reporter)
+    result = run_trial(rt, TrialRequest("t1", {}, attempt=1, isolated=True,
+                                        started="1700000000000"), reporter)
     assert reporter.epochs == [1, 2]
     assert math.isinf(reporter.rows[0][1]["val_neg_inf"])
     assert not math.isfinite(result.metrics["val_neg_inf"]) and result.score > 0
     assert "null" in codec.dumps(result.metrics)
-    # this attempt's own directory; its checkpoint's history holds null
-    assert Path(result.model_path) == rt.trial_dir("t1") / "attempt-1" / "model.keras"
-    meta, _ = read_checkpoint(rt.trial_dir("t1") / "attempt-1")
+    # this run's own directory; its checkpoint's history holds null
+    first = rt.trial_dir("t1") / "attempt-1-1700000000000"
+    assert Path(result.model_path) == first / "model.keras"
+    meta, _ = read_checkpoint(first)
     assert meta["history"][0]["val_neg_inf"] is None
     # a retry resumes from it, writes attempt-2 only, and replays the history
     again = ListReporter()
-    retried = run_trial(rt, TrialRequest("t1", {}, attempt=2, isolated=True, resume=True),
-                        again)
+    retried = run_trial(rt, TrialRequest("t1", {}, attempt=2, isolated=True, resume=True,
+                                         started="1700000060000"), again)
     assert retried.resumed_from_epoch == 2 and again.epochs == [1, 2]
-    assert Path(retried.model_path).parent.name == "attempt-2"
+    assert Path(retried.model_path).parent.name == "attempt-2-1700000060000"

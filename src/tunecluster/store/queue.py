@@ -77,6 +77,10 @@ class Claim:
     rank: int = 0
     # This worker holds a place in a gang that is still forming (``gang_wait``).
     forming: bool = False
+    # When Redis started this attempt (its ms clock, as the trial's ``started``): with
+    # the attempt number it names the attempt's directory, so that two runs never share
+    # one, even when Redis lost the first claim (a rollback) and counted it again.
+    started: str = ""
 
     @property
     def member(self) -> str:
@@ -95,10 +99,12 @@ def _claim_from_reply(row: list[Any]) -> Claim | None:
         parsed = codec.loads_object(values, f"values of trial {job}/{trial}")
     except Exception:
         parsed = {}
-    claim = Claim(job, trial, int(attempt), parsed, resume=int(earlier) > 0)
-    if len(row) >= 7:
-        claim.gang = gang_members(row[5])
-        claim.rank = int(row[6])
+    started = str(row[5]) if len(row) >= 6 else ""
+    claim = Claim(job, trial, int(attempt), parsed, resume=int(earlier) > 0,
+                  started=started if started.isdigit() else "")
+    if len(row) >= 8:
+        claim.gang = gang_members(row[6])
+        claim.rank = int(row[7])
     return claim
 
 
@@ -185,7 +191,7 @@ class TrialQueue:
                                     "1" if leave else "0"])
         if row == [TrialState.FORMING]:
             return forming
-        if not row or len(row) < 7:
+        if not row or len(row) < 8:
             return None
         return _claim_from_reply(row)
 

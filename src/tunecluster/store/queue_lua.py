@@ -186,11 +186,13 @@ local function gang_start(p, leases, forming, totals, job, tid, members, lease_m
     {trial = tid, worker = members[1].worker, attempt = attempts, workers = workers})})
   redis.call('HINCRBY', totals, 'started', 1)
 end
--- What a member of a running gang is told: the claim, the members and its rank.
+-- What a member of a running gang is told: the claim (as a single claim's reply: its
+-- start time names the attempt's directory), the members and its rank.
 local function gang_reply(p, job, tid, worker)
   local t = tkey(p, job, tid)
   return {job, tid, tostring(redis.call('HGET', t, 'attempts')),
           redis.call('HGET', t, 'values') or '{}', tostring(redis.call('LLEN', t .. ':errors')),
+          tostring(redis.call('HGET', t, 'started') or ''),
           redis.call('HGET', t, 'gang'), tostring(redis.call('HGET', t, 'member:' .. worker))}
 end
 -- The priority of the best trial a free worker could start from the ready queue (nil:

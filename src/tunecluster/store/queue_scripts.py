@@ -63,7 +63,7 @@ for _ = 1, 1000 do
         emit(p, job, {'trial_started', cjson.encode(
           {trial = tid, worker = worker, attempt = attempts})})
         redis.call('HINCRBY', KEYS[4], 'started', 1)
-        reply = {job, tid, tostring(attempts), values, tostring(earlier)}
+        reply = {job, tid, tostring(attempts), values, tostring(earlier), tostring(now)}
         break
       end
     end

@@ -150,7 +150,8 @@ def run_one(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, worker:
 
     claim = Claim(message["job"], message["trial"], int(message["attempt"]),
                   dict(message.get("values") or {}), gang=message.get("gang"),
-                  rank=int(message.get("rank") or 0))
+                  rank=int(message.get("rank") or 0),
+                  started=str(message.get("started") or ""))
     try:
         return _run_claim(store, runtimes, artifacts, worker, claim, message)
     except (WorkerLost, TrialFailed) as exc:
@@ -187,7 +188,7 @@ def _run_claim(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, work
         rt = _runtime(store, runtimes, artifacts, claim.job)
         request = TrialRequest(claim.trial, claim.values, claim.attempt,
                                resume=bool(message.get("resume", claim.attempt > 1)),
-                               isolated=True,
+                               isolated=True, started=claim.started,
                                parent_model=_parent_model(store, artifacts, claim),
                                rank=claim.rank)
         result = run_trial(rt, request, reporter)

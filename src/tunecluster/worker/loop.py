@@ -108,6 +108,7 @@ class Child:
         self.ensure()
         self.conn.send_bytes(json.dumps({"job": claim.job, "trial": claim.trial,
                                          "attempt": claim.attempt,
+                                         "started": claim.started,
                                          "values": claim.values,
                                          "resume": claim.resume,
                                          "claimed_at": claim.claimed_at,

@@ -5,7 +5,7 @@ its answer after each epoch tells the trial to stop early. The run's directory k
 checkpoint of the last finished epoch, so a retried trial resumes after it, and the
 final model (weights of the best epoch, as judged by the objective) as ``model.keras``.
 With ``TrialRequest.isolated`` each attempt writes its own directory
-(``<trial>/attempt-<n>/``, see ``artifacts``) and resumes from the newest readable
+(``<trial>/attempt-<n>-<started>/``, see ``artifacts``) and resumes from the newest readable
 checkpoint of its own or an earlier attempt: an attempt that was reaped but still runs
 can never overwrite the files of the attempt that replaced it.
 The files go to the job's artifact store (``artifact_store``): laid out under its local
@@ -72,9 +72,11 @@ class TrialRequest:
     # Continue from the trial's checkpoint: an earlier run of it was interrupted.
     # None means "if this is a retry" (attempt > 1).
     resume: bool | None = None
-    # Write this attempt's files under <trial>/attempt-<n>/ (the native worker); else
-    # in the trial directory itself (the Ray scheduler, tests).
+    # Write this run's files under <trial>/attempt-<n>-<started>/ (the native worker);
+    # else in the trial directory itself (the Ray scheduler, tests).
     isolated: bool = False
+    # When Redis started this run (the claim's ``started``, ms): names its directory.
+    started: str = ""
     # Hyperband: the model file of the trial this one continues (tuner/trial_id), as the
     # parent's record names it; None: <parent trial>/model.keras.
     parent_model: str | None = None
@@ -125,7 +127,8 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     objective, direction = spec.search.objective_name, spec.search.direction
     values = request.values
     trial_path = rt.trial_dir(request.trial_id)
-    trial_dir = attempt_dir(trial_path, request.attempt) if request.isolated else trial_path
+    trial_dir = (attempt_dir(trial_path, request.attempt, request.started)
+                 if request.isolated else trial_path)
     trial_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(rt.artifacts_dir.parent)
 
@@ -299,7 +302,8 @@ def _resume(model: Any, trial_path: Path, request: TrialRequest, store: Artifact
     """An interrupted trial's newest readable checkpoint past ``initial_epoch``, loaded
     into ``model`` and its epochs reported again (idempotent: the chief keeps one record
     per epoch): ``(history, epoch to start from)``; None when there is none."""
-    dirs = resume_dirs(trial_path, request.attempt) if request.isolated else [trial_path]
+    dirs = (resume_dirs(trial_path, request.attempt, _run_dirs(trial_path, store))
+            if request.isolated else [trial_path])
     checkpoint = next(filter(None, (read_checkpoint(d, store) for d in dirs)), None)
     if checkpoint is None or checkpoint[0]["epoch"] <= initial_epoch:
         return None
@@ -309,6 +313,13 @@ def _resume(model: Any, trial_path: Path, request: TrialRequest, store: Artifact
     for row in history:
         reporter.epoch(int(row["epoch"]), _metrics_only(row))
     return history, int(meta["epoch"])
+
+
+def _run_dirs(trial_path: Path, store: ArtifactStore) -> set[str]:
+    """The names of the directories in ``trial_path`` that hold a file in ``store``."""
+    prefix = store.key(trial_path)
+    return {key[len(prefix) + 1:].split("/", 1)[0] for key in store.list(prefix)
+            if key.startswith(prefix + "/") and "/" in key[len(prefix) + 1:]}
 
 
 def _tune_step_overhead(model: Any, rt: JobRuntime, train: Any, strategy: Any) -> None:
