@@ -1,6 +1,6 @@
 """A randomized soak: many faults at once, for a long time, then the invariants checked.
 
-    .venv/bin/python bench/soak.py --seed 7 --duration 600 [--faults worker_kill,...]
+    .venv/bin/python bench/soak.py --seed 7 --minutes 30 [--faults worker_kill,...]
 
 A real Redis with its AOF, two chiefs and three workers (``LocalCluster``: every role
 its own process, as a deployment runs them) take a stream of small jobs of every native
@@ -272,7 +272,9 @@ def _until(predicate: Any, timeout_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
+    length.add_argument("--minutes", type=float, default=None, help="minutes of faults")
     parser.add_argument("--faults", default=",".join(KINDS),
                         help=f"comma-separated kinds, of: {', '.join(KINDS)}")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--faults: unknown kind {unknown}; allowed: {', '.join(KINDS)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tunecluster-soak-"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    soak = Soak(args.seed, args.duration, workdir, kinds)
+    duration_s = args.minutes * 60 if args.minutes is not None else args.duration
+    soak = Soak(args.seed, duration_s, workdir, kinds)
     try:
         report = soak.run()
     finally:

@@ -23,6 +23,13 @@ CHIEF_TICK_S = float(os.environ.get("TUNECLUSTER_CHIEF_TICK_S", "0.5"))
 # The chief holds a leader lock for CHIEF_LOCK_S, renewed every third of it: a standby
 # chief takes over at most CHIEF_LOCK_S after the active one died.
 CHIEF_LOCK_S = float(os.environ.get("TUNECLUSTER_CHIEF_LOCK_S", "10.0"))
+# A chief whose main loop got through no tick (and no step of one) for CHIEF_STUCK_S is
+# stuck: its lock keeper stops extending the lock and a standby takes over one lock
+# lifetime later. Finalizing a job (a test-split evaluation of up to
+# TUNECLUSTER_EVALUATE_TIMEOUT_S, large models moved) may take CHIEF_FINALIZE_STUCK_S.
+CHIEF_STUCK_S = float(os.environ.get("TUNECLUSTER_CHIEF_STUCK_S", "0") or 0) or max(
+    3 * CHIEF_LOCK_S, 30.0)
+CHIEF_FINALIZE_STUCK_S = 1200.0
 # Reconnect back-off when Redis drops: doubles from the first value up to the cap.
 RECONNECT_BACKOFF_S = (0.1, 5.0)
 

@@ -263,6 +263,36 @@ def test_a_frozen_chief_is_replaced_and_writes_nothing_when_it_wakes(control_pla
     assert_exactly_once(store, job, 3)
 
 
+def test_a_chief_stuck_in_a_step_is_replaced_within_its_bound(control_plane, tmp_path) -> None:
+    """The active chief's main loop blocks for good in a round (its lock keeper thread
+    runs on): the keeper stops extending the lock after TUNECLUSTER_CHIEF_STUCK_S, the
+    lock lapses one lifetime later, the standby takes over and the job completes with
+    every trial exactly once."""
+    marker = tmp_path / "hung"
+    cluster = control_plane(workers=0, env={"TUNECLUSTER_CHIEF_STUCK_S": "3",
+                                            "TUNECLUSTER_TEST_HANG_AT": f"chief_tick:{marker}"})
+    store = Store.from_url(cluster.url)
+    _until(lambda: marker.exists(), 60)
+    hung = int(marker.read_text())
+    assert hung == cluster.chiefs[0].pid
+    held_by = store.client.get(store.keys.chief_lock)
+    assert held_by is not None
+    cluster.start_chief()  # the standby
+    started = time.monotonic()
+    _until(lambda: store.client.get(store.keys.chief_lock) not in (None, held_by), 60)
+    replaced_s = time.monotonic() - started
+    # stuck 3 s + a lock lifetime (4 s) + the keeper's and the standby's periods
+    assert replaced_s < 3 + LOCK_S + 3, f"the standby took over after {replaced_s:.1f} s"
+    assert cluster.chiefs[0].poll() is None, "the stuck chief crashed instead"
+    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=2",)))
+    worker = _scripted(control_plane, store, slots=1)
+    worker.end(worker.claim(timeout=60))
+    worker.end(worker.claim(timeout=60))
+    wait(store, job, 120)
+    assert_exactly_once(store, job, 2)
+    os.killpg(hung, signal.SIGKILL)
+
+
 def test_a_chief_that_lost_its_lock_mid_round_commits_nothing(control_plane) -> None:
     """The lock is taken from the active chief while it waits on the inbox (as when it
     stalled past the lock's expiry and a standby took over), and a report arrives in

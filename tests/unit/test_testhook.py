@@ -53,3 +53,22 @@ def test_the_hook_is_inert_unless_it_names_the_point(tmp_path: Path) -> None:
         assert proc.communicate(timeout=30)[0].strip() == "ran on", env
         assert proc.returncode == 0
     assert not (tmp_path / "held").exists()
+
+
+
+def test_hang_here_blocks_only_the_first_thread_and_the_process_runs_on(tmp_path) -> None:
+    from tunecluster.testhook import HANG_AT_ENV
+
+    marker = tmp_path / "hung"
+    code = ("import os, threading\n"
+            "from tunecluster.testhook import hang_here\n"
+            "first = threading.Thread(target=hang_here, args=('chief_tick',), daemon=True)\n"
+            "first.start(); first.join(1.0)\n"
+            "hang_here('chief_tick')\n"  # the marker exists: this thread runs on
+            "print(first.is_alive(), os.getpid(), flush=True)\n")
+    clean = {k: v for k, v in os.environ.items() if k != HANG_AT_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**clean, HANG_AT_ENV: f"chief_tick:{marker}"}, timeout=60)
+    hung, pid = out.stdout.split()
+    assert hung == "True", "the first thread at the point did not block"
+    assert marker.read_text() == pid

@@ -5,7 +5,9 @@ stand by and ask for it on every tick. The active chief asks Redis only every
 ``check_s``: every write it makes is fenced (checked inside the script that writes), so
 a lock lost between checks costs nothing but that round. A keeper thread extends the
 lock between ticks while the main loop gets through them, so a long step does not hand
-the cluster to a standby; a chief stuck for good lets its lock lapse.
+the cluster to a standby; a chief whose loop shows no progress for ``stuck_after_s``
+(``defaults.CHIEF_STUCK_S``, 30 s; a finalize may take ``CHIEF_FINALIZE_STUCK_S``) lets
+its lock lapse, and a standby takes over one lock lifetime later.
 """
 
 from __future__ import annotations
@@ -16,26 +18,31 @@ from collections.abc import Callable
 
 import redis
 
+from tunecluster import defaults
 from tunecluster.store import Store
 from tunecluster.store.fence import Fence
-
-# A chief whose main loop has not finished a tick for this long is taken for stuck: its
-# lock keeper stops extending the lock, so a standby can take over.
-STUCK_AFTER_S = 600.0
 
 
 class ChiefLock:
     """The lock of chief ``chief_id`` (whose token is ``fence``'s), held for ``lock_s``."""
 
     def __init__(self, store: Store, fence: Fence, chief_id: str, lock_s: float,
-                 check_s: float) -> None:
+                 check_s: float, stuck_after_s: float | None = None) -> None:
         self.store = store
         self.fence = fence
         self.id = chief_id
         self.lock_s = lock_s
         self.check_s = check_s
-        self.progress = time.monotonic()  # last time the main loop got through a tick
+        self.stuck_after_s = defaults.CHIEF_STUCK_S if stuck_after_s is None else stuck_after_s
+        # Until when the keeper extends the lock: moved on by each sign of progress.
+        self.alive_until = time.monotonic() + self.stuck_after_s
         self.next_check = 0.0
+
+    def alive(self, allow_s: float | None = None) -> None:
+        """The main loop made progress: keep the lock for ``allow_s`` more (default
+        ``stuck_after_s``; a step known to be long, such as a finalize, asks more)."""
+        self.alive_until = time.monotonic() + (self.stuck_after_s if allow_s is None
+                                               else allow_s)
 
     def hold(self) -> bool:
         """Take the lock, or extend it if this chief holds it; whether it does now."""
@@ -56,12 +63,12 @@ class ChiefLock:
         """The keeper thread: extend the lock between ticks, so a long step (finalize
         evaluating the test split, a Bayesian oracle fitting its Gaussian process on a
         busy machine) does not hand the cluster to a standby that would redo the same
-        step. Only while the main loop gets through ticks now and then (``progress``): a
-        chief stuck for good lets its lock lapse."""
+        step. Only while the main loop shows progress (``alive``): a chief stuck in a
+        step lets its lock lapse."""
         while not stop_event.wait(self.lock_s / 3):
             if not leading():
                 continue
-            if time.monotonic() - self.progress > STUCK_AFTER_S:
+            if time.monotonic() > self.alive_until:
                 continue
             try:
                 if not self.store.control.extend(self.fence, int(self.lock_s * 1000)):

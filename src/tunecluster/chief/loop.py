@@ -47,6 +47,7 @@ from tunecluster.store import Store, codec
 from tunecluster.store.connection import Backoff, retryable
 from tunecluster.store.fence import LostLeadership, StaleState, Writes
 from tunecluster.store.results import build_results
+from tunecluster.testhook import hang_here
 
 log = logging.getLogger("tunecluster.chief")
 
@@ -138,7 +139,7 @@ class Chief:
                 if self._resync:
                     self._load_from_redis()
                 self.tick()
-                self.lock.progress = time.monotonic()
+                self.lock.alive()
                 backoff.ok()
             except LostLeadership:
                 log.warning("chief %s was deposed: nothing written; standing by", self.id)
@@ -157,6 +158,7 @@ class Chief:
         evaluator().stop()
 
     def tick(self) -> None:
+        hang_here("chief_tick")  # a test hook, inert unless set (tunecluster/testhook.py)
         if self._reclaim:
             self._reclaim = False
             self._drain(pending=True)
@@ -369,6 +371,7 @@ class Chief:
         hosted = self.jobs.get(job_id)
         if hosted is None:
             hosted = load_job(self.store, job_id, self.fence)
+            self.lock.alive()  # loading every job after a take-over is progress
             if hosted is not None:
                 self.jobs[job_id] = hosted
         return hosted
@@ -440,6 +443,7 @@ class Chief:
             trials = build_results(self.store.jobs, hosted.id)["trials"]
             error = f"{error} | errors: {summarize_errors(trials)}"
         resolve = file_resolver(self.store, hosted.id, self.artifacts, hosted.uploaded)
+        self.lock.alive(defaults.CHIEF_FINALIZE_STUCK_S)
         try:
             results = finalize(self.store, hosted.id, hosted.spec, self.artifacts, state,
                                resolve=resolve, error=error, fence=self.fence)
