@@ -101,7 +101,8 @@ class Injector:
         trials = []
         for worker in self.cluster.workers:
             try:
-                trials += psutil.Process(worker.pid).children()
+                trials += [child for child in psutil.Process(worker.pid).children()
+                           if child.status() != psutil.STATUS_ZOMBIE]  # not one just killed
             except psutil.Error:
                 continue
         if not trials:

@@ -287,6 +287,7 @@ class Chief:
                 self.store.control.commit(writes, self.fence, self._seq,
                                           time.monotonic() - round_started)
                 self._seq += 1
+            self.lock.alive()  # a round committed: a long backlog is progress
             if not (pending and entries):
                 return
 
