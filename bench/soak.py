@@ -71,6 +71,8 @@ KINDS = {
     "worker_kill": "SIGKILL of a worker's process group (its trial processes too); a new"
                    " worker starts",
     "worker_pause": "SIGSTOP of a worker's process group for 0.5-2 leases, then SIGCONT",
+    "worker_skew": "a worker SIGKILLed and replaced by one whose clock is 30-600 s off"
+                   " (ahead or behind)",
     "trial_kill": "SIGKILL of one trial process of a worker",
     "chief_kill": "SIGKILL of a chief; a new chief starts",
     "chief_pause": "SIGSTOP of a chief for 0.5-2 lock lifetimes, then SIGCONT",
@@ -86,7 +88,7 @@ KINDS = {
 class Fault:
     at_s: float  # seconds into the soak
     kind: str
-    length_s: float  # how long a pause or a full Redis lasts; a restart's delay
+    length_s: float  # how long a pause or a full Redis lasts; a restart's delay; a skew
     victim: int  # which process of its kind, as an index modulo how many there are
 
 
@@ -99,7 +101,8 @@ def schedule(seed: int, duration_s: float, kinds: list[str],
         kind = rng.choice(kinds)
         unit = {"worker_pause": LEASE_S, "chief_pause": LOCK_S}.get(kind, 1.0)
         low, high = {"worker_pause": (0.5, 2), "chief_pause": (0.5, 2), "redis_kill": (0.5, 3),
-                     "redis_pause": (1, 6), "redis_full": (2, 6)}.get(kind, (0, 0))
+                     "redis_pause": (1, 6), "redis_full": (2, 6),
+                     "worker_skew": (30, 600)}.get(kind, (0, 0))
         faults.append(Fault(round(at, 2), kind, round(unit * rng.uniform(low, high), 2),
                             rng.randrange(1_000_000)))
         at += rng.expovariate(1 / mean_gap_s)
@@ -172,6 +175,8 @@ class Soak:
         store = self._store()
         self._wait_for_jobs(store, timeout_s=max(300.0, self.duration_s))
         jobs = Counter(_state(store, j.id) for j in self.jobs)
+        failed = {j.id: f"{j.algorithm}: " + str(store.jobs.get(j.id).fields.get("error"))[:200]
+                  for j in self.jobs if _state(store, j.id) == "failed"}
         checks = check_jobs(self, store)
         checks.append(check_redis_memory(self, store, redis_start_mb))
         self.cluster.stop()  # SIGTERM, as an operator stops it
@@ -179,6 +184,7 @@ class Soak:
         return {"seed": self.seed, "duration_s": self.duration_s,
                 "faults": dict(sorted(self.faults_done.items())), "jobs": dict(jobs),
                 "lost_with_a_rollback": sum(bool(j.lost) for j in self.jobs),
+                "failed_jobs": failed,
                 "checks": checks, "ok": all(c["ok"] for c in checks)}
 
     def _store(self) -> Any:

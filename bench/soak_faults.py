@@ -97,6 +97,27 @@ class Injector:
         self._pause(victim.pid, fault.length_s)
         return f"worker {victim.pid} stopped for {fault.length_s} s"
 
+    def worker_skew(self, fault: Any) -> str:
+        """A worker replaced by one on a host whose clock is off (ahead for an even
+        victim index, behind for an odd one): its ``time.time`` shifted through a
+        ``sitecustomize`` on its PYTHONPATH, its trial processes' too."""
+        victim = self._pick(self.cluster.workers, fault)
+        skew = fault.length_s if fault.victim % 2 == 0 else -fault.length_s
+        site = self.soak.workdir / f"skew{skew:+.0f}"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(
+            f"import time\n_real = time.time\ntime.time = lambda: _real() + {skew!r}\n")
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        plain = self.cluster.env
+        path = os.pathsep.join(filter(None, [str(site), plain.get("PYTHONPATH")]))
+        self.cluster.env = {**plain, "PYTHONPATH": path}
+        try:
+            new = self.cluster.start_worker()
+        finally:
+            self.cluster.env = plain
+        return f"worker {victim.pid} killed; worker {new.pid} started, its clock {skew:+.0f} s off"
+
     def trial_kill(self, fault: Any) -> str:
         trials = []
         for worker in self.cluster.workers:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tunecluster.api import Client
-from tunecluster.engine.oracle_host import BOOK
+from tunecluster.engine.oracle_state import BOOK
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tunecluster.engine.oracle_host import BOOK, OracleHost
+from tunecluster.engine.oracle_host import OracleHost
+from tunecluster.engine.oracle_state import BOOK
 from tunecluster.spec import parse_spec
 from tunecluster.spec.space import build_space, space_to_json
 
@@ -86,6 +87,37 @@ def test_restored_oracle_is_keras_tuners_own_state() -> None:
     assert status == "RUNNING" and trial not in done + running
     again.end(running[0], completed=True)
     assert again.oracle.end_order[-1] == running[0]
+
+
+def _grid(restore_after: int | None) -> list[tuple[int, int]]:
+    """The values a 2 x 3 grid hands out, one trial running at a time, the oracle
+    restored from what it persisted after ``restore_after`` trials (None: never)."""
+    spec = parse_spec({"name": "g", "data": {"dataset": "digits"},
+                       "model": {"builtin": "mlp", "hyperparameters": {
+                           "n_hidden": {"choice": [1, 2]}, "n_neurons": {"choice": [8, 16, 32]}}},
+                       "search": {"algorithm": "grid", "objective": "val_loss",
+                                  "max_trials": 20}})
+    host = OracleHost.create(spec, space_to_json(build_space(spec.model.hyperparameters)))
+    handed = []
+    while True:
+        if len(handed) == restore_after:  # a chief restarted, took over or reloaded
+            host = OracleHost.create(spec, host.space, *_persisted(host))
+        status, trial, values = host.create_trial()
+        if status != "RUNNING":
+            return handed
+        handed.append((values["n_hidden"], values["n_neurons"]))
+        host.update(trial, 1, {"val_loss": 0.5})
+        host.end(trial, completed=True)
+
+
+@pytest.mark.parametrize("restore_after", [1, 2, 4])
+def test_a_restored_grid_goes_on_through_its_combinations(restore_after: int) -> None:
+    """KerasTuner's grid keeps its order of the trials in memory only: restored, it
+    failed its next suggestion with a KeyError (a soak found it). It must go on and hand
+    out the rest of the grid, each combination once, as it would have."""
+    uninterrupted = _grid(None)
+    assert len(uninterrupted) == 6 == len(set(uninterrupted))
+    assert _grid(restore_after) == uninterrupted
 
 
 def test_trials_written_later_update_the_book() -> None:

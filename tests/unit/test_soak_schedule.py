@@ -26,6 +26,7 @@ def test_faults_cover_their_kinds_within_the_duration_and_bounds() -> None:
     pauses = [f.length_s for f in faults if f.kind == "worker_pause"]
     assert pauses and all(0.5 * soak.LEASE_S <= s <= 2 * soak.LEASE_S for s in pauses)
     assert all(1 <= f.length_s <= 6 for f in faults if f.kind == "redis_pause")
+    assert all(30 <= f.length_s <= 600 for f in faults if f.kind == "worker_skew")
     only = soak.schedule(5, 600, ["trial_kill"])
     assert only and {f.kind for f in only} == {"trial_kill"}
 

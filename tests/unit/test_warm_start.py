@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tunecluster.api import Client
-from tunecluster.engine.oracle_host import OracleHost, carried_values
+from tunecluster.engine.oracle_host import OracleHost
+from tunecluster.engine.oracle_state import carried_values
 from tunecluster.errors import SpecError
 from tunecluster.spec import parse_spec
 

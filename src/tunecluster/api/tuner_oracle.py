@@ -90,7 +90,7 @@ class ClusterOracle:
 
         import redis
 
-        from tunecluster.engine.oracle_host import restore_state
+        from tunecluster.engine.oracle_state import restore_state
         from tunecluster.errors import TuneclusterError
 
         self.__dict__["_tc_stale"] = False
