@@ -26,7 +26,7 @@ def _check(name: str, problems: list[str], passed: str) -> dict[str, Any]:
 
 def check_jobs(soak: Any, store: Any) -> list[dict[str, Any]]:
     """Final states, exactly-once, models on disk and loadable, results.json agreeing."""
-    unfinished, breaches, models, disagree = [], [], [], []
+    unfinished, breaches, models, disagree, failed = [], [], [], [], []
     kept = [job for job in soak.jobs if not job.lost]
     lost = [job for job in soak.jobs if job.lost]
     trials = completed = 0
@@ -38,6 +38,8 @@ def check_jobs(soak: Any, store: Any) -> list[dict[str, Any]]:
         if record.state not in FINAL:
             unfinished.append(f"{job.id} ({job.algorithm}) is {record.state}")
             continue
+        if record.state == "failed":
+            failed.append(f"{job.id} ({job.algorithm}): {record.fields.get('error')}"[:300])
         problems, rows = exactly_once(store, job.id)
         breaches += [f"{job.id} ({job.algorithm}): {p}" for p in problems]
         trials += len(rows)
@@ -53,6 +55,9 @@ def check_jobs(soak: Any, store: Any) -> list[dict[str, Any]]:
         _check("jobs_final", unfinished,
                f"{len(kept)} jobs final ({len(lost)} more lost with a rollback of Redis to"
                " a snapshot older than their submit)"),
+        # The soak's jobs retry a trial 3 times and stop after 20 failed in a row: no
+        # fault it injects fails a job; one that failed is a finding.
+        _check("no_job_failed", failed, "no job failed"),
         _check("exactly_once", breaches, f"{trials} trials in {len(kept)} jobs, each final"
                                          " once, attempts within their budget"),
         _check("models", models, f"{completed} completed trials' models there and loading"),
