@@ -85,17 +85,27 @@ class Injector:
         self.timers.append(timer)
         timer.start()
 
-    def worker_kill(self, fault: Any) -> str:
-        victim = self._pick(self.cluster.workers, fault)
+    def _kill(self, role: str, fault: Any) -> str:
+        """SIGKILL one ``role`` process (its group: a worker's trials too), start one."""
+        procs = self.cluster.workers if role == "worker" else self.cluster.chiefs
+        victim = self._pick(procs, fault)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(10)
-        new = self.cluster.start_worker()
-        return f"worker {victim.pid} killed; worker {new.pid} started"
+        new = self.cluster.start_worker() if role == "worker" else self.cluster.start_chief()
+        return f"{role} {victim.pid} killed; {role} {new.pid} started"
+
+    def _stop(self, role: str, fault: Any) -> str:
+        """SIGSTOP one ``role`` process group for the fault's length."""
+        victim = self._pick(self.cluster.workers if role == "worker" else self.cluster.chiefs,
+                            fault)
+        self._pause(victim.pid, fault.length_s)
+        return f"{role} {victim.pid} stopped for {fault.length_s} s"
+
+    def worker_kill(self, fault: Any) -> str:
+        return self._kill("worker", fault)
 
     def worker_pause(self, fault: Any) -> str:
-        victim = self._pick(self.cluster.workers, fault)
-        self._pause(victim.pid, fault.length_s)
-        return f"worker {victim.pid} stopped for {fault.length_s} s"
+        return self._stop("worker", fault)
 
     def worker_skew(self, fault: Any) -> str:
         """A worker replaced by one on a host whose clock is off (ahead for an even
@@ -133,16 +143,10 @@ class Injector:
         return f"trial process {victim.pid} killed"
 
     def chief_kill(self, fault: Any) -> str:
-        victim = self._pick(self.cluster.chiefs, fault)
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(10)
-        new = self.cluster.start_chief()
-        return f"chief {victim.pid} killed; chief {new.pid} started"
+        return self._kill("chief", fault)
 
     def chief_pause(self, fault: Any) -> str:
-        victim = self._pick(self.cluster.chiefs, fault)
-        self._pause(victim.pid, fault.length_s)
-        return f"chief {victim.pid} stopped for {fault.length_s} s"
+        return self._stop("chief", fault)
 
     # --- Redis -------------------------------------------------------------------------
 
