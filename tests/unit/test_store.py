@@ -361,3 +361,31 @@ def test_a_job_moves_only_along_its_lifecycle(store: Store) -> None:
     assert store.jobs.quarantine(job, "cannot be read")
     assert store.client.hget(store.keys.job(job), "state") == "failed"
     assert [s for s in JobState if s.is_final] == ["completed", "failed", "cancelled"]
+
+
+def test_a_script_whose_retry_outlives_redis_script_cache_loads_it_again(
+        store: Store) -> None:
+    """A soak killed a chief this way: the script was missing (Redis restarted), loaded
+    again, and its second call waited out a full Redis while Redis restarted once more:
+    NOSCRIPT escaped redis-py's one reload. Ours loads it again each time."""
+    from tunecluster.store.connection import RETRYABLE, script
+
+    write = script(store.client, "return redis.call('SET', KEYS[1], ARGV[1])")
+    other = store.client  # commands that a full Redis still takes, on other connections
+    other.script_flush()  # as after a restart: the first call loads it again
+    other.config_set("maxmemory", "1")  # full: the reloaded script's call is retried
+
+    def restart_then_make_room() -> None:
+        time.sleep(1.0)
+        other.script_flush()  # Redis restarted while the call waited
+        other.config_set("maxmemory", "0")
+
+    helper = threading.Thread(target=restart_then_make_room)
+    helper.start()
+    try:
+        assert write(keys=["written"], args=["yes"]) == "OK"
+    finally:
+        helper.join()
+        other.config_set("maxmemory", "0")
+    assert store.client.get("written") == "yes"
+    assert issubclass(redis.exceptions.NoScriptError, RETRYABLE)

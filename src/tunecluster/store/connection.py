@@ -291,7 +291,35 @@ RETRIED_BY_CLIENT: tuple[type[BaseException], ...] = (
     redis.BusyLoadingError,
     redis.exceptions.OutOfMemoryError,
 )
-RETRYABLE: tuple[type[BaseException], ...] = (*RETRIED_BY_CLIENT, ConnectionError, OSError)
+# NoScriptError: Redis restarted (or flushed its scripts) under the caller, whose retry
+# of the command then found the script gone; done again, the script is loaded again.
+RETRYABLE: tuple[type[BaseException], ...] = (*RETRIED_BY_CLIENT, ConnectionError, OSError,
+                                              redis.exceptions.NoScriptError)
+
+# How many times a script call loads its script again when Redis has lost it.
+SCRIPT_RELOADS = 5
+
+
+class Script(redis.commands.core.Script):
+    """A Lua script that loads itself again each time Redis answers NOSCRIPT.
+
+    redis-py's own ``Script`` loads it once and tries once more. When that second try
+    waits out a full Redis (``RETRIED_BY_CLIENT``) and Redis restarts meanwhile, its
+    script cache is empty again and the NOSCRIPT escaped: a chief died of it in a soak.
+    A script that did not run wrote nothing, so calling it again is safe."""
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        for _ in range(SCRIPT_RELOADS):
+            try:
+                return super().__call__(keys or [], args or [], client)
+            except redis.exceptions.NoScriptError:
+                continue
+        return super().__call__(keys or [], args or [], client)
+
+
+def script(client: Any, body: str) -> Script:
+    """``client.register_script(body)``, reloading itself as ``Script`` says."""
+    return Script(client, body)
 
 
 def retryable(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ import secrets
 import redis
 
 from tunecluster.store import telemetry
+from tunecluster.store.connection import script
 from tunecluster.store.fence import Fence, Writes
 from tunecluster.store.inbox import ChiefInbox
 from tunecluster.store.keys import Keys
@@ -32,7 +33,7 @@ class ChiefControl:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
         self.k = keys
-        self._hold = client.register_script(_HOLD_LOCK)
+        self._hold = script(client, _HOLD_LOCK)
 
     def fence(self, chief_id: str) -> Fence:
         """The fence of chief ``chief_id``: its writes land only while it holds the lock."""

@@ -47,7 +47,7 @@ from tunecluster.artifacts import BEST_MODEL, RESULTS, relative_to_root, trial_m
 from tunecluster.errors import StoreError
 from tunecluster.states import JobState, TrialState
 from tunecluster.store import codec
-from tunecluster.store.connection import raw_client
+from tunecluster.store.connection import raw_client, script
 from tunecluster.store.download_index import SHA256_RE, index, is_name, trial_name
 from tunecluster.store.fence import Fence, LostLeadership, Writes
 
@@ -210,14 +210,14 @@ def _no_room(raw: redis.Redis, size: int) -> str | None:
 
 
 def _upload(raw: redis.Redis, part: str, path: Path, size: int, fence: Fence) -> None:
-    script = raw.register_script(_PUSH)
+    push = script(raw, _PUSH)
     index = written = 0
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(CHUNK_BYTES)
             if not chunk and index:
                 break
-            answer = int(script(keys=[fence.lock_key, part], args=[fence.token, chunk, index]))
+            answer = int(push(keys=[fence.lock_key, part], args=[fence.token, chunk, index]))
             if answer == -1:
                 raise LostLeadership("the chief lock is held by another chief; nothing"
                                      " published")

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import redis
 
 from tunecluster.errors import TuneclusterError
+from tunecluster.store.connection import script
 
 REQUEST_TTL_MS = 600_000
 
@@ -77,12 +78,12 @@ class Fence:
         """Give the lock up, atomically, only if it is still ours."""
         if not self.active:
             return False
-        return bool(client.register_script(_RELEASE_LOCK)(keys=[self.lock_key],
+        return bool(script(client, _RELEASE_LOCK)(keys=[self.lock_key],
                                                           args=[self.token]))
 
     def extend(self, client: redis.Redis, ttl_ms: int) -> bool:
         """Extend the lock's expiry, only if it is still ours (never acquires it)."""
-        return bool(client.register_script(_EXTEND_LOCK)(keys=[self.lock_key],
+        return bool(script(client, _EXTEND_LOCK)(keys=[self.lock_key],
                                                          args=[self.token, ttl_ms]))
 
 
@@ -180,7 +181,7 @@ class Writes:
         import json
 
         seq_key, expected = sequence if sequence else ("", 0)
-        answer = int(client.register_script(_APPLY)(
+        answer = int(script(client, _APPLY)(
             keys=[fence.lock_key, request_key, seq_key],
             args=[fence.token, json.dumps(self.ops), str(expected)]))
         if answer == -1:

@@ -42,6 +42,7 @@ from tunecluster.errors import WorkerLost
 from tunecluster.ids import is_job_id, is_trial_id
 from tunecluster.states import TrialState
 from tunecluster.store import codec, queue_scripts, telemetry
+from tunecluster.store.connection import script
 from tunecluster.store.fence import Fence, LostLeadership
 from tunecluster.store.keys import Keys, member
 from tunecluster.store.queue_lua import REQUEST_TTL_MS
@@ -135,16 +136,16 @@ class TrialQueue:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
         self.k = keys
-        self._claim = client.register_script(queue_scripts.CLAIM)
-        self._renew = client.register_script(queue_scripts.RENEW)
-        self._report = client.register_script(queue_scripts.REPORT_EPOCH)
-        self._finish = client.register_script(queue_scripts.FINISH)
-        self._release = client.register_script(queue_scripts.RELEASE)
-        self._reap = client.register_script(queue_scripts.REAP)
-        self._cancel_ready = client.register_script(queue_scripts.CANCEL_READY)
-        self._request_stop = client.register_script(queue_scripts.REQUEST_STOP)
-        self._gang_wait = client.register_script(queue_scripts.GANG_WAIT)
-        self._gang_check = client.register_script(queue_scripts.GANG_CHECK)
+        self._claim = script(client, queue_scripts.CLAIM)
+        self._renew = script(client, queue_scripts.RENEW)
+        self._report = script(client, queue_scripts.REPORT_EPOCH)
+        self._finish = script(client, queue_scripts.FINISH)
+        self._release = script(client, queue_scripts.RELEASE)
+        self._reap = script(client, queue_scripts.REAP)
+        self._cancel_ready = script(client, queue_scripts.CANCEL_READY)
+        self._request_stop = script(client, queue_scripts.REQUEST_STOP)
+        self._gang_wait = script(client, queue_scripts.GANG_WAIT)
+        self._gang_check = script(client, queue_scripts.GANG_CHECK)
 
     def _request_key(self) -> str:
         return self.k.request(secrets.token_hex(12))

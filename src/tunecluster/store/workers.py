@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from tunecluster.store.connection import script
 from tunecluster.store.keys import Keys, split_member
 from tunecluster.store.queue import server_ms
 from tunecluster.store.records import hashes, worker_info
@@ -29,7 +30,7 @@ class WorkerRegistry:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
         self.k = keys
-        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._heartbeat = script(client, _HEARTBEAT)
 
     def heartbeat(self, worker: str, info: Mapping[str, Any], ttl_s: float) -> None:
         """Say this worker is alive; ``info`` fields land in its record (``beat`` is set
