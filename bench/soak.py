@@ -135,6 +135,7 @@ class Soak:
     faults_done: Counter[str] = field(default_factory=Counter)
     jobs: list[Submitted] = field(default_factory=list)
     seen_pids: set[int] = field(default_factory=set)
+    killed: set[int] = field(default_factory=set)  # the roles a fault SIGKILLed
     rss: dict[int, list[tuple[float, float]]] = field(default_factory=dict)  # (s, MiB)
     # (monotonic time of the rollback, of the snapshot it went back to)
     rollbacks: list[tuple[float, float]] = field(default_factory=list)
@@ -152,7 +153,7 @@ class Soak:
     # --- the run ---------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from soak_checks import check_after_stop, check_jobs, check_redis_memory
+        from soak_checks import check_after_stop, check_jobs, check_redis_memory, check_roles
         from soak_faults import Injector
 
         self.cluster.start()
@@ -177,7 +178,7 @@ class Soak:
         jobs = Counter(_state(store, j.id) for j in self.jobs)
         failed = {j.id: f"{j.algorithm}: " + str(store.jobs.get(j.id).fields.get("error"))[:200]
                   for j in self.jobs if _state(store, j.id) == "failed"}
-        checks = check_jobs(self, store)
+        checks = [check_roles(self), *check_jobs(self, store)]
         checks.append(check_redis_memory(self, store, redis_start_mb))
         self.cluster.stop()  # SIGTERM, as an operator stops it
         checks += check_after_stop(self)

@@ -24,6 +24,16 @@ def _check(name: str, problems: list[str], passed: str) -> dict[str, Any]:
     return {"name": name, "ok": not problems, "detail": detail}
 
 
+def check_roles(soak: Any) -> dict[str, Any]:
+    """Every chief and worker that is gone was killed by a fault: none died by itself
+    (healing started new ones in their place, so the jobs do not show it)."""
+    died = [f"{role} {proc.pid} exited with {proc.returncode}"
+            for role, procs in (("chief", soak.cluster.chiefs), ("worker", soak.cluster.workers))
+            for proc in procs if proc.poll() is not None and proc.pid not in soak.killed]
+    return _check("no_role_died", died, f"{len(soak.killed)} roles killed by faults, no other"
+                                        " ended")
+
+
 def check_jobs(soak: Any, store: Any) -> list[dict[str, Any]]:
     """Final states, exactly-once, models on disk and loadable, results.json agreeing."""
     unfinished, breaches, models, disagree, failed = [], [], [], [], []

@@ -89,6 +89,7 @@ class Injector:
         """SIGKILL one ``role`` process (its group: a worker's trials too), start one."""
         procs = self.cluster.workers if role == "worker" else self.cluster.chiefs
         victim = self._pick(procs, fault)
+        self.soak.killed.add(victim.pid)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(10)
         new = self.cluster.start_worker() if role == "worker" else self.cluster.start_chief()
@@ -117,6 +118,7 @@ class Injector:
         site.mkdir(exist_ok=True)
         (site / "sitecustomize.py").write_text(
             f"import time\n_real = time.time\ntime.time = lambda: _real() + {skew!r}\n")
+        self.soak.killed.add(victim.pid)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(10)
         plain = self.cluster.env

@@ -27,7 +27,7 @@ def test_a_short_soak_of_random_faults_loses_nothing(tmp_path: Path) -> None:
     failed = [c for c in report["checks"] if not c["ok"]]
     assert run.returncode == 0 and not failed, (failed, "\n".join(lines[-60:]))
     assert [c["name"] for c in report["checks"]] == [
-        "jobs_final", "no_job_failed", "exactly_once", "models", "results_json", "redis_memory",
-        "no_process_left", "rss_bounded"]
+        "no_role_died", "jobs_final", "no_job_failed", "exactly_once", "models",
+        "results_json", "redis_memory", "no_process_left", "rss_bounded"]
     assert sum(report["faults"].values()) >= 6 and len(report["faults"]) >= 4, report
     assert report["jobs"].get("completed", 0) >= 3, report  # 10-11 here; work was done
