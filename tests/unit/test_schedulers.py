@@ -128,3 +128,33 @@ def test_a_deposed_chief_finalizes_no_ended_job(store: Store, tmp_path: Path) ->
         chief._finish_jobs()
     assert store.jobs.get(job).state == JobState.RUNNING
     assert not (tmp_path / job / "results.json").exists()
+
+
+def test_a_finalize_whose_state_redis_lost_reloads_instead_of_failing_the_job(
+        store: Store, tmp_path: Path) -> None:
+    """A soak found it: Redis rolled back (to a copy from before the job turned
+    finalizing) while the chief finalized; the final move was refused (running ->
+    completed) and the chief failed the job. Redis no longer holds what the chief wrote:
+    it must reload, as after any lost write, and the job stays as Redis has it."""
+    from tunecluster.engine import finalize as finalizing
+    from tunecluster.store.fence import StaleState
+
+    job = _job(store, "scheduler=ray")
+    recorder = Recorder("ray")
+    chief = _leading_chief(store, tmp_path, recorder)
+    chief._tick_schedulers()
+    recorder.ends = {job: JobEnd(JobState.COMPLETED)}
+    real = finalizing.build_results
+
+    def rolled_back_meanwhile(jobs: object, job_id: str) -> dict:
+        store.client.hset(store.keys.job(job), "state", "running")  # the older copy
+        return real(jobs, job_id)
+
+    finalizing.build_results = rolled_back_meanwhile
+    try:
+        with pytest.raises(StaleState):
+            chief._finish_jobs()
+    finally:
+        finalizing.build_results = real
+    assert store.jobs.get(job).state == JobState.RUNNING
+    assert "error" not in store.jobs.get(job).fields

@@ -449,7 +449,7 @@ class Chief:
             results = finalize(self.store, hosted.id, hosted.spec, self.artifacts, state,
                                resolve=resolve, error=error, fence=self.fence)
             log.info("job %s %s", hosted.id, results["state"])
-        except LostLeadership:
+        except (LostLeadership, StaleState):
             raise
         except Exception as exc:  # noqa: BLE001 - a broken export must still end the job
             if is_redis_outage(exc):

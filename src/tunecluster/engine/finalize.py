@@ -21,12 +21,12 @@ from tunecluster.artifact_store import ArtifactStore, open_store
 from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
 from tunecluster.artifacts import job_dir as artifacts_job_dir
 from tunecluster.data import load_splits
-from tunecluster.errors import ArtifactsError
+from tunecluster.errors import ArtifactsError, StoreError
 from tunecluster.spec.models import JobSpec
 from tunecluster.states import JobState
 from tunecluster.store import Store, codec, downloads
 from tunecluster.store.connection import retryable
-from tunecluster.store.fence import Fence, Writes
+from tunecluster.store.fence import Fence, StaleState, Writes
 from tunecluster.store.results import build_results, leaderboard
 from tunecluster.testhook import stop_here
 
@@ -119,6 +119,7 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
     # results.json is written before the record turns final (a reader that sees the
     # final state finds the file), from the record as it will then read.
     fields = {"error": error} if error else {}
+    _still_finalizing(store, job)
     results = build_results(store.jobs, job)
     results["test"] = final["test"]
     results["artifacts"] = final["artifacts"]
@@ -135,9 +136,24 @@ def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state:
                            fence, best_model="best_model" in final["artifacts"])
     writes = store.jobs.stage_publication(Writes(), publication)
     store.jobs.stage_final(writes, job, codec.dumps(final))
-    store.jobs.stage_state(writes, job, state, **fields)
+    try:
+        store.jobs.stage_state(writes, job, state, **fields)
+    except StoreError:  # refused as a move from another state than finalizing
+        _still_finalizing(store, job)
+        raise
     store.apply(writes, fence)
     return results
+
+
+def _still_finalizing(store: Store, job: str) -> None:
+    """The chief moved the job to ``finalizing`` before this finalize; a job that is no
+    longer there means Redis lost that write (restarted without it, or restored from an
+    older copy): ``StaleState``, so that the chief reloads from Redis rather than end a
+    job from what Redis no longer holds (a rollback mid-finalize failed a job so)."""
+    [now] = store.jobs.field([job], "state")
+    if now != JobState.FINALIZING:
+        raise StaleState(f"job {job} is {now}, not finalizing: Redis lost the chief's"
+                         " last writes")
 
 
 def _publish(store: Store, job: str, root: Path, state: str, ranked: list[dict[str, Any]],
