@@ -148,6 +148,7 @@ class Soak:
                                     env=LIVENESS)
         self.redis_lock = threading.RLock()
         self.paused: set[int] = set()
+        self._client: Any = None  # _store()
         self.start = 0.0
 
     # --- the run ---------------------------------------------------------------------
@@ -189,9 +190,13 @@ class Soak:
                 "checks": checks, "ok": all(c["ok"] for c in checks)}
 
     def _store(self) -> Any:
-        from tunecluster.store import Store
+        """One client for the soak's own reads and the faults' Redis commands: Redis
+        restarts on the same port and password, and the client reconnects."""
+        if self._client is None:
+            from tunecluster.store import Store
 
-        return Store.from_url(self.cluster.url, retries=3)
+            self._client = Store.from_url(self.cluster.url, retries=3)
+        return self._client
 
     def _say(self, line: str) -> None:
         print(f"[{time.monotonic() - self.start:7.1f}s] {line}", flush=True)

@@ -131,7 +131,7 @@ def test_a_deposed_chief_finalizes_no_ended_job(store: Store, tmp_path: Path) ->
 
 
 def test_a_finalize_whose_state_redis_lost_reloads_instead_of_failing_the_job(
-        store: Store, tmp_path: Path) -> None:
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A soak found it: Redis rolled back (to a copy from before the job turned
     finalizing) while the chief finalized; the final move was refused (running ->
     completed) and the chief failed the job. Redis no longer holds what the chief wrote:
@@ -150,11 +150,8 @@ def test_a_finalize_whose_state_redis_lost_reloads_instead_of_failing_the_job(
         store.client.hset(store.keys.job(job), "state", "running")  # the older copy
         return real(jobs, job_id)
 
-    finalizing.build_results = rolled_back_meanwhile
-    try:
-        with pytest.raises(StaleState):
-            chief._finish_jobs()
-    finally:
-        finalizing.build_results = real
+    monkeypatch.setattr(finalizing, "build_results", rolled_back_meanwhile)
+    with pytest.raises(StaleState):
+        chief._finish_jobs()
     assert store.jobs.get(job).state == JobState.RUNNING
     assert "error" not in store.jobs.get(job).fields

@@ -371,7 +371,7 @@ def test_a_script_whose_retry_outlives_redis_script_cache_loads_it_again(
     from tunecluster.store.connection import RETRYABLE, script
 
     write = script(store.client, "return redis.call('SET', KEYS[1], ARGV[1])")
-    other = store.client  # commands that a full Redis still takes, on other connections
+    other = store.client  # commands a full Redis still takes, from another thread below
     other.script_flush()  # as after a restart: the first call loads it again
     other.config_set("maxmemory", "1")  # full: the reloaded script's call is retried
 
