@@ -17,6 +17,10 @@ from tunecluster.store.audit import exactly_once
 
 FINAL = ("completed", "failed", "cancelled")
 WARM_UP_S = 30.0  # a role's first seconds: imports, not growth
+# A role's RSS is judged over this much of its life at least: a standby chief imports
+# what the algorithms need only once it leads (116 -> 220 MiB), which a short life
+# shows as growth; a leak takes minutes to tell from that.
+MIN_LIFE_S = 300.0
 
 
 def _check(name: str, problems: list[str], passed: str) -> dict[str, Any]:
@@ -146,11 +150,11 @@ def check_after_stop(soak: Any) -> list[dict[str, Any]]:
             continue
     # A leak grows on: a role's RSS at the end of its life against the middle of it (by
     # then it has loaded what its jobs' algorithms import), for roles that lived a
-    # quarter of the soak at least, their first WARM_UP_S left out.
+    # quarter of the soak and MIN_LIFE_S at least, their first WARM_UP_S left out.
     grew, measured = [], 0
     for pid, samples in soak.rss.items():
         life = [(at, rss) for at, rss in samples if at >= samples[0][0] + WARM_UP_S]
-        if not life or life[-1][0] - samples[0][0] < soak.duration_s / 4:
+        if not life or life[-1][0] - samples[0][0] < max(soak.duration_s / 4, MIN_LIFE_S):
             continue  # too short a life to speak of growth
         measured += 1
         middle = (samples[0][0] + life[-1][0]) / 2
