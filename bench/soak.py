@@ -81,6 +81,12 @@ KINDS = {
     "redis_rollback": "Redis killed and started from its last snapshot (SAVE), losing what"
                       " came after",
     "redis_full": "Redis maxmemory set just above what it holds, for 2-6 s",
+    "link_drop": "every connection between the roles and Redis cut at the TCP proxy, new"
+                 " ones refused for 1-6 s",
+    "link_delay": "every chunk between the roles and Redis held 50-500 ms at the TCP"
+                  " proxy, for 3-12 s",
+    "artifacts_refuse": "the artifacts directory and all in it refuse writes (immutable,"
+                        " chattr +i) for 2-8 s",
 }
 
 
@@ -102,7 +108,8 @@ def schedule(seed: int, duration_s: float, kinds: list[str],
         unit = {"worker_pause": LEASE_S, "chief_pause": LOCK_S}.get(kind, 1.0)
         low, high = {"worker_pause": (0.5, 2), "chief_pause": (0.5, 2), "redis_kill": (0.5, 3),
                      "redis_pause": (1, 6), "redis_full": (2, 6),
-                     "worker_skew": (30, 600)}.get(kind, (0, 0))
+                     "worker_skew": (30, 600), "link_drop": (1, 6), "link_delay": (3, 12),
+                     "artifacts_refuse": (2, 8)}.get(kind, (0, 0))
         faults.append(Fault(round(at, 2), kind, round(unit * rng.uniform(low, high), 2),
                             rng.randrange(1_000_000)))
         at += rng.expovariate(1 / mean_gap_s)
@@ -141,13 +148,13 @@ class Soak:
     rollbacks: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from tunecluster.cluster import LocalCluster
-
-        self.cluster = LocalCluster(workers=3, artifacts=self.workdir / "artifacts",
-                                    appendonly=True, log_dir=self.workdir / "logs",
-                                    env=LIVENESS)
+        # Redis's data (AOF, snapshots) in the work directory: removed with it
+        self.cluster = _proxied_cluster(workers=3, artifacts=self.workdir / "artifacts",
+                                        redis_dir=self.workdir / "redis",
+                                        log_dir=self.workdir / "logs", env=LIVENESS)
         self.redis_lock = threading.RLock()
         self.paused: set[int] = set()
+        self.refusing: set[Path] = set()  # artifacts roots made immutable by a fault
         self._client: Any = None  # _store()
         self.start = 0.0
 
@@ -195,7 +202,7 @@ class Soak:
         if self._client is None:
             from tunecluster.store import Store
 
-            self._client = Store.from_url(self.cluster.url, retries=3)
+            self._client = Store.from_url(self.cluster.redis.url, retries=3)
         return self._client
 
     def _say(self, line: str) -> None:
@@ -260,6 +267,24 @@ class Soak:
         return ""
 
 
+def _proxied_cluster(**kwargs: Any) -> Any:
+    """A ``LocalCluster`` whose roles reach Redis through a TCP proxy (``cluster.proxy``,
+    for the network's faults); ``cluster.redis.url`` is the direct way."""
+    from soak_proxy import Proxy
+
+    from tunecluster.cluster import LocalCluster
+
+    class ProxiedCluster(LocalCluster):
+        @property
+        def url(self) -> str:
+            assert self.redis is not None
+            return self.proxy.url(self.redis.url)
+
+    cluster = ProxiedCluster(**kwargs)
+    cluster.proxy = Proxy(lambda: cluster.redis.port).start()
+    return cluster
+
+
 def _state(store: Any, job: str) -> str:
     try:
         if not store.jobs.exists(job):
@@ -298,12 +323,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--faults: unknown kind {unknown}; allowed: {', '.join(KINDS)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tunecluster-soak-"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from soak_faults import Injector
+
     duration_s = args.minutes * 60 if args.minutes is not None else args.duration
     soak = Soak(args.seed, duration_s, workdir, kinds)
     try:
         report = soak.run()
     finally:
         soak.cluster.stop(fast=True)
+        soak.cluster.proxy.close()
+        Injector.immutable(workdir, False)  # a fault cut short leaves none behind
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     for check in report["checks"]:

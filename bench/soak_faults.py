@@ -1,9 +1,9 @@
 """The soak's faults (``soak.KINDS``), applied on schedule to a running ``LocalCluster``.
 
-A pause (SIGSTOP) ends by itself after its length (SIGCONT from a timer), so faults
-overlap: a worker may be stopped while Redis restarts. ``heal`` ends every fault still
-in force and brings the cluster back to two chiefs, three workers and a Redis with its
-AOF on.
+A pause (SIGSTOP), a cut or slow link and an artifacts root that refuses writes end by
+themselves after their length (a timer), so faults overlap: a worker may be stopped
+while Redis restarts. ``heal`` ends every fault still in force and brings the cluster
+back to two chiefs, three workers and a Redis with its AOF on.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -225,6 +226,41 @@ class Injector:
         timer.start()
         return f"Redis full (maxmemory {used // 1024 + 64} KiB) for {fault.length_s} s"
 
+    # --- the network and the disk ------------------------------------------------------
+
+    def link_drop(self, fault: Any) -> str:
+        cut = self.cluster.proxy.drop(fault.length_s)
+        return f"{cut} connections to Redis cut, new ones refused for {fault.length_s} s"
+
+    def link_delay(self, fault: Any) -> str:
+        extra_s = 0.05 * (1 + fault.victim % 10)  # 50-500 ms
+        self.cluster.proxy.delay(extra_s, fault.length_s)
+        return f"traffic to and from Redis held {extra_s * 1000:.0f} ms for {fault.length_s} s"
+
+    def artifacts_refuse(self, fault: Any) -> str:
+        """Every directory and file under the artifacts root made immutable (root writes
+        through permission bits; not through this), for the fault's length."""
+        root = Path(self.cluster.artifacts)
+        self.immutable(root, True)
+        self.soak.refusing.add(root)
+
+        def allow() -> None:
+            self.soak.refusing.discard(root)
+            self.immutable(root, False)
+
+        timer = threading.Timer(fault.length_s, allow)
+        timer.daemon = True
+        self.timers.append(timer)
+        timer.start()
+        return f"artifacts refuse writes for {fault.length_s} s"
+
+    @staticmethod
+    def immutable(root: Path, on: bool) -> None:
+        # files appear and go while it runs: those it misses, or finds gone, are left
+        subprocess.run(["chattr", "-R", "-f", "+i" if on else "-i", str(root)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+                       check=False)
+
     # --- the end -----------------------------------------------------------------------
 
     def heal(self) -> None:
@@ -236,6 +272,10 @@ class Injector:
                 except (ProcessLookupError, PermissionError):
                     pass
         self.soak.paused.clear()
+        self.cluster.proxy.heal()
+        for root in list(self.soak.refusing):
+            self.immutable(root, False)
+        self.soak.refusing.clear()
         with self.soak.redis_lock:
             redis = self.cluster.redis
             if redis.process is None or redis.process.poll() is not None:

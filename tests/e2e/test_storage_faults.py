@@ -1,4 +1,5 @@
-"""A broken artifacts store at finalize is the job's error, not a Redis outage.
+"""A broken artifacts store at finalize is the job's error, not a Redis outage; one
+that refuses a trial's writes for a while costs the trial nothing.
 
 Through real processes (Redis, a chief, a worker): the job's ``results.json`` cannot be
 written (a directory stands in its place), so every finalize attempt fails on storage.
@@ -7,6 +8,7 @@ never reports Redis as unavailable, and the job does not stay ``finalizing``."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -47,3 +49,53 @@ def test_a_store_that_refuses_writes_at_finalize_fails_the_job_with_the_reason(
         assert "redis unavailable" not in chief_log, chief_log[-2000:]
         assert "failed on storage or I/O, not Redis (attempt 1 of 2" in chief_log
     assert took < 120, took
+
+
+def _logs(tmp_path: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*.log"))
+
+
+def _immutable(root: Path, on: bool) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["chattr", "-R", "-f", "+i" if on else "-i", str(root)],
+                          capture_output=True, check=False)
+
+
+def test_a_trial_whose_artifacts_refuse_writes_for_a_while_is_retried_without_spending_an_attempt(
+        tmp_path: Path, require) -> None:
+    """The artifacts directory refuses every write (immutable, as a volume that lost its
+    write access for a while; root writes through permission bits) when the trial starts,
+    and takes writes again 4 s later. The trial has no retry to spend: it completes, once,
+    after one retry that cost it nothing; the job completes. (Before, the refused
+    checkpoint write failed the trial, and the job with it.)"""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if _immutable(probe, True).returncode != 0 or (probe / "x").exists():
+        require("chattr +i (e2fsprogs, on a file system that has it)", "an immutable"
+                " directory stands in for a store that refuses writes")
+    _immutable(probe, False)
+    root = tmp_path / "artifacts"
+    with LocalCluster(workers=1, artifacts=root, log_dir=tmp_path / "logs",
+                      env=FAST_LIVENESS) as c:
+        store = Store.from_url(c.url)
+        _immutable(root, True)
+        try:
+            job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
+                "search.max_trials=1", "train.epochs=2", "search.max_retries_per_trial=0")))
+            deadline = time.monotonic() + 120
+            while "waiting up to 60 s for it to take writes again" not in _logs(tmp_path):
+                assert time.monotonic() < deadline, _logs(tmp_path)[-3000:]
+                assert store.jobs.get(job).state in ("queued", "running")
+                time.sleep(0.2)
+            assert "the artifacts store refused a write: PermissionError" in _logs(tmp_path)
+            time.sleep(2.0)  # the trial waits; the store is back after that
+        finally:
+            _immutable(root, False)
+        results = wait(store, job, 150)
+        assert results["state"] == "completed", results
+        rows = assert_exactly_once(store, job, 1)
+        assert rows[0]["state"] == "COMPLETED", rows
+        retries = [e.data for e in store.events.read(job, count=1000)
+                   if e.type == "trial_retry"]
+        assert len(retries) == 1, retries
+        assert "the artifacts store refused a write: PermissionError" in retries[0]["reason"]
+        assert str(retries[0]["attempt"]) == "0", retries  # the attempt given back

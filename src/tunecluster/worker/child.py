@@ -25,6 +25,7 @@ from typing import Any
 from tunecluster.errors import TrialFailed, WorkerLost
 from tunecluster.states import TrialState
 from tunecluster.testhook import stop_here
+from tunecluster.worker.storage import storage_error, storage_wait_s, wait_until_writable
 
 KEEP_JOBS = 2  # job runtimes (data + adapt statistics) kept warm per child
 # Set in a gang member's process: its first message names the gang (``tf_config``).
@@ -195,6 +196,9 @@ def _run_claim(store: Any, runtimes: OrderedDict[str, Any], artifacts: str, work
     except WorkerLost:
         raise  # LostLease: this attempt was reaped; the chief retries the trial
     except Exception as exc:  # noqa: BLE001 - any failure of the trial is the trial's
+        refused_write = storage_error(exc, artifacts)
+        if refused_write is not None:  # ... unless its artifacts store ended it
+            raise _storage_fault(store, claim, worker, artifacts, refused_write) from exc
         raise _failure(store, claim, worker, exc) from exc
     if claim.rank > 0:  # rank 0 records the trial
         return {"outcome": "member", "timings": result.timings}
@@ -256,6 +260,28 @@ def _failure(store: Any, claim: Any, worker: str, exc: Exception) -> WorkerLost 
             "error": message_text, "traceback": traceback.format_exc()[-4000:]}):
         return lost_finish(claim, FAILED)
     return TrialFailed(message_text)
+
+
+def _storage_fault(store: Any, claim: Any, worker: str, artifacts: str,
+                   exc: OSError) -> WorkerLost:
+    """Release an attempt its artifacts store ended (``worker/storage.py``): once the
+    store takes writes again, without spending a retry; if it still refuses them after
+    ``storage_wait_s``, spending one."""
+    from tunecluster.artifacts import job_dir
+
+    reason = ("the artifacts store refused a write: " + type(exc).__name__ + ": "
+              + (str(exc).strip().splitlines() or [""])[0][:300])
+    wait_s = storage_wait_s()
+    log.warning("trial %s of job %s: %s; waiting up to %.0f s for it to take writes"
+                " again", claim.trial, claim.job, reason, wait_s)
+    back = wait_until_writable(job_dir(artifacts, claim.job), wait_s)
+    log.warning("trial %s of job %s: %s", claim.trial, claim.job,
+                "the artifacts store takes writes again: the trial is retried without"
+                " spending an attempt" if back else f"the artifacts store still refuses"
+                f" writes after {wait_s:.0f} s: the attempt is spent")
+    store.queue.release(claim.job, claim.trial, reason, worker=worker,
+                        attempt=claim.attempt, count_attempt=not back)
+    return WorkerLost(reason)
 
 
 def lost_finish(claim: Any, outcome: str) -> WorkerLost:
