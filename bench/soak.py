@@ -1,6 +1,7 @@
 """A randomized soak: many faults at once, for a long time, then the invariants checked.
 
     .venv/bin/python bench/soak.py --seed 7 --minutes 30 [--faults worker_kill,...]
+                                   [--mean-gap 6]
 
 A real Redis with its AOF, two chiefs and three workers (``LocalCluster``: every role
 its own process, as a deployment runs them) take a stream of small jobs of every native
@@ -139,6 +140,7 @@ class Soak:
     workdir: Path
     kinds: list[str]
     concurrent_jobs: int = 2
+    mean_gap_s: float = 6.0  # between faults
     faults_done: Counter[str] = field(default_factory=Counter)
     jobs: list[Submitted] = field(default_factory=list)
     seen_pids: set[int] = field(default_factory=set)
@@ -170,7 +172,8 @@ class Soak:
         _until(lambda: store.workers.census(LEASE_S)[0] >= 3, 120)
         redis_start_mb = _redis_mb(store)
         self.start = time.monotonic()
-        injector = Injector(self, schedule(self.seed, self.duration_s, self.kinds))
+        injector = Injector(self, schedule(self.seed, self.duration_s, self.kinds,
+                                           self.mean_gap_s))
         injector.start()
         algorithms = iter(job_algorithms(self.seed, 100_000))
         while time.monotonic() - self.start < self.duration_s:
@@ -314,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     length.add_argument("--minutes", type=float, default=None, help="minutes of faults")
     parser.add_argument("--faults", default=",".join(KINDS),
                         help=f"comma-separated kinds, of: {', '.join(KINDS)}")
+    parser.add_argument("--mean-gap", type=float, default=6.0,
+                        help="mean seconds between faults (a Poisson stream)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
@@ -326,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     from soak_faults import Injector
 
     duration_s = args.minutes * 60 if args.minutes is not None else args.duration
-    soak = Soak(args.seed, duration_s, workdir, kinds)
+    if args.mean_gap <= 0:
+        parser.error("--mean-gap: a number of seconds above 0")
+    soak = Soak(args.seed, duration_s, workdir, kinds, mean_gap_s=args.mean_gap)
     try:
         report = soak.run()
     finally:
