@@ -4,7 +4,9 @@
 of the code stays. See ``tunecluster.api.keras_tuner``.
 """
 
-from keras_tuner import Oracle, oracles
+# KerasTuner's own modules that hold no tuner (``kt.errors.FailedTrialError``, the
+# oracles, the ready-made hypermodels), as ``keras_tuner`` offers them
+from keras_tuner import Oracle, applications, errors, oracles
 
 from tunecluster.api.keras_tuner import HyperModel, HyperParameters, Objective, Tuner
 from tunecluster.api.tuners import (
@@ -18,4 +20,5 @@ from tunecluster.api.tuners import (
 )
 
 __all__ = ["ASHA", "TPE", "BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
-           "Hyperband", "Objective", "Oracle", "PBT", "RandomSearch", "Tuner", "oracles"]
+           "Hyperband", "Objective", "Oracle", "PBT", "RandomSearch", "Tuner", "applications",
+           "errors", "oracles"]

@@ -348,3 +348,60 @@ def test_a_black_box_search_without_model_or_data(cluster, tmp_path: Path,
     assert best.values["x"] == min(trials, key=lambda t: t["score"])["hyperparameters"]["x"]
     with pytest.raises(Exception, match="trained no model"):
         tuner.get_best_models(1)
+
+
+class TwoSwitches(kt.BayesianOptimization):
+    """A black box whose whole space (two Booleans: 4 points) is declared by run_trial."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        return float(hp.Boolean("left")) + 2 * float(hp.Boolean("right"))
+
+
+def test_a_search_ends_when_its_space_is_exhausted(cluster, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    """max_trials is 10, the space holds 4 points: the search runs each once and ends,
+    as KerasTuner's does (its oracle answers STOPPED when it finds no new point)."""
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = TwoSwitches(objective=kt.Objective("score", "max"), max_trials=10, seed=3,
+                        directory=tmp_path, project_name="two-switches",
+                        cluster=cluster.url)
+    tuner.search()
+    trials = tuner.job.results()["trials"]
+    points = sorted((t["hyperparameters"]["left"], t["hyperparameters"]["right"])
+                    for t in trials)
+    assert points == [(False, False), (False, True), (True, False), (True, True)], trials
+    assert all(t["state"] == "COMPLETED" for t in trials)
+    assert len(tuner.oracle.trials) == 4
+    assert tuner.get_best_hyperparameters(1)[0].values == {"left": True, "right": True}
+
+
+class FailsFirst(kt.RandomSearch):
+    """A black box whose first trial fails on purpose, after declaring its space."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        x = hp.Int("x", 0, 50)
+        if trial.trial_id in ("0", "00"):
+            raise kt.errors.FailedTrialError("the first trial fails on purpose")
+        return {"score": float(x)}
+
+
+def test_a_trial_failed_on_purpose_is_skipped_and_its_space_kept(cluster, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """KerasTuner skips a trial whose run_trial raises FailedTrialError and grows the
+    space with what it declared: the search goes on to max_trials over that space.
+    (Before, the failed trial's space was lost: every later trial had the same empty
+    values and the search ended after one.)"""
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    tuner = FailsFirst(objective=kt.Objective("score", "max"), max_trials=5, seed=4,
+                       directory=tmp_path, project_name="fails-first", cluster=cluster.url)
+    tuner.search()
+    trials = {t["trial"]: t for t in tuner.job.results()["trials"]}
+    assert len(trials) == 5, trials
+    failed = [t for t in trials.values() if t["state"] == "FAILED"]
+    assert len(failed) == 1 and "on purpose" in (failed[0].get("error") or ""), failed
+    assert "x" in failed[0]["hyperparameters"]  # what it declared before failing
+    scores = {t["hyperparameters"]["x"] for t in trials.values() if t["state"] == "COMPLETED"}
+    assert len(scores) == 4  # four different points of the space it declared
+    assert [p.name for p in tuner.oracle.get_space().space] == ["x"]

@@ -240,8 +240,9 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
         settings["objective"] = None  # KerasTuner's default: the cluster's (val_loss)
     if algorithm == "bayesian":
         settings["extra"] = {"bayesian_alpha": oracle.alpha, "bayesian_beta": oracle.beta}
-        if oracle.num_initial_points:
-            settings["extra"]["num_initial_points"] = oracle.num_initial_points
+        # None: KerasTuner's own rule, 3 random trials per hyperparameter (at least 3),
+        # counted as the space grows (a run_trial that declares its space as it runs)
+        settings["extra"]["num_initial_points"] = oracle.num_initial_points or None
     elif algorithm == "hyperband":
         settings["extra"] = {"hyperband_factor": oracle.factor,
                              "hyperband_iterations": oracle.hyperband_iterations}

@@ -173,7 +173,8 @@ class OracleHost:
                           num_initial_points=search.tpe_startup_trials, **common)
         elif search.algorithm == "bayesian":
             oracle = cls_(max_trials=search.max_trials,
-                          num_initial_points=min(search.num_initial_points, search.max_trials),
+                          num_initial_points=None if search.num_initial_points is None
+                          else min(search.num_initial_points, search.max_trials),
                           alpha=search.bayesian_alpha, beta=search.bayesian_beta, **common)
             oracle.max_fit_trials = search.bayesian_max_fit_trials
         else:

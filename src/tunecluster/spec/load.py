@@ -84,6 +84,8 @@ def spec_to_json(spec: JobSpec) -> str:
     raw = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     if spec.model.function is None:  # no hypermodel: kept as null (unsaid names one)
         raw["model"]["function"] = None
+    if spec.search.num_initial_points is None:  # KerasTuner's rule, not the default
+        raw["search"]["num_initial_points"] = None
     return json.dumps(raw)
 
 

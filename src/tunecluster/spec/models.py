@@ -299,7 +299,9 @@ class Search(_Strict):
     # (added to its kernel's diagonal) and the upper confidence bound's exploration weight
     bayesian_alpha: float = Field(1e-4, gt=0, allow_inf_nan=False)
     bayesian_beta: float = Field(2.6, ge=0, allow_inf_nan=False)
-    num_initial_points: int = Field(defaults.BAYESIAN_INITIAL_POINTS, ge=1)
+    # Bayesian: random trials before the Gaussian process; null: KerasTuner's own rule
+    # (3 per hyperparameter, at least 3, counted as the space grows)
+    num_initial_points: int | None = Field(defaults.BAYESIAN_INITIAL_POINTS, ge=1)
     # Bayesian only: fit the Gaussian process on at most this many trials (the best and
     # the most recent, see engine/oracle_host.py); 0 fits on every trial, as KerasTuner.
     bayesian_max_fit_trials: int = defaults.BAYESIAN_MAX_FIT_TRIALS

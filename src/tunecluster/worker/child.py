@@ -238,6 +238,7 @@ def _failure(store: Any, claim: Any, worker: str, exc: Exception) -> WorkerLost 
     """What the exception ``exc`` that ended the trial makes of the attempt, once
     recorded: called inside its ``except`` (the traceback is recorded)."""
     from tunecluster.worker.strategy import lost_a_peer
+    from tunecluster.worker.trial import GROWN_SPACE_ATTR
 
     kind = "" if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: "
     message_text = kind + (str(exc).strip().splitlines() or [""])[0][:500]
@@ -256,8 +257,12 @@ def _failure(store: Any, claim: Any, worker: str, exc: Exception) -> WorkerLost 
         store.queue.release(claim.job, claim.trial, f"rank {claim.rank}: {message_text}",
                             worker=worker, attempt=claim.attempt)
         return TrialFailed(message_text)
-    if not store.queue.finish(claim, worker, TrialState.FAILED, {
-            "error": message_text, "traceback": traceback.format_exc()[-4000:]}):
+    fields: dict[str, Any] = {"error": message_text,
+                              "traceback": traceback.format_exc()[-4000:]}
+    grown = getattr(exc, GROWN_SPACE_ATTR, None)
+    if isinstance(grown, dict):  # as for a completed trial: the chief grows the space
+        fields["values"], fields["hyperparameters"] = grown.get("values") or {}, grown
+    if not store.queue.finish(claim, worker, TrialState.FAILED, fields):
         return lost_finish(claim, FAILED)
     return TrialFailed(message_text)
 

@@ -17,6 +17,7 @@ the objective (those fail the trial) is written as JSON null wherever it is stor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -117,6 +118,11 @@ class TrialResult:
         return asdict(self)
 
 
+# The attribute of an exception that ended a trial holding the trial's HyperParameters
+# config when its code declared ones the job's space lacked (``JobRuntime.grown_space``).
+GROWN_SPACE_ATTR = "tunecluster_grown_space"
+
+
 def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> TrialResult:
     import keras
 
@@ -157,25 +163,32 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
         load_parent=None if past is None else lambda model: _load_parent(
             model, store, request.parent_model or str(rt.trial_dir(str(past)) / MODEL_FILE),
             past))
-    with session.active():
-        if rt.run_trial_fn is not None:  # a tuner's own run_trial (the drop-in ships it)
-            who = "run_trial()"
-            args, kwargs = search_arguments(rt, epochs)
-            returned = rt.run_trial_fn(keras_tuner_trial(hp, request.trial_id), *args,
-                                       **kwargs, callbacks=[])
-        else:
-            who = session.who
+    try:
+        with session.active():
+            if rt.run_trial_fn is not None:  # a tuner's own run_trial (the drop-in ships it)
+                who = "run_trial()"
+                args, kwargs = search_arguments(rt, epochs)
+                returned = rt.run_trial_fn(keras_tuner_trial(hp, request.trial_id), *args,
+                                           **kwargs, callbacks=[])
+            else:
+                who = session.who
 
-            def fit(model: Any, callbacks: list[Any], epoch_kwargs: dict[str, Any]) -> Any:
-                returned = fit_once(rt, hp, model, callbacks, epoch_kwargs, epochs=epochs,
-                                    seed=seed, strategy=strategy)
-                # Keras's own History: the epochs the tracker saw (resumed ones too)
-                return returned if rt.fit_fn is not None else TRACKED
+                def fit(model: Any, callbacks: list[Any], epoch_kwargs: dict[str, Any]) -> Any:
+                    returned = fit_once(rt, hp, model, callbacks, epoch_kwargs, epochs=epochs,
+                                        seed=seed, strategy=strategy)
+                    # Keras's own History: the epochs the tracker saw (resumed ones too)
+                    return returned if rt.fit_fn is not None else TRACKED
 
-            returned = TRACKED
-            session.run(lambda: session.build(lambda: rt.build_with(hp, values)), fit,
-                        spec.train.executions_per_trial)
-    runs = session.outcome(returned, who)
+                returned = TRACKED
+                session.run(lambda: session.build(lambda: rt.build_with(hp, values)), fit,
+                            spec.train.executions_per_trial)
+        runs = session.outcome(returned, who)
+    except Exception as exc:
+        # the hyperparameters it declared before failing grow the space all the same
+        # (KerasTuner's end_trial updates the space with a failed trial's too)
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, GROWN_SPACE_ATTR, rt.grown_space(hp))
+        raise
     if not any(run.rows for run in runs):
         raise TrialFailed("the trial ran no epoch")
     metrics, best_epoch = summarize(runs, objective, direction, who,
