@@ -121,6 +121,20 @@ class WorkerOracle:
                                     int(step)))
         return OracleStatus.RUNNING
 
+    @property
+    def start_order(self) -> list[str]:
+        """KerasTuner's ids of the trials started so far, in order, this one last: the
+        ids the chief made up to this trial's (KerasTuner numbers its trials as it makes
+        them), which is what a run_trial on one machine sees. A trial id that is not a
+        number (a warm start's) stands alone."""
+        from tunecluster.worker.session import current
+
+        session = current()
+        trial = str(session.request.trial_id) if session is not None else ""
+        if not trial.isdigit():
+            return [trial] if trial else []
+        return [str(i).zfill(len(trial)) for i in range(int(trial) + 1)]
+
 
 def on_worker(tuner: Any, hypermodel: Any, build: Any, executions_per_trial: int,
               objective: tuple[str, str]) -> None:
