@@ -155,3 +155,41 @@ def test_a_finalize_whose_state_redis_lost_reloads_instead_of_failing_the_job(
         chief._finish_jobs()
     assert store.jobs.get(job).state == JobState.RUNNING
     assert "error" not in store.jobs.get(job).fields
+
+
+def test_a_search_whose_last_ends_are_still_in_the_inbox_is_finalized_after_its_oracle_has_them(
+        store: Store, tmp_path: Path) -> None:
+    """Found under load: the trials' records turned final between the chief's inbox read
+    and its check for finished searches, and the chief finalized the job with an oracle
+    that still held them running. Its persisted oracle (what ``tuner.oracle`` reads) then
+    missed their scores: ``get_best_hyperparameters`` named a worse trial. The oracle
+    takes those ends from the records first; the job is finalized on the next round, its
+    oracle state holding every trial's end."""
+    from keras_tuner.engine.trial import Trial
+
+    job = _job(store)  # random search, max_trials=2
+    chief = _leading_chief(store, tmp_path, Recorder("ray"))
+    for _ in range(2):  # loads the job; makes its trials (one a round: no worker yet)
+        chief._drain(pending=False, block_ms=10)
+    hosted = chief._job(job)
+    assert hosted is not None and hosted.host is not None and hosted.host.ongoing() == 2
+    hosted.exhausted = True  # as once the oracle says STOPPED
+    for score in (0.25, 0.75):  # a worker trains both; its end messages wait in the inbox
+        claim = store.queue.claim("w1", 30)
+        assert claim is not None
+        metrics = json.dumps({"val_accuracy": score, "accuracy": score})
+        assert store.queue.finish(claim, "w1", "COMPLETED", {
+            "score": repr(score), "metrics": metrics, "best_epoch": "1",
+            "model": ""})  # no model file to look for: a trial that trained none
+
+    chief._finish_jobs()  # the records are final; the oracle has not seen the ends
+
+    assert store.jobs.get(job).state == JobState.RUNNING  # not finalized on a stale oracle
+    assert hosted.host.ongoing() == 0
+    chief._drain(pending=False, block_ms=10)  # commits the oracle; the late ends are no-ops
+    chief._finish_jobs()
+    assert store.jobs.get(job).state == JobState.COMPLETED
+    _state, trials = store.jobs.oracle_state(job)
+    ended = {tid: Trial.from_state(json.loads(raw)) for tid, raw in trials.items()}
+    assert sorted(t.status for t in ended.values()) == ["COMPLETED", "COMPLETED"]
+    assert sorted(t.score for t in ended.values()) == [0.25, 0.75]

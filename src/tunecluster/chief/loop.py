@@ -420,10 +420,29 @@ class Chief:
                         self.store.queue.request_stop(job_id, row["trial"], self.fence)
             if any(row.get("state") in OPEN_TRIAL_STATES for row in trials):
                 continue
+            if self._take_ends_from_records(hosted, trials):
+                continue  # finalized next round, after this round's oracle is committed
             if not hosted.finalize_retry.due():
                 continue
             self._finalize(hosted, JobState.CANCELLED if cancel else
                            JobState.FAILED if hosted.failure else JobState.COMPLETED)
+
+    def _take_ends_from_records(self, hosted: HostedJob, trials: list[dict[str, str]]) -> bool:
+        """The oracle takes from the records the ends of trials it still holds running
+        (their messages landed after this round's read, or were lost; a late one is a
+        no-op): finalized now, the job's persisted oracle, which ``tuner.oracle`` reads,
+        would miss their scores. True when it took any (the job waits a round)."""
+        assert hosted.host is not None
+        took = False
+        for row in trials:
+            trial = row.get("trial", "")
+            if trial and hosted.host.is_open(trial):
+                self._trial_ended(hosted, trial, {
+                    name: row[name] for name in (
+                        "state", "error", "hyperparameters", "metrics", "best_epoch")
+                    if isinstance(row.get(name), str)})
+                took = took or not hosted.host.is_open(trial)
+        return took
 
     def _finish_scheduled(self) -> None:
         """Finalize the jobs whose run another scheduler saw end, as the native ones."""
