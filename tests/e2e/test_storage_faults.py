@@ -99,3 +99,40 @@ def test_a_trial_whose_artifacts_refuse_writes_for_a_while_is_retried_without_sp
         assert len(retries) == 1, retries
         assert "the artifacts store refused a write: PermissionError" in retries[0]["reason"]
         assert str(retries[0]["attempt"]) == "0", retries  # the attempt given back
+
+
+def test_a_trial_whose_own_directory_never_takes_writes_spends_its_attempts(
+        tmp_path: Path, require) -> None:
+    """The job's directory takes writes (the worker's probe succeeds) but its trials'
+    directory never does: the attempt is given back a few times only, then spent, and
+    the trial fails with the reason, never looping without end."""
+    from tunecluster.worker.storage import FREE_STORAGE_RETRIES, STORE_REFUSED
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if _immutable(probe, True).returncode != 0 or (probe / "x").exists():
+        require("chattr +i (e2fsprogs, on a file system that has it)", "an immutable"
+                " directory stands in for a store that refuses writes")
+    _immutable(probe, False)
+    root = tmp_path / "artifacts"
+    with LocalCluster(workers=0, artifacts=root, log_dir=tmp_path / "logs",
+                      env=FAST_LIVENESS) as c:
+        store = Store.from_url(c.url)
+        job = submit(store, prepare_job(EXAMPLES / "digits.yaml", (
+            "search.max_trials=1", "train.epochs=1", "search.max_retries_per_trial=0")))
+        trials_dir = root / job / "trials"
+        trials_dir.mkdir(parents=True)
+        _immutable(trials_dir, True)
+        try:
+            c.start_worker()
+            results = wait(store, job, 150)
+        finally:
+            _immutable(trials_dir, False)
+        assert results["state"] == "failed", results
+        [trial] = results["trials"]
+        assert trial["state"] == "FAILED" and trial["error"].startswith(STORE_REFUSED), trial
+        retries = [e.data for e in store.events.read(job, count=1000)
+                   if e.type == "trial_retry"]
+        assert len(retries) == FREE_STORAGE_RETRIES, retries  # given back, then spent
+        assert all(str(r["attempt"]) == "0" for r in retries), retries
+        assert_exactly_once(store, job, 1)

@@ -25,7 +25,13 @@ from typing import Any
 from tunecluster.errors import TrialFailed, WorkerLost
 from tunecluster.states import TrialState
 from tunecluster.testhook import stop_here
-from tunecluster.worker.storage import storage_error, storage_wait_s, wait_until_writable
+from tunecluster.worker.storage import (
+    FREE_STORAGE_RETRIES,
+    STORE_REFUSED,
+    storage_error,
+    storage_wait_s,
+    wait_until_writable,
+)
 
 KEEP_JOBS = 2  # job runtimes (data + adapt statistics) kept warm per child
 # Set in a gang member's process: its first message names the gang (``tf_config``).
@@ -274,18 +280,24 @@ def _storage_fault(store: Any, claim: Any, worker: str, artifacts: str,
     ``storage_wait_s``, spending one."""
     from tunecluster.artifacts import job_dir
 
-    reason = ("the artifacts store refused a write: " + type(exc).__name__ + ": "
+    reason = (f"{STORE_REFUSED}: {type(exc).__name__}: "
               + (str(exc).strip().splitlines() or [""])[0][:300])
     wait_s = storage_wait_s()
     log.warning("trial %s of job %s: %s; waiting up to %.0f s for it to take writes"
                 " again", claim.trial, claim.job, reason, wait_s)
     back = wait_until_writable(job_dir(artifacts, claim.job), wait_s)
+    # A write that fails again and again while the probe succeeds (one directory of
+    # the trial's that refuses) must not loop for ever: only the first few are free.
+    earlier = sum(e.startswith(STORE_REFUSED)
+                  for e in store.jobs.trial_errors(claim.job, claim.trial))
+    free = back and earlier < FREE_STORAGE_RETRIES
     log.warning("trial %s of job %s: %s", claim.trial, claim.job,
                 "the artifacts store takes writes again: the trial is retried without"
-                " spending an attempt" if back else f"the artifacts store still refuses"
-                f" writes after {wait_s:.0f} s: the attempt is spent")
+                " spending an attempt" if free else "the attempt is spent (the store still"
+                f" refuses writes after {wait_s:.0f} s, or refused this trial"
+                f" {earlier + 1} times)")
     store.queue.release(claim.job, claim.trial, reason, worker=worker,
-                        attempt=claim.attempt, count_attempt=not back)
+                        attempt=claim.attempt, count_attempt=not free)
     return WorkerLost(reason)
 
 

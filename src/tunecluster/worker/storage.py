@@ -7,8 +7,10 @@ whole jobs with them, during a storage hiccup (found by the soak's ``artifacts_r
 fault). Like a Redis outage, it costs the trial no retry when the store comes back soon:
 the attempt waits up to ``STORAGE_WAIT_S`` for the store to take a write, then is
 released for a retry that resumes from the last checkpoint. A store that stays broken
-spends the attempt, so a store that never takes writes fails its trials, with the reason,
-once their retries are spent.
+spends the attempt, and so does a trial refused more than ``FREE_STORAGE_RETRIES``
+times (a directory of its own that never takes writes while the probe's does): a
+store that never takes them fails its trials, with the reason, once their retries
+are spent.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ log = logging.getLogger("tunecluster.worker")
 
 STORAGE_WAIT_ENV = "TUNECLUSTER_STORAGE_WAIT_S"
 STORAGE_WAIT_S = 60.0
+# how many times a trial's attempt is given back for a refused write; later ones spend it
+FREE_STORAGE_RETRIES = 3
+STORE_REFUSED = "the artifacts store refused a write"  # the reason's start, as recorded
 # errors of the device or the file system itself, whatever the file
 _DEVICE = {errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT}
 # errors of access: the store's when the file is under its root
