@@ -60,19 +60,31 @@ def _immutable(root: Path, on: bool) -> subprocess.CompletedProcess[bytes]:
                           capture_output=True, check=False)
 
 
+@pytest.fixture
+def immutable_dirs(tmp_path: Path, require) -> None:
+    """The tests below make directories refuse writes with ``chattr +i``: here it is
+    checked that a directory so made really refuses one (root's are not refused by
+    permission bits)."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    _immutable(probe, True)
+    try:
+        (probe / "x").write_bytes(b"")
+    except PermissionError:
+        return
+    finally:
+        _immutable(probe, False)
+    require("chattr +i (e2fsprogs, on a file system that has it)", "an immutable"
+            " directory stands in for a store that refuses writes")
+
+
 def test_a_trial_whose_artifacts_refuse_writes_for_a_while_is_retried_without_spending_an_attempt(
-        tmp_path: Path, require) -> None:
+        tmp_path: Path, immutable_dirs: None) -> None:
     """The artifacts directory refuses every write (immutable, as a volume that lost its
     write access for a while; root writes through permission bits) when the trial starts,
     and takes writes again 4 s later. The trial has no retry to spend: it completes, once,
     after one retry that cost it nothing; the job completes. (Before, the refused
     checkpoint write failed the trial, and the job with it.)"""
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    if _immutable(probe, True).returncode != 0 or (probe / "x").exists():
-        require("chattr +i (e2fsprogs, on a file system that has it)", "an immutable"
-                " directory stands in for a store that refuses writes")
-    _immutable(probe, False)
     root = tmp_path / "artifacts"
     with LocalCluster(workers=1, artifacts=root, log_dir=tmp_path / "logs",
                       env=FAST_LIVENESS) as c:
@@ -102,18 +114,12 @@ def test_a_trial_whose_artifacts_refuse_writes_for_a_while_is_retried_without_sp
 
 
 def test_a_trial_whose_own_directory_never_takes_writes_spends_its_attempts(
-        tmp_path: Path, require) -> None:
+        tmp_path: Path, immutable_dirs: None) -> None:
     """The job's directory takes writes (the worker's probe succeeds) but its trials'
     directory never does: the attempt is given back a few times only, then spent, and
     the trial fails with the reason, never looping without end."""
     from tunecluster.worker.storage import FREE_STORAGE_RETRIES, STORE_REFUSED
 
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    if _immutable(probe, True).returncode != 0 or (probe / "x").exists():
-        require("chattr +i (e2fsprogs, on a file system that has it)", "an immutable"
-                " directory stands in for a store that refuses writes")
-    _immutable(probe, False)
     root = tmp_path / "artifacts"
     with LocalCluster(workers=0, artifacts=root, log_dir=tmp_path / "logs",
                       env=FAST_LIVENESS) as c:

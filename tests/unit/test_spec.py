@@ -107,6 +107,16 @@ def test_json_round_trip_keeps_the_spec() -> None:
     assert again.model.source == spec.model.source
 
 
+def test_json_round_trip_keeps_the_nulls_that_differ_from_a_default() -> None:
+    black_box = "def run_trial(trial, *args, **kwargs):\n    return 1.0\n"
+    spec = parse_spec(job(model={"module": "m.py", "source": black_box, "function": None,
+                                 "run_trial": "run_trial"},
+                          search={"algorithm": "bayesian", "num_initial_points": None}))
+    again = spec_from_json(spec_to_json(spec))
+    assert again.model.function is None and again.search.num_initial_points is None
+    assert again == spec
+
+
 def test_custom_model_accepts_its_own_metric_with_direction() -> None:
     spec = parse_spec(job(
         model={"module": "m.py", "source": CUSTOM_SOURCE},

@@ -82,11 +82,23 @@ def parse_spec(raw: Mapping[str, Any]) -> JobSpec:
 
 def spec_to_json(spec: JobSpec) -> str:
     raw = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if spec.model.function is None:  # no hypermodel: kept as null (unsaid names one)
-        raw["model"]["function"] = None
-    if spec.search.num_initial_points is None:  # KerasTuner's rule, not the default
-        raw["search"]["num_initial_points"] = None
+    _keep_meaningful_nulls(spec, raw)
     return json.dumps(raw)
+
+
+def _keep_meaningful_nulls(model: BaseModel, raw: dict[str, Any]) -> None:
+    """Put back in ``raw`` (``model`` dumped without its nulls) the nulls whose field
+    defaults to something else: read again without them, the spec would take the
+    default (``model.function``: no hypermodel, not ``build_model``;
+    ``search.num_initial_points``: KerasTuner's rule, not 3)."""
+    for name, info in type(model).model_fields.items():
+        key = info.alias or name
+        value = getattr(model, name)
+        if value is None:
+            if info.get_default(call_default_factory=True) is not None:
+                raw[key] = None
+        elif isinstance(value, BaseModel) and isinstance(raw.get(key), dict):
+            _keep_meaningful_nulls(value, raw[key])
 
 
 def spec_from_json(text: str) -> JobSpec:
