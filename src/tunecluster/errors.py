@@ -84,6 +84,11 @@ class StoreError(TuneclusterError):
     """Data in Redis is missing, foreign or malformed."""
 
 
+class RefusedMove(StoreError):
+    """A state change the lifecycle does not make from the state Redis holds now: the
+    writer's view is stale (the record moved since it was read)."""
+
+
 class ArtifactsError(TuneclusterError, ValueError):
     """The artifacts root is unusable as given: a URL of an unknown kind, a key that
     would leave the root. ``str()`` names the value and what is allowed."""

@@ -40,7 +40,7 @@ from tunecluster.chief.leadership import ChiefLock
 from tunecluster.chief.top_up import top_up
 from tunecluster.engine.finalize import finalize, is_redis_outage, one_line, summarize_errors
 from tunecluster.engine.scheduling import Scheduler
-from tunecluster.errors import StoreError
+from tunecluster.errors import RefusedMove, StoreError
 from tunecluster.shutdown import kill_children, on_stop_signal
 from tunecluster.states import OPEN_TRIAL_STATES, JobState, TrialState
 from tunecluster.store import Store, codec
@@ -125,37 +125,41 @@ class Chief:
                                   args=(self.stop_event, lambda: self.leader))
         keeper.start()
         while not self.stop_event.is_set():
-            try:
-                if not self.lock.checked(self.leader):
-                    if self.leader:
-                        log.warning("lost the chief lock; standing by")
-                        self._step_down()
-                    self.stop_event.wait(min(1.0, self.lock_s / 4))
-                    continue
-                if not self.leader:
-                    log.info("chief %s is now active", self.id)
-                    self.leader = True
-                    self._resync = True
-                if self._resync:
-                    self._load_from_redis()
-                self.tick()
-                self.lock.alive()
-                backoff.ok()
-            except LostLeadership:
-                log.warning("chief %s was deposed: nothing written; standing by", self.id)
-                self._step_down()
-            except (StaleState, _Resync) as exc:
-                log.warning("Redis lost or changed state under the chief (%s); reloading", exc)
-                self._resync = True
-            except Exception as exc:  # noqa: BLE001 - the chief must outlive any one failure
-                if retryable(exc):
-                    self._resync = True  # what we hold may no longer match Redis
-                    backoff.failed(exc)
-                else:
-                    raise
+            self.round(backoff)
         self._stop_schedulers()  # their unfinished runs resume under the next chief
         self.lock.release()
         evaluator().stop()
+
+    def round(self, backoff: Backoff) -> None:
+        """One turn of the main loop: stand by, or tick; a failure costs a round."""
+        try:
+            if not self.lock.checked(self.leader):
+                if self.leader:
+                    log.warning("lost the chief lock; standing by")
+                    self._step_down()
+                self.stop_event.wait(min(1.0, self.lock_s / 4))
+                return
+            if not self.leader:
+                log.info("chief %s is now active", self.id)
+                self.leader = True
+                self._resync = True
+            if self._resync:
+                self._load_from_redis()
+            self.tick()
+            self.lock.alive()
+            backoff.ok()
+        except LostLeadership:
+            log.warning("chief %s was deposed: nothing written; standing by", self.id)
+            self._step_down()
+        except (StaleState, _Resync, RefusedMove) as exc:  # a view Redis no longer holds
+            log.warning("Redis lost or changed state under the chief (%s); reloading", exc)
+            self._resync = True
+        except Exception as exc:  # noqa: BLE001 - the chief must outlive any one failure
+            if retryable(exc):
+                self._resync = True  # what we hold may no longer match Redis
+                backoff.failed(exc)
+            else:
+                raise
 
     def tick(self) -> None:
         hang_here("chief_tick")  # a test hook, inert unless set (tunecluster/testhook.py)
@@ -482,12 +486,6 @@ class Chief:
         self.jobs.pop(hosted.id, None)
         if hosted.id in self._active:
             self._active.remove(hosted.id)
-
-
-def run_chief(store: Store, artifacts_root: str | Path, **kwargs: Any) -> Chief:
-    chief = Chief(store, artifacts_root, **kwargs)
-    chief.run()
-    return chief
 
 
 def _final_metrics(msg: dict[str, str]) -> tuple[dict[str, Any], str] | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from tunecluster.errors import StoreError
+from tunecluster.errors import RefusedMove, StoreError
 from tunecluster.ids import check_job_id, is_job_id, new_job_id
 from tunecluster.states import JOB_STATES, JobState
 from tunecluster.store import codec
@@ -172,7 +172,7 @@ class JobStore:
         if not unchecked:
             now = read_or(None, self.r.hget, self.k.job(job), "state")
             if now in JOB_STATES and not JobState(now).can_move_to(state):
-                raise StoreError(f"job {job!r} cannot move from {now} to {state}")
+                raise RefusedMove(f"job {job!r} cannot move from {now} to {state}")
         mapping = {"state": state.value, **{k: v if isinstance(v, str) else codec.dumps(v)
                                             for k, v in fields.items()}}
         if state.is_final:
