@@ -31,6 +31,7 @@ from tunecluster import defaults
 from tunecluster.api import progress, tuner_on_worker
 from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api import tuner_project as project
+from tunecluster.api import tuner_summaries as summaries
 from tunecluster.api.client import Client, Job
 from tunecluster.api.shipping import ship
 from tunecluster.api.tuner_oracle import cluster_oracle
@@ -476,27 +477,11 @@ class Tuner:
 
     def results_summary(self, num_trials: int = 10) -> None:
         """Print the best trials, as KerasTuner does."""
-        print("Results summary")
-        print(f"Results in {Path(self.directory, self.project_name)}"
-              + (f" (job {self.job.id})" if self.job else ""))
-        print(f"Showing {num_trials} best trials")
-        print(f'Objective(name="{self.objective.name}", direction="{self.objective.direction}")')
-        for trial in self.oracle.get_best_trials(num_trials):
-            print()
-            trial.summary()
+        summaries.print_results(self, num_trials)
 
     def search_space_summary(self, extended: bool = False) -> None:
         """Print the search space, as KerasTuner does (after ``search`` or here)."""
-        if self._space is None:
-            self._discover_space()
-        hp = HyperParameters.from_config(self._space or {})
-        print("Search space summary")
-        print(f"Default search space size: {len(hp.space)}")
-        for p in hp.space:
-            config = p.get_config()
-            name = config.pop("name")
-            print(f"{name} ({p.__class__.__name__})")
-            print(config)
+        summaries.print_space(self._space if self._space is not None else self._discover_space())
 
 
 # --- helpers ----------------------------------------------------------------------------
