@@ -38,6 +38,7 @@ from tunecluster.artifacts import file_resolver
 from tunecluster.chief.jobs import HostedJob, load_job, oracle_failed
 from tunecluster.chief.leadership import ChiefLock
 from tunecluster.chief.top_up import top_up
+from tunecluster.engine.evaluator import evaluator
 from tunecluster.engine.finalize import finalize, is_redis_outage, one_line, summarize_errors
 from tunecluster.engine.scheduling import Scheduler
 from tunecluster.errors import RefusedMove, StoreError
@@ -115,10 +116,6 @@ class Chief:
         # Once at start, not on the first submit: KerasTuner's own oracles, with Keras
         # (and so TensorFlow) stood in for, as they never call it (keras_free.py).
         import_keras_tuner()
-        from tunecluster.engine.evaluator import evaluator
-
-        evaluator().start()  # the test-split scoring, warming up in a child process
-
         backoff = Backoff(stop=self.stop_event)
         log.info("chief %s starting", self.id)
         keeper = threading.Thread(target=self.lock.keep, daemon=True, name="chief-lock",
@@ -143,6 +140,9 @@ class Chief:
                 log.info("chief %s is now active", self.id)
                 self.leader = True
                 self._resync = True
+                # the test-split scoring, warming up in a child process: on becoming
+                # active, so that a standby chief holds no TensorFlow
+                evaluator().start()
             if self._resync:
                 self._load_from_redis()
             self.tick()

@@ -3,7 +3,7 @@
 The chief itself never imports TensorFlow (``keras_free.py``): it starts in a fraction
 of a second and stays small. The one thing it does that needs Keras, scoring the best
 model on the test split once per job (``finalize.evaluate_on_test``), runs here instead:
-a long-lived child started when the chief starts, at a lower CPU priority, so that its
+a long-lived child started when the chief becomes active, at a lower CPU priority, so that its
 TensorFlow import takes the CPU the trial processes leave over rather than delaying
 them; it is usually warm by the time a job finishes. A custom model's module (its own
 layers or metrics, needed to load its model) is run here too, not in the chief.
