@@ -19,6 +19,11 @@ search seed = the run's seed. Configurations (``--only`` picks some):
   ``--epochs``), the same model (``tunecluster.models.builtin.build_mlp``) and splits.
 - ``optuna-tpe-sha``: an Optuna study in one process, ``TPESampler(seed)`` with
   ``SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)``, one report per epoch.
+- ``ray-asha``: Ray Tune on a local Ray of 2 CPUs (started, and one trial run, before any
+  clock): random search (``BasicVariantGenerator(random_state=seed)``), the
+  ``ASHAScheduler`` (grace period 1 epoch, factor 3, ``max_t`` = ``--epochs``), 2 trials
+  at once, ``reuse_actors=True``, a function trainable reporting every epoch. Its trial
+  ends and epochs are stamped in the driver as Tune sees them (a Tune ``Callback``).
 
 The peers run in one helper process started (TensorFlow imported, the data loaded, one
 model fitted) before any clock; their clock starts before the tuner or study is made.
@@ -60,7 +65,7 @@ TC = {
     "tc-asha": ["search.algorithm=asha", "search.asha_min_epochs=1", "search.asha_factor=3"],
     "tc-tpe": ["search.algorithm=tpe"],
 }
-PEERS = ("kt-hyperband", "optuna-tpe-sha")
+PEERS = ("kt-hyperband", "optuna-tpe-sha", "ray-asha")
 CONFIGS = (*TC, *PEERS)
 LABELS = {
     "tc-random": "tunecluster random (2 workers)",
@@ -69,6 +74,7 @@ LABELS = {
     "tc-tpe": "tunecluster TPE (2 workers)",
     "kt-hyperband": "KerasTuner Hyperband (1 process)",
     "optuna-tpe-sha": "Optuna TPE + SuccessiveHalvingPruner (1 process)",
+    "ray-asha": "Ray Tune ASHA, reuse_actors (2 CPUs)",
 }
 RESULT = "TTT-RESULT "  # the peer helper's answer lines start with this
 
@@ -156,6 +162,85 @@ def warm_up(store: Any, trials: int = 4) -> None:
 
 
 # ---------------------------------------------------------------- the peers' process
+
+def ray_peer(space: dict, build: Any, fit: Any) -> Any:
+    """Ray Tune ASHA as a Ray user runs it: a local Ray (started here, before any clock,
+    with one warm-up trial), random search, ASHA stopping, 2 trials at once, reused
+    actors. Returns ``run(run, seed, epochs)``."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, as the tests
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False, _node_ip_address="127.0.0.1")
+    params: dict[str, Any] = {}
+    for name, hp in space.items():
+        if hp.kind == "int":
+            low, high = hp.int_
+            params[name] = (tune.lograndint if hp.sampling == "log" else tune.randint)(
+                low, high + 1)
+        elif hp.kind == "float":
+            params[name] = (tune.loguniform if hp.sampling == "log" else tune.uniform)(
+                *hp.float_)
+        else:
+            params[name] = tune.choice(list(hp.choice))
+
+    def trainable(config: dict) -> None:
+        import keras
+
+        class Report(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                tune.report({"val_accuracy": float((logs or {})["val_accuracy"])})
+
+        keras.backend.clear_session()
+        fit(build(config), config["epochs"], [Report()])
+
+    def run_ray(run: dict | None, seed: int, epochs: int) -> None:
+        class Clock(tune.Callback):
+            def __init__(self) -> None:
+                self.best: dict[str, float] = {}
+
+            def on_trial_result(self, iteration: int, trials: list, trial: Any,
+                                result: dict, **info: Any) -> None:
+                value = finite_or_none(result.get("val_accuracy"))
+                if value is None or run is None:
+                    return
+                self.best[trial.trial_id] = max(value, self.best.get(trial.trial_id, value))
+                t = time.time() - run["t0"]
+                if t <= run["budget"]:
+                    run["epochs"].append([t, value])
+
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any,
+                                  **info: Any) -> None:
+                if run is None:
+                    return
+                score, t = self.best.get(trial.trial_id), time.time() - run["t0"]
+                if score is not None and t <= run["budget"]:
+                    run["ends"].append([t, score])
+
+            def on_trial_error(self, iteration: int, trials: list, trial: Any,
+                               **info: Any) -> None:
+                if run is not None:
+                    run["failed"] += 1
+
+        budget = run["budget"] - (time.time() - run["t0"]) if run else None
+        tuner = tune.Tuner(
+            trainable, param_space={**params, "epochs": epochs},
+            tune_config=tune.TuneConfig(
+                metric="val_accuracy", mode="max", num_samples=1 if run is None else 100_000,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                        grace_period=1, reduction_factor=3),
+                search_alg=BasicVariantGenerator(random_state=seed),
+                max_concurrent_trials=2, reuse_actors=True, time_budget_s=budget),
+            run_config=tune.RunConfig(verbose=0, callbacks=[Clock()],
+                                      storage_path=tempfile.mkdtemp(prefix="ttt-ray-")))
+        tuner.fit()
+
+    run_ray(None, 0, 1)  # warm: Ray's workers and their first trace before any clock
+    return run_ray
+
 
 def peer_server() -> None:
     """Reads one JSON request per line on stdin, answers one ``RESULT`` line each."""
@@ -269,6 +354,7 @@ def peer_server() -> None:
 
         study.optimize(objective, n_trials=100_000)
 
+    run_ray = ray_peer(space, build, fit) if "--with-ray" in sys.argv else None
     for line in sys.stdin:
         req = json.loads(line)
         keras.utils.set_random_seed(req["seed"])
@@ -278,6 +364,10 @@ def peer_server() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 if req["config"] == "kt-hyperband":
                     hyperband(run, req["seed"], req["epochs"], tmp)
+                elif req["config"] == "ray-asha":
+                    if run_ray is None:
+                        raise RuntimeError("the peers' process was started without Ray")
+                    run_ray(run, req["seed"], req["epochs"])
                 else:
                     tpe_sha(run, req["seed"], req["epochs"])
         except Exception as exc:  # noqa: BLE001 - reported in the table, not hidden
@@ -287,9 +377,10 @@ def peer_server() -> None:
 
 
 class Peers:
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, with_ray: bool) -> None:
         self.log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, __file__, "--peer-server"],
+        self.proc = subprocess.Popen([sys.executable, __file__, "--peer-server",
+                                      *(["--with-ray"] if with_ray else [])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1)
 
@@ -414,6 +505,7 @@ def main() -> None:
     parser.add_argument("--max-wall-s", type=float, default=None,
                         help="start no run that would end after this many seconds in all")
     parser.add_argument("--peer-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--with-ray", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer_server:
         return peer_server()
@@ -432,7 +524,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ttt-") as tmp:
         logs = Path(args.log_dir or tmp)
         logs.mkdir(parents=True, exist_ok=True)
-        peers = Peers(logs / "peers.log") if any(c in PEERS for c in configs) else None
+        peers = (Peers(logs / "peers.log", "ray-asha" in configs)
+                 if any(c in PEERS for c in configs) else None)
         try:
             with LocalCluster(workers=2, artifacts=Path(tmp) / "artifacts",
                               log_dir=logs / "cluster") as cluster:
