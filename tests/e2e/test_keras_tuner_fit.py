@@ -405,3 +405,63 @@ def test_a_trial_failed_on_purpose_is_skipped_and_its_space_kept(cluster, tmp_pa
     scores = {t["hyperparameters"]["x"] for t in trials.values() if t["state"] == "COMPLETED"}
     assert len(scores) == 4  # four different points of the space it declared
     assert [p.name for p in tuner.oracle.get_space().space] == ["x"]
+
+
+def test_a_tensorboard_callback_gets_every_trial_with_its_epochs_and_values(
+        cluster, tmp_path: Path, monkeypatch) -> None:
+    """KerasTuner's guide to visualizing a search: ``search(callbacks=[TensorBoard(dir)])``
+    then ``tensorboard --logdir dir``. On the cluster the trials run elsewhere; the search
+    writes them there from the records when it ends: one run per trial, each epoch's
+    metrics, the HParams view with the trial's values."""
+    import dropin_notebook_style as example
+    from tensorboard.backend.event_processing.event_accumulator import (
+        TENSORS,
+        EventAccumulator,
+    )
+    from tensorboard.util.tensor_util import make_ndarray
+
+    monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
+    logdir = tmp_path / "tb_logs"
+    tuner = kt.RandomSearch(build_digits, objective="val_accuracy", max_trials=2, seed=3,
+                            directory=tmp_path, project_name="tb", cluster=cluster.url)
+    tuner.search(example.X_train, example.y_train, epochs=2, verbose=0,
+                 validation_data=(example.X_valid, example.y_valid),
+                 callbacks=[keras.callbacks.TensorBoard(str(logdir))])
+
+    trials = {t["trial"]: t for t in tuner.job.results()["trials"]}
+    assert len(trials) == 2 and sorted(p.name for p in logdir.iterdir()
+                                       if p.is_dir()) == sorted(trials)
+    for trial_id, trial in trials.items():
+        acc = EventAccumulator(str(logdir / trial_id), size_guidance={TENSORS: 0})
+        acc.Reload()
+        recorded = tuner.job.client.store.jobs.epochs(tuner.job.id, trial_id)
+        written = {e.step: float(make_ndarray(e.tensor_proto))
+                   for e in acc.Tensors("val_accuracy")}
+        assert written == pytest.approx({epoch: row["val_accuracy"]
+                                         for epoch, row in recorded.items()})
+        assert sorted(written) == [1, 2]
+        assert "_hparams_/session_start_info" in acc.Tags()[TENSORS]
+        assert trial["hyperparameters"]["units"] in (8, 16, 24, 32)
+    assert list(logdir.glob("events.out.tfevents.*"))  # the experiment: the space's domains
+
+
+def test_a_callback_the_workers_cannot_run_is_refused_and_nothing_is_queued(
+        cluster, tmp_path: Path) -> None:
+    import dropin_notebook_style as example
+
+    from tunecluster.errors import SpecError
+
+    before = set(cluster_store(cluster).jobs.all())
+    tuner = kt.RandomSearch(build_digits, objective="val_accuracy", max_trials=2,
+                            directory=tmp_path, project_name="csv", cluster=cluster.url)
+    with pytest.raises(SpecError, match="cannot run on the cluster's workers: CSVLogger"):
+        tuner.search(example.X_train, example.y_train, epochs=1, verbose=0,
+                     validation_data=(example.X_valid, example.y_valid),
+                     callbacks=[keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))])
+    assert set(cluster_store(cluster).jobs.all()) == before
+
+
+def cluster_store(cluster):  # noqa: ANN001, ANN201 - the shared cluster's store
+    from tunecluster.store import Store
+
+    return Store.from_url(cluster.url)

@@ -146,9 +146,9 @@ def test_a_trial_can_span_several_workers() -> None:
 def test_refusals_are_one_line() -> None:
     tuner = kt.RandomSearch(build_model, objective="val_accuracy", cluster="redis://h:1/0")
     x, y = np.zeros((10, 2)), np.arange(10) % 2
-    with pytest.raises(SpecError, match="cannot run on the cluster's workers: TensorBoard"):
+    with pytest.raises(SpecError, match="cannot run on the cluster's workers: CSVLogger"):
         tuner._job_spec(x, y, (x, y), None, 1, 8,
-                        [keras.callbacks.TensorBoard(), keras.callbacks.EarlyStopping()],
+                        [keras.callbacks.CSVLogger("log.csv"), keras.callbacks.EarlyStopping()],
                         True, {})
     with pytest.raises(SpecError, match="validation_data=\\(x, y\\) or validation_split"):
         tuner._job_spec(x, y, None, None, 1, 8, None, True, {})
@@ -160,6 +160,22 @@ def test_refusals_are_one_line() -> None:
         tuner._job_spec(x, np.array(["a", "b"] * 5), (x, y), None, 1, 8, None, True, {})
     with pytest.raises(TypeError, match="not supported on a cluster: distribution_strategy"):
         kt.RandomSearch(build_model, distribution_strategy=None)
+
+
+def test_a_tensorboard_callback_names_where_the_trials_are_written(tmp_path) -> None:
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy", cluster="redis://h:1/0")
+    x, y = np.zeros((10, 2)), np.arange(10) % 2
+    spec, _ = tuner._job_spec(x, y, (x, y), None, 1, 8,
+                              [keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+                               keras.callbacks.EarlyStopping("val_accuracy", patience=2)],
+                              True, {})
+    assert tuner._tensorboard == [str(tmp_path / "tb")]
+    assert parse_spec(spec).train.early_stopping.patience == 2
+    # what the cluster does not record is said, not dropped silently
+    with pytest.warns(UserWarning, match="histogram_freq=1"):
+        tuner._job_spec(x, y, (x, y), None, 1, 8,
+                        [keras.callbacks.TensorBoard(str(tmp_path), histogram_freq=1)],
+                        True, {})
 
 
 def test_labels_reach_the_model_unchanged() -> None:

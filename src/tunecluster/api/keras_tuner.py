@@ -28,7 +28,7 @@ from keras_tuner import HyperModel, HyperParameters, Objective
 from keras_tuner.errors import FatalTypeError
 
 from tunecluster import defaults
-from tunecluster.api import progress, tuner_on_worker
+from tunecluster.api import progress, tensorboard, tuner_on_worker
 from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api import tuner_project as project
 from tunecluster.api import tuner_summaries as summaries
@@ -100,6 +100,7 @@ class Tuner:
         self._space: dict[str, Any] | None = None
         self._results: dict[str, Any] | None = None
         self._artifacts: Path | None = None
+        self._tensorboard: list[str] = []  # TensorBoard callbacks' log_dir: written at the end
         self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
         self._compile = inputs.compile_overrides(optimizer, loss, metrics)
         # fails early, in the constructor; _fit: the name of a HyperModel's own fit;
@@ -210,6 +211,8 @@ class Tuner:
             self._follow(verbose, after)
             self._results = self.job.results()
             self.oracle.learn_space()  # while the cluster is there (an embedded one goes)
+            for logdir in self._tensorboard:  # the trials, as TensorBoard callbacks asked
+                tensorboard.export(self.job.client.store, self.job.id, logdir, overwrite=True)
         except KeyboardInterrupt:
             self.job.cancel()
             try:
@@ -248,6 +251,7 @@ class Tuner:
         if class_weight is not None:
             given = [*given, "class_weight"]
         early = inputs.early_stopping(callbacks, self.objective.name)
+        self._tensorboard = inputs.tensorboard_dirs(callbacks)
         if x is None and y is None and validation_data is None:
             # KerasTuner's search() without data: the user's own run_trial or fit (or the
             # model's own fit: HyperModel.fit's model.fit(**kwargs)) brings its own

@@ -1,6 +1,6 @@
 """What the drop-in's ``search()`` takes, turned into what a job holds: the objective,
-``EarlyStopping``, arrays as npz files (``allow_pickle=False`` on the other side), and the
-task the labels say."""
+``EarlyStopping`` (and where ``TensorBoard`` writes), arrays as npz files
+(``allow_pickle=False`` on the other side), and the task the labels say."""
 
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ def objective_names(obj: Any) -> list[str]:
 
 
 def early_stopping(callbacks: Sequence[Any] | None, objective: str) -> dict[str, Any] | None:
+    """The search's ``EarlyStopping``, as the job's ``train.early_stopping`` (None: none).
+    Besides it, ``TensorBoard`` is taken (``tensorboard_dirs``); any other callback is
+    refused in one line: it would not run on the workers."""
     import keras
 
     early = None
@@ -68,12 +71,40 @@ def early_stopping(callbacks: Sequence[Any] | None, objective: str) -> dict[str,
                 warnings.warn(f"EarlyStopping(monitor={cb.monitor!r}) monitors the objective"
                               f" {objective!r} on the cluster", stacklevel=4)
             early = {"patience": int(cb.patience), "min_delta": float(abs(cb.min_delta))}
-        else:
+        elif not isinstance(cb, keras.callbacks.TensorBoard):
             refused.append(type(cb).__name__)
     if refused:
         raise SpecError("callbacks", f"cannot run on the cluster's workers: {', '.join(refused)}"
-                                     " (only EarlyStopping is supported)")
+                                     " (EarlyStopping and TensorBoard are supported)")
     return early
+
+
+# What a TensorBoard callback writes that the cluster's records do not hold, with the
+# values that ask for none of it (Keras's defaults).
+_TENSORBOARD_EXTRAS = {"histogram_freq": 0, "write_images": False, "embeddings_freq": 0,
+                       "update_freq": "epoch"}
+
+
+def tensorboard_dirs(callbacks: Sequence[Any] | None) -> list[str]:
+    """The ``log_dir`` of each ``TensorBoard`` callback: the search's trials are written
+    there (``api/tensorboard.py``: each epoch's metrics and the HParams view, one run per
+    trial) from the cluster's records once ``search`` ends. What else it was asked to
+    write (histograms, images, embeddings, per-batch steps) is not recorded on the
+    cluster: a warning says so."""
+    import keras
+
+    dirs = []
+    for cb in callbacks or ():
+        if isinstance(cb, keras.callbacks.TensorBoard):
+            asked = [f"{name}={getattr(cb, name)!r}"
+                     for name, default in _TENSORBOARD_EXTRAS.items()
+                     if getattr(cb, name, default) != default]
+            if asked:
+                warnings.warn(f"TensorBoard({', '.join(asked)}): the cluster writes each"
+                              " epoch's metrics and the hyperparameters to"
+                              f" {cb.log_dir}, not these", stacklevel=4)
+            dirs.append(str(cb.log_dir))
+    return dirs
 
 
 def array(value: Any, what: str) -> np.ndarray:

@@ -154,7 +154,8 @@ CLUSTER_ATTRIBUTES = frozenset({
     "max_consecutive_failed_trials", "executions_per_trial", "directory", "project_name",
     "overwrite", "cluster_url", "workers", "workers_per_trial", "job", "oracle", "_space",
     "_results", "_artifacts", "_source", "_function", "_fit", "_search_settings",
-    "_max_epochs", "optimizer", "loss", "metrics", "_compile", "max_model_size"})
+    "_max_epochs", "optimizer", "loss", "metrics", "_compile", "max_model_size",
+    "_tensorboard"})
 # KerasTuner's hooks that its own run_trial and callbacks call, which the cluster's do not
 _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
           "on_trial_begin", "on_trial_end", "on_search_begin", "on_search_end",

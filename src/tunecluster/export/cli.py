@@ -29,7 +29,7 @@ def register(group: click.Group, *, job_id: Callable[..., Any],
     def tensorboard(job: str, logdir: str, overwrite: bool, redis_url: str) -> None:
         """Write JOB's trials as TensorBoard runs: per-epoch scalars and the HParams
         plugin's summaries (table, parallel coordinates, scatter plots)."""
-        from tunecluster.export.tensorboard import export
+        from tunecluster.api.tensorboard import export
 
         done = export(_store(redis_url), job, logdir, overwrite=overwrite)
         click.echo(f"wrote {len(done.runs)} run(s), {len(done.hyperparameters)}"
