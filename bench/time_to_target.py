@@ -163,10 +163,11 @@ def warm_up(store: Any, trials: int = 4) -> None:
 
 # ---------------------------------------------------------------- the peers' process
 
-def ray_peer(space: dict, build: Any, fit: Any) -> Any:
+def ray_peer(space: dict, build: Any, fit: Any, ended: Any) -> Any:
     """Ray Tune ASHA as a Ray user runs it: a local Ray (started here, before any clock,
     with one warm-up trial), random search, ASHA stopping, 2 trials at once, reused
-    actors. Returns ``run(run, seed, epochs)``."""
+    actors. Returns ``run(run, seed, epochs)``; ``ended(run, score)`` counts a trial's end
+    as the other peers' are counted."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, as the tests
     import ray
     from ray import tune
@@ -214,11 +215,8 @@ def ray_peer(space: dict, build: Any, fit: Any) -> Any:
 
             def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                                   **info: Any) -> None:
-                if run is None:
-                    return
-                score, t = self.best.get(trial.trial_id), time.time() - run["t0"]
-                if score is not None and t <= run["budget"]:
-                    run["ends"].append([t, score])
+                if run is not None:
+                    ended(run, self.best.get(trial.trial_id))
 
             def on_trial_error(self, iteration: int, trials: list, trial: Any,
                                **info: Any) -> None:
@@ -354,7 +352,7 @@ def peer_server() -> None:
 
         study.optimize(objective, n_trials=100_000)
 
-    run_ray = ray_peer(space, build, fit) if "--with-ray" in sys.argv else None
+    run_ray = ray_peer(space, build, fit, ended) if "--with-ray" in sys.argv else None
     for line in sys.stdin:
         req = json.loads(line)
         keras.utils.set_random_seed(req["seed"])

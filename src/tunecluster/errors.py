@@ -133,3 +133,10 @@ def not_completed(job: str, results: dict[str, Any]) -> JobNotCompleted:
     kind = {JobState.FAILED: JobFailed, JobState.CANCELLED: JobCancelled}.get(
         results["state"], JobNotCompleted)
     return kind(job, results["state"], results.get("error"), results)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (300 characters at most), as an error is
+    recorded where one line is kept (a job's or a trial's reason)."""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -7,24 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_schedulers import Recorder, _job, _leading_chief  # the same leading chief
 
-from tunecluster.api.submission import prepare_job, submit
 from tunecluster.chief.loop import Chief
 from tunecluster.states import JobState
 from tunecluster.store import Store
 from tunecluster.store.connection import Backoff
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
 
 def _active_chief(store: Store, tmp_path: Path) -> tuple[Chief, str]:
-    job = submit(store, prepare_job(EXAMPLES / "digits.yaml", ("search.max_trials=2",),
-                                    discover=False))
-    chief = Chief(store, tmp_path, chief_id="chief-1")
-    chief.schedulers = []
-    assert store.control.hold(chief.fence, 10_000)
+    job = _job(store)
+    chief = _leading_chief(store, tmp_path, Recorder("ray"))  # the job is native: not its
     chief.leader, chief._resync = True, False
-    chief._active = [job]
     return chief, job
 
 

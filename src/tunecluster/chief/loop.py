@@ -39,9 +39,9 @@ from tunecluster.chief.jobs import HostedJob, load_job, oracle_failed
 from tunecluster.chief.leadership import ChiefLock
 from tunecluster.chief.top_up import top_up
 from tunecluster.engine.evaluator import evaluator
-from tunecluster.engine.finalize import finalize, is_redis_outage, one_line, summarize_errors
+from tunecluster.engine.finalize import finalize, is_redis_outage, summarize_errors
 from tunecluster.engine.scheduling import Scheduler
-from tunecluster.errors import RefusedMove, StoreError
+from tunecluster.errors import RefusedMove, StoreError, one_line
 from tunecluster.shutdown import kill_children, on_stop_signal
 from tunecluster.states import OPEN_TRIAL_STATES, JobState, TrialState
 from tunecluster.store import Store, codec

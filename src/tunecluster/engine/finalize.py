@@ -21,7 +21,7 @@ from tunecluster.artifact_store import ArtifactStore, open_store
 from tunecluster.artifacts import BEST_MODEL, RESULTS, trial_model
 from tunecluster.artifacts import job_dir as artifacts_job_dir
 from tunecluster.data import load_splits
-from tunecluster.errors import ArtifactsError, StoreError
+from tunecluster.errors import ArtifactsError, StoreError, one_line
 from tunecluster.spec.models import JobSpec
 from tunecluster.states import JobState
 from tunecluster.store import Store, codec, downloads
@@ -74,11 +74,6 @@ class FinalizeRetry:
 def is_redis_outage(exc: BaseException) -> bool:
     """Redis unreachable or restarting: the chief's loop backs off and retries."""
     return isinstance(exc, redis.RedisError) and retryable(exc)
-
-
-def one_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def finalize(store: Store, job: str, spec: JobSpec, artifacts_root: Path, state: str,

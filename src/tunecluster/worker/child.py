@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
-from tunecluster.errors import TrialFailed, WorkerLost
+from tunecluster.errors import TrialFailed, WorkerLost, one_line
 from tunecluster.states import TrialState
 from tunecluster.testhook import stop_here
 from tunecluster.worker.storage import (
@@ -280,8 +280,7 @@ def _storage_fault(store: Any, claim: Any, worker: str, artifacts: str,
     ``storage_wait_s``, spending one."""
     from tunecluster.artifacts import job_dir
 
-    reason = (f"{STORE_REFUSED}: {type(exc).__name__}: "
-              + (str(exc).strip().splitlines() or [""])[0][:300])
+    reason = f"{STORE_REFUSED}: {one_line(exc)}"
     wait_s = storage_wait_s()
     log.warning("trial %s of job %s: %s; waiting up to %.0f s for it to take writes"
                 " again", claim.trial, claim.job, reason, wait_s)
