@@ -411,7 +411,9 @@ def test_job_whose_trials_all_fail_ends_failed_with_a_summary(make_cluster, tmp_
     (tmp_path / "bad.py").write_text(textwrap.dedent('''
         def build_model(hp):
             hp.Int("units", 2, 100)
-            raise RuntimeError("broken model")
+            # long: the job's error must be longer than a line however few trials ran
+            raise RuntimeError("broken model: the layer sizes of this model never add up,"
+                               " whatever the hyperparameters say")
     '''))
     (tmp_path / "job.yaml").write_text(textwrap.dedent('''
         name: all-fail
