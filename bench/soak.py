@@ -131,6 +131,9 @@ class Submitted:
     algorithm: str
     at: float  # monotonic
     lost: str = ""  # why it is gone, when a rollback took it
+    # every state the soak saw it in: a completion a later rollback took back still
+    # counts as work done (the report's ``jobs_seen_completed``)
+    seen: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -196,6 +199,7 @@ class Soak:
         return {"seed": self.seed, "duration_s": self.duration_s,
                 "faults": dict(sorted(self.faults_done.items())), "jobs": dict(jobs),
                 "lost_with_a_rollback": sum(bool(j.lost) for j in self.jobs),
+                "jobs_seen_completed": sum("completed" in j.seen for j in self.jobs),
                 "failed_jobs": failed,
                 "checks": checks, "ok": all(c["ok"] for c in checks)}
 
@@ -216,7 +220,7 @@ class Soak:
         from tunecluster.api.submission import prepare_job, submit
 
         try:
-            active = sum(_state(store, j.id) in ("queued", "running", "finalizing")
+            active = sum(self._observe(store, j) in ("queued", "running", "finalizing")
                          for j in self.jobs if not j.lost)
             for _ in range(self.concurrent_jobs - active):
                 algorithm = next(algorithms)
@@ -249,7 +253,7 @@ class Soak:
         while time.monotonic() < deadline:
             open_jobs = []
             for job in self.jobs:
-                state = _state(store, job.id)
+                state = self._observe(store, job)
                 if state == "missing" and not job.lost:
                     job.lost = self._lost_reason(job)
                 if not job.lost and state not in ("completed", "failed", "cancelled"):
@@ -259,6 +263,12 @@ class Soak:
             self._sample()
             time.sleep(2.0)
         self._say(f"jobs still open after {timeout_s:.0f} s: {open_jobs}")
+
+    def _observe(self, store: Any, job: Submitted) -> str:
+        """``job``'s state now, noted among those it was seen in."""
+        state = _state(store, job.id)
+        job.seen.add(state)
+        return state
 
     def _lost_reason(self, job: Submitted) -> str:
         """Why ``job`` is gone from Redis: a rollback to a snapshot older than its

@@ -30,4 +30,6 @@ def test_a_short_soak_of_random_faults_loses_nothing(tmp_path: Path) -> None:
         "no_role_died", "jobs_final", "no_job_failed", "exactly_once", "models",
         "results_json", "redis_memory", "no_process_left", "rss_bounded"]
     assert sum(report["faults"].values()) >= 6 and len(report["faults"]) >= 4, report
-    assert report["jobs"].get("completed", 0) >= 3, report  # 10-11 here; work was done
+    # work was done: jobs seen completed, which a rollback of Redis cannot take back
+    # (one CI run ended with 2 completed and 4 lost with rollbacks; 10-11 seen here)
+    assert report["jobs_seen_completed"] >= 3, report
