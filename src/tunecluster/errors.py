@@ -70,7 +70,30 @@ class SpecError(TuneclusterError, ValueError):
 
 
 class TrialFailed(TuneclusterError):
-    """The trial cannot succeed as written: it is recorded FAILED without retry."""
+    """The trial cannot succeed as written: it is recorded FAILED without retry.
+    ``fatal`` names the KerasTuner fatal error (``FATAL_ERRORS``) it is, when it is one:
+    the search then ends at once, as KerasTuner's does."""
+
+    def __init__(self, message: str = "", fatal: str = "") -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+# KerasTuner's fatal errors (``keras_tuner.errors``): a trial that raises one, or returns
+# what KerasTuner would refuse with one, ends the whole search at once instead of
+# failing that trial only. Named here (no import: this module sits below KerasTuner's
+# users); the chief reads the name a worker recorded, the drop-in raises that class.
+FATAL_ERRORS = ("FatalError", "FatalValueError", "FatalTypeError", "FatalRuntimeError")
+
+
+def fatal_kind(exc: BaseException) -> str:
+    """Which of ``FATAL_ERRORS`` ``exc`` is (its most specific), or "" when none."""
+    if isinstance(exc, TrialFailed):
+        return exc.fatal
+    for cls in type(exc).__mro__:
+        if cls.__module__.split(".")[0] == "keras_tuner" and cls.__name__ in FATAL_ERRORS:
+            return cls.__name__
+    return ""
 
 
 class WorkerLost(TuneclusterError):

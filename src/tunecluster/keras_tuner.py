@@ -8,6 +8,7 @@ of the code stays. See ``tunecluster.api.keras_tuner``.
 # oracles, the ready-made hypermodels), as ``keras_tuner`` offers them
 from keras_tuner import Oracle, applications, errors, oracles
 
+from tunecluster.api import tuners  # kt.tuners.RandomSearch, as KerasTuner offers them
 from tunecluster.api.keras_tuner import HyperModel, HyperParameters, Objective, Tuner
 from tunecluster.api.tuners import (
     ASHA,
@@ -21,4 +22,4 @@ from tunecluster.api.tuners import (
 
 __all__ = ["ASHA", "TPE", "BayesianOptimization", "GridSearch", "HyperModel", "HyperParameters",
            "Hyperband", "Objective", "Oracle", "PBT", "RandomSearch", "Tuner", "applications",
-           "errors", "oracles"]
+           "errors", "oracles", "tuners"]

@@ -141,3 +141,25 @@ def test_a_build_that_returns_no_model_raises_keras_tuners_fatal_type_error(
         tuner.search(x, y, epochs=1, validation_data=(x, y))
     assert isinstance(info.value, SpecError)
     assert returned in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("state", "error", "raised"), [
+    ("failed", "FatalTypeError: fit returned a str | errors: 1x ...", "SearchFatalTypeError"),
+    ("failed", "FatalError: stop", "SearchFatalError"),
+    # a reason read from Redis picks among KerasTuner's four classes, nothing else
+    ("failed", "SystemExit: bye", "JobFailed"),
+    ("failed", "keras_tuner.errors.FatalTypeError: x", "JobFailed"),
+    ("failed", None, "JobFailed"),
+    ("cancelled", "FatalTypeError: x", "JobCancelled"),
+])
+def test_a_search_ended_by_a_fatal_error_raises_keras_tuners_class(
+        state: str, error: str | None, raised: str) -> None:
+    from keras_tuner.errors import FatalError
+
+    from tunecluster.api.tuner_errors import search_ended
+    from tunecluster.errors import JobNotCompleted
+
+    exc = search_ended("j1", {"state": state, "error": error})
+    assert type(exc).__name__ == raised and isinstance(exc, JobNotCompleted)
+    assert isinstance(exc, FatalError) == raised.startswith("SearchFatal")
+    assert str(exc).startswith(f"job j1 {state}: ")

@@ -278,3 +278,40 @@ def test_refused_is_the_lost_message(caplog: pytest.LogCaptureFixture) -> None:
     assert child.refused(Claim("job", "00", 2, {}), "completed") == {
         "outcome": "lost", "error": "trial job/00 attempt 2 lost its lease before it could"
                                     " record its outcome (completed)"}
+
+
+# --- KerasTuner's fatal errors: which one a trial raised, recorded for the chief --------
+
+
+def test_the_fatal_kind_is_keras_tuners_most_specific_class() -> None:
+    import keras_tuner as kt
+
+    from tunecluster.errors import fatal_kind
+
+    class PlantRefuses(kt.errors.FatalValueError):  # a user's own, under KerasTuner's
+        pass
+
+    assert fatal_kind(kt.errors.FatalTypeError("x")) == "FatalTypeError"
+    assert fatal_kind(kt.errors.FatalError("x")) == "FatalError"
+    assert fatal_kind(PlantRefuses("x")) == "FatalValueError"
+    assert fatal_kind(TrialFailed("returned None", fatal="FatalTypeError")) == "FatalTypeError"
+    assert fatal_kind(TrialFailed("loss is nan")) == ""
+    assert fatal_kind(kt.errors.FailedTrialError("x")) == ""  # that trial only
+    assert fatal_kind(TypeError("x")) == ""
+
+    class FatalTypeError(Exception):  # the name alone, outside KerasTuner: no fatal error
+        pass
+
+    assert fatal_kind(FatalTypeError("x")) == ""
+
+
+def test_a_fatal_error_is_recorded_with_its_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras_tuner as kt
+
+    queue = _Queue()
+    outcome = _run(monkeypatch, kt.errors.FatalRuntimeError("stop the search"), queue)
+    assert outcome == {"outcome": "failed", "error": "FatalRuntimeError: stop the search"}
+    [(state, fields)] = queue.finished
+    assert state == "FAILED" and fields["fatal"] == "FatalRuntimeError"
+    _run(monkeypatch, RuntimeError("boom"), queue)
+    assert "fatal" not in queue.finished[-1][1]

@@ -117,17 +117,24 @@ def test_executions_of_keras_fit_average_each_ones_best_epoch(tmp_path: Path) ->
     assert 0 <= result.score <= 1 and result.best_epoch in (1, 2)
 
 
-@pytest.mark.parametrize(("returned", "message"), [
-    (None, "returned None: did you forget to return the metrics?"),
-    ({"accuracy": 0.5}, "without the objective 'val_accuracy'"),
-    ("good", "returned a str"),
-    ("0.5", "returned a str"),  # a string, even one float() parses, is no number
-    ({"val_accuracy": "0.5"}, "returned metric 'val_accuracy' = '0.5', not a number"),
-    ({"val_accuracy": "high"}, "returned metric 'val_accuracy' = 'high', not a number"),
+@pytest.mark.parametrize(("returned", "message", "fatal"), [
+    # what KerasTuner refuses with a fatal error (the search ends at once) ...
+    (None, "returned None. Did you forget to return the metrics?", "FatalTypeError"),
+    ({"accuracy": 0.5}, "without the objective 'val_accuracy'", "FatalValueError"),
+    ("good", r"Expected the return value of fit\(\) to be one of float, dict,.* a str",
+     "FatalTypeError"),
+    # a string, even one float() parses, is no number
+    ("0.5", "to be one of float, dict.* a str: '0.5'", "FatalTypeError"),
+    # ... and what fails that trial only
+    ({"val_accuracy": "0.5"}, "returned metric 'val_accuracy' = '0.5', not a number", ""),
+    ({"val_accuracy": "high"}, "returned metric 'val_accuracy' = 'high', not a number", ""),
+    ([], "returned an empty list", ""),
 ])
-def test_what_a_fit_returns_is_checked_as_keras_tuner_does(returned: Any, message: str) -> None:
-    with pytest.raises(TrialFailed, match=message):
+def test_what_a_fit_returns_is_checked_as_keras_tuner_does(returned: Any, message: str,
+                                                            fatal: str) -> None:
+    with pytest.raises(TrialFailed, match=message) as info:
         execution_metrics(Execution([], returned), "val_accuracy", "max", "fit()")
+    assert info.value.fatal == fatal
 
 
 def test_a_list_and_numpy_values_are_read_as_keras_tuner_reads_them() -> None:
@@ -190,3 +197,22 @@ def test_a_run_trial_reporting_through_the_oracle_is_scored_on_the_worker(
     result = run_trial(rt, TrialRequest("t1", {"x": 0.25}), reporter)
     assert result.score == 2.5 and reporter.rows == [(1, {"score": 2.5})]
     assert result.model_path == ""  # no hypermodel: no model kept
+
+
+@pytest.mark.parametrize("returned", [{"val_loss": 0.5}, {"score": 1.0}, "a"])
+def test_without_an_objective_a_fit_must_return_a_number(returned: Any) -> None:
+    """KerasTuner's default objective (none given, the trials scored by the user's own
+    fit or run_trial) is the number returned; anything else is its FatalTypeError."""
+    with pytest.raises(TrialFailed, match=r"Expected the return value of HyperModel\.fit\(\)"
+                                          r" to be a single float when `objective` is left"
+                                          r" unspecified") as info:
+        execution_metrics(Execution([], returned), "default_objective", "min",
+                          "HyperModel.fit()")
+    assert info.value.fatal == "FatalTypeError"
+
+
+def test_without_an_objective_the_number_returned_is_the_score() -> None:
+    for returned in (0.25, [0.2, 0.3], {"default_objective": 0.25, "val_loss": 9.0}):
+        metrics, _ = execution_metrics(Execution([], returned), "default_objective", "min",
+                                       "fit()")
+        assert metrics["default_objective"] == pytest.approx(0.25)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from keras_tuner import HyperModel, HyperParameters, Objective
-from keras_tuner.errors import FatalTypeError
 
 from tunecluster import defaults
 from tunecluster.api import progress, tensorboard, tuner_on_worker
@@ -34,6 +33,7 @@ from tunecluster.api import tuner_project as project
 from tunecluster.api import tuner_summaries as summaries
 from tunecluster.api.client import Client, Job
 from tunecluster.api.shipping import ship
+from tunecluster.api.tuner_errors import BuildReturnedNoModel, search_ended
 from tunecluster.api.tuner_oracle import cluster_oracle
 from tunecluster.errors import SpecError, TuneclusterError
 from tunecluster.states import JobState
@@ -41,11 +41,6 @@ from tunecluster.states import JobState
 __all__ = ["HyperModel", "HyperParameters", "Objective", "Tuner"]
 
 _FINAL = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
-
-
-class BuildReturnedNoModel(SpecError, FatalTypeError):
-    """A build that returns no Keras model: KerasTuner's ``FatalTypeError`` (what its
-    users catch), and our one-line ``SpecError`` on the ``hypermodel`` field."""
 
 
 class Tuner:
@@ -75,7 +70,9 @@ class Tuner:
         self._user_hypermodel = hypermodel
         self.hypermodel = None if hypermodel is None else inputs.kerastuner_hypermodel(hypermodel)
         self.algorithm: str = settings["algorithm"]
-        self.objective = inputs.objective(settings["objective"])
+        self.objective = inputs.objective(
+            settings["objective"],
+            tuner_on_worker.own_run_trial(type(self)) or inputs.own_fit(hypermodel))
         self.max_trials = settings["max_trials"]
         self.seed = settings["seed"]
         self.hyperparameters = settings["hyperparameters"]
@@ -222,11 +219,7 @@ class Tuner:
                     print(f"\nSearch interrupted: job {self.job.id} cancelled", flush=True)
             raise
         if self._results["state"] != JobState.COMPLETED:
-            from tunecluster.errors import not_completed
-
-            # JobFailed / JobCancelled (TuneclusterErrors), as Job.wait() raises them
-            raise not_completed(self.job.id, {**self._results, "error": self._results.get(
-                "error") or "no trial completed"})
+            raise search_ended(self.job.id, self._results)
 
     def _follow(self, verbose: int, after: str = "0-0") -> None:
         assert self.job is not None

@@ -94,7 +94,9 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
             fit = _free_name(f"{cls.__name__}_fit", {**shipper.bound, function: None})
             shipper.tail.append(
                 f"\n\ndef {fit}(hp, model, *args, **kwargs):\n"
-                "    return _tc_hypermodel.fit(hp, model, *args, **kwargs)\n")
+                "    return _tc_hypermodel.fit(hp, model, *args, **kwargs)\n\n\n"
+                # what the worker's errors call it, in KerasTuner's words
+                f"{fit}.__qualname__ = 'HyperModel.fit'\n")
     else:
         raise SpecError(FIELD, "`hypermodel` argument should be either a build_model(hp)"
                                " function or a keras_tuner.HyperModel, got"
@@ -118,7 +120,8 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
             f"_tc_tuner.__dict__.update({{{items}}})\n"
             f"_tc_tuner.on_worker({held}, {function}{worker_settings})\n\n\n"
             f"def {run_trial}(trial, *args, **kwargs):\n"
-            "    return _tc_tuner.run_trial(trial, *args, **kwargs)\n")
+            "    return _tc_tuner.run_trial(trial, *args, **kwargs)\n\n\n"
+            f"{run_trial}.__qualname__ = 'Tuner.run_trial'\n")
     return Shipped(shipper.source(), function, fit, run_trial)
 
 

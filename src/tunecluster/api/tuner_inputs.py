@@ -16,15 +16,19 @@ from tunecluster import defaults
 from tunecluster.errors import SpecError
 
 
-def objective(value: Any) -> Objective:
+def objective(value: Any, own_scoring: bool = False) -> Objective:
     """KerasTuner's objective from what a tuner is given: a name (its direction
     inferred), a ``kt.Objective``, or a list of them (KerasTuner's multi-objective: the
-    sum of the parts, each to minimize); None is ``val_loss``."""
+    sum of the parts, each to minimize). None is KerasTuner's default objective (the
+    number returned, minimized) where a fit or run_trial of the user's own scores the
+    trials (``own_scoring``), else ``val_loss``."""
     # KerasTuner 1.4 (pinned) keeps it out of its public modules
     from keras_tuner.src.engine.objective import MultiObjective
 
-    from tunecluster.spec.objective import infer_direction
+    from tunecluster.spec.objective import DEFAULT_OBJECTIVE, infer_direction
 
+    if value is None and own_scoring:
+        return Objective(DEFAULT_OBJECTIVE, "min")
     if value is None:
         value = "val_loss"
     if isinstance(value, Objective):
@@ -307,6 +311,13 @@ KERAS_FIT = """
 def _tc_keras_fit(hp, model, *args, **kwargs):
     return model.fit(*args, **kwargs)
 """
+
+
+def own_fit(hypermodel: Any) -> bool:
+    """Whether ``hypermodel`` is a ``HyperModel`` with a ``fit`` of its own."""
+    from keras_tuner import HyperModel
+
+    return isinstance(hypermodel, HyperModel) and type(hypermodel).fit is not HyperModel.fit
 
 
 def kerastuner_hypermodel(hypermodel: Any) -> Any:

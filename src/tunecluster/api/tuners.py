@@ -19,8 +19,10 @@ def _common(objective: Any, seed: int | None, hyperparameters: Any, tune_new_ent
             allow_new_entries: bool, max_retries_per_trial: int,
             max_consecutive_failed_trials: int) -> dict[str, Any]:
     """An oracle's common arguments; the objective checked here (a one-line error that
-    says how to give its direction), not by KerasTuner's oracle."""
-    return {"objective": inputs.objective(objective), "seed": seed,
+    says how to give its direction), not by KerasTuner's oracle. None stays None: the
+    tuner picks the default (``tuner_inputs.objective``)."""
+    return {"objective": None if objective is None else inputs.objective(objective),
+            "seed": seed,
             "hyperparameters": hyperparameters, "tune_new_entries": tune_new_entries,
             "allow_new_entries": allow_new_entries,
             "max_retries_per_trial": max_retries_per_trial,

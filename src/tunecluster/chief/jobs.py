@@ -17,10 +17,10 @@ from typing import Any
 from tunecluster.engine.finalize import FinalizeRetry
 from tunecluster.engine.oracle_host import OracleHost
 from tunecluster.engine.scheduling import LoadedJob
-from tunecluster.errors import SpecError, StoreError
+from tunecluster.errors import FATAL_ERRORS, SpecError, StoreError
 from tunecluster.spec import parse_spec
 from tunecluster.spec.models import JobSpec
-from tunecluster.states import JobState
+from tunecluster.states import JobState, TrialState
 from tunecluster.store import Store
 from tunecluster.store.fence import Fence
 
@@ -38,6 +38,7 @@ class HostedJob:
     cancel: bool = False
     failure: str | None = None
     failure_saved: bool = False
+    fatal: str = ""  # the KerasTuner fatal error that ended the search (fatal_ends_search)
     dirty: bool = False
     touched: set[str] = field(default_factory=set)
     next_trials_read: float = 0.0  # monotonic time of Chief._finish_jobs' next read of trials
@@ -56,6 +57,20 @@ def oracle_failed(hosted: HostedJob, doing: str, exc: BaseException) -> None:
     hosted.failure = f"the search's oracle failed {doing}: {type(exc).__name__}: {first}"
     hosted.dirty = True
     log.warning("job %s: %s", hosted.id, hosted.failure)
+
+
+def fatal_ends_search(hosted: HostedJob, state: str | None, fatal: str | None,
+                      error: str) -> None:
+    """A trial ended ``state``; when it failed with ``fatal``, one of KerasTuner's fatal
+    errors (``FATAL_ERRORS``, as its worker recorded it), the search ends at once, failed,
+    as KerasTuner's does (the first such error is the reason). The reason starts with the
+    error's class, which the drop-in raises."""
+    if state != TrialState.FAILED or fatal not in FATAL_ERRORS or hosted.fatal:
+        return
+    hosted.fatal = fatal
+    hosted.failure = error if error.startswith(f"{fatal}: ") else f"{fatal}: {error}"
+    hosted.failure_saved, hosted.dirty = False, True
+    log.warning("job %s: a trial raised %s: the search ends", hosted.id, fatal)
 
 
 def load_job(store: Store, job_id: str, fence: Fence) -> HostedJob | None:

@@ -35,7 +35,7 @@ import redis
 
 from tunecluster import defaults
 from tunecluster.artifacts import file_resolver
-from tunecluster.chief.jobs import HostedJob, load_job, oracle_failed
+from tunecluster.chief.jobs import HostedJob, fatal_ends_search, load_job, oracle_failed
 from tunecluster.chief.leadership import ChiefLock
 from tunecluster.chief.top_up import top_up
 from tunecluster.engine.evaluator import evaluator
@@ -330,8 +330,7 @@ class Chief:
         assert hosted.host is not None
         if not hosted.host.is_open(trial):
             return  # already ended: a re-delivered message
-        state = msg.get("state")
-        error = msg.get("error")
+        state, error = msg.get("state"), msg.get("error")
         if state is None:  # a message from an older writer: read the record instead
             row = self.store.jobs.trial(hosted.id, trial)
             state, error = row.get("state"), row.get("error")
@@ -347,6 +346,7 @@ class Chief:
                               f" trials failed: {str(exc).splitlines()[-1][:300]}")
         except Exception as exc:  # noqa: BLE001 - one job's oracle, never the chief
             oracle_failed(hosted, f"ending trial {trial}", exc)
+        fatal_ends_search(hosted, state, msg.get("fatal"), error or "")
         hosted.dirty = True
         hosted.touched.add(trial)
 
@@ -443,7 +443,8 @@ class Chief:
             if trial and hosted.host.is_open(trial):
                 self._trial_ended(hosted, trial, {
                     name: row[name] for name in (
-                        "state", "error", "hyperparameters", "metrics", "best_epoch")
+                        "state", "error", "hyperparameters", "metrics", "best_epoch",
+                        "fatal")
                     if isinstance(row.get(name), str)})
                 took = took or not hosted.host.is_open(trial)
         return took

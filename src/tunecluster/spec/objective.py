@@ -24,6 +24,9 @@ def builtin_metrics(task: str) -> tuple[str, ...]:
 
 
 MULTI_OBJECTIVE = "multi_objective"  # KerasTuner's name for a list of objectives
+# KerasTuner's objective when none is given to a search whose own fit or run_trial
+# scores the trials: the number it returns, minimized (its DefaultObjective)
+DEFAULT_OBJECTIVE = "default_objective"
 
 
 def with_objective(metrics: dict[str, float], objective: str,

@@ -155,7 +155,8 @@ redis.call('ZREM', KEYS[2], ARGV[2] .. '/' .. ARGV[3])
 redis.call('XADD', KEYS[1], '*', 'type', 'end', 'job', ARGV[2], 'trial', ARGV[3],
            'state', ARGV[6], 'error', fields['error'] or '',
            'hyperparameters', fields['hyperparameters'] or '',
-           'metrics', fields['metrics'] or '', 'best_epoch', fields['best_epoch'] or '')
+           'metrics', fields['metrics'] or '', 'best_epoch', fields['best_epoch'] or '',
+           'fatal', fields['fatal'] or '')
 emit(ARGV[1], ARGV[2], ev)
 local outcome = string.lower(ARGV[6])
 if outcome == 'completed' or outcome == 'failed' or outcome == 'cancelled' then

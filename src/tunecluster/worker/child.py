@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
-from tunecluster.errors import TrialFailed, WorkerLost, one_line
+from tunecluster.errors import TrialFailed, WorkerLost, fatal_kind, one_line
 from tunecluster.states import TrialState
 from tunecluster.testhook import stop_here
 from tunecluster.worker.storage import (
@@ -265,6 +265,9 @@ def _failure(store: Any, claim: Any, worker: str, exc: Exception) -> WorkerLost 
         return TrialFailed(message_text)
     fields: dict[str, Any] = {"error": message_text,
                               "traceback": traceback.format_exc()[-4000:]}
+    fatal = fatal_kind(exc)
+    if fatal:  # KerasTuner's fatal error: the chief ends the search (chief/loop.py)
+        fields["fatal"] = fatal
     grown = getattr(exc, GROWN_SPACE_ATTR, None)
     if isinstance(grown, dict):  # as for a completed trial: the chief grows the space
         fields["values"], fields["hyperparameters"] = grown.get("values") or {}, grown

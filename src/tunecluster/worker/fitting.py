@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunecluster.errors import TrialFailed
-from tunecluster.spec.objective import with_objective
+from tunecluster.spec.objective import DEFAULT_OBJECTIVE, with_objective
 
 # A multi-objective's (name, direction) parts, or None (spec Search.objective_parts)
 Parts = list[tuple[str, str]] | None
@@ -103,6 +103,13 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
                       who: str, parts: Parts = None) -> tuple[dict[str, float], int]:
     """One execution's metrics and best epoch, from what its training returned."""
     returned = execution.returned
+    if objective == DEFAULT_OBJECTIVE and returned is not None and not (
+            _is_number(returned) or isinstance(returned, list)
+            or (isinstance(returned, Mapping) and objective in returned)):
+        raise TrialFailed(f"Expected the return value of {who} to be a single float when"
+                          " `objective` is left unspecified; it returned a"
+                          f" {type(returned).__name__}: {str(returned)[:80]!r} (or give"
+                          " the search an objective)", fatal="FatalTypeError")
     if returned is TRACKED:
         best = best_row(execution.rows, objective, direction)
         return without_epoch(best), int(best["epoch"])
@@ -124,11 +131,15 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
         return _numbers({objective: float(returned)}, objective, who), last
     if isinstance(returned, Mapping):
         return _numbers(dict(returned), objective, who, parts), last
+    # What KerasTuner refuses with a fatal error, which ends the search at once
     if returned is None:
-        raise TrialFailed(f"{who} returned None: did you forget to return the metrics?"
-                          " (a History, a dict of metrics, or the objective's value)")
-    raise TrialFailed(f"{who} returned a {type(returned).__name__}: return a History, a"
-                      " dict of metrics, a number (the objective), or a list of them")
+        raise TrialFailed(f"{who} returned None. Did you forget to return the metrics?"
+                          " (a History, a dict of metrics, or the objective's value)",
+                          fatal="FatalTypeError")
+    raise TrialFailed(f"Expected the return value of {who} to be one of float, dict,"
+                      " keras.callbacks.History, or a list of one of these types;"
+                      f" it returned a {type(returned).__name__}: {str(returned)[:80]!r}",
+                      fatal="FatalTypeError")
 
 
 def untracked_rows(returned: Any, objective: str, direction: str,
@@ -213,7 +224,8 @@ def _numbers(metrics: dict[str, Any], objective: str, who: str,
         {str(k): float(v) for k, v in numeric.items()}, objective, parts)}
     if objective not in metrics:
         raise TrialFailed(f"{who} returned metrics without the objective {objective!r}:"
-                          f" {', '.join(sorted(map(str, metrics))) or 'none'}")
+                          f" {', '.join(sorted(map(str, metrics))) or 'none'}",
+                          fatal="FatalValueError")  # KerasTuner's, for a dict
     out = {}
     for name, value in metrics.items():
         if not _is_number(value):

@@ -58,7 +58,10 @@ class TrialSession:
         self.stopped = False  # by the chief or the gang's rank 0: no more executions
         self.last_epoch_at: float | None = None
         self.fit_started: float | None = None
-        self.who = f"{spec.model.fit}()" if rt.fit_fn is not None else "model.fit()"
+        # what errors call the fit: the function's own name (the drop-in's says
+        # HyperModel.fit, as KerasTuner's errors do)
+        self.who = (f"{getattr(rt.fit_fn, '__qualname__', spec.model.fit)}()"
+                    if rt.fit_fn is not None else "model.fit()")
         self._planned = 1
         self._results: list[Any] | None = None
         # metrics a run_trial reported through self.oracle.update_trial (KerasTuner's

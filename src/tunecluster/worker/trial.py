@@ -166,7 +166,7 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
     try:
         with session.active():
             if rt.run_trial_fn is not None:  # a tuner's own run_trial (the drop-in ships it)
-                who = "run_trial()"
+                who = f"{getattr(rt.run_trial_fn, '__qualname__', 'run_trial')}()"
                 args, kwargs = search_arguments(rt, epochs)
                 returned = rt.run_trial_fn(keras_tuner_trial(hp, request.trial_id), *args,
                                            **kwargs, callbacks=[])
