@@ -445,22 +445,6 @@ def test_a_tensorboard_callback_gets_every_trial_with_its_epochs_and_values(
     assert list(logdir.glob("events.out.tfevents.*"))  # the experiment: the space's domains
 
 
-def test_a_callback_the_workers_cannot_run_is_refused_and_nothing_is_queued(
-        cluster, tmp_path: Path) -> None:
-    import dropin_notebook_style as example
-
-    from tunecluster.errors import SpecError
-
-    before = set(cluster_store(cluster).jobs.all())
-    tuner = kt.RandomSearch(build_digits, objective="val_accuracy", max_trials=2,
-                            directory=tmp_path, project_name="csv", cluster=cluster.url)
-    with pytest.raises(SpecError, match="cannot run on the cluster's workers: CSVLogger"):
-        tuner.search(example.X_train, example.y_train, epochs=1, verbose=0,
-                     validation_data=(example.X_valid, example.y_valid),
-                     callbacks=[keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))])
-    assert set(cluster_store(cluster).jobs.all()) == before
-
-
 def cluster_store(cluster):  # noqa: ANN001, ANN201 - the shared cluster's store
     from tunecluster.store import Store
 

@@ -40,7 +40,7 @@ def _npz(data: bytes) -> dict[str, np.ndarray]:
 
 
 def test_the_hypermodel_ships_as_source_with_its_globals() -> None:
-    source, function, fit, _ = ship(build_model)
+    source, function, fit, *_ = ship(build_model)
     assert function == "build_model" and fit is None  # Keras's own fit
     assert "SCALE = 2.0" in source and "LOOKUP = {'small': 8, 'large': 16}" in source
     assert "def _width(hp):" in source and "import keras as keras" in source
@@ -146,10 +146,13 @@ def test_a_trial_can_span_several_workers() -> None:
 def test_refusals_are_one_line() -> None:
     tuner = kt.RandomSearch(build_model, objective="val_accuracy", cluster="redis://h:1/0")
     x, y = np.zeros((10, 2)), np.arange(10) % 2
-    with pytest.raises(SpecError, match="cannot run on the cluster's workers: CSVLogger"):
-        tuner._job_spec(x, y, (x, y), None, 1, 8,
-                        [keras.callbacks.CSVLogger("log.csv"), keras.callbacks.EarlyStopping()],
+    odd = keras.callbacks.CSVLogger("log.csv")
+    odd.filename = object()
+    with pytest.raises(SpecError, match="callbacks: CSVLogger cannot travel to the workers:"
+                                        " its attribute 'filename' holds a object") as err:
+        tuner._job_spec(x, y, (x, y), None, 1, 8, [odd, keras.callbacks.EarlyStopping()],
                         True, {})
+    assert "\n" not in str(err.value)
     with pytest.raises(SpecError, match="validation_data=\\(x, y\\) or validation_split"):
         tuner._job_spec(x, y, None, None, 1, 8, None, True, {})
     with pytest.raises(SpecError, match="not supported on a cluster: sample_weight"):
@@ -238,7 +241,7 @@ def test_a_hypermodels_own_fit_travels_with_it() -> None:
 
     tuner = kt.RandomSearch(TunesBatchSize(), objective="val_accuracy", max_trials=1,
                             executions_per_trial=2)
-    source, build, fit, _ = ship(TunesBatchSize())
+    source, build, fit, *_ = ship(TunesBatchSize())
     assert fit == "TunesBatchSize_fit" and tuner._fit == fit
     build_fn, fit_fn = load_functions(source, [build, fit])
     hp = kt.HyperParameters()
@@ -478,3 +481,50 @@ def test_labels_keep_the_shape_they_were_given() -> None:
     ys, kind, names = encode_labels([np.array([[1], [0], [1]]), np.array([[0], [1]])],
                                     "classification")
     assert kind == "sparse" and ys[0].shape == (3, 1) and ys[1].tolist() == [[0], [1]]
+
+
+def test_the_searchs_callbacks_travel_as_a_function_of_the_module() -> None:
+    """All but EarlyStopping (the job's early stopping) and TensorBoard (written from the
+    records): the shipped module's callbacks() returns a new copy of them per call."""
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy", cluster="redis://h:1/0")
+    x, y = np.zeros((10, 2)), np.arange(10) % 2
+    csv = keras.callbacks.CSVLogger("log.csv", separator=";")
+    spec = parse_spec(tuner._job_spec(x, y, (x, y), None, 1, 8, [
+        csv, keras.callbacks.EarlyStopping(patience=2), keras.callbacks.TensorBoard("tb")],
+        True, {})[0])
+    assert spec.train.early_stopping is not None and spec.train.early_stopping.patience == 2
+    namespace: dict = {}
+    exec(compile(spec.model.source, "hypermodel.py", "exec"), namespace)  # noqa: S102
+    made = namespace[spec.model.callbacks]()
+    assert [type(cb) for cb in made] == [keras.callbacks.CSVLogger]
+    assert (made[0].filename, made[0].sep) == ("log.csv", ";") and made[0] is not csv
+    assert namespace[spec.model.callbacks]()[0] is not made[0]  # a copy per execution
+    plain = parse_spec(tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {})[0])
+    assert plain.model.callbacks is None
+
+
+def test_run_trial_called_by_hand_runs_here_as_keras_tuners_does() -> None:
+    """Outside a search, ``tuner.run_trial(tuner.oracle.create_trial(...), x, y)`` trains
+    in this process (KerasTuner's users and its own tests call it so): one fit per
+    execution, each with its own copy of the callbacks, and the compile overrides."""
+    seen: list[int] = []
+
+    class Notes(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(id(self))
+
+    class Counted(kt.RandomSearch):
+        def _build_and_fit_model(self, trial, *args, **kwargs):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super()._build_and_fit_model(trial, *args, **kwargs)
+
+    tuner = Counted(build_model, objective="val_loss", max_trials=2, executions_per_trial=2,
+                    loss="mse", cluster="redis://127.0.0.1:1/0")
+    x, y = np.random.default_rng(0).random((16, 2)), np.eye(3)[np.arange(16) % 3]
+    results = tuner.run_trial(tuner.oracle.create_trial("tuner0"), x, y, epochs=1, verbose=0,
+                              validation_data=(x, y), callbacks=[Notes()])
+    assert tuner.calls == 2 and len(results) == 2
+    assert all(isinstance(r, keras.callbacks.History) for r in results)
+    assert len(set(seen)) == 2  # a copy of the callback per execution
+    assert all("val_loss" in r.history for r in results)
+    assert results[0].model.loss == "mse"  # Tuner(loss=...) compiled in, as on the workers

@@ -216,3 +216,50 @@ def test_without_an_objective_the_number_returned_is_the_score() -> None:
         metrics, _ = execution_metrics(Execution([], returned), "default_objective", "min",
                                        "fit()")
         assert metrics["default_objective"] == pytest.approx(0.25)
+
+
+WITH_CALLBACKS = MODEL + '''
+MADE = []
+
+
+class Counts(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append((epoch, "val_accuracy" in (logs or {})))
+
+
+def callbacks():
+    MADE.append(Counts())
+    return [MADE[-1], keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.02)]
+'''
+
+
+def test_a_modules_callbacks_train_every_execution_with_a_new_list(tmp_path: Path) -> None:
+    """model.callbacks: each execution trains with what a call returns (Keras's own fit
+    here; a module's fit is given them in ``callbacks``), the worker's reporter after."""
+    rt = runtime(tmp_path, model={"module": "user_model.py", "source": WITH_CALLBACKS,
+                                  "callbacks": "callbacks"}, epochs=2, executions_per_trial=2)
+    reporter = ListReporter()
+    run_trial(rt, TrialRequest("t1", {"units": 8}), reporter)
+    made = rt.callbacks_fn.__globals__["MADE"]
+    assert len(made) == 2  # one list per execution
+    assert [c.epochs for c in made] == [[(0, True), (1, True)]] * 2
+    assert all(m["learning_rate"] == pytest.approx(0.02) for _, m in reporter.rows)
+
+
+def test_a_callbacks_function_returning_no_list_fails_the_trial(tmp_path: Path) -> None:
+    rt = runtime(tmp_path, model={"module": "user_model.py", "callbacks": "callbacks",
+                                  "source": MODEL + "\ndef callbacks():\n    return 3\n"})
+    with pytest.raises(TrialFailed, match=r"callbacks\(\) returned int: return a list of"
+                                          " Keras callbacks"):
+        run_trial(rt, TrialRequest("t1", {"units": 8}), ListReporter())
+
+
+def test_callbacks_apply_to_module_models_only() -> None:
+    with pytest.raises(SpecError, match="callbacks applies to module models only"):
+        parse_spec({"name": "d", "data": {"dataset": "digits"},
+                    "model": {"builtin": "mlp", "callbacks": "callbacks"},
+                    "search": {"objective": "val_accuracy"}})

@@ -98,13 +98,14 @@ class Tuner:
         self._results: dict[str, Any] | None = None
         self._artifacts: Path | None = None
         self._tensorboard: list[str] = []  # TensorBoard callbacks' log_dir: written at the end
+        self._callbacks: list[Any] = []  # the search's other callbacks: run on the workers
         self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
         self._compile = inputs.compile_overrides(optimizer, loss, metrics)
         # fails early, in the constructor; _fit: the name of a HyperModel's own fit;
         # no hypermodel (a black-box run_trial): no build function
-        self._source, self._function, self._fit, _ = ship(
-            hypermodel, compile_overrides=self._compile) if hypermodel is not None else (
-            "", None, None, None)
+        self._source, self._function, self._fit = ship(
+            hypermodel, compile_overrides=self._compile)[:3] if hypermodel is not None else (
+            "", None, None)
         if overwrite:
             project.project_file(self.directory, self.project_name).unlink(missing_ok=True)
             # the embedded cluster's data of an earlier search of this project
@@ -245,6 +246,7 @@ class Tuner:
             given = [*given, "class_weight"]
         early = inputs.early_stopping(callbacks, self.objective.name)
         self._tensorboard = inputs.tensorboard_dirs(callbacks)
+        self._callbacks = inputs.worker_callbacks(callbacks)  # the others: shipped as code
         if x is None and y is None and validation_data is None:
             # KerasTuner's search() without data: the user's own run_trial or fit (or the
             # model's own fit: HyperModel.fit's model.fit(**kwargs)) brings its own
@@ -286,16 +288,21 @@ class Tuner:
         model: dict[str, Any] = {"module": "hypermodel.py", "source": self._source,
                                  "function": self._function,
                                  "tune_new_entries": self.tune_new_entries}
-        if tuner_on_worker.own_run_trial(type(self)):  # shipped now: with its attributes
-            shipped = ship(self._user_hypermodel, self, f", {self.executions_per_trial!r},"
-                           f" {(self.objective.name, self.objective.direction)!r}",
-                           self._compile)
+        own = tuner_on_worker.own_run_trial(type(self))
+        if own or self._callbacks:  # shipped now: with its attributes, with the callbacks
+            on_worker = (self.executions_per_trial, (self.objective.name,
+                                                     self.objective.direction))
+            shipped = ship(self._user_hypermodel, self if own else None,
+                           f", {on_worker[0]!r}, {on_worker[1]!r}", self._compile,
+                           self._callbacks)
             model.update(source=shipped.source, run_trial=shipped.run_trial,
-                         fit_kwargs=list(given))
+                         callbacks=shipped.callbacks)
+        if own:
+            model["fit_kwargs"] = list(given)
         elif self._fit is not None:  # the HyperModel's own fit, given what search() was
             model.update(fit=self._fit, fit_kwargs=list(given))
         elif data is None:  # no data for Keras's fit on the workers: HyperModel.fit's own
-            model.update(source=self._source + inputs.KERAS_FIT, fit="_tc_keras_fit",
+            model.update(source=model["source"] + inputs.KERAS_FIT, fit="_tc_keras_fit",
                          fit_kwargs=list(given))
         if task:
             model["task"] = task
@@ -368,7 +375,7 @@ class Tuner:
 
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
         """KerasTuner's ``Tuner.run_trial``: what a subclass's ``super().run_trial``
-        calls. It runs on the cluster's workers (``tuner_on_worker.py``)."""
+        calls. It runs on the cluster's workers (here when called by hand)."""
         return tuner_on_worker.run_trial(self, trial, args, kwargs)
 
     def _build_and_fit_model(self, trial: Any, *args: Any, **kwargs: Any) -> Any:

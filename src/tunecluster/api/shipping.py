@@ -31,6 +31,7 @@ import sys
 import sysconfig
 import textwrap
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,10 +53,12 @@ class Shipped(NamedTuple):
     function: str | None  # its build(hp); None: no hypermodel (a black-box run_trial)
     fit: str | None = None  # a HyperModel's own fit(hp, model, *args, **kwargs)
     run_trial: str | None = None  # a tuner's own run_trial(trial, *args, **kwargs)
+    callbacks: str | None = None  # callbacks(): the search's Keras callbacks, new each call
 
 
 def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
-         compile_overrides: dict[str, Any] | None = None) -> Shipped:
+         compile_overrides: dict[str, Any] | None = None,
+         callbacks: Sequence[Any] = ()) -> Shipped:
     """The module's text and the names of its ``build(hp)``, of the ``fit`` of a
     ``HyperModel`` with a ``fit`` of its own (None: trials call Keras's ``fit``), and with
     ``tuner`` (a drop-in tuner whose class has its own ``run_trial``) of a
@@ -63,7 +66,8 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
     source, its own attributes (``tuner.user_attributes()``) as values, and on the worker
     ``tuner.on_worker(hypermodel, build, <worker_settings>)`` gives it the hypermodel.
     ``compile_overrides`` (Keras's serialized configs): the built model is compiled again
-    with them (KerasTuner's ``Tuner(optimizer=, loss=, metrics=)``)."""
+    with them (KerasTuner's ``Tuner(optimizer=, loss=, metrics=)``). ``callbacks``: the
+    search's Keras callbacks, rebuilt by the module's ``callbacks()`` (a copy per call)."""
     from keras_tuner import HyperModel
 
     shipper = _Shipper()
@@ -122,7 +126,12 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
             f"def {run_trial}(trial, *args, **kwargs):\n"
             "    return _tc_tuner.run_trial(trial, *args, **kwargs)\n\n\n"
             f"{run_trial}.__qualname__ = 'Tuner.run_trial'\n")
-    return Shipped(shipper.source(), function, fit, run_trial)
+    made = None
+    if callbacks:  # the search's own, each execution a copy (callback_shipping.py)
+        from tunecluster.api.callback_shipping import add_callbacks
+
+        made = add_callbacks(shipper, callbacks)
+    return Shipped(shipper.source(), function, fit, run_trial, made)
 
 
 def _state(shipper: _Shipper, name: str, instance: Any, attributes: dict[str, Any]) -> str:

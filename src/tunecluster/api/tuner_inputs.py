@@ -62,25 +62,33 @@ def objective_names(obj: Any) -> list[str]:
 
 
 def early_stopping(callbacks: Sequence[Any] | None, objective: str) -> dict[str, Any] | None:
-    """The search's ``EarlyStopping``, as the job's ``train.early_stopping`` (None: none).
-    Besides it, ``TensorBoard`` is taken (``tensorboard_dirs``); any other callback is
-    refused in one line: it would not run on the workers."""
+    """The search's ``EarlyStopping``, as the job's ``train.early_stopping`` (None: none):
+    the workers' own, which stops on the objective and keeps the trial's best epoch."""
     import keras
 
     early = None
-    refused = []
     for cb in callbacks or ():
-        if isinstance(cb, keras.callbacks.EarlyStopping):
+        if type(cb) is keras.callbacks.EarlyStopping:
             if cb.monitor != objective:
                 warnings.warn(f"EarlyStopping(monitor={cb.monitor!r}) monitors the objective"
                               f" {objective!r} on the cluster", stacklevel=4)
             early = {"patience": int(cb.patience), "min_delta": float(abs(cb.min_delta))}
-        elif not isinstance(cb, keras.callbacks.TensorBoard):
-            refused.append(type(cb).__name__)
-    if refused:
-        raise SpecError("callbacks", f"cannot run on the cluster's workers: {', '.join(refused)}"
-                                     " (EarlyStopping and TensorBoard are supported)")
     return early
+
+
+def worker_callbacks(callbacks: Sequence[Any] | None) -> list[Any]:
+    """The search's callbacks that run on the workers as they are (shipped as code,
+    ``callback_shipping.py``): all but Keras's own ``EarlyStopping`` (``early_stopping``)
+    and ``TensorBoard`` (``tensorboard_dirs``). All must be deep-copyable, as in
+    KerasTuner."""
+    import keras
+
+    from tunecluster.api.callback_shipping import deep_copyable
+
+    deep_copyable(callbacks or [])
+    # a subclass of EarlyStopping runs as written; TensorBoard's are written at the end
+    return [cb for cb in callbacks or () if type(cb) is not keras.callbacks.EarlyStopping
+            and not isinstance(cb, keras.callbacks.TensorBoard)]
 
 
 # What a TensorBoard callback writes that the cluster's records do not hold, with the

@@ -8,6 +8,8 @@ scope, a Hyperband parent's weights, the model the trial keeps) and ``super().ru
 is KerasTuner's: ``executions_per_trial`` executions, each a fresh model trained by
 ``self.hypermodel.fit`` with the search's callbacks copied and the worker's epoch
 reporter added, returning the executions' results for the worker to average.
+Called by hand, outside a search (``tuner.run_trial(tuner.oracle.create_trial(...), x,
+y)``), it runs in the calling process as KerasTuner's does: the executions' results.
 """
 
 from __future__ import annotations
@@ -25,17 +27,18 @@ def run_trial(tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, A
     from tunecluster.worker.session import current
 
     session = current()
-    if session is None:
-        raise RuntimeError(f"{type(tuner).__name__}.run_trial runs on the cluster's"
-                           " workers: search() sends it there")
-    hp = trial.hyperparameters
     callbacks = list(kwargs.pop("callbacks", None) or [])
+    count = int(getattr(tuner, "executions_per_trial", 1))
+    if session is None:  # called by hand, as KerasTuner's users may: here, as it runs it
+        return [tuner._build_and_fit_model(trial, *args, **kwargs,
+                                           callbacks=copy.deepcopy(callbacks))
+                for _ in range(count)]
+    hp = trial.hyperparameters
 
     def each(reporters: list[Any], epoch_kwargs: dict[str, Any]) -> dict[str, Any]:
         return {**kwargs, **epoch_kwargs,
                 "callbacks": [*copy.deepcopy(callbacks), *reporters]}  # per execution
 
-    count = int(getattr(tuner, "executions_per_trial", 1))
     if any("_build_and_fit_model" in vars(c) for c in own_classes(type(tuner))):
         # the user's own (AutoKeras's hook) builds and fits: it gets no resumed weights
         return session.run(None, lambda _model, reporters, epoch_kwargs:
@@ -49,9 +52,16 @@ def run_trial(tuner: Any, trial: Any, args: tuple[Any, ...], kwargs: dict[str, A
 
 def build_and_fit_model(tuner: Any, trial: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
-    """KerasTuner's ``Tuner._build_and_fit_model``: build by the hypermodel, fit by it."""
+    """KerasTuner's ``Tuner._build_and_fit_model``: build by the hypermodel, fit by it
+    (in the searching process, the tuner's compile overrides applied here; on a worker,
+    ``WorkerHyperModel`` applies them)."""
+    from tunecluster.worker.session import current
+
     hp = trial.hyperparameters
     model = tuner.hypermodel.build(hp)
+    overrides = getattr(tuner, "_compile", None)
+    if overrides and current() is None:
+        model = override_compile(model, overrides)
     return tuner.hypermodel.fit(hp, model, *args, **kwargs)
 
 
@@ -155,7 +165,7 @@ CLUSTER_ATTRIBUTES = frozenset({
     "overwrite", "cluster_url", "workers", "workers_per_trial", "job", "oracle", "_space",
     "_results", "_artifacts", "_source", "_function", "_fit", "_search_settings",
     "_max_epochs", "optimizer", "loss", "metrics", "_compile", "max_model_size",
-    "_tensorboard"})
+    "_tensorboard", "_callbacks"})
 # KerasTuner's hooks that its own run_trial and callbacks call, which the cluster's do not
 _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
           "on_trial_begin", "on_trial_end", "on_search_begin", "on_search_end",

@@ -208,6 +208,10 @@ class Model(_Strict):
     # A function of the module run_trial(trial, *args, **kwargs): a KerasTuner tuner's own
     # run_trial, which the drop-in ships; trials call it instead of building and fitting.
     run_trial: str | None = None
+    # A function of the module callbacks() returning a new list of Keras callbacks: each
+    # execution of a trial trains with the list a call returns, before the worker's own
+    # (KerasTuner passes the search's callbacks, deep-copied, to every execution).
+    callbacks: str | None = None
 
     @field_validator("hyperparameters")
     @classmethod
@@ -236,7 +240,7 @@ class Model(_Strict):
             raise ValueError("function: null (no hypermodel) applies with run_trial only")
         if self.function is not None and not self.function.isidentifier():
             raise ValueError(f"function {self.function!r} is not a Python identifier")
-        for name in ("fit", "run_trial"):
+        for name in ("fit", "run_trial", "callbacks"):
             value = getattr(self, name)
             if value is None:
                 continue

@@ -44,6 +44,8 @@ class JobRuntime:
     # The module's run_trial(trial, *args, **kwargs) (model.run_trial): a KerasTuner
     # tuner's own, shipped by the drop-in; trials call it (worker/session.py).
     run_trial_fn: Callable[..., Any] | None = None
+    # The module's callbacks() (model.callbacks): a new list of Keras callbacks per call
+    callbacks_fn: Callable[[], Any] | None = None
     datasets: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -59,7 +61,7 @@ class JobRuntime:
         splits = (load_splits(spec.data, spec.model.task, resolve)
                   if spec.data is not None else None)
         normalization = None
-        build_fn = fit_fn = run_trial_fn = None
+        build_fn = fit_fn = run_trial_fn = callbacks_fn = None
         if spec.model.is_builtin:
             assert splits is not None  # the spec refuses a builtin model without data
             if spec.model.input == "normalize":
@@ -67,11 +69,11 @@ class JobRuntime:
         else:
             assert spec.model.source is not None
             wanted = {"build": spec.model.function, "fit": spec.model.fit,
-                      "run_trial": spec.model.run_trial}
+                      "run_trial": spec.model.run_trial, "callbacks": spec.model.callbacks}
             found = iter(load_functions(spec.model.source, list(filter(None, wanted.values())),
                                         spec.model.module or "model.py"))
-            build_fn, fit_fn, run_trial_fn = (next(found) if name else None
-                                              for name in wanted.values())
+            build_fn, fit_fn, run_trial_fn, callbacks_fn = (next(found) if name else None
+                                                            for name in wanted.values())
         return cls(
             job_id=job_id,
             spec=spec,
@@ -82,7 +84,22 @@ class JobRuntime:
             build_fn=build_fn,
             fit_fn=fit_fn,
             run_trial_fn=run_trial_fn,
+            callbacks_fn=callbacks_fn,
         )
+
+    def user_callbacks(self) -> list[Any]:
+        """A new list of the job's own Keras callbacks (``model.callbacks``), for one
+        execution; none when the job names no such function."""
+        if self.callbacks_fn is None:
+            return []
+        import keras
+
+        made = self.callbacks_fn()
+        if not isinstance(made, (list, tuple)) or not all(
+                isinstance(cb, keras.callbacks.Callback) for cb in made):
+            raise TrialFailed(f"{self.spec.model.callbacks}() returned"
+                              f" {type(made).__name__}: return a list of Keras callbacks")
+        return list(made)
 
     def trial_dir(self, trial_id: str) -> Path:
         return trial_dir(self.artifacts_dir.parent, self.job_id, trial_id)

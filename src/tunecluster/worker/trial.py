@@ -168,14 +168,17 @@ def run_trial(rt: JobRuntime, request: TrialRequest, reporter: Reporter) -> Tria
             if rt.run_trial_fn is not None:  # a tuner's own run_trial (the drop-in ships it)
                 who = f"{getattr(rt.run_trial_fn, '__qualname__', 'run_trial')}()"
                 args, kwargs = search_arguments(rt, epochs)
+                # the job's own callbacks: super().run_trial copies them per execution
                 returned = rt.run_trial_fn(keras_tuner_trial(hp, request.trial_id), *args,
-                                           **kwargs, callbacks=[])
+                                           **kwargs, callbacks=rt.user_callbacks())
             else:
                 who = session.who
 
                 def fit(model: Any, callbacks: list[Any], epoch_kwargs: dict[str, Any]) -> Any:
-                    returned = fit_once(rt, hp, model, callbacks, epoch_kwargs, epochs=epochs,
-                                        seed=seed, strategy=strategy)
+                    # the job's own callbacks first, new for each execution, as KerasTuner
+                    returned = fit_once(rt, hp, model, [*rt.user_callbacks(), *callbacks],
+                                        epoch_kwargs, epochs=epochs, seed=seed,
+                                        strategy=strategy)
                     # Keras's own History: the epochs the tracker saw (resumed ones too)
                     return returned if rt.fit_fn is not None else TRACKED
 
