@@ -155,8 +155,12 @@ def test_refusals_are_one_line() -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(SpecError, match="validation_data=\\(x, y\\) or validation_split"):
         tuner._job_spec(x, y, None, None, 1, 8, None, True, {})
-    with pytest.raises(SpecError, match="not supported on a cluster: sample_weight"):
-        tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"sample_weight": y})
+    with pytest.raises(SpecError, match="not supported on a cluster: steps_per_epoch"):
+        tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"steps_per_epoch": 3})
+    with pytest.raises(SpecError, match=r"sample_weight: one number per row \(10\)"):
+        tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"sample_weight": np.ones(3)})
+    with pytest.raises(SpecError, match=r"validation_data\[2\]: weights must be finite"):
+        tuner._job_spec(x, y, (x, y, -np.ones(10)), None, 1, 8, None, True, {})
     spec, _ = tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {"class_weight": {0: 2}})
     assert parse_spec(spec).train.class_weight == {0: 2.0}
     with pytest.raises(SpecError, match="labels must be numeric"):
@@ -528,3 +532,36 @@ def test_run_trial_called_by_hand_runs_here_as_keras_tuners_does() -> None:
     assert len(set(seen)) == 2  # a copy of the callback per execution
     assert all("val_loss" in r.history for r in results)
     assert results[0].model.loss == "mse"  # Tuner(loss=...) compiled in, as on the workers
+
+
+def test_sample_weights_travel_with_their_rows() -> None:
+    """Keras's sample_weight and validation_data=(x, y, w), and validation_split cutting
+    the weights with the rows, in the npz files the workers read back (read_weights)."""
+    tuner = kt.RandomSearch(build_model, objective="val_accuracy", cluster="redis://h:1/0")
+    x, y, w = np.zeros((10, 2)), np.arange(10) % 2, np.arange(10, dtype="float32")
+    _, files = tuner._job_spec(x, y, (x[:4], y[:4], w[:4] * 2), None, 1, 8, None, True,
+                               {"sample_weight": w})
+    assert _npz(files["train.npz"])["sample_weight"].tolist() == w.tolist()
+    assert _npz(files["valid.npz"])["sample_weight"].tolist() == (w[:4] * 2).tolist()
+    _, files = tuner._job_spec(x, y, None, 0.3, 1, 8, None, True, {"sample_weight": w})
+    assert _npz(files["train.npz"])["sample_weight"].tolist() == w[:7].tolist()
+    assert _npz(files["valid.npz"])["sample_weight"].tolist() == w[7:].tolist()
+    _, files = tuner._job_spec(x, y, (x, y), None, 1, 8, None, True, {})
+    assert "sample_weight" not in _npz(files["train.npz"])
+
+
+def test_read_weights_checks_each_row_has_one(tmp_path) -> None:
+    from tunecluster.data import DataError
+    from tunecluster.data.files import read_weights
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3), sample_weight=np.array([1, 2, 3]))
+    assert read_weights(path, 3).tolist() == [1.0, 2.0, 3.0]
+    np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3), sample_weight=np.array([1.0, np.nan, 3]))
+    with pytest.raises(DataError, match="d.npz: sample_weight must be finite"):
+        read_weights(path, 3)
+    np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3), sample_weight=np.ones((3, 2)))
+    with pytest.raises(DataError, match=r"one number per row \(3\), has shape \(3, 2\)"):
+        read_weights(path, 3)
+    np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3))
+    assert read_weights(path, 3) is None

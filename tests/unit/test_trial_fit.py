@@ -263,3 +263,31 @@ def test_callbacks_apply_to_module_models_only() -> None:
         parse_spec({"name": "d", "data": {"dataset": "digits"},
                     "model": {"builtin": "mlp", "callbacks": "callbacks"},
                     "search": {"objective": "val_accuracy"}})
+
+
+def _weighted_runtime(tmp_path: Path, **train: Any) -> JobRuntime:
+    """The digits split into npz files, every validation row weighing 0."""
+    from tunecluster.data import DATASETS
+
+    x, y = DATASETS["digits"].load()
+    x = x.reshape(len(x), -1)
+    for name, rows, weights in (("train", slice(0, 1200), np.ones(1200)),
+                                ("valid", slice(1200, None), np.zeros(len(x) - 1200))):
+        np.savez(tmp_path / f"{name}.npz", x=x[rows], y=y[rows], sample_weight=weights)
+    spec = parse_spec({
+        "name": "weighted", "data": {"files": {"train": str(tmp_path / "train.npz"),
+                                               "valid": str(tmp_path / "valid.npz"),
+                                               "test": str(tmp_path / "valid.npz")}},
+        "model": {"module": "user_model.py", "source": MODEL.replace("(8, 8)", "(64,)")
+                  .replace("keras.layers.Flatten(), ", "")},
+        "search": {"objective": "val_loss"}, "train": {"epochs": 1, **train}})
+    return JobRuntime.prepare("job-w", spec, {"space": [], "values": {}}, tmp_path / "artifacts")
+
+
+def test_sample_weights_of_the_data_files_weigh_training_and_validation(
+        tmp_path: Path) -> None:
+    rt = _weighted_runtime(tmp_path)
+    assert rt.splits.w_valid is not None and not rt.splits.w_valid.any()
+    result = run_trial(rt, TrialRequest("t1", {"units": 8}), ListReporter())
+    # every validation row weighs 0: Keras's weighted mean of the losses is 0
+    assert result.metrics["val_loss"] == 0.0 and result.metrics["loss"] > 0

@@ -239,11 +239,12 @@ class Tuner:
                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
         fit_kwargs = dict(fit_kwargs)
         class_weight = fit_kwargs.pop("class_weight", None)
+        sample_weight = fit_kwargs.pop("sample_weight", None)
         if fit_kwargs:
             names = ", ".join(sorted(fit_kwargs))
             raise SpecError("search", f"not supported on a cluster: {names}")
-        if class_weight is not None:
-            given = [*given, "class_weight"]
+        given = [*given, *(["class_weight"] if class_weight is not None else []),
+                 *(["sample_weight"] if sample_weight is not None else [])]
         early = inputs.early_stopping(callbacks, self.objective.name)
         self._tensorboard = inputs.tensorboard_dirs(callbacks)
         self._callbacks = inputs.worker_callbacks(callbacks)  # the others: shipped as code
@@ -252,33 +253,15 @@ class Tuner:
             # model's own fit: HyperModel.fit's model.fit(**kwargs)) brings its own
             return self._spec_of({}, None, None, epochs, batch_size, shuffle, early,
                                  class_weight, given)
-        *train_xy, batch = inputs.xy(x, y, "x")
+        train, valid, batch = inputs.train_and_valid(x, y, validation_data, validation_split,
+                                                     sample_weight)
         if batch is not None and "batch_size" not in given:
             # a dataset's batches: Keras trains on them as they are, so the workers train
             # on batches of that size (and a fit of the user's own is given it)
             batch_size, given = batch, [*given, "batch_size"]
-        if validation_data is not None and inputs.is_dataset(validation_data):
-            valid_xy = inputs.dataset_arrays(validation_data, "validation_data")[:2]
-        elif validation_data is not None:
-            if len(validation_data) != 2:
-                raise SpecError("validation_data", "give (x_valid, y_valid); sample weights"
-                                                   " are not supported")
-            valid_xy = (inputs.array(validation_data[0], "validation_data[0]"),
-                        inputs.array(validation_data[1], "validation_data[1]"))
-        elif validation_split:
-            n_valid = int(len(train_xy[0]) * validation_split)  # Keras: the last rows
-            if not 0 < n_valid < len(train_xy[0]):
-                raise SpecError("validation_split", f"{validation_split!r} leaves no rows to"
-                                                    " train or to validate on")
-            cut = len(train_xy[0]) - n_valid
-            x_all, y_all = train_xy
-            train_xy, valid_xy = (x_all[:cut], y_all[:cut]), (x_all[cut:], y_all[cut:])
-        else:
-            raise SpecError("search", "give validation_data=(x, y) or validation_split: the"
-                                      " objective is scored on validation data")
-        files = {"train.npz": inputs.npz(*train_xy), "valid.npz": inputs.npz(*valid_xy)}
+        files = {"train.npz": inputs.npz(*train), "valid.npz": inputs.npz(*valid)}
         data = {"files": {"train": "train.npz", "valid": "valid.npz", "test": "valid.npz"}}
-        return self._spec_of(files, data, inputs.task(train_xy[1], valid_xy[1]), epochs,
+        return self._spec_of(files, data, inputs.task(train[1], valid[1]), epochs,
                              batch_size, shuffle, early, class_weight, given)
 
     def _spec_of(self, files: dict[str, bytes], data: dict[str, Any] | None,

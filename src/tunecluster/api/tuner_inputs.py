@@ -187,9 +187,64 @@ def is_dataset(value: Any) -> bool:
     return isinstance(value, tf.data.Dataset)
 
 
-def npz(x: np.ndarray, y: np.ndarray) -> bytes:
+# (x, y, sample weights or None): what one split of a search's data travels as
+Rows = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+def train_and_valid(x: Any, y: Any, validation_data: Any, validation_split: float | None,
+                    sample_weight: Any) -> tuple[Rows, Rows, int | None]:
+    """The rows to train on and those to validate on, from ``search()``'s arguments as
+    Keras's ``fit`` reads them (``validation_data`` as ``(x, y)`` or ``(x, y, weights)``
+    or a dataset; ``validation_split``: the last rows, weights cut alike), with a
+    dataset's batch size (None: the search's)."""
+    if sample_weight is not None and is_dataset(x):  # Keras refuses it too
+        raise SpecError("sample_weight", "a tf.data dataset brings its own weights; give"
+                                         " arrays to weigh the rows")
+    *train_xy, batch = xy(x, y, "x")
+    weights = None if sample_weight is None else row_weights(sample_weight, len(train_xy[0]),
+                                                               "sample_weight")
+    train: Rows = (*train_xy, weights)
+    if validation_data is not None and is_dataset(validation_data):
+        return train, (*dataset_arrays(validation_data, "validation_data")[:2], None), batch
+    if validation_data is not None:
+        if len(validation_data) not in (2, 3):
+            raise SpecError("validation_data", "give (x_valid, y_valid) or (x_valid, y_valid,"
+                                               " sample_weight_valid)")
+        x_valid = array(validation_data[0], "validation_data[0]")
+        w_valid = None if len(validation_data) == 2 or validation_data[2] is None else \
+            row_weights(validation_data[2], len(x_valid), "validation_data[2]")
+        return train, (x_valid, array(validation_data[1], "validation_data[1]"), w_valid), batch
+    if validation_split:
+        n_valid = int(len(train_xy[0]) * validation_split)  # Keras: the last rows
+        if not 0 < n_valid < len(train_xy[0]):
+            raise SpecError("validation_split", f"{validation_split!r} leaves no rows to"
+                                                " train or to validate on")
+        cut = len(train_xy[0]) - n_valid
+        x_all, y_all, w_all = train
+        return ((x_all[:cut], y_all[:cut], None if w_all is None else w_all[:cut]),
+                (x_all[cut:], y_all[cut:], None if w_all is None else w_all[cut:]), batch)
+    raise SpecError("search", "give validation_data=(x, y) or validation_split: the"
+                              " objective is scored on validation data")
+
+
+def row_weights(value: Any, rows: int, what: str) -> np.ndarray:
+    """Keras's ``sample_weight``: one finite weight of 0 or more per row."""
+    weights = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
+    if weights.dtype.kind not in "iuf" or weights.reshape(len(weights), -1).shape != (rows, 1):
+        raise SpecError(what, f"one number per row ({rows}), got shape {weights.shape}"
+                              f" of {weights.dtype}")
+    weights = weights.reshape(-1).astype("float32")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise SpecError(what, "weights must be finite and 0 or more")
+    return weights
+
+
+def npz(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, x=x, y=y)
+    if weights is None:
+        np.savez(buffer, x=x, y=y)
+    else:  # read back by data/files.py read_weights
+        np.savez(buffer, x=x, y=y, sample_weight=weights)
     data = buffer.getvalue()
     if len(data) > defaults.MAX_UPLOAD_BYTES:
         raise SpecError("x", f"the arrays are {len(data) / 2**20:.0f} MiB, over the"

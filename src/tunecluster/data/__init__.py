@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tunecluster.data.files import read_columns
+from tunecluster.data.files import read_columns, read_weights
 from tunecluster.data.registry import DATASETS, DataError, Dataset
 from tunecluster.data.split import Splits, from_parts, split_arrays
 
@@ -33,18 +33,25 @@ def load_splits(
     names: list[str] | None = None
     if data.files is not None:
         paths = (data.files.train, data.files.valid, data.files.test)
-        read = [(p, *read_columns(resolve(p), data.target)) for p in paths]
+        local = {p: resolve(p) for p in paths}
+        read = [(p, *read_columns(local[p], data.target)) for p in paths]
         parts = _same_columns(read)
         splits = from_parts(parts, task or infer_task(parts[0][1]))
-        return replace(splits, feature_names=read[0][3])
+        w_train, w_valid, w_test = (read_weights(local[p], len(x)) for p, (x, _) in
+                                    zip(paths, parts, strict=True))
+        return replace(splits, feature_names=read[0][3], w_train=w_train, w_valid=w_valid,
+                       w_test=w_test)
+    weights = None
     if data.dataset is not None:
         x, y = DATASETS[data.dataset].load()
         task = task or DATASETS[data.dataset].task
     else:
         assert data.path is not None
-        x, y, names = read_columns(resolve(data.path), data.target)
+        local = resolve(data.path)
+        x, y, names = read_columns(local, data.target)
+        weights = read_weights(local, len(x))
     s = data.split
-    splits = split_arrays(x, y, task or infer_task(y), s.valid, s.test, s.seed)
+    splits = split_arrays(x, y, task or infer_task(y), s.valid, s.test, s.seed, weights)
     return replace(splits, feature_names=names)
 
 

@@ -41,6 +41,29 @@ def read_columns(path: str | Path,
     return _read_parquet(path, target)
 
 
+def read_weights(path: str | Path, rows: int) -> np.ndarray | None:
+    """An npz file's optional ``sample_weight`` array (Keras's ``fit(sample_weight=)``),
+    one finite weight of 0 or more per row; None when it has none (and for the other
+    formats, which name no weights)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "sample_weight" not in archive:
+                return None
+            weights = np.asarray(archive["sample_weight"])
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path.name}: cannot read npz ({exc})") from None
+    if weights.dtype.kind not in "iuf" or weights.reshape(len(weights), -1).shape != (rows, 1):
+        raise DataError(f"{path.name}: sample_weight must hold one number per row ({rows}),"
+                        f" has shape {weights.shape} of {weights.dtype}")
+    weights = weights.reshape(-1).astype("float32")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise DataError(f"{path.name}: sample_weight must be finite and 0 or more")
+    return weights
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         # allow_pickle=False: a data file must never run code.

@@ -28,6 +28,10 @@ class Splits:
     num_classes: int
     class_names: list[str]
     feature_names: list[str] | None = None  # a CSV's or Parquet file's feature columns
+    # Keras's sample_weight of each split (npz files' "sample_weight"), or None
+    w_train: np.ndarray | None = None
+    w_valid: np.ndarray | None = None
+    w_test: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -38,9 +42,11 @@ class Splits:
 
 
 def split_arrays(
-    x: np.ndarray, y: np.ndarray, task: str, valid: float, test: float, seed: int
+    x: np.ndarray, y: np.ndarray, task: str, valid: float, test: float, seed: int,
+    weights: np.ndarray | None = None,
 ) -> Splits:
-    """Shuffle and cut one dataset into three, stratified by class for classification."""
+    """Shuffle and cut one dataset into three, stratified by class for classification;
+    ``weights`` (a sample weight per row) cut the same way."""
     from sklearn.model_selection import train_test_split
 
     if len(x) != len(y):
@@ -61,17 +67,20 @@ def split_arrays(
                 " 2 or more of each (more data; or, for numbers that are not classes,"
                 " model.task: regression)")
     try:
-        x_rest, x_test, y_rest, y_test = train_test_split(
-            x, y, test_size=n_test, random_state=seed, stratify=stratify
+        # the row numbers go along (the same permutation: x and y split as without them)
+        x_rest, x_test, y_rest, y_test, r_rest, r_test = train_test_split(
+            x, y, np.arange(n), test_size=n_test, random_state=seed, stratify=stratify
         )
-        x_train, x_valid, y_train, y_valid = train_test_split(
-            x_rest, y_rest, test_size=n_valid, random_state=seed + 1,
+        x_train, x_valid, y_train, y_valid, r_train, r_valid = train_test_split(
+            x_rest, y_rest, r_rest, test_size=n_valid, random_state=seed + 1,
             stratify=_strata(y_rest, label_kind),
         )
     except ValueError as exc:  # a class too small to stratify
         raise DataError(f"cannot split the data stratified by class: {exc}") from None
+    cut = (None, None, None) if weights is None else (
+        weights[r_train], weights[r_valid], weights[r_test])
     return Splits(x_train, y_train, x_valid, y_valid, x_test, y_test, task, label_kind,
-                  len(names), names)
+                  len(names), names, None, *cut)
 
 
 def from_parts(

@@ -227,7 +227,8 @@ def score_on_test(spec: JobSpec, model_path: Path, resolve: Any = str,
             log.info("rebuilding the best model with %s: %s", spec.model.function,
                      one_line(exc))
             model = _rebuilt(spec, model_path, values or {}, splits)
-    scores = model.evaluate(splits.x_test, splits.y_test, batch_size=spec.train.batch_size,
+    scores = model.evaluate(splits.x_test, splits.y_test, sample_weight=splits.w_test,
+                            batch_size=spec.train.batch_size,
                             verbose=0, return_dict=True)
     return {k: float(v) for k, v in scores.items()}
 

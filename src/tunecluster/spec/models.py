@@ -204,7 +204,7 @@ class Model(_Strict):
     # The search() arguments that fit is given besides x, y and callbacks (KerasTuner
     # gives HyperModel.fit those its user gave search()); None: all of them.
     fit_kwargs: list[Literal["validation_data", "epochs", "batch_size", "shuffle",
-                             "verbose", "class_weight"]] | None = None
+                             "verbose", "class_weight", "sample_weight"]] | None = None
     # A function of the module run_trial(trial, *args, **kwargs): a KerasTuner tuner's own
     # run_trial, which the drop-in ships; trials call it instead of building and fitting.
     run_trial: str | None = None

@@ -32,7 +32,7 @@ Parts = list[tuple[str, str]] | None
 
 # The search() arguments the module's fit may be given, in KerasTuner's order.
 FIT_KWARGS = ("validation_data", "epochs", "batch_size", "shuffle", "verbose",
-              "class_weight")
+              "class_weight", "sample_weight")
 VALIDATION_BATCH = 1024
 
 
@@ -84,7 +84,9 @@ def search_arguments(rt: Any, epochs: int) -> tuple[tuple[Any, ...], dict[str, A
               "class_weight": spec.train.class_weight}
     args: tuple[Any, ...] = ()  # a search called without data: none is passed on
     if splits is not None:
-        values["validation_data"] = (splits.x_valid, splits.y_valid)
+        values["validation_data"] = (splits.x_valid, splits.y_valid) if splits.w_valid is None \
+            else (splits.x_valid, splits.y_valid, splits.w_valid)
+        values["sample_weight"] = splits.w_train
         args = (splits.x_train, splits.y_train)
     return args, {name: values[name] for name in FIT_KWARGS
                   if name in given and values.get(name) is not None}

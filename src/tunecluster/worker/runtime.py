@@ -160,7 +160,9 @@ class JobRuntime:
                 del self.datasets[old]
             x = getattr(self.splits, f"x_{split}")
             y = getattr(self.splits, f"y_{split}")
-            ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+            weights = getattr(self.splits, f"w_{split}")  # Keras's (x, y, sample_weight)
+            ds = tf.data.Dataset.from_tensor_slices(
+                (x, y) if weights is None else (x, y, weights)).cache()
             if shuffle:
                 ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
             self.datasets[key] = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
