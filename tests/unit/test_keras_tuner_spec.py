@@ -507,7 +507,7 @@ def test_the_searchs_callbacks_travel_as_a_function_of_the_module() -> None:
     assert plain.model.callbacks is None
 
 
-def test_run_trial_called_by_hand_runs_here_as_keras_tuners_does() -> None:
+def test_run_trial_called_by_hand_runs_here_as_keras_tuners_does(tmp_path) -> None:
     """Outside a search, ``tuner.run_trial(tuner.oracle.create_trial(...), x, y)`` trains
     in this process (KerasTuner's users and its own tests call it so): one fit per
     execution, each with its own copy of the callbacks, and the compile overrides."""
@@ -523,7 +523,7 @@ def test_run_trial_called_by_hand_runs_here_as_keras_tuners_does() -> None:
             return super()._build_and_fit_model(trial, *args, **kwargs)
 
     tuner = Counted(build_model, objective="val_loss", max_trials=2, executions_per_trial=2,
-                    loss="mse", cluster="redis://127.0.0.1:1/0")
+                    loss="mse", cluster="redis://127.0.0.1:1/0", directory=str(tmp_path))
     x, y = np.random.default_rng(0).random((16, 2)), np.eye(3)[np.arange(16) % 3]
     results = tuner.run_trial(tuner.oracle.create_trial("tuner0"), x, y, epochs=1, verbose=0,
                               validation_data=(x, y), callbacks=[Notes()])
