@@ -558,10 +558,10 @@ def test_read_weights_checks_each_row_has_one(tmp_path) -> None:
     np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3), sample_weight=np.array([1, 2, 3]))
     assert read_weights(path, 3).tolist() == [1.0, 2.0, 3.0]
     np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3), sample_weight=np.array([1.0, np.nan, 3]))
-    with pytest.raises(DataError, match="d.npz: sample_weight must be finite"):
+    with pytest.raises(DataError, match="d.npz: sample_weight: weights must be finite"):
         read_weights(path, 3)
     np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3), sample_weight=np.ones((3, 2)))
-    with pytest.raises(DataError, match=r"one number per row \(3\), has shape \(3, 2\)"):
+    with pytest.raises(DataError, match=r"one number per row \(3\), got shape \(3, 2\)"):
         read_weights(path, 3)
     np.savez(path, x=np.zeros((3, 2)), y=np.zeros(3))
     assert read_weights(path, 3) is None

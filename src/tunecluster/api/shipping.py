@@ -68,7 +68,7 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
     ``compile_overrides`` (Keras's serialized configs): the built model is compiled again
     with them (KerasTuner's ``Tuner(optimizer=, loss=, metrics=)``). ``callbacks``: the
     search's Keras callbacks, rebuilt by the module's ``callbacks()`` (a copy per call)."""
-    from keras_tuner import HyperModel
+    from tunecluster.api.tuner_inputs import own_fit
 
     shipper = _Shipper()
     fit = run_trial = None
@@ -94,7 +94,7 @@ def ship(hypermodel: Any, tuner: Any = None, worker_settings: str = "",
             f"_tc_hypermodel = {cls.__name__}.__new__({cls.__name__})\n"
             f"_tc_hypermodel.__dict__.update({{{items}}})\n\n\n"
             f"def {function}(hp):\n    return _tc_hypermodel.build(hp)\n")
-        if isinstance(hypermodel, HyperModel) and type(hypermodel).fit is not HyperModel.fit:
+        if own_fit(hypermodel):
             fit = _free_name(f"{cls.__name__}_fit", {**shipper.bound, function: None})
             shipper.tail.append(
                 f"\n\ndef {fit}(hp, model, *args, **kwargs):\n"

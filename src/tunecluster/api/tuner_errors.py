@@ -4,9 +4,9 @@ A trial that raises one of KerasTuner's fatal errors (``kt.errors.FatalTypeError
 or returns what KerasTuner refuses with one, ends the search at once: the chief fails
 the job with a reason that starts with the error's class (``chief/jobs.py``). ``search()``
 then raises that KerasTuner class, which is also this cluster's ``JobFailed``, so both
-``except kt.errors.FatalTypeError`` and ``except tunecluster.JobFailed`` catch it. The
-class is picked by name among KerasTuner's four; nothing read from Redis is run or
-unpickled.
+``except kt.errors.FatalTypeError`` and ``except tunecluster.errors.JobFailed`` catch
+it. The class is picked by name among KerasTuner's four; nothing read from Redis is run
+or unpickled.
 """
 
 from __future__ import annotations

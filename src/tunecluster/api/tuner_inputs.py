@@ -229,14 +229,13 @@ def train_and_valid(x: Any, y: Any, validation_data: Any, validation_split: floa
 
 def row_weights(value: Any, rows: int, what: str) -> np.ndarray:
     """Keras's ``sample_weight``: one finite weight of 0 or more per row."""
+    from tunecluster.data.files import weights_problem  # as the workers read them back
+
     weights = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
-    if weights.dtype.kind not in "iuf" or weights.reshape(len(weights), -1).shape != (rows, 1):
-        raise SpecError(what, f"one number per row ({rows}), got shape {weights.shape}"
-                              f" of {weights.dtype}")
-    weights = weights.reshape(-1).astype("float32")
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise SpecError(what, "weights must be finite and 0 or more")
-    return weights
+    problem = weights_problem(weights, rows)
+    if problem:
+        raise SpecError(what, problem)
+    return weights.reshape(-1).astype("float32")
 
 
 def npz(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> bytes:

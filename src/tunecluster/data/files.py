@@ -55,13 +55,21 @@ def read_weights(path: str | Path, rows: int) -> np.ndarray | None:
             weights = np.asarray(archive["sample_weight"])
     except (OSError, ValueError) as exc:
         raise DataError(f"{path.name}: cannot read npz ({exc})") from None
-    if weights.dtype.kind not in "iuf" or weights.reshape(len(weights), -1).shape != (rows, 1):
-        raise DataError(f"{path.name}: sample_weight must hold one number per row ({rows}),"
-                        f" has shape {weights.shape} of {weights.dtype}")
-    weights = weights.reshape(-1).astype("float32")
+    problem = weights_problem(weights, rows)
+    if problem:
+        raise DataError(f"{path.name}: sample_weight: {problem}")
+    return weights.reshape(-1).astype("float32")
+
+
+def weights_problem(weights: np.ndarray, rows: int) -> str | None:
+    """What is wrong with ``weights`` as Keras's ``sample_weight`` for ``rows`` rows (one
+    finite number of 0 or more per row), or None."""
+    if weights.dtype.kind not in "iuf" or weights.ndim == 0 or \
+            weights.reshape(len(weights), -1).shape != (rows, 1):
+        return f"one number per row ({rows}), got shape {weights.shape} of {weights.dtype}"
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise DataError(f"{path.name}: sample_weight must be finite and 0 or more")
-    return weights
+        return "weights must be finite and 0 or more"
+    return None
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
