@@ -105,9 +105,7 @@ def execution_metrics(execution: Execution, objective: str, direction: str,
                       who: str, parts: Parts = None) -> tuple[dict[str, float], int]:
     """One execution's metrics and best epoch, from what its training returned."""
     returned = execution.returned
-    if objective == DEFAULT_OBJECTIVE and returned is not None and not (
-            _is_number(returned) or isinstance(returned, list)
-            or (isinstance(returned, Mapping) and objective in returned)):
+    if objective == DEFAULT_OBJECTIVE and _no_default_score(returned):
         raise TrialFailed(f"Expected the return value of {who} to be a single float when"
                           " `objective` is left unspecified; it returned a"
                           f" {type(returned).__name__}: {str(returned)[:80]!r} (or give"
@@ -236,6 +234,15 @@ def _numbers(metrics: dict[str, Any], objective: str, who: str,
     if not math.isfinite(out[objective]):
         raise TrialFailed(f"{objective} is {out[objective]} ({who})")
     return out
+
+
+def _no_default_score(returned: Any) -> bool:
+    """Whether ``returned`` holds no number for KerasTuner's default objective (None,
+    the worker's own epochs and a list's parts are judged on their own)."""
+    if returned is None or returned is TRACKED or _is_number(returned) \
+            or isinstance(returned, list):
+        return False
+    return not (isinstance(returned, Mapping) and DEFAULT_OBJECTIVE in returned)
 
 
 def _is_number(value: Any) -> bool:
