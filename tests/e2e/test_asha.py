@@ -63,8 +63,10 @@ def _check_rungs(store: Store, results: dict) -> dict[str, dict]:
     return by_id
 
 
-def test_asha_continues_the_top_of_each_rung_from_its_parent(store) -> None:
-    results = run_job(store, EXAMPLES / "digits.yaml", *ASHA)
+@pytest.mark.parametrize("sampler", ["random", "tpe"])  # tpe: ASHA over TPE (BOHB-like)
+def test_asha_continues_the_top_of_each_rung_from_its_parent(store, sampler: str) -> None:
+    results = run_job(store, EXAMPLES / "digits.yaml", *ASHA, f"search.asha_sampler={sampler}",
+                      "search.tpe_startup_trials=2")
     assert results["state"] == "completed", results.get("error")
     by_id = _check_rungs(store, results)
     assert_exactly_once(store, results["job"], len(by_id))
@@ -134,9 +136,11 @@ def test_asha_survives_a_chief_sigkill_and_a_worker_sigkill_mid_rung(tmp_path: P
         assert killed["resumed_from_epoch"] == 3, killed  # its checkpoint, not its parent's
 
 
-def test_drop_in_asha_tuner(cluster, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_drop_in_asha_tuner(cluster, tmp_path: Path, monkeypatch, sampler: str) -> None:
     """``tunecluster.keras_tuner.ASHA`` with Hyperband's arguments: its job is an asha
-    search, the best model comes back and scores as recorded."""
+    search (its new configurations drawn at random or by TPE), the best model comes back
+    and scores as recorded."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -147,6 +151,7 @@ def test_drop_in_asha_tuner(cluster, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TUNECLUSTER_ARTIFACTS", str(cluster.artifacts))
     tuner = kt.ASHA(example.build_model, objective="val_accuracy", max_trials=3,
                     max_epochs=2, min_epochs=1, factor=2, seed=1, directory=tmp_path,
+                    sampler=sampler, num_initial_points=2,
                     project_name="asha", overwrite=True, cluster=cluster.url)
     tuner.search(example.X_train, example.y_train,
                  validation_data=(example.X_valid, example.y_valid), verbose=0)
@@ -154,6 +159,9 @@ def test_drop_in_asha_tuner(cluster, tmp_path: Path, monkeypatch) -> None:
     assert results["state"] == "completed", results.get("error")
     search = tuner.job.record().spec["search"]
     assert (search["algorithm"], search["asha_factor"], search["max_trials"]) == ("asha", 2, 3)
+    assert search.get("asha_sampler", "random") == sampler
+    if sampler == "tpe":
+        assert search["tpe_startup_trials"] == 2
     rounds = sorted(t["tuner"]["tuner/round"] for t in results["trials"])
     assert rounds[:3] == [0, 0, 0] and 1 in rounds, rounds  # 3 drawn, the best went on
     model = tuner.get_best_models(1)[0]

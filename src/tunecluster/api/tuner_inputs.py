@@ -309,6 +309,7 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
 
     from tunecluster.engine.asha_oracle import AshaOracle
     from tunecluster.engine.pbt_oracle import PbtOracle
+    from tunecluster.engine.tpe_asha_oracle import TpeAshaOracle
     from tunecluster.engine.tpe_oracle import TPEOracle
 
     cls = type(oracle)
@@ -347,6 +348,9 @@ def oracle_settings(oracle: Any) -> dict[str, Any]:
         settings["extra"] = {"tpe_startup_trials": oracle.num_initial_points}
     elif algorithm == "asha":
         settings["extra"] = {"asha_factor": oracle.factor, "asha_min_epochs": oracle.min_epochs}
+        if isinstance(oracle, TpeAshaOracle):  # ASHA over TPE
+            settings["extra"].update(asha_sampler="tpe",
+                                     tpe_startup_trials=oracle.num_initial_points)
     elif algorithm == "pbt":
         settings["extra"] = {"pbt_population": oracle.population,
                              "pbt_interval": oracle.interval, "pbt_quantile": oracle.quantile}

@@ -12,6 +12,7 @@ from tunecluster.api import tuner_inputs as inputs
 from tunecluster.api.keras_tuner import Tuner
 from tunecluster.engine.asha_oracle import AshaOracle
 from tunecluster.engine.pbt_oracle import PbtOracle
+from tunecluster.engine.tpe_asha_oracle import TpeAshaOracle
 from tunecluster.engine.tpe_oracle import TPEOracle
 
 
@@ -111,19 +112,27 @@ class ASHA(Tuner):
     the arguments of KerasTuner's Hyperband: ``max_epochs`` replaces ``search(epochs=)``;
     ``max_trials`` configurations run to ``min_epochs``, and the top ``1/factor`` of
     each rung go on (``min_epochs * factor**k`` epochs, then ``max_epochs``), continued
-    from their model where it stopped."""
+    from their model where it stopped. ``sampler="tpe"``: new configurations come from
+    TPE over the first rung's scores (a BOHB-like search), ``num_initial_points`` drawn
+    at random first."""
 
     def __init__(self, hypermodel: Any = None, objective: Any = None, max_trials: int = 10,
                  max_epochs: int = 100, min_epochs: int = 1, factor: int = 3,
+                 sampler: str = "random", num_initial_points: int = 10,
                  seed: int | None = None, hyperparameters: Any = None,
                  tune_new_entries: bool = True, allow_new_entries: bool = True,
                  max_retries_per_trial: int = 0, max_consecutive_failed_trials: int = 3,
                  **kwargs: Any) -> None:
+        if sampler not in ("random", "tpe"):
+            raise ValueError(f"ASHA: sampler must be 'random' or 'tpe', got {sampler!r}")
+        common = _common(objective, seed, hyperparameters, tune_new_entries,
+                         allow_new_entries, max_retries_per_trial,
+                         max_consecutive_failed_trials)
         oracle = AshaOracle(max_epochs=max_epochs, min_epochs=min_epochs, factor=factor,
-                            max_configs=max_trials,
-                            **_common(objective, seed, hyperparameters, tune_new_entries,
-                                      allow_new_entries, max_retries_per_trial,
-                                      max_consecutive_failed_trials))
+                            max_configs=max_trials, **common) if sampler == "random" else \
+            TpeAshaOracle(max_epochs=max_epochs, min_epochs=min_epochs, factor=factor,
+                          max_configs=max_trials, num_initial_points=num_initial_points,
+                          **common)
         super().__init__(oracle, hypermodel, **kwargs)
 
 

@@ -99,9 +99,15 @@ class _BoundedFit:
             self.trials = every
 
 
-def _oracle_class(algorithm: str) -> type:
+def _oracle_class(algorithm: str, sampler: str = "random") -> type:
     from keras_tuner import oracles
 
+    if algorithm == "asha" and sampler == "tpe":  # ours: ASHA over TPE (BOHB-like)
+        from tunecluster.engine.tpe_asha_oracle import TpeAshaOracle
+        from tunecluster.engine.tpe_oracle import require_optuna
+
+        require_optuna()
+        return type("HostedTpeAshaOracle", (_PersistedInRedis, TpeAshaOracle), {})
     if algorithm == "asha":  # ours: asynchronous successive halving
         from tunecluster.engine.asha_oracle import AshaOracle
 
@@ -156,7 +162,7 @@ class OracleHost:
             "max_consecutive_failed_trials": search.max_consecutive_failed_trials,
             "tune_new_entries": spec.model.tune_new_entries is not False,
         }
-        cls_ = _oracle_class(search.algorithm)
+        cls_ = _oracle_class(search.algorithm, search.asha_sampler)
         if search.algorithm == "hyperband":
             oracle = cls_(max_epochs=spec.train.epochs, factor=search.hyperband_factor,
                           hyperband_iterations=search.hyperband_iterations, **common)
@@ -167,7 +173,9 @@ class OracleHost:
                           **common)
         elif search.algorithm == "asha":  # max_trials counts the configurations drawn
             oracle = cls_(max_epochs=spec.train.epochs, min_epochs=search.asha_min_epochs,
-                          factor=search.asha_factor, max_configs=search.max_trials, **common)
+                          factor=search.asha_factor, max_configs=search.max_trials, **common,
+                          **({"num_initial_points": search.tpe_startup_trials}
+                             if search.asha_sampler == "tpe" else {}))
         elif search.algorithm == "tpe":
             oracle = cls_(max_trials=search.max_trials,
                           num_initial_points=search.tpe_startup_trials, **common)

@@ -292,6 +292,9 @@ class Search(_Strict):
     # then at train.epochs; the top 1/asha_factor of a rung go on to the next
     asha_min_epochs: int = Field(1, ge=1)
     asha_factor: int = Field(defaults.ASHA_FACTOR, ge=2, le=100)
+    # how ASHA draws new configurations: at random, or from TPE over the first rung's
+    # scores (engine/tpe_asha_oracle.py: a BOHB-like search; tpe_startup_trials random first)
+    asha_sampler: Literal["random", "tpe"] = "random"
     # PBT (engine/pbt_oracle.py): this many members train pbt_interval epochs at a time;
     # then the bottom pbt_quantile copy a top member's weights and perturb its floats
     pbt_population: int = Field(4, ge=2, le=1000)

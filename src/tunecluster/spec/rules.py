@@ -59,6 +59,9 @@ def check_job(spec: JobSpec) -> None:
             f"must be below train.epochs ({spec.train.epochs}, ASHA's last rung), got"
             f" {spec.search.asha_min_epochs}",
         )
+    if spec.search.asha_sampler != "random" and spec.search.algorithm != "asha":
+        raise SpecError("search.asha_sampler", f"applies with search.algorithm: asha, not"
+                                               f" {spec.search.algorithm}")
     if spec.search.algorithm == "hyperband" and spec.train.epochs < 2:
         raise SpecError(
             "train.epochs",
