@@ -9,12 +9,15 @@ space mixes clearly bad configurations, SGD at small learning rates, with good o
 ``train.epochs`` = ``--epochs``, no early stopping, objective ``val_accuracy`` (max),
 search seed = the run's seed. Configurations (``--only`` picks some):
 
-- ``tc-random``, ``tc-hyperband``, ``tc-asha``, ``tc-tpe``: tunecluster's embedded cluster
-  (``LocalCluster``: Redis, a chief, 2 workers), up and warm before the clock (a warm-up
-  job ran first, as on a ``tunecluster up`` cluster). The clock starts before
-  ``prepare_job``; trial ends and epoch reports are read from the job's event stream and
-  stamped with their stream id (Redis' clock, ms). ASHA: rungs at 1, 3, 9 epochs (factor
-  3); Hyperband: KerasTuner's oracle, factor 3; TPE: 10 random trials first.
+- ``tc-random``, ``tc-hyperband``, ``tc-asha``, ``tc-tpe``, ``tc-tpe-asha``, ``tc-pbt``:
+  tunecluster's embedded cluster (``LocalCluster``: Redis, a chief, 2 workers), up and
+  warm before the clock (a warm-up job ran first, as on a ``tunecluster up`` cluster).
+  The clock starts before ``prepare_job``; trial ends and epoch reports are read from the
+  job's event stream and stamped with their stream id (Redis' clock, ms). ASHA: rungs at
+  1, 3, 9 epochs (factor 3); Hyperband: KerasTuner's oracle, factor 3; TPE: 10 random
+  trials first; ASHA over TPE: those rungs, new configurations from TPE over the first
+  rung (10 random first, a BOHB-like search); PBT: 4 members, exploit and explore after
+  every epoch, the bottom 25% copying the top.
 - ``kt-hyperband``: ``keras_tuner.Hyperband`` in one process (factor 3, ``max_epochs`` =
   ``--epochs``), the same model (``tunecluster.models.builtin.build_mlp``) and splits.
 - ``optuna-tpe-sha``: an Optuna study in one process, ``TPESampler(seed)`` with
@@ -64,6 +67,10 @@ TC = {
                      "search.hyperband_iterations=100"],
     "tc-asha": ["search.algorithm=asha", "search.asha_min_epochs=1", "search.asha_factor=3"],
     "tc-tpe": ["search.algorithm=tpe"],
+    "tc-tpe-asha": ["search.algorithm=asha", "search.asha_min_epochs=1", "search.asha_factor=3",
+                    "search.asha_sampler=tpe"],
+    "tc-pbt": ["search.algorithm=pbt", "search.pbt_population=4", "search.pbt_interval=1",
+               "search.pbt_quantile=0.25"],
 }
 PEERS = ("kt-hyperband", "optuna-tpe-sha", "ray-asha")
 CONFIGS = (*TC, *PEERS)
@@ -72,6 +79,8 @@ LABELS = {
     "tc-hyperband": "tunecluster Hyperband (2 workers)",
     "tc-asha": "tunecluster ASHA (2 workers)",
     "tc-tpe": "tunecluster TPE (2 workers)",
+    "tc-tpe-asha": "tunecluster ASHA over TPE (2 workers)",
+    "tc-pbt": "tunecluster PBT (2 workers)",
     "kt-hyperband": "KerasTuner Hyperband (1 process)",
     "optuna-tpe-sha": "Optuna TPE + SuccessiveHalvingPruner (1 process)",
     "ray-asha": "Ray Tune ASHA, reuse_actors (2 CPUs)",
