@@ -5,10 +5,11 @@
 
 A real Redis with its AOF, two chiefs and three workers (``LocalCluster``: every role
 its own process, as a deployment runs them) take a stream of small jobs of every native
-algorithm (random, grid, Bayesian, Hyperband, ASHA, PBT, TPE on the embedded digits),
-two at a time, while a fault schedule drawn from the seed hits them (``KINDS``). The
-seed fixes the schedule (each fault's kind, moment, length and victim by index) and the
-jobs' algorithms; what the processes do between faults is not deterministic.
+algorithm (random, grid, Bayesian, Hyperband, ASHA, PBT, TPE on the embedded digits)
+and gangs (random trials each trained by 2 workers at once), two at a time, while a
+fault schedule drawn from the seed hits them (``KINDS``). The seed fixes the schedule
+(each fault's kind, moment, length and victim by index) and the jobs' algorithms; what
+the processes do between faults is not deterministic.
 
 When the time is up the faults stop and everything is healed (paused processes
 continued, Redis up, a chief and three workers alive); the jobs are waited for, then
@@ -67,6 +68,8 @@ ALGORITHMS = {
     "pbt": ("search.algorithm=pbt", "search.pbt_population=2", "search.pbt_interval=1",
             "search.pbt_quantile=0.5", "search.objective=val_loss"),
     "tpe": ("search.algorithm=tpe", "search.tpe_startup_trials=2", "search.max_trials=3"),
+    # a gang: each trial trained by 2 of the 3 workers at once (MultiWorkerMirroredStrategy)
+    "gang": ("search.max_trials=2", "resources.workers_per_trial=2"),
 }
 KINDS = {
     "worker_kill": "SIGKILL of a worker's process group (its trial processes too); a new"
