@@ -12,18 +12,10 @@ import pytest
 
 import tunecluster.keras_tuner as kt
 
+from .dropin_digits import build_digits
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def build_digits(hp):
-    model = keras.Sequential([keras.Input((64,)),
-                              keras.layers.Dense(hp.Int("units", 8, 32, step=8),
-                                                 activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
 
 
 class TunesBatchSize(kt.HyperModel):

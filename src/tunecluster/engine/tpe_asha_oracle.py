@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from tunecluster.engine.asha_oracle import AshaOracle, _rung
-from tunecluster.engine.tpe_oracle import TPEOracle
+from tunecluster.engine.tpe_oracle import KeepsStartupPoints, TPEOracle
 from tunecluster.states import OracleStatus
 
 
-class TpeAshaOracle(AshaOracle):
+class TpeAshaOracle(KeepsStartupPoints, AshaOracle):
     """``AshaOracle`` whose new configurations come from TPE over the first rung.
     ``num_initial_points``: configurations drawn at random before TPE models them."""
 
@@ -30,15 +30,6 @@ class TpeAshaOracle(AshaOracle):
                  **kwargs: Any) -> None:
         super().__init__(max_epochs, min_epochs, factor, max_configs, **kwargs)
         self.num_initial_points = num_initial_points
-
-    def get_state(self) -> dict[str, Any]:
-        state = super().get_state()
-        state["num_initial_points"] = self.num_initial_points
-        return state
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        super().set_state(state)
-        self.num_initial_points = state.get("num_initial_points", self.num_initial_points)
 
     def _random_values(self) -> dict[str, Any] | None:
         """The next configuration, as TPE proposes it from the first rung (None: the space

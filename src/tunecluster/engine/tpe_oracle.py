@@ -98,7 +98,23 @@ def _suggest(trial: Any, name: str, dist: Any) -> Any:
     return trial.suggest_categorical(name, dist.choices)
 
 
-class TPEOracle(Oracle):
+class KeepsStartupPoints:
+    """Mixed into an oracle with ``num_initial_points`` (its random draws before TPE):
+    persisted with the oracle's state, so a restored oracle draws as the first did."""
+
+    num_initial_points: int
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()  # type: ignore[misc]
+        state["num_initial_points"] = self.num_initial_points
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)  # type: ignore[misc]
+        self.num_initial_points = state.get("num_initial_points", self.num_initial_points)
+
+
+class TPEOracle(KeepsStartupPoints, Oracle):
     """KerasTuner's ``Oracle`` whose suggestions come from Optuna's TPE sampler.
 
     ``num_initial_points``: trials drawn at random (optuna's ``n_startup_trials``)
@@ -129,14 +145,8 @@ class TPEOracle(Oracle):
         self._told: set[str] = set()  # trial ids in the study
         self._open: dict[str, tuple[int, dict[str, Any]]] = {}  # running: number, params
 
-    def get_state(self) -> dict[str, Any]:
-        state = super().get_state()
-        state["num_initial_points"] = self.num_initial_points
-        return state
-
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
-        self.num_initial_points = state.get("num_initial_points", self.num_initial_points)
         self._forget()
 
     # --- the study: a function of the trials ----------------------------------------
