@@ -273,11 +273,10 @@ class Tuner:
                                  "tune_new_entries": self.tune_new_entries}
         own = tuner_on_worker.own_run_trial(type(self))
         if own or self._callbacks:  # shipped now: with its attributes, with the callbacks
-            on_worker = (self.executions_per_trial, (self.objective.name,
-                                                     self.objective.direction))
-            shipped = ship(self._user_hypermodel, self if own else None,
-                           f", {on_worker[0]!r}, {on_worker[1]!r}", self._compile,
-                           self._callbacks)
+            on_worker = (f", {self.executions_per_trial!r},"  # the tuner's, on a worker
+                         f" {(self.objective.name, self.objective.direction)!r}") if own else ""
+            shipped = ship(self._user_hypermodel, self if own else None, on_worker,
+                           self._compile, self._callbacks)
             model.update(source=shipped.source, run_trial=shipped.run_trial,
                          callbacks=shipped.callbacks)
         if own:
